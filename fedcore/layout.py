@@ -1,0 +1,168 @@
+"""Where each object of a job lives in the store, and the JSON records of the round protocol.
+
+The store is the only channel between the aggregator, the clients and the operator, so its
+layout is the protocol (see DESIGN.md, "The round protocol")::
+
+    job.json                                    spec snapshot the run was started with
+    rounds/000000/global.safetensors            initial model
+    rounds/000000/round.json                    commit record of round 0
+    rounds/000001/updates/<client>.safetensors  a client's delta from round 0's global
+    rounds/000001/updates/<client>.json         its manifest (written after the weights)
+    rounds/000001/global.safetensors
+    rounds/000001/round.json                    written last: round 1 is committed
+    final/model.safetensors, final/round.json
+    control/excluded.json                       clients dropped by the operator (or runner)
+
+A round is committed exactly when its ``round.json`` exists. Records are immutable once
+written, which lets readers (the operator) cache them forever.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+JOB_KEY = "job.json"
+FINAL_MODEL_KEY = "final/model.safetensors"
+FINAL_RECORD_KEY = "final/round.json"
+EXCLUDED_KEY = "control/excluded.json"
+ROUNDS_PREFIX = "rounds/"
+STRATEGY_STATE = "strategy.safetensors"
+"""Per-round server-optimizer state (FedAvgM momentum), next to that round's global."""
+
+_ROUND_RECORD = re.compile(r"^rounds/(\d{6})/round\.json$")
+
+
+def round_dir(r: int) -> str:
+    if r < 0:
+        raise ValueError(f"round must be >= 0, got {r}")
+    return f"{ROUNDS_PREFIX}{r:06d}/"
+
+
+def global_key(r: int) -> str:
+    return f"{round_dir(r)}global.safetensors"
+
+
+def strategy_state_key(r: int) -> str:
+    return f"{round_dir(r)}{STRATEGY_STATE}"
+
+
+def round_record_key(r: int) -> str:
+    return f"{round_dir(r)}round.json"
+
+
+def updates_prefix(r: int) -> str:
+    return f"{round_dir(r)}updates/"
+
+
+def update_key(r: int, client: str) -> str:
+    return f"{updates_prefix(r)}{client}.safetensors"
+
+
+def manifest_key(r: int, client: str) -> str:
+    return f"{updates_prefix(r)}{client}.json"
+
+
+def committed_rounds(keys: list[str]) -> list[int]:
+    """Round numbers whose commit record is among ``keys`` (a store listing), ascending."""
+    rounds = (_ROUND_RECORD.match(k) for k in keys)
+    return sorted(int(m.group(1)) for m in rounds if m)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def to_json(self) -> bytes:
+        return self.model_dump_json(indent=2).encode()
+
+
+class UpdateManifest(_Record):
+    """A client's statement about its update; its signature covers every other field."""
+
+    client: str
+    round: int = Field(ge=1)
+    """The round this update is for."""
+    base_round: int = Field(ge=0)
+    """Round of the global model the client trained from (``round - 1``)."""
+    base_sha256: str
+    num_samples: int
+    """Samples the whole DDP group trained on (all ranks), the FedAvg weight."""
+    metrics: dict[str, float] = Field(default_factory=dict)
+    update_sha256: str
+    update_bytes: int
+    dtype: str
+    """Wire dtype of the floating-point tensors (e.g. ``float32``, ``bfloat16``)."""
+    created_at: datetime = Field(default_factory=utcnow)
+    signature: str = ""
+    """Hex HMAC-SHA256 of the canonical JSON of all other fields, with the client's key."""
+
+
+class RejectedUpdate(_Record):
+    client: str
+    reason: str
+    """Stable short code: bad-signature, shape-mismatch, non-finite, ..."""
+    detail: str
+
+
+class LateUpdate(_Record):
+    client: str
+    round: int
+    """The already-closed round the update was meant for."""
+
+
+class NextRound(_Record):
+    """What the commit of round r announces about round r + 1."""
+
+    round: int
+    selected: list[str]
+    deadline: datetime
+    """Past it the round closes as soon as ``minClients`` updates are in."""
+
+
+class RoundRecord(_Record):
+    """``rounds/NNNNNN/round.json``: written last, it commits the round."""
+
+    round: int
+    participants: list[str] = Field(default_factory=list)
+    """Clients whose update was folded into this round's global model."""
+    num_samples: dict[str, int] = Field(default_factory=dict)
+    metrics: dict[str, float] = Field(default_factory=dict)
+    """Evaluation of this round's global model (loss, accuracy, ...)."""
+    client_metrics: dict[str, dict[str, float]] = Field(default_factory=dict)
+    rejected: list[RejectedUpdate] = Field(default_factory=list)
+    late: list[LateUpdate] = Field(default_factory=list)
+    model_key: str
+    model_sha256: str
+    started_at: datetime
+    committed_at: datetime = Field(default_factory=utcnow)
+    next: NextRound | None = None
+    """None on the last round."""
+    closed_by: Literal["initial", "all-reported", "deadline"] = "all-reported"
+
+    @property
+    def duration_seconds(self) -> float:
+        return (self.committed_at - self.started_at).total_seconds()
+
+
+class FinalRecord(_Record):
+    """``final/round.json``: the job is done."""
+
+    rounds: int
+    model_key: str = FINAL_MODEL_KEY
+    model_sha256: str
+    metrics: dict[str, float] = Field(default_factory=dict)
+    committed_at: datetime = Field(default_factory=utcnow)
+
+
+class ExcludedClients(_Record):
+    """``control/excluded.json``: clients given up after their restart budget."""
+
+    clients: dict[str, str] = Field(default_factory=dict)
+    """Client name -> why it was dropped."""

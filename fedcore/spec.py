@@ -1,0 +1,428 @@
+"""The FederatedJob resource as typed models: the single source of truth.
+
+The same models validate a job file for ``fedkube run``, parse the object the operator
+receives from the API server, and generate the CRD's OpenAPI schema (``make crds``). Field
+names are camelCase on the wire (Kubernetes style) and snake_case in Python.
+
+Errors never surface as raw pydantic output: ``parse_job`` turns them into a ``SpecError``
+whose lines name the field (``spec.clients[1].name``), the offending value and the fix.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic.alias_generators import to_camel
+
+from fedcore.errors import SpecError
+
+API_GROUP = "fedkube.io"
+API_VERSION = "v1alpha1"
+KIND = "FederatedJob"
+PLURAL = "federatedjobs"
+
+DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+ENTRYPOINT = r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$"
+ENDPOINT = r"^https?://[^\s/]+(/.*)?$"
+BUCKET = r"^[a-z0-9][a-z0-9.-]*[a-z0-9]$"
+MAX_CLIENT_NAME = 40
+"""Client names become parts of Service, Job and pod host names (63-character DNS labels)."""
+MAX_CLIENTS = 256
+MAX_HISTORY = 50
+"""Rounds kept in ``status.history``: enough for a plot, small enough for an etcd object."""
+
+K8sObject = Annotated[dict[str, Any], Field(json_schema_extra={"x-kubernetes-preserve-unknown-fields": True})]
+"""A Kubernetes sub-object passed through verbatim (resources, tolerations, volumes ...);
+the API server validates it when the operator puts it into a pod template."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        frozen=True,
+        use_attribute_docstrings=True,
+    )
+
+
+class TaskSpec(_Model):
+    entrypoint: Annotated[str, Field(pattern=ENTRYPOINT, max_length=253)]
+    """``module:attr`` naming the task object (model, data, local training, evaluation);
+    the module must be importable in the runtime image."""
+    config: K8sObject = Field(default_factory=dict)
+    """Free-form task settings (hyper-parameters, data options), passed to the task as is."""
+
+
+class SecretRef(_Model):
+    name: Annotated[str, Field(min_length=1, max_length=253)]
+    """Secret in the job's namespace holding the S3 credentials."""
+    access_key_id_key: str = "AWS_ACCESS_KEY_ID"
+    """Key inside the Secret holding the access key id."""
+    secret_access_key_key: str = "AWS_SECRET_ACCESS_KEY"
+    """Key inside the Secret holding the secret access key."""
+
+
+class StorageSpec(_Model):
+    endpoint: Annotated[str | None, Field(pattern=ENDPOINT)] = None
+    """S3 endpoint URL (MinIO, Ceph RGW, AWS). Unset: ``fedkube run`` uses a local directory."""
+    bucket: Annotated[str, Field(min_length=3, max_length=63, pattern=BUCKET)] = "fedkube"
+    """Bucket holding every round of the job; must exist."""
+    prefix: Annotated[str, Field(max_length=512)] = ""
+    """Key prefix for this job. Empty: ``fedkube/<namespace>/<name>-<uid8>/``, unique per job."""
+    region: str = "us-east-1"
+    """Signing region; S3-compatible stores accept any value."""
+    secret_ref: SecretRef | None = None
+    """Credentials Secret (cluster runs). Unset: the standard AWS environment variables."""
+
+    @field_validator("prefix")
+    @classmethod
+    def _prefix_is_a_key_path(cls, value: str) -> str:
+        if value.startswith("/") or ".." in value.split("/"):
+            raise ValueError("must be a relative key path without '..' segments, e.g. 'teams/a/'")
+        return value
+
+
+class StrategySpec(_Model):
+    name: Literal["fedavg", "fedavgm"] = "fedavg"
+    """``fedavg``: sample-weighted mean of client deltas. ``fedavgm``: FedAvg with server
+    momentum (Hsu et al., 2019), which helps on non-IID data."""
+    min_clients: Annotated[int | None, Field(ge=1)] = None
+    """Updates a round needs before it may close at its deadline. Unset: every client."""
+    fraction_fit: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
+    """Share of the available clients selected each round (at least ``minClients``)."""
+    round_timeout_seconds: Annotated[int, Field(ge=1, le=7 * 24 * 3600)] = 600
+    """Seconds a round waits for its selected clients before closing with a quorum."""
+    server_learning_rate: Annotated[float, Field(gt=0.0, le=10.0)] = 1.0
+    """Scale applied to the averaged update (1.0 is plain FedAvg)."""
+    server_momentum: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
+    """Momentum of the server optimizer; ``fedavgm`` only."""
+
+    @model_validator(mode="after")
+    def _momentum_needs_fedavgm(self) -> StrategySpec:
+        if self.name == "fedavg" and self.server_momentum != 0.0:
+            raise ValueError(
+                f"serverMomentum={self.server_momentum} applies to fedavgm only; "
+                "set strategy.name: fedavgm, or remove serverMomentum"
+            )
+        return self
+
+
+class AggregatorSpec(_Model):
+    resources: K8sObject = Field(default_factory=dict)
+    """Pod resources of the aggregator (it needs about 2x the model's size in memory)."""
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    tolerations: list[K8sObject] = Field(default_factory=list, max_length=64)
+    env: list[K8sObject] = Field(default_factory=list, max_length=128)
+
+
+class ClientSpec(_Model):
+    name: Annotated[str, Field(min_length=1, max_length=MAX_CLIENT_NAME, pattern=DNS_LABEL)]
+    """Participant name (DNS label); part of its pods' names and of its update's key."""
+    replicas: Annotated[int, Field(ge=1, le=1024)] = 1
+    """Pods in this client's DistributedDataParallel group."""
+    procs_per_replica: Annotated[int, Field(ge=1, le=64)] = 1
+    """Training processes per pod: one per GPU when ``gpu`` is true."""
+    gpu: bool = False
+    """Request one ``nvidia.com/gpu`` per process and train with NCCL; false trains on CPU (gloo)."""
+    task_config: K8sObject = Field(default_factory=dict)
+    """Overrides merged over ``task.config`` for this client (e.g. where its data lives)."""
+    resources: K8sObject = Field(default_factory=dict)
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    tolerations: list[K8sObject] = Field(default_factory=list, max_length=64)
+    env: list[K8sObject] = Field(default_factory=list, max_length=128)
+    volumes: list[K8sObject] = Field(default_factory=list, max_length=64)
+    """Pod volumes, typically the client's private data (a PVC or hostPath)."""
+    volume_mounts: list[K8sObject] = Field(default_factory=list, max_length=64)
+
+    @property
+    def world_size(self) -> int:
+        return self.replicas * self.procs_per_replica
+
+    @model_validator(mode="after")
+    def _gpu_limit_matches_procs(self) -> ClientSpec:
+        limits = self.resources.get("limits") or {}
+        given = limits.get("nvidia.com/gpu") if isinstance(limits, dict) else None
+        if given is not None and self.gpu and str(given) != str(self.procs_per_replica):
+            raise ValueError(
+                f"resources.limits['nvidia.com/gpu']={given} disagrees with "
+                f"procsPerReplica={self.procs_per_replica} (one GPU per process); "
+                "remove the limit (gpu: true sets it) or make them equal"
+            )
+        return self
+
+
+class RunPolicy(_Model):
+    backoff_limit: Annotated[int, Field(ge=0, le=100)] = 3
+    """Restarts of a failed client group (or the aggregator) before it is given up."""
+    active_deadline_seconds: Annotated[int | None, Field(ge=1)] = None
+    """Wall-clock limit of the whole job; past it the job fails."""
+    ttl_seconds_after_finished: Annotated[int | None, Field(ge=0)] = None
+    """Delete the finished job (and everything it made) this long after it ends."""
+    suspend: bool = False
+    """Suspended jobs keep their store state but run no pods (Kueue semantics)."""
+    clean_pod_policy: Literal["Running", "All", "None"] = "Running"
+    """Pods deleted when the job ends: still-running ones (frees GPUs), all, or none."""
+
+
+class FederatedJobSpec(_Model):
+    rounds: Annotated[int, Field(ge=1, le=100_000)]
+    """Federated rounds to run."""
+    task: TaskSpec
+    clients: Annotated[list[ClientSpec], Field(min_length=1, max_length=MAX_CLIENTS)]
+    image: Annotated[str | None, Field(max_length=512)] = None
+    """Runtime image of the pods (cluster runs); ignored by ``fedkube run``."""
+    seed: Annotated[int, Field(ge=0, le=2**31 - 1)] = 0
+    """Seeds model init, client selection and training: a rerun reproduces every round."""
+    storage: StorageSpec = Field(default_factory=StorageSpec)
+    strategy: StrategySpec = Field(default_factory=StrategySpec)
+    aggregator: AggregatorSpec = Field(default_factory=AggregatorSpec)
+    run_policy: RunPolicy = Field(default_factory=RunPolicy)
+
+    @model_validator(mode="after")
+    def _clients_are_consistent(self) -> FederatedJobSpec:
+        seen: dict[str, int] = {}
+        for index, client in enumerate(self.clients):
+            if client.name in seen:
+                raise ValueError(
+                    f"clients[{index}].name: duplicate client name {client.name!r} "
+                    f"(also clients[{seen[client.name]}].name); give each client a unique name"
+                )
+            seen[client.name] = index
+        wanted = self.strategy.min_clients
+        if wanted is not None and wanted > len(self.clients):
+            raise ValueError(
+                f"strategy.minClients: {wanted} is more than the {len(self.clients)} clients "
+                "listed in clients; lower minClients or add clients"
+            )
+        return self
+
+    @property
+    def min_clients(self) -> int:
+        """Quorum of a round: ``strategy.minClients``, or every client when unset."""
+        return self.strategy.min_clients or len(self.clients)
+
+    def clients_per_round(self, available: int) -> int:
+        """How many of ``available`` clients a round selects."""
+        return min(available, max(self.min_clients, math.ceil(self.strategy.fraction_fit * available)))
+
+    def client(self, name: str) -> ClientSpec:
+        for client in self.clients:
+            if client.name == name:
+                return client
+        known = ", ".join(c.name for c in self.clients)
+        raise SpecError([("spec.clients", f"no client named {name!r}; known clients: {known}")])
+
+    def task_config_for(self, name: str) -> dict[str, Any]:
+        """The task config one client sees: ``task.config`` with its ``taskConfig`` on top."""
+        return {**self.task.config, **self.client(name).task_config}
+
+
+class ObjectMeta(BaseModel):
+    """The part of Kubernetes metadata fedkube reads; everything else passes through."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    name: Annotated[str, Field(min_length=1, max_length=253, pattern=DNS_LABEL)] = "job"
+    namespace: str | None = None
+    uid: str | None = None
+    generation: int | None = None
+
+
+# ---- status (written by the operator; read by kubectl and tests) -----------------------------
+
+
+class Condition(_Model):
+    """Shaped like metav1.Condition."""
+
+    type: str
+    status: Literal["True", "False", "Unknown"]
+    reason: str
+    message: str = ""
+    last_transition_time: datetime | None = None
+    observed_generation: int | None = None
+
+
+class ClientStatus(_Model):
+    phase: Literal["Pending", "Running", "Restarting", "Succeeded", "Failed", "Dropped"] = "Pending"
+    last_round: int | None = None
+    """Newest round this client's update was folded into."""
+    num_samples: int | None = None
+    restarts: int = 0
+    message: str = ""
+
+
+class RoundSummary(_Model):
+    round: int
+    participants: list[str] = Field(default_factory=list)
+    metrics: dict[str, float] = Field(default_factory=dict)
+    duration_seconds: float | None = None
+    rejected: int = 0
+
+
+class ModelRef(_Model):
+    uri: str
+    sha256: str
+
+
+class FederatedJobStatus(_Model):
+    phase: Literal["Pending", "Running", "Succeeded", "Failed", "Suspended"] = "Pending"
+    observed_generation: int | None = None
+    current_round: int = 0
+    total_rounds: int | None = None
+    conditions: list[Condition] = Field(default_factory=list)
+    clients: dict[str, ClientStatus] = Field(default_factory=dict)
+    last_round: RoundSummary | None = None
+    history: Annotated[list[RoundSummary], Field(max_length=MAX_HISTORY)] = Field(default_factory=list)
+    model: ModelRef | None = None
+    start_time: datetime | None = None
+    completion_time: datetime | None = None
+    message: str = ""
+
+
+class FederatedJob(BaseModel):
+    """A whole FederatedJob object, as in a manifest or from the API server."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
+    )
+
+    api_version: Literal["fedkube.io/v1alpha1"] = "fedkube.io/v1alpha1"
+    kind: Literal["FederatedJob"] = "FederatedJob"
+    metadata: ObjectMeta = Field(default_factory=ObjectMeta)
+    spec: FederatedJobSpec
+    status: FederatedJobStatus | None = None
+
+    @property
+    def name(self) -> str:
+        return self.metadata.name
+
+    def to_object(self) -> dict[str, Any]:
+        """JSON-ready dict in wire form (camelCase, no unset status)."""
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True, exclude={"status"})
+
+
+# ---- loading and error reporting ---------------------------------------------------------------
+
+def _field_path(loc: tuple[int | str, ...], root: str) -> str:
+    path = root
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        else:
+            path += f".{part}" if path else str(part)
+    return path
+
+
+_PATTERN_HINTS: dict[str, str] = {
+    DNS_LABEL: "a DNS label: lowercase letters, digits and '-', alphanumeric at both ends "
+    "(e.g. 'hospital-a')",
+    ENTRYPOINT: "'module:attribute', importable in the runtime (e.g. 'fedcore.tasks.digits:task')",
+    ENDPOINT: "an http(s) URL (e.g. 'http://minio.minio:9000')",
+    BUCKET: "an S3 bucket name: 3-63 lowercase letters, digits, '.' or '-'",
+}
+
+
+def _shown(value: Any) -> str:
+    return json.dumps(value, default=str)[:80]
+
+
+def _explain(item: Any) -> str:
+    """One sentence for one pydantic error: what is wrong, the value, and the fix."""
+    kind, ctx, got = item["type"], item.get("ctx") or {}, item.get("input")
+    if kind == "missing":
+        return "required field is missing; add it"
+    if kind == "extra_forbidden":
+        return "unknown field; remove it or fix its spelling (see `fedkube validate --schema`)"
+    if kind in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
+        op = {"greater_than_equal": ">=", "greater_than": ">", "less_than_equal": "<=", "less_than": "<"}
+        bound = next(iter(ctx.values()), "?")
+        return f"must be {op[kind]} {bound} (got {_shown(got)})"
+    if kind == "literal_error":
+        return f"must be one of {ctx.get('expected', '?')} (got {_shown(got)})"
+    if kind == "string_pattern_mismatch":
+        pattern = ctx.get("pattern", "")
+        return f"must be {_PATTERN_HINTS.get(pattern, 'of the form ' + pattern)} (got {_shown(got)})"
+    if kind in ("too_short", "too_long"):
+        if kind == "too_short":
+            return f"needs at least {ctx.get('min_length', '?')} entries (got {ctx.get('actual_length', '?')})"
+        return f"allows at most {ctx.get('max_length', '?')} entries (got {ctx.get('actual_length', '?')})"
+    return f"{item['msg']} (got {_shown(got)})"
+
+
+def _problems(error: ValidationError, root: str) -> list[tuple[str, str]]:
+    problems: list[tuple[str, str]] = []
+    for item in error.errors(include_url=False):
+        loc = tuple(item["loc"])
+        field = _field_path(loc, root)
+        if item["type"] == "value_error":
+            message = item["msg"].removeprefix("Value error, ")
+            # Cross-field validators name the sub-field themselves ("clients[2].name: ...").
+            if re.match(r"^[A-Za-z][\w.\[\]]*: ", message):
+                sub, _, message = message.partition(": ")
+                field = f"{field}.{sub}" if field else sub
+        else:
+            message = _explain(item)
+        problems.append((field or "<document>", message))
+    return problems
+
+
+def parse_job(obj: dict[str, Any], *, source: str | None = None) -> FederatedJob:
+    """Validate a FederatedJob object (manifest or API object); raise ``SpecError``."""
+    if not isinstance(obj, dict):
+        raise SpecError([("<document>", "expected a mapping (a FederatedJob object)")], source=source)
+    obj = {k: v for k, v in obj.items() if not (k == "status" and v in (None, {}))}
+    try:
+        return FederatedJob.model_validate(obj)
+    except ValidationError as e:
+        raise SpecError(_problems(e, root=""), source=source) from e
+
+
+def parse_spec(spec: dict[str, Any], *, source: str | None = None) -> FederatedJobSpec:
+    """Validate only a spec (what the operator's handlers receive)."""
+    try:
+        return FederatedJobSpec.model_validate(spec)
+    except ValidationError as e:
+        raise SpecError(_problems(e, root="spec"), source=source) from e
+
+
+def load_job(path: str | Path) -> FederatedJob:
+    """Read a FederatedJob from a YAML or JSON file (the first FederatedJob document)."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise SpecError([("<file>", f"cannot read {path}: {e.strerror}")], source=str(path)) from e
+    try:
+        docs = [d for d in yaml.safe_load_all(text) if d is not None]
+    except yaml.YAMLError as e:
+        raise SpecError([("<file>", f"not valid YAML: {e}")], source=str(path)) from e
+    jobs = [d for d in docs if isinstance(d, dict) and d.get("kind", KIND) == KIND]
+    if not jobs:
+        raise SpecError([("kind", f"no {KIND} document in the file")], source=str(path))
+    job = jobs[0]
+    if "metadata" not in job:
+        job = {**job, "metadata": {"name": _name_from_path(path)}}
+    return parse_job(job, source=str(path))
+
+
+def _name_from_path(path: Path) -> str:
+    name = re.sub(r"[^a-z0-9-]+", "-", path.stem.lower()).strip("-")
+    return name[:63] or "job"
+
+
+def job_prefix(job: FederatedJob) -> str:
+    """Key prefix of the job's objects in the store, always ending in '/'."""
+    given = job.spec.storage.prefix.strip("/")
+    if given:
+        return given + "/"
+    namespace = job.metadata.namespace or "local"
+    suffix = f"-{job.metadata.uid[:8]}" if job.metadata.uid else ""
+    return f"fedkube/{namespace}/{job.metadata.name}{suffix}/"

@@ -1,0 +1,1 @@
+"""The fedkube operator (kopf)."""
