@@ -1,0 +1,198 @@
+"""The FederatedJob models: good specs load, bad ones fail naming the field, value and fix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fedcore.errors import SpecError
+from fedcore.spec import FederatedJob, job_prefix, load_job, parse_job, parse_spec
+
+
+def make_job(**spec_overrides: Any) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "rounds": 3,
+        "task": {"entrypoint": "fedcore.tasks.digits:task", "config": {"hidden": 32}},
+        "clients": [{"name": "hospital-a"}, {"name": "hospital-b", "replicas": 2}],
+    }
+    spec.update(spec_overrides)
+    return {"apiVersion": "fedkube.io/v1alpha1", "kind": "FederatedJob",
+            "metadata": {"name": "demo"}, "spec": spec}
+
+
+def problems_of(obj: dict[str, Any]) -> dict[str, str]:
+    with pytest.raises(SpecError) as caught:
+        parse_job(obj)
+    return dict(caught.value.problems)
+
+
+def test_minimal_job_gets_documented_defaults() -> None:
+    job = parse_job(make_job())
+
+    assert job.spec.strategy.name == "fedavg"
+    assert job.spec.min_clients == 2  # unset minClients means every client
+    assert job.spec.run_policy.backoff_limit == 3
+    assert job.spec.clients[1].world_size == 2
+    assert job.spec.storage.endpoint is None
+
+
+def test_camel_case_wire_names_round_trip() -> None:
+    job = parse_job(make_job(strategy={"minClients": 1, "fractionFit": 0.5}))
+
+    wire = job.to_object()
+
+    assert wire["spec"]["strategy"]["minClients"] == 1
+    assert parse_job(wire) == job
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field", "words"),
+    [
+        pytest.param({"rounds": 0}, "spec.rounds", ">= 1", id="zero rounds"),
+        pytest.param({"rounds": -5}, "spec.rounds", "got -5", id="negative rounds"),
+        pytest.param({"clients": []}, "spec.clients", "at least 1", id="no clients"),
+        pytest.param(
+            {"clients": [{"name": "a"}, {"name": "a"}]},
+            "spec.clients[1].name", "duplicate client name 'a'", id="duplicate client names",
+        ),
+        pytest.param(
+            {"clients": [{"name": "a", "replicas": 0}]},
+            "spec.clients[0].replicas", ">= 1", id="zero replicas",
+        ),
+        pytest.param(
+            {"clients": [{"name": "Hospital_A"}]}, "spec.clients[0].name", "DNS label",
+            id="client name not a DNS label",
+        ),
+        pytest.param(
+            {"strategy": {"minClients": 3}}, "spec.strategy.minClients",
+            "more than the 2 clients", id="minClients above the client count",
+        ),
+        pytest.param(
+            {"strategy": {"name": "fedsgd"}}, "spec.strategy.name", "'fedavg' or 'fedavgm'",
+            id="unknown strategy",
+        ),
+        pytest.param(
+            {"strategy": {"serverMomentum": 0.9}}, "spec.strategy", "set strategy.name: fedavgm",
+            id="momentum without fedavgm",
+        ),
+        pytest.param({"bogus": 1}, "spec.bogus", "unknown field", id="unknown field"),
+        pytest.param(
+            {"task": {"entrypoint": "fedcore.tasks.digits"}}, "spec.task.entrypoint",
+            "'module:attribute'", id="entrypoint without attribute",
+        ),
+        pytest.param(
+            {"storage": {"endpoint": "minio:9000"}}, "spec.storage.endpoint", "http(s) URL",
+            id="endpoint without scheme",
+        ),
+        pytest.param(
+            {"storage": {"prefix": "../escape"}}, "spec.storage.prefix", "'..'",
+            id="prefix escaping upwards",
+        ),
+        pytest.param(
+            {"clients": [{"name": "a", "gpu": True, "procsPerReplica": 2,
+                          "resources": {"limits": {"nvidia.com/gpu": 4}}}]},
+            "spec.clients[0]", "procsPerReplica=2", id="gpu limit disagreeing with processes",
+        ),
+    ],
+)
+def test_invalid_spec_names_the_field_and_the_fix(
+    overrides: dict[str, Any], field: str, words: str
+) -> None:
+    problems = problems_of(make_job(**overrides))
+
+    assert field in problems, problems
+    assert words in problems[field]
+
+
+def test_every_problem_is_reported_at_once() -> None:
+    problems = problems_of(make_job(rounds=0, bogus=True, strategy={"name": "x"}))
+
+    assert set(problems) == {"spec.rounds", "spec.bogus", "spec.strategy.name"}
+
+
+def test_parse_spec_reports_fields_under_spec() -> None:
+    with pytest.raises(SpecError) as caught:
+        parse_spec({"rounds": 0, "task": {"entrypoint": "a:b"}, "clients": [{"name": "a"}]})
+
+    assert caught.value.problems[0][0] == "spec.rounds"
+
+
+def test_client_task_config_overrides_the_job_task_config() -> None:
+    job = parse_job(make_job(clients=[{"name": "a", "taskConfig": {"hidden": 8, "path": "/d"}}]))
+
+    assert job.spec.task_config_for("a") == {"hidden": 8, "path": "/d"}
+
+
+def test_unknown_client_lookup_lists_known_clients() -> None:
+    job = parse_job(make_job())
+
+    with pytest.raises(SpecError, match="known clients: hospital-a, hospital-b"):
+        job.spec.client("nope")
+
+
+@pytest.mark.parametrize(
+    ("fraction", "available", "expected"),
+    [(1.0, 5, 5), (0.5, 5, 3), (0.1, 5, 2), (0.5, 1, 1)],
+)
+def test_clients_per_round_respects_fraction_and_quorum(
+    fraction: float, available: int, expected: int
+) -> None:
+    clients = [{"name": f"c{i}"} for i in range(5)]
+    job = parse_job(make_job(clients=clients, strategy={"minClients": 2, "fractionFit": fraction}))
+
+    assert job.spec.clients_per_round(available) == expected
+
+
+def test_job_prefix_is_unique_per_job_and_overridable() -> None:
+    obj = make_job()
+    obj["metadata"] = {"name": "demo", "namespace": "team-a", "uid": "0123456789abcdef"}
+
+    assert job_prefix(parse_job(obj)) == "fedkube/team-a/demo-01234567/"
+    assert job_prefix(parse_job(make_job(storage={"prefix": "x/y"}))) == "x/y/"
+    assert job_prefix(parse_job(make_job())) == "fedkube/local/demo/"
+
+
+def test_load_job_reads_yaml_and_names_the_file_in_errors(tmp_path: Path) -> None:
+    path = tmp_path / "My Job.yaml"
+    path.write_text("kind: FederatedJob\nspec:\n  rounds: 0\n  task: {entrypoint: 'a:b'}\n"
+                    "  clients: [{name: a}]\n")
+
+    with pytest.raises(SpecError) as caught:
+        load_job(path)
+
+    assert str(path) in str(caught.value)
+    assert caught.value.problems == [("spec.rounds", "must be >= 1 (got 0)")]
+
+
+def test_load_job_without_metadata_names_the_job_after_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "My Job.yaml"
+    path.write_text("spec:\n  rounds: 1\n  task: {entrypoint: 'a:b'}\n  clients: [{name: a}]\n")
+
+    assert load_job(path).name == "my-job"
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [("rounds: [", "not valid YAML"), ("kind: Pod\n", "no FederatedJob document"), ("", "no FederatedJob")],
+)
+def test_load_job_rejects_files_that_are_not_jobs(tmp_path: Path, text: str, words: str) -> None:
+    path = tmp_path / "job.yaml"
+    path.write_text(text)
+
+    with pytest.raises(SpecError, match=words):
+        load_job(path)
+
+
+def test_missing_file_is_a_spec_error(tmp_path: Path) -> None:
+    with pytest.raises(SpecError, match="cannot read"):
+        load_job(tmp_path / "absent.yaml")
+
+
+def test_models_are_immutable() -> None:
+    job = parse_job(make_job())
+
+    with pytest.raises(Exception, match="frozen"):
+        job.spec.rounds = 7  # type: ignore[misc]
+    assert isinstance(job, FederatedJob)
