@@ -1,0 +1,60 @@
+"""Object storage behind one small protocol: the only channel between a job's processes.
+
+``open_store`` picks the implementation from the job's storage spec: a directory on this
+machine (``LocalStore``) when no S3 endpoint is named, otherwise an S3-compatible service
+(``S3Store``). Everything else in fedkube programs against ``ObjectStore`` and catches the
+``StoreError`` family from ``fedcore.errors``.
+
+This package imports neither torch nor Kubernetes: the operator uses it. boto3 is imported
+only when an ``S3Store`` is built, so a laptop run on a local directory never loads it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from fedcore.errors import StoreError
+from fedcore.store.base import ObjectStore
+from fedcore.store.local import LocalStore
+
+if TYPE_CHECKING:
+    from fedcore.spec import StorageSpec
+    from fedcore.store.s3 import S3Config, S3Store
+
+__all__ = ["LocalStore", "ObjectStore", "S3Config", "S3Store", "open_store"]
+
+
+def open_store(
+    storage: StorageSpec | None, prefix: str, *, local_root: Path | None = None
+) -> ObjectStore:
+    """The store holding a job's objects, rooted at the job's ``prefix``.
+
+    ``storage`` None or without an ``endpoint``: a ``LocalStore`` in ``local_root / prefix``.
+    Otherwise an ``S3Store`` on ``storage.endpoint`` / ``storage.bucket`` signed for
+    ``storage.region``, credentials from the standard AWS environment variables. ``prefix``
+    is the job's full key prefix (``fedcore.spec.job_prefix``, which already folds in
+    ``storage.prefix``), so ``storage.prefix`` is not applied a second time here.
+    """
+    if storage is None or storage.endpoint is None:
+        if local_root is None:
+            raise StoreError(
+                "the job names no S3 endpoint (spec.storage.endpoint), so it needs a local "
+                "store folder: pass --store DIR or set FEDKUBE_STORE_DIR"
+            )
+        return LocalStore(local_root, prefix)
+    from fedcore.store.s3 import S3Config, S3Store
+
+    config = S3Config(
+        endpoint=storage.endpoint, bucket=storage.bucket, prefix=prefix, region=storage.region
+    )
+    return S3Store(config)
+
+
+def __getattr__(name: str) -> Any:
+    # S3Store/S3Config load boto3 (~0.3 s); only code that asks for them pays for it.
+    if name in ("S3Config", "S3Store"):
+        from fedcore.store import s3
+
+        return getattr(s3, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

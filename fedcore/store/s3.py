@@ -1,0 +1,508 @@
+"""Any S3-compatible service (MinIO, Ceph RGW, AWS S3) as an object store: what the pods of a
+cluster run use. The only module of fedkube that imports boto3.
+
+- Addressing is path-style by default (``http://host:9000/bucket/key``), which every
+  S3-compatible server accepts without wildcard DNS.
+- Retries are botocore's ``adaptive`` mode: exponential backoff with jitter plus a client
+  side rate limiter that backs off when the server throttles. What still fails after
+  ``max_attempts`` (connection refused, 5xx, throttling) is ``StoreUnavailable``.
+- Large files move in parallel parts (``multipart_threshold`` / ``multipart_chunksize`` /
+  ``max_concurrency``) through boto3's transfer manager. Create-if-absent uploads of large
+  files use a small multipart loop of our own, because the transfer manager cannot pass
+  ``If-None-Match`` to ``CompleteMultipartUpload``; that request, like ``PutObject``, is
+  atomic on the server: of two concurrent creators exactly one gets ``ObjectExists``.
+- Each object's sha256 is the user metadata ``sha256`` (header ``x-amz-meta-sha256``),
+  written with the object in the same request and checked on every read. A multipart ETag is
+  not a content hash, and S3's own checksums differ between single and multipart uploads,
+  so a digest of our own is the one that means the same everywhere.
+
+Credentials come from boto3's standard chain (``AWS_ACCESS_KEY_ID`` /
+``AWS_SECRET_ACCESS_KEY``, profiles, instance roles) or a caller-made session; this module
+never stores, prints or logs them, and rejects endpoint URLs that embed them.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+import os
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO, Literal, NoReturn
+from urllib.parse import urlsplit
+
+import boto3
+import boto3.exceptions
+import botocore.exceptions
+from boto3.s3.transfer import TransferConfig
+from botocore.config import Config as BotoConfig
+
+from fedcore.errors import (
+    IntegrityError,
+    ObjectExists,
+    ObjectNotFound,
+    StoreError,
+    StoreUnavailable,
+)
+from fedcore.store.base import (
+    atomic_output,
+    integrity_message,
+    normalize_prefix,
+    sha256_bytes,
+    sha256_file,
+    validate_key,
+    validate_list_prefix,
+)
+
+log = logging.getLogger(__name__)
+
+MiB = 1 << 20
+MIN_PART_BYTES = 5 * MiB
+"""S3's smallest part (all but the last) of a multipart upload."""
+MAX_PARTS = 10_000
+"""S3's largest number of parts in one multipart upload."""
+MAX_KEY_BYTES = 1024
+"""S3's longest object key (prefix included), in UTF-8 bytes."""
+SHA256_METADATA = "sha256"
+"""User metadata key holding the object's hex sha256 (header ``x-amz-meta-sha256``)."""
+
+_READ_ATTEMPTS = 4
+"""Downloads restarted because the object was replaced between its HEAD and its bytes."""
+_UNAVAILABLE_CODES = frozenset(
+    {
+        "InternalError",
+        "ServiceUnavailable",
+        "SlowDown",
+        "Throttling",
+        "ThrottlingException",
+        "RequestTimeout",
+        "RequestTimeTooSkewed",
+        "XMinioServerNotInitialized",
+        "XMinioStorageFull",
+    }
+)
+_ACCESS_CODES = frozenset(
+    {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "403"}
+)
+
+
+@dataclass(frozen=True)
+class S3Config:
+    """Where an S3 store lives and how it moves bytes. Holds no credentials."""
+
+    bucket: str
+    """Bucket holding the objects; it must exist (fedkube never creates buckets)."""
+    endpoint: str | None = None
+    """S3 API URL, e.g. ``http://minio.minio:9000``. None: boto3's default for the region
+    (AWS S3, or ``AWS_ENDPOINT_URL`` when set)."""
+    prefix: str = ""
+    """Key prefix of this store (a job's prefix); stored with one trailing '/'."""
+    region: str = "us-east-1"
+    """Signing region; S3-compatible servers accept any value, AWS needs the bucket's."""
+    addressing_style: Literal["path", "virtual", "auto"] = "path"
+    """``path`` works with any server and needs no wildcard DNS; ``virtual`` is AWS's
+    preferred style."""
+    max_attempts: int = 8
+    """Attempts per request (first try included) before ``StoreUnavailable``; with adaptive
+    backoff 8 attempts ride out roughly half a minute of server restart."""
+    multipart_threshold: int = 16 * MiB
+    """Objects of this many bytes or more go up in parts (and come down in ranges). 16 MiB:
+    below that one request is as fast; above it parallel parts win."""
+    multipart_chunksize: int = 16 * MiB
+    """Bytes per part (at least S3's 5 MiB); raised automatically for objects that would
+    need more than 10,000 parts."""
+    max_concurrency: int = 8
+    """Parts in flight at once per transfer; enough to fill a 10 Gbit/s link to a nearby
+    server without starving the node's CPU."""
+    connect_timeout: float = 10.0
+    """Seconds to open a connection before the attempt counts as failed."""
+    read_timeout: float = 60.0
+    """Seconds without a byte from the server before the attempt counts as failed."""
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not self.bucket:
+            problems.append("bucket is empty; name the bucket that holds the job's objects")
+        if self.endpoint is not None:
+            parts = urlsplit(self.endpoint)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                problems.append(
+                    f"endpoint {self.endpoint!r} is not an http(s) URL; "
+                    "write it like 'http://minio.minio:9000'"
+                )
+            elif parts.username is not None or parts.password is not None:
+                problems.append(
+                    "endpoint embeds credentials; remove them from the URL and set "
+                    "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY instead"
+                )
+        if self.addressing_style not in ("path", "virtual", "auto"):
+            problems.append(
+                f"addressing_style {self.addressing_style!r} is not one of path, virtual, auto"
+            )
+        for name in ("max_attempts", "max_concurrency"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name}={getattr(self, name)} must be at least 1")
+        if self.multipart_chunksize < MIN_PART_BYTES:
+            problems.append(
+                f"multipart_chunksize={self.multipart_chunksize} is below S3's minimum part "
+                f"size; use at least {MIN_PART_BYTES} (5 MiB)"
+            )
+        if self.multipart_threshold < 1:
+            problems.append(f"multipart_threshold={self.multipart_threshold} must be positive")
+        for name in ("connect_timeout", "read_timeout"):
+            if getattr(self, name) <= 0:
+                problems.append(f"{name}={getattr(self, name)} must be positive seconds")
+        if problems:
+            raise StoreError("invalid S3Config: " + "; ".join(problems))
+        object.__setattr__(self, "prefix", normalize_prefix(self.prefix))
+
+
+class S3Store:
+    """An ``ObjectStore`` in ``s3://bucket/prefix`` on an S3-compatible service.
+
+    ``session`` supplies the credentials; by default a new ``boto3.session.Session()``
+    (the standard AWS environment variables, profiles, roles). The client is thread-safe,
+    so one store may be shared by threads.
+    """
+
+    def __init__(self, config: S3Config, *, session: boto3.session.Session | None = None) -> None:
+        self.config = config
+        session = session or boto3.session.Session()
+        self._client: Any = session.client(
+            "s3",
+            endpoint_url=config.endpoint,
+            region_name=config.region,
+            config=BotoConfig(
+                s3={"addressing_style": config.addressing_style},
+                retries={"max_attempts": config.max_attempts, "mode": "adaptive"},
+                connect_timeout=config.connect_timeout,
+                read_timeout=config.read_timeout,
+                max_pool_connections=max(10, config.max_concurrency * 2),
+            ),
+        )
+        self._transfer = TransferConfig(
+            multipart_threshold=config.multipart_threshold,
+            multipart_chunksize=config.multipart_chunksize,
+            max_concurrency=config.max_concurrency,
+            use_threads=True,
+        )
+        self._bucket_seen = False
+
+    def __repr__(self) -> str:
+        c = self.config
+        return f"S3Store(endpoint={c.endpoint!r}, bucket={c.bucket!r}, prefix={c.prefix!r})"
+
+    def uri(self, key: str) -> str:
+        return f"s3://{self.config.bucket}/{self._key(key)}"
+
+    # -- writes ---------------------------------------------------------------------------
+
+    def put_bytes(self, key: str, data: bytes, *, if_absent: bool = False) -> None:
+        full = self._key(key)
+        sha = sha256_bytes(data)
+        view = memoryview(data)
+
+        def read_part(offset: int, size: int) -> bytes:
+            return bytes(view[offset : offset + size])
+
+        self._upload(key, full, len(data), sha, io.BytesIO(data), read_part, if_absent)
+
+    def put_file(self, key: str, path: Path, *, if_absent: bool = False) -> None:
+        full = self._key(key)
+        path = Path(path)
+        sha = sha256_file(path)
+        with path.open("rb") as f:
+            size = os.fstat(f.fileno()).st_size
+
+            def read_part(offset: int, length: int) -> bytes:
+                return os.pread(f.fileno(), length, offset)
+
+            self._upload(key, full, size, sha, f, read_part, if_absent)
+
+    def delete(self, key: str) -> None:
+        full = self._key(key)
+        with self._errors(key, "delete"):
+            self._client.delete_object(Bucket=self.config.bucket, Key=full)
+
+    def _upload(
+        self,
+        key: str,
+        full: str,
+        size: int,
+        sha: str,
+        body: BinaryIO,
+        read_part: Callable[[int, int], bytes],
+        if_absent: bool,
+    ) -> None:
+        bucket = self.config.bucket
+        metadata = {SHA256_METADATA: sha}
+        log.debug("put %s (%d bytes, if_absent=%s)", self.uri(key), size, if_absent)
+        with self._errors(key, "write", conditional=if_absent):
+            if size < self.config.multipart_threshold:
+                extra = {"IfNoneMatch": "*"} if if_absent else {}
+                self._client.put_object(
+                    Bucket=bucket, Key=full, Body=body, Metadata=metadata, **extra
+                )
+            elif not if_absent:
+                self._client.upload_fileobj(
+                    body, bucket, full, ExtraArgs={"Metadata": metadata}, Config=self._transfer
+                )
+            else:
+                self._create_in_parts(key, full, size, metadata, read_part)
+
+    def _create_in_parts(
+        self,
+        key: str,
+        full: str,
+        size: int,
+        metadata: dict[str, str],
+        read_part: Callable[[int, int], bytes],
+    ) -> None:
+        """Create-if-absent multipart upload: parts in parallel, then one conditional
+        ``CompleteMultipartUpload`` that either creates the object or fails with 412."""
+        bucket = self.config.bucket
+        # Not needed for correctness (the completion is conditional); it spares uploading
+        # a large file only to be told the key was taken.
+        if self._head(key, full) is not None:
+            raise ObjectExists(f"{self.uri(key)} already exists (create-if-absent)")
+        chunk = max(self.config.multipart_chunksize, math.ceil(size / MAX_PARTS))
+        count = max(1, math.ceil(size / chunk))
+        upload_id = self._client.create_multipart_upload(
+            Bucket=bucket, Key=full, Metadata=metadata
+        )["UploadId"]
+
+        def send(index: int) -> dict[str, Any]:
+            offset = index * chunk
+            reply = self._client.upload_part(
+                Bucket=bucket,
+                Key=full,
+                UploadId=upload_id,
+                PartNumber=index + 1,
+                Body=read_part(offset, min(chunk, size - offset)),
+            )
+            part = {"PartNumber": index + 1, "ETag": reply["ETag"]}
+            # botocore adds a checksum to every part by default; the completion must
+            # repeat it or the server rejects the part list.
+            part.update({k: v for k, v in reply.items() if k.startswith("Checksum")})
+            return part
+
+        try:
+            with ThreadPoolExecutor(min(self.config.max_concurrency, count)) as pool:
+                parts = list(pool.map(send, range(count)))
+            self._client.complete_multipart_upload(
+                Bucket=bucket,
+                Key=full,
+                UploadId=upload_id,
+                MultipartUpload={"Parts": parts},
+                IfNoneMatch="*",
+            )
+        except BaseException:
+            try:
+                self._client.abort_multipart_upload(Bucket=bucket, Key=full, UploadId=upload_id)
+            except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError):
+                log.warning("could not abort multipart upload of %s", self.uri(key))
+            raise
+
+    # -- reads ----------------------------------------------------------------------------
+
+    def get_bytes(self, key: str) -> bytes:
+        full = self._key(key)
+        with self._errors(key, "read"):
+            reply = self._client.get_object(Bucket=self.config.bucket, Key=full)
+            with reply["Body"] as body:
+                data: bytes = body.read()
+        recorded = reply.get("Metadata", {}).get(SHA256_METADATA)
+        actual = sha256_bytes(data)
+        if recorded != actual:
+            raise IntegrityError(integrity_message(self.uri(key), recorded, actual))
+        log.debug("got %s (%d bytes)", self.uri(key), len(data))
+        return data
+
+    def get_file(self, key: str, path: Path) -> None:
+        full = self._key(key)
+        for _ in range(_READ_ATTEMPTS):
+            head = self._head(key, full)
+            if head is None:
+                raise ObjectNotFound(f"{self.uri(key)} does not exist")
+            recorded = head.get("Metadata", {}).get(SHA256_METADATA)
+            try:
+                with atomic_output(Path(path)) as (out, tmp):
+                    with self._errors(key, "read"):
+                        try:
+                            self._client.download_fileobj(
+                                self.config.bucket, full, out, Config=self._transfer
+                            )
+                        except botocore.exceptions.ClientError as e:
+                            if _code(e) == "PreconditionFailed":
+                                raise _ReadAgain from e  # its ranges no longer match its ETag
+                            raise
+                    out.flush()
+                    actual = sha256_file(tmp)
+                    if recorded != actual:
+                        now = self._head(key, full)
+                        if now is None or now.get("ETag") != head.get("ETag"):
+                            raise _ReadAgain  # replaced between the HEAD and the bytes
+                        raise IntegrityError(integrity_message(self.uri(key), recorded, actual))
+            except _ReadAgain:
+                continue
+            log.debug("got %s into %s", self.uri(key), path)
+            return
+        raise StoreUnavailable(
+            f"{self.uri(key)} was replaced {_READ_ATTEMPTS} times while being downloaded; "
+            "its writer rewrites it in a loop, retry later"
+        )
+
+    def exists(self, key: str) -> bool:
+        return self._head(key, self._key(key)) is not None
+
+    def list(self, prefix: str = "") -> list[str]:
+        validate_list_prefix(prefix)
+        own = self.config.prefix
+        keys: list[str] = []
+        with self._errors(None, "list"):
+            pages = self._client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.config.bucket, Prefix=own + prefix
+            )
+            for page in pages:
+                keys.extend(item["Key"][len(own) :] for item in page.get("Contents", ()))
+        return sorted(keys)
+
+    # -- helpers --------------------------------------------------------------------------
+
+    def _key(self, key: str) -> str:
+        full = self.config.prefix + validate_key(key)
+        if len(full.encode()) > MAX_KEY_BYTES:
+            raise StoreError(
+                f"object key {full!r} is longer than S3's {MAX_KEY_BYTES} bytes; "
+                "shorten the job prefix or the key"
+            )
+        return full
+
+    def _head(self, key: str, full: str) -> dict[str, Any] | None:
+        """The object's HEAD reply, or None if it does not exist (and the bucket does)."""
+        try:
+            with self._errors(key, "read"):
+                reply: dict[str, Any] = self._client.head_object(
+                    Bucket=self.config.bucket, Key=full
+                )
+                return reply
+        except ObjectNotFound:
+            # A HEAD has no body, so "no such key" and "no such bucket" look alike.
+            self._check_bucket()
+            return None
+
+    def _check_bucket(self) -> None:
+        if self._bucket_seen:
+            return
+        with self._errors(None, "check the bucket of"):
+            try:
+                self._client.head_bucket(Bucket=self.config.bucket)
+            except botocore.exceptions.ClientError as e:
+                if _code(e) in ("404", "NoSuchBucket", "NotFound"):
+                    raise self._no_bucket() from e
+                raise
+        self._bucket_seen = True
+
+    def _no_bucket(self) -> StoreError:
+        c = self.config
+        return StoreError(
+            f"bucket {c.bucket!r} does not exist at {c.endpoint or 'the default S3 endpoint'}; "
+            f"create it (e.g. `mc mb <alias>/{c.bucket}` or `aws s3 mb s3://{c.bucket}`) "
+            "or set spec.storage.bucket to an existing bucket"
+        )
+
+    @contextmanager
+    def _errors(self, key: str | None, action: str, *, conditional: bool = False) -> Iterator[None]:
+        """Turn boto3/botocore exceptions into the fedcore.errors hierarchy (cause chained)."""
+        where = (
+            self.uri(key) if key is not None else f"s3://{self.config.bucket}/{self.config.prefix}"
+        )
+        try:
+            yield
+        except (
+            botocore.exceptions.ClientError,
+            boto3.exceptions.S3UploadFailedError,
+        ) as e:
+            client_error = _client_error(e)
+            if client_error is None:
+                raise StoreError(f"cannot {action} {where}: {e}") from e
+            self._raise_for(client_error, where, action, conditional)
+        except boto3.exceptions.RetriesExceededError as e:
+            raise StoreUnavailable(
+                f"cannot {action} {where}: the connection kept failing after "
+                f"{self.config.max_attempts} attempts ({e.last_exception}); retry later"
+            ) from e
+        except (
+            botocore.exceptions.ConnectionError,
+            botocore.exceptions.HTTPClientError,
+            botocore.exceptions.IncompleteReadError,
+        ) as e:
+            raise StoreUnavailable(
+                f"cannot {action} {where}: {self.config.endpoint or 'S3'} unreachable after "
+                f"{self.config.max_attempts} attempts ({type(e).__name__}); check that the "
+                "server runs and the endpoint is right, or retry later"
+            ) from e
+        except (
+            botocore.exceptions.NoCredentialsError,
+            botocore.exceptions.PartialCredentialsError,
+        ) as e:
+            raise StoreError(
+                f"cannot {action} {where}: no S3 credentials; set AWS_ACCESS_KEY_ID and "
+                "AWS_SECRET_ACCESS_KEY (in a cluster: spec.storage.secretRef)"
+            ) from e
+
+    def _raise_for(
+        self,
+        e: botocore.exceptions.ClientError,
+        where: str,
+        action: str,
+        conditional: bool,
+    ) -> NoReturn:
+        code = _code(e)
+        status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        message = e.response.get("Error", {}).get("Message", "")
+        if code == "NoSuchBucket":
+            raise self._no_bucket() from e
+        if code in ("NoSuchKey", "404", "NotFound") or (status == 404 and code != "NoSuchUpload"):
+            raise ObjectNotFound(f"{where} does not exist") from e
+        if conditional and (
+            code in ("PreconditionFailed", "ConditionalRequestConflict") or status in (409, 412)
+        ):
+            raise ObjectExists(f"{where} already exists (create-if-absent)") from e
+        if code in _UNAVAILABLE_CODES or status >= 500:
+            raise StoreUnavailable(
+                f"cannot {action} {where}: the server kept failing after "
+                f"{self.config.max_attempts} attempts ({code or status}: {message}); retry later"
+            ) from e
+        if code in _ACCESS_CODES or status == 403:
+            raise StoreError(
+                f"cannot {action} {where}: access denied ({code}); check the credentials "
+                "(AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, spec.storage.secretRef) and that "
+                f"they may use bucket {self.config.bucket!r}"
+            ) from e
+        raise StoreError(f"cannot {action} {where}: {code or status}: {message}") from e
+
+
+def _client_error(e: BaseException) -> botocore.exceptions.ClientError | None:
+    """The ClientError behind ``e`` (boto3 wraps upload failures without chaining them)."""
+    seen: BaseException | None = e
+    while seen is not None:
+        if isinstance(seen, botocore.exceptions.ClientError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def _code(e: botocore.exceptions.ClientError) -> str:
+    return str(e.response.get("Error", {}).get("Code", ""))
+
+
+class _ReadAgain(Exception):
+    """The object changed under a download; discard the temp file and start over."""
+
+
+__all__ = ["S3Config", "S3Store"]

@@ -1,0 +1,6 @@
+"""Shared fixtures, one plugin module per area (add yours to ``pytest_plugins``)."""
+
+pytest_plugins = [
+    "tests.fixtures.minio",
+    "tests.fixtures.stores",
+]
