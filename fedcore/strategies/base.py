@@ -1,0 +1,88 @@
+"""The contract every aggregation strategy follows, so the aggregator can stream any of them.
+
+A round is ``begin_round(template)``, then one ``fold(update, num_samples)`` per accepted
+update as it arrives, then ``finalize(base)`` which returns the next global model. Updates are
+read tensor by tensor (``fedcore.weights.TensorSource``), so a strategy's memory is what it
+accumulates, never ``clients x model``.
+
+A strategy assumes its inputs passed ``fedcore.validation.validate_update``: it re-checks
+their structure (names, shapes, dtypes, from the header, before any arithmetic) and raises
+``ValueError`` on a mismatch, but it does not re-check values.
+
+State that outlives a round (a server optimizer's momentum) is exposed as a flat tensor
+mapping by ``state_dict()``; the aggregator persists it next to the round's global model and
+``load_state_dict()`` restores it in a restarted aggregator, which then produces the same
+bytes as one that never stopped.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from typing import ClassVar
+
+import torch
+
+from fedcore.weights import Template, Tensors, TensorSource
+
+MAX_NUM_SAMPLES = 10**12
+"""Largest accepted FedAvg weight of one update. Far above any real dataset, low enough that
+``num_samples x integer delta`` sums stay exact in int64 and float64."""
+
+
+def check_num_samples(num_samples: int) -> None:
+    """Raise ``ValueError`` unless ``num_samples`` is an int in ``[1, MAX_NUM_SAMPLES]``."""
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int):
+        raise ValueError(f"num_samples must be an int, got {type(num_samples).__name__}")
+    if not 1 <= num_samples <= MAX_NUM_SAMPLES:
+        raise ValueError(
+            f"num_samples must be between 1 and {MAX_NUM_SAMPLES}, got {num_samples}; "
+            "an update trained on no samples carries no weight and must not be folded"
+        )
+
+
+class Strategy(ABC):
+    """Streaming aggregation: fold updates one at a time, finalize once per round."""
+
+    name: ClassVar[str]
+    """The ``spec.strategy.name`` that selects this strategy."""
+
+    @abstractmethod
+    def begin_round(self, template: Template) -> None:
+        """Start a round for a model with this structure (name -> shape, dtype).
+
+        Discards anything folded in an unfinished round.
+        """
+
+    @abstractmethod
+    def fold(self, update: TensorSource, num_samples: int) -> None:
+        """Fold one validated client delta, weighted by the samples it was trained on."""
+
+    @abstractmethod
+    def finalize(self, base: TensorSource) -> Tensors:
+        """The next global model from the round's base model and everything folded.
+
+        Consumes the round: call ``begin_round`` before folding again.
+        """
+
+    @property
+    @abstractmethod
+    def num_updates(self) -> int:
+        """Updates folded in the current round."""
+
+    @property
+    @abstractmethod
+    def num_samples(self) -> int:
+        """Sum of the folded updates' ``num_samples``."""
+
+    def state_dict(self) -> Tensors:
+        """Server-side state to persist between rounds (empty for stateless strategies)."""
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
+        """Restore what ``state_dict`` returned; takes ownership of the tensors."""
+        if state:
+            raise ValueError(
+                f"strategy {self.name!r} keeps no state between rounds but was given "
+                f"{len(state)} state tensors; was the state written by another strategy?"
+            )

@@ -1,0 +1,208 @@
+"""Streaming FedAvg: fold each client delta in as it arrives, in O(model) memory.
+
+The update rule (McMahan et al., 2017, written on deltas ``Δ_k = w_k - w_t``)::
+
+    w_{t+1} = w_t + η · Σ_k n_k/n · Δ_k          n = Σ_k n_k,  η = serverLearningRate (1.0)
+
+With ``η = 1`` this is exactly the seed formula ``w_{t+1} = Σ_k n_k/n · w_k``.
+
+How it streams. ``fold`` adds ``n_k · Δ_k`` into a running accumulator ``acc``, reading the
+update tensor by tensor; ``finalize`` turns ``acc`` into the model in place, tensor by tensor,
+reading the base model the same way.
+
+Numerics. Float tensors (float16, bfloat16, float32, float64 on the wire) accumulate in
+float64: ``n_k · Δ_k`` is exact for a float32 delta and any ``n_k < 2**29``, so the only
+rounding is in the sums, ~1e-16 relative. The result therefore does not depend on the order
+updates arrive in beyond ~1e-12 (far below float32 resolution), and is bit-identical for the
+same order. ``finalize`` computes ``acc / n``, scales by ``η``, adds the base in float64 and
+rounds once to the model's dtype.
+
+Memory math, for a model of ``P`` float32 parameters (``M = 4P`` bytes) and any number of
+clients:
+
+* accumulator: 8 bytes per float element, ``2M`` (``4M`` for a float16/bfloat16 model);
+* ``fold``: plus the one update tensor being read, at most ``t_max`` (the largest tensor).
+  ``acc.add_(Δ, alpha=n_k)`` promotes element-wise inside the kernel, so no float64 copy of
+  the tensor is made;
+* ``finalize``: for each tensor, the base tensor is read (``t_max``), ``acc`` is updated in
+  place, cast to the model dtype (a new ``4/8`` -sized tensor) and the float64 tensor is
+  dropped. Memory goes from ``2M`` down to ``M`` (the result) and never exceeds
+  ``2M + 2 t_max``;
+
+so the aggregator's peak is about ``2M + 2 t_max``, whatever the number of clients. The
+benchmark (``make bench``) measures it against loading every update at once.
+
+Non-float tensors:
+
+* Integer tensors (``num_batches_tracked`` and other counters) accumulate exactly in int64;
+  the result is ``base + round(Σ n_k Δ_k / n)``, rounded to nearest with ties toward +inf,
+  cast back to the tensor's dtype (``ValueError`` if it does not fit). For BatchNorm's step
+  counter that is the sample-weighted mean number of local steps. ``η`` does not apply to
+  them. Exactness holds while ``|Σ n_k Δ_k| < 2**62``.
+* Bool tensors (masks) are constants of the model: every update's delta must be all-False
+  (``fedcore.validation`` rejects others with ``constant-changed``; ``fold`` refuses them
+  before any arithmetic) and the result is the base tensor.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import ClassVar
+
+import torch
+
+from fedcore.spec import StrategySpec
+from fedcore.strategies.base import Strategy, check_num_samples
+from fedcore.weights import (
+    FLOAT_DTYPES,
+    INT_DTYPES,
+    Template,
+    Tensors,
+    TensorSource,
+    TensorSpec,
+    check_same_structure,
+    dtype_name,
+)
+
+
+class FedAvg(Strategy):
+    """Sample-weighted mean of client deltas, accumulated in float64 (exact int64 for ints)."""
+
+    name: ClassVar[str] = "fedavg"
+
+    def __init__(self, *, server_learning_rate: float = 1.0) -> None:
+        if not (math.isfinite(server_learning_rate) and server_learning_rate > 0):
+            raise ValueError(
+                f"server_learning_rate must be a finite number > 0, got {server_learning_rate}; "
+                "1.0 is plain FedAvg"
+            )
+        self.server_learning_rate = server_learning_rate
+        """``η``: the averaged delta is scaled by it before being added to the base."""
+        self._template: dict[str, TensorSpec] | None = None
+        self._acc: dict[str, torch.Tensor] = {}
+        self._num_updates = 0
+        self._num_samples = 0
+        self._broken = False
+
+    @classmethod
+    def from_spec(cls, spec: StrategySpec) -> FedAvg:
+        return cls(server_learning_rate=spec.server_learning_rate)
+
+    @property
+    def num_updates(self) -> int:
+        return self._num_updates
+
+    @property
+    def num_samples(self) -> int:
+        return self._num_samples
+
+    def begin_round(self, template: Template) -> None:
+        spec_by_name = {name: TensorSpec(tuple(s.shape), s.dtype) for name, s in template.items()}
+        for name, spec in spec_by_name.items():
+            if spec.dtype not in FLOAT_DTYPES | INT_DTYPES | {torch.bool}:
+                raise ValueError(
+                    f"tensor {name!r} has dtype {dtype_name(spec.dtype)}, which {self.name} "
+                    "cannot average; keep it out of the state_dict or store it as float/int"
+                )
+        self._acc = {}  # drop the old round's buffers before allocating the new ones
+        self._template = dict(sorted(spec_by_name.items()))
+        for name, spec in self._template.items():
+            if spec.dtype in FLOAT_DTYPES:
+                self._acc[name] = torch.zeros(spec.shape, dtype=torch.float64)
+            elif spec.dtype in INT_DTYPES:
+                self._acc[name] = torch.zeros(spec.shape, dtype=torch.int64)
+        self._num_updates = 0
+        self._num_samples = 0
+        self._broken = False
+
+    def _round_template(self, action: str) -> dict[str, TensorSpec]:
+        if self._template is None:
+            raise RuntimeError(f"cannot {action}: call begin_round(template) first")
+        if self._broken:
+            raise RuntimeError(
+                f"cannot {action}: an earlier fold or finalize failed half-way and left the "
+                "accumulator inconsistent; call begin_round and fold the round's updates again"
+            )
+        return self._template
+
+    def _check_update(self, template: dict[str, TensorSpec], update: TensorSource) -> None:
+        wire = update.template()
+        check_same_structure(
+            template, wire, left_name="the model", right_name=repr(update), compare_dtypes=False
+        )
+        for name, spec in template.items():
+            got = wire[name].dtype
+            ok = got in FLOAT_DTYPES if spec.dtype in FLOAT_DTYPES else got == spec.dtype
+            if not ok:
+                raise ValueError(
+                    f"tensor {name!r} of {update!r} has dtype {dtype_name(got)} but the model's "
+                    f"is {dtype_name(spec.dtype)}; float tensors may travel as any float dtype, "
+                    "others must keep theirs"
+                )
+        for name, spec in template.items():
+            if spec.dtype == torch.bool and bool(update.get(name).any()):
+                raise ValueError(
+                    f"bool tensor {name!r} of {update!r} changed (its delta is not all-False); "
+                    "bool tensors are constants of the model and cannot be averaged"
+                )
+
+    def fold(self, update: TensorSource, num_samples: int) -> None:
+        template = self._round_template("fold an update")
+        check_num_samples(num_samples)
+        self._check_update(template, update)
+        self._broken = True  # until every tensor is in: an I/O error half-way spoils acc
+        for name, acc in self._acc.items():
+            acc.add_(update.get(name), alpha=num_samples)
+        self._broken = False
+        self._num_updates += 1
+        self._num_samples += num_samples
+
+    def finalize(self, base: TensorSource) -> Tensors:
+        template = self._round_template("finalize")
+        if self._num_updates == 0:
+            raise ValueError(
+                "cannot finalize a round into which no update was folded; a round needs at "
+                "least one accepted update"
+            )
+        check_same_structure(
+            template, base.template(), left_name="the model", right_name=repr(base)
+        )
+        n = self._num_samples
+        out: Tensors = {}
+        self._broken = True
+        for name, spec in template.items():
+            b = base.get(name)
+            if spec.dtype in FLOAT_DTYPES:
+                acc = self._acc.pop(name)
+                acc.div_(n)
+                out[name] = self._server_step(name, acc, b)
+                del acc  # frees 8 bytes per element before the next tensor is read
+            elif spec.dtype in INT_DTYPES:
+                out[name] = _integer_mean_step(name, self._acc.pop(name), n, b)
+            else:
+                out[name] = b.clone()
+        self._template = None
+        self._broken = False
+        self._num_updates = 0
+        self._num_samples = 0
+        return out
+
+    def _server_step(self, name: str, mean_delta: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
+        """The new value of float tensor ``name``; ``mean_delta`` is float64 and may be reused."""
+        if self.server_learning_rate != 1.0:
+            mean_delta.mul_(self.server_learning_rate)
+        mean_delta.add_(base)
+        return mean_delta.to(base.dtype)
+
+
+def _integer_mean_step(name: str, acc: torch.Tensor, n: int, base: torch.Tensor) -> torch.Tensor:
+    """``base + round(acc / n)``, ties toward +inf, exact in int64, cast back to base's dtype."""
+    mean = torch.div(2 * acc + n, 2 * n, rounding_mode="floor")
+    total = base.to(torch.int64) + mean
+    info = torch.iinfo(base.dtype)
+    if total.numel() and (int(total.min()) < info.min or int(total.max()) > info.max):
+        raise ValueError(
+            f"the aggregated integer tensor {name!r} does not fit {dtype_name(base.dtype)}; "
+            "store it as a wider integer in the model"
+        )
+    return total.to(base.dtype)

@@ -1,0 +1,296 @@
+"""The gate every client update passes before it may touch the aggregate.
+
+The store holds untrusted bytes: anyone able to write a client's update slot could try to
+poison the global model or crash the aggregator. ``validate_update`` checks, cheapest first
+and before trusting any field, that an update is signed by its client's key, trained from
+this round's global model, and has exactly the model's tensors, shapes and (allowed) dtypes
+with finite values and a sane size. A failure raises ``UpdateRejected`` whose ``reason`` is
+one of ``REJECT_REASONS``: the aggregator records it in ``round.json``
+(``RoundRecord.rejected``) and goes on without the update; the operator turns it into a
+Kubernetes Event.
+
+``reason`` codes, in the order they are checked:
+
+==================  ===========================================================================
+bad-manifest        the manifest is not valid JSON for ``UpdateManifest``, names another client,
+                    or holds an impossible value (``num_samples``, ``dtype``, sizes)
+bad-signature       no key for the client, the HMAC does not verify, or the file's size or
+                    sha256 differs from the signed manifest's (the bytes changed after signing)
+wrong-base-round    the update is for another round, or trained from another round's model
+wrong-base-model    trained from a model whose sha256 is not this round's global
+too-large           the file (or its declared size) exceeds ``max_bytes``
+malformed-update    the file is not safetensors, or its header metadata disagrees with the
+                    manifest (``kind``/``round``/``client``)
+missing-tensor      a model tensor is absent
+unknown-tensor      a tensor the model does not have is present
+shape-mismatch      a tensor has another shape than the model's
+dtype-mismatch      a tensor has a dtype the model and job do not allow
+non-finite          a float tensor holds NaN or +-inf
+constant-changed    a bool tensor (a constant of the model, such as a mask) was changed
+==================  ===========================================================================
+
+Values are checked one tensor at a time (the file is never loaded whole), so validation's
+memory is one tensor. A float tensor may travel in a lower-precision float dtype than the
+model's (``float16``/``bfloat16`` for a ``float32`` model) only when the job allows it and the
+manifest's ``dtype`` names that dtype; every other tensor keeps the model's dtype.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Final, Literal, get_args
+
+import torch
+from pydantic import ValidationError
+
+from fedcore.errors import FedcoreError, UpdateRejected
+from fedcore.layout import UpdateManifest
+from fedcore.signing import SigningKey, verify
+from fedcore.strategies.base import MAX_NUM_SAMPLES
+from fedcore.weights import (
+    DTYPE_NAMES,
+    FLOAT_DTYPES,
+    Template,
+    TensorSpec,
+    dtype_name,
+    open_weights,
+    sha256_file,
+)
+
+RejectReason = Literal[
+    "bad-manifest",
+    "bad-signature",
+    "wrong-base-round",
+    "wrong-base-model",
+    "too-large",
+    "malformed-update",
+    "missing-tensor",
+    "unknown-tensor",
+    "shape-mismatch",
+    "dtype-mismatch",
+    "non-finite",
+    "constant-changed",
+]
+REJECT_REASONS: Final[tuple[str, ...]] = get_args(RejectReason)
+"""Every ``UpdateRejected.reason`` this module raises (stable: Events and records use them)."""
+
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_LISTED = 5
+"""Names listed in a detail message before '...' (a detail is one readable line)."""
+
+
+class _Rejector:
+    """Raises UpdateRejected for one client with a reason code from the closed list."""
+
+    def __init__(self, client: str) -> None:
+        self.client = client
+
+    def __call__(self, reason: RejectReason, detail: str) -> UpdateRejected:
+        return UpdateRejected(self.client, reason, detail)
+
+
+def _parse_manifest(
+    raw: UpdateManifest | bytes | str | Mapping[str, Any], reject: _Rejector
+) -> UpdateManifest:
+    if isinstance(raw, UpdateManifest):
+        return raw
+    try:
+        if isinstance(raw, bytes | str):
+            return UpdateManifest.model_validate_json(raw)
+        return UpdateManifest.model_validate(dict(raw))
+    except ValidationError as e:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'manifest'}: {err['msg']}"
+            for err in e.errors()[:_LISTED]
+        )
+        raise reject(
+            "bad-manifest", f"the manifest is not a valid UpdateManifest: {problems}"
+        ) from e
+
+
+def _names(names: list[str]) -> str:
+    shown = ", ".join(repr(n) for n in names[:_LISTED])
+    more = f" and {len(names) - _LISTED} more" if len(names) > _LISTED else ""
+    return shown + more
+
+
+def _allowed_dtype(
+    model: torch.dtype, wire: torch.dtype, low_precision: torch.dtype | None
+) -> bool:
+    if wire == model:
+        return True
+    return (
+        low_precision is not None
+        and model in FLOAT_DTYPES
+        and wire == low_precision
+        and wire.itemsize <= model.itemsize
+    )
+
+
+def validate_update(
+    manifest: UpdateManifest | bytes | str | Mapping[str, Any],
+    weights_path: str | os.PathLike[str],
+    *,
+    client: str,
+    expected_round: int,
+    base_sha256: str,
+    template: Template,
+    max_bytes: int,
+    key: SigningKey | None,
+    allow_low_precision: bool = False,
+) -> UpdateManifest:
+    """Check one update end to end; return its parsed manifest or raise ``UpdateRejected``.
+
+    ``client`` is the update slot it was read from (``rounds/NNNNNN/updates/<client>.*``) and
+    ``key`` that client's signing key (``None``: no key is known, a ``bad-signature``).
+    ``template`` is the model's name -> (shape, dtype); ``base_sha256`` the sha256 of the
+    round's base global model (round ``expected_round - 1``). ``allow_low_precision`` lets
+    float tensors travel in the narrower float dtype named by the manifest's ``dtype``.
+    """
+    reject = _Rejector(client)
+    m = _parse_manifest(manifest, reject)
+
+    if m.client != client:
+        raise reject(
+            "bad-manifest",
+            f"the manifest names client {m.client!r} but sits in client {client!r}'s update slot",
+        )
+    if key is None:
+        raise reject("bad-signature", f"no signing key is known for client {client!r}")
+    if not verify(m, key):
+        raise reject(
+            "bad-signature",
+            "the manifest's HMAC-SHA256 signature does not verify with the client's key",
+        )
+
+    if m.round != expected_round:
+        raise reject(
+            "wrong-base-round",
+            f"the update is for round {m.round}, but round {expected_round} is being aggregated",
+        )
+    if m.base_round != expected_round - 1:
+        raise reject(
+            "wrong-base-round",
+            f"the update was trained from round {m.base_round}'s model, but round "
+            f"{expected_round} starts from round {expected_round - 1}'s",
+        )
+    if m.base_sha256 != base_sha256:
+        raise reject(
+            "wrong-base-model",
+            f"the update was trained from a model with sha256 {m.base_sha256[:12]}..., but "
+            f"round {expected_round - 1}'s global model is {base_sha256[:12]}...",
+        )
+
+    if not 1 <= m.num_samples <= MAX_NUM_SAMPLES:
+        raise reject(
+            "bad-manifest",
+            f"num_samples is {m.num_samples}; it must be between 1 and {MAX_NUM_SAMPLES}",
+        )
+    low_precision = DTYPE_NAMES.get(m.dtype)
+    if low_precision not in FLOAT_DTYPES:
+        raise reject(
+            "bad-manifest",
+            f"dtype {m.dtype!r} is not a float dtype name; use one of "
+            f"{sorted(dtype_name(d) for d in FLOAT_DTYPES)}",
+        )
+    if not _SHA256.match(m.update_sha256) or m.update_bytes < 0:
+        raise reject(
+            "bad-manifest", "update_sha256 must be 64 lowercase hex digits and update_bytes >= 0"
+        )
+    if m.update_bytes > max_bytes:
+        raise reject(
+            "too-large",
+            f"the manifest declares {m.update_bytes} bytes, more than the {max_bytes} allowed",
+        )
+
+    path = Path(weights_path)
+    size = path.stat().st_size
+    if size > max_bytes:
+        raise reject(
+            "too-large", f"the update file is {size} bytes, more than the {max_bytes} allowed"
+        )
+    if size != m.update_bytes:
+        raise reject(
+            "bad-signature",
+            f"the update file is {size} bytes but the signed manifest says {m.update_bytes}; "
+            "the bytes changed after signing or the upload is incomplete",
+        )
+    if sha256_file(path) != m.update_sha256:
+        raise reject(
+            "bad-signature",
+            "the update file's sha256 differs from the signed manifest's update_sha256; "
+            "the bytes changed after signing",
+        )
+
+    _check_contents(path, m, template, reject, low_precision if allow_low_precision else None)
+    return m
+
+
+def _check_contents(
+    path: Path,
+    m: UpdateManifest,
+    template: Template,
+    reject: _Rejector,
+    low_precision: torch.dtype | None,
+) -> None:
+    try:
+        reader = open_weights(path)
+    except FedcoreError as e:
+        raise reject("malformed-update", str(e)) from e
+    with reader:
+        meta = reader.metadata
+        expected = {"kind": "update", "round": str(m.round), "client": m.client}
+        wrong = {k: meta.get(k) for k, v in expected.items() if meta.get(k) != v}
+        if wrong:
+            raise reject(
+                "malformed-update",
+                f"the file's header metadata {wrong} disagrees with the manifest's {expected}",
+            )
+
+        wire = reader.template()
+        missing = sorted(set(template) - set(wire))
+        if missing:
+            raise reject("missing-tensor", f"the update lacks model tensors {_names(missing)}")
+        unknown = sorted(set(wire) - set(template))
+        if unknown:
+            raise reject(
+                "unknown-tensor", f"the update has tensors the model lacks: {_names(unknown)}"
+            )
+
+        for name in sorted(template):
+            want: TensorSpec = template[name]
+            got = wire[name]
+            if tuple(got.shape) != tuple(want.shape):
+                raise reject(
+                    "shape-mismatch",
+                    f"tensor {name!r} has shape {list(got.shape)}, "
+                    f"the model's is {list(want.shape)}",
+                )
+            if not _allowed_dtype(want.dtype, got.dtype, low_precision):
+                allowed = dtype_name(want.dtype)
+                if low_precision is not None and want.dtype in FLOAT_DTYPES:
+                    allowed += f" or {dtype_name(low_precision)}"
+                raise reject(
+                    "dtype-mismatch",
+                    f"tensor {name!r} has dtype {dtype_name(got.dtype)}; allowed: {allowed}",
+                )
+
+        for name in sorted(template):
+            dtype = wire[name].dtype
+            if dtype in FLOAT_DTYPES:
+                tensor = reader.get(name)
+                if not bool(torch.isfinite(tensor).all()):
+                    bad = tensor.numel() - int(torch.isfinite(tensor).sum())
+                    raise reject(
+                        "non-finite",
+                        f"tensor {name!r} holds {bad} NaN or infinite values of {tensor.numel()}",
+                    )
+            elif dtype == torch.bool and bool(reader.get(name).any()):
+                raise reject(
+                    "constant-changed",
+                    f"bool tensor {name!r} was changed (its delta is not all-False); bool "
+                    "tensors are constants of the model and cannot be averaged",
+                )

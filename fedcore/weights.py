@@ -1,0 +1,431 @@
+"""Model weights on the wire: safetensors files, read one tensor at a time, and deltas.
+
+Every model that crosses the store (a round's global model, a client's update, the server
+optimizer's state, the final model) is a flat ``name -> tensor`` mapping saved as safetensors:
+no pickle, so the aggregator can open bytes written by an untrusted party; a small JSON header
+that is validated before any data is touched; and per-tensor reads, so the aggregator holds
+one tensor of an update at a time, never the whole update (see ``fedcore.strategies.fedavg``
+for the memory budget this buys).
+
+Conventions:
+
+* Header metadata (a ``str -> str`` map) carries ``kind`` (``global``, ``update``,
+  ``state``, ``final``), ``round`` and, for updates, ``client``; ``update_metadata`` builds it.
+  ``fedcore.validation`` requires an update's header to agree with its signed manifest.
+* Tied weights and shared storage: safetensors refuses two entries backed by the same storage
+  (a tied ``lm_head.weight``/``embed.weight`` pair, fused-QKV views) and non-contiguous tensors.
+  ``save_weights`` gives every such entry its own contiguous copy, so every ``state_dict`` key
+  survives with its values. The tie itself is not recorded: loading the file with
+  ``model.load_state_dict`` writes the same values through both names into the one shared
+  parameter, which restores the tied model exactly.
+* Deltas (``delta``/``apply``) keep each tensor's dtype, except that a float delta may be
+  cast to a lower-precision ``wire_dtype`` to halve upload size. Integer deltas must fit the
+  tensor's dtype. Bool tensors (masks) are constants of the model: their delta is all-False,
+  and a local model that changed one is refused. The aggregation policy for these non-float
+  tensors is documented in ``fedcore.strategies.fedavg``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import Any, NamedTuple, Protocol, Self
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from fedcore.errors import FedcoreError
+
+Tensors = dict[str, torch.Tensor]
+
+FLOAT_DTYPES: frozenset[torch.dtype] = frozenset(
+    {torch.float16, torch.bfloat16, torch.float32, torch.float64}
+)
+"""Floating-point dtypes fedkube averages (float8 and complex are not supported)."""
+
+INT_DTYPES: frozenset[torch.dtype] = frozenset(
+    {torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8}
+)
+"""Integer dtypes fedkube averages (exactly, in int64; see ``fedcore.strategies.fedavg``)."""
+
+SUPPORTED_DTYPES: frozenset[torch.dtype] = FLOAT_DTYPES | INT_DTYPES | {torch.bool}
+
+_SAFETENSORS_DTYPES: dict[str, torch.dtype] = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+
+DTYPE_NAMES: dict[str, torch.dtype] = {
+    "float64": torch.float64,
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "int64": torch.int64,
+    "int32": torch.int32,
+    "int16": torch.int16,
+    "int8": torch.int8,
+    "uint8": torch.uint8,
+    "bool": torch.bool,
+}
+"""Names of dtypes as written in manifests (``UpdateManifest.dtype``) and error messages."""
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """``torch.float32`` -> ``"float32"``."""
+    return str(dtype).removeprefix("torch.")
+
+
+class TensorSpec(NamedTuple):
+    """Shape and dtype of one tensor: what a model's template holds per name."""
+
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+
+    def describe(self) -> str:
+        return f"{dtype_name(self.dtype)}{list(self.shape)}"
+
+
+Template = Mapping[str, TensorSpec]
+"""A model's structure, name -> (shape, dtype): what every update must match."""
+
+
+def template_of(tensors: Mapping[str, torch.Tensor]) -> dict[str, TensorSpec]:
+    """The template (name -> shape, dtype) of an in-memory state_dict, in sorted name order."""
+    return {name: TensorSpec(tuple(t.shape), t.dtype) for name, t in sorted(tensors.items())}
+
+
+def update_metadata(round: int, client: str) -> dict[str, str]:
+    """Header metadata of a client update for ``round`` (what validation expects)."""
+    return {"kind": "update", "round": str(round), "client": client}
+
+
+def _wire_ready(tensors: Mapping[str, torch.Tensor]) -> Tensors:
+    """Detached, dense, contiguous CPU tensors with no two entries sharing storage."""
+    out: Tensors = {}
+    seen_storage: set[int] = set()
+    for name, tensor in tensors.items():
+        if not isinstance(tensor, torch.Tensor):
+            raise TypeError(f"weights entry {name!r} is a {type(tensor).__name__}, not a tensor")
+        if tensor.layout != torch.strided:
+            raise ValueError(
+                f"tensor {name!r} has layout {tensor.layout}; only dense tensors can be saved, "
+                "convert it with .to_dense() first"
+            )
+        if tensor.dtype not in SUPPORTED_DTYPES:
+            raise ValueError(
+                f"tensor {name!r} has dtype {dtype_name(tensor.dtype)}, which fedkube does not "
+                f"aggregate; supported: {sorted(dtype_name(d) for d in SUPPORTED_DTYPES)}"
+            )
+        t = tensor.detach().cpu()
+        storage = t.untyped_storage()
+        ptr = storage.data_ptr()
+        shared = storage.nbytes() > 0 and ptr in seen_storage
+        if storage.nbytes() > 0:
+            seen_storage.add(ptr)
+        # A tied weight, a view of a fused tensor, or a transposed view: safetensors wants
+        # each entry alone in its own contiguous buffer.
+        out[name] = t.clone(memory_format=torch.contiguous_format) if shared else t.contiguous()
+    return out
+
+
+def save_weights(
+    path: str | os.PathLike[str],
+    tensors: Mapping[str, torch.Tensor],
+    metadata: Mapping[str, str | int] | None = None,
+) -> None:
+    """Write ``tensors`` to ``path`` as safetensors, atomically (temporary file, then rename).
+
+    ``metadata`` goes into the header as strings (``kind``, ``round``, ``client``). Tensors
+    that share storage or are not contiguous are copied first (see the module docstring).
+    """
+    target = Path(path)
+    header = {str(k): str(v) for k, v in (metadata or {}).items()}
+    ready = _wire_ready(tensors)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    try:
+        save_file(ready, tmp, metadata=header)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """Hex sha256 of a file's bytes, read in chunks (constant memory)."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _safe_open(path: Path) -> Any:
+    # Any: safetensors' stubs carry no annotations, so its methods are untyped calls.
+    return safe_open(str(path), framework="pt", device="cpu")
+
+
+class WeightsReader:
+    """An open safetensors file: names, shapes and dtypes from its header; tensors on demand.
+
+    Only the header is read on open. ``get(name)`` reads that one tensor into a fresh CPU
+    tensor; nothing else of the file stays in memory. Use it as a context manager.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        try:
+            self._file = _safe_open(self.path)
+            names = sorted(self._file.keys())
+            specs = {name: self._read_spec(name) for name in names}
+            metadata = dict(self._file.metadata() or {})
+        except FileNotFoundError:
+            raise
+        except Exception as e:  # safetensors raises its own untyped errors on bad headers
+            raise FedcoreError(
+                f"{self.path} is not a readable safetensors weights file: {e}".strip()
+            ) from e
+        self._specs: dict[str, TensorSpec] = specs
+        self.metadata: dict[str, str] = metadata
+        """The header's ``str -> str`` metadata (``kind``, ``round``, ``client``)."""
+
+    def _read_spec(self, name: str) -> TensorSpec:
+        view = self._file.get_slice(name)
+        code = view.get_dtype()
+        dtype = _SAFETENSORS_DTYPES.get(code)
+        if dtype is None:
+            raise ValueError(f"tensor {name!r} has safetensors dtype {code}, not supported here")
+        return TensorSpec(tuple(int(d) for d in view.get_shape()), dtype)
+
+    def keys(self) -> list[str]:
+        """Tensor names, sorted."""
+        return list(self._specs)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._specs
+
+    def __len__(self) -> int:
+        return len(self._specs)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._specs)
+
+    def spec(self, name: str) -> TensorSpec:
+        """Shape and dtype of ``name`` from the header (no data read)."""
+        return self._specs[name]
+
+    def template(self) -> dict[str, TensorSpec]:
+        """Every tensor's shape and dtype from the header, in sorted name order."""
+        return dict(self._specs)
+
+    def get(self, name: str) -> torch.Tensor:
+        """Read one tensor into a fresh CPU tensor."""
+        if name not in self._specs:
+            raise KeyError(f"{self.path} has no tensor named {name!r}")
+        tensor: torch.Tensor = self._file.get_tensor(name)
+        return tensor
+
+    def items(self) -> Iterator[tuple[str, torch.Tensor]]:
+        """(name, tensor) pairs in sorted name order, each read only when reached."""
+        for name in self._specs:
+            yield name, self.get(name)
+
+    def load_all(self) -> Tensors:
+        """Every tensor in memory at once (clients and tests; the aggregator never does this)."""
+        return dict(self.items())
+
+    def close(self) -> None:
+        # safe_open has no close(); leaving its context releases the file.
+        self._file.__exit__(None, None, None)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"WeightsReader({str(self.path)!r}, tensors={len(self._specs)})"
+
+
+class TensorSource(Protocol):
+    """Anything a strategy can fold or finalize from: a header-like template and per-name reads.
+
+    ``WeightsReader`` (a file) is the real one; ``InMemoryWeights`` wraps a dict for callers
+    that already hold the tensors (tests, small local runs).
+    """
+
+    def template(self) -> dict[str, TensorSpec]: ...
+
+    def get(self, name: str) -> torch.Tensor: ...
+
+
+class InMemoryWeights:
+    """A ``TensorSource`` over tensors already in memory."""
+
+    def __init__(
+        self, tensors: Mapping[str, torch.Tensor], label: str = "in-memory weights"
+    ) -> None:
+        self._tensors = dict(tensors)
+        self._label = label
+
+    def template(self) -> dict[str, TensorSpec]:
+        return template_of(self._tensors)
+
+    def get(self, name: str) -> torch.Tensor:
+        return self._tensors[name].detach().cpu()
+
+    def __repr__(self) -> str:
+        return f"InMemoryWeights({self._label!r}, tensors={len(self._tensors)})"
+
+
+def open_weights(path: str | os.PathLike[str]) -> WeightsReader:
+    """Open a safetensors weights file for lazy, per-tensor reading.
+
+    Raises ``FedcoreError`` when the header is not valid safetensors, ``FileNotFoundError``
+    when there is no such file.
+    """
+    return WeightsReader(path)
+
+
+def load_weights(path: str | os.PathLike[str]) -> Tensors:
+    """Every tensor of a weights file in memory (clients, tests, small models)."""
+    with open_weights(path) as reader:
+        return reader.load_all()
+
+
+def check_same_structure(
+    left: Mapping[str, TensorSpec],
+    right: Mapping[str, TensorSpec],
+    *,
+    left_name: str,
+    right_name: str,
+    compare_dtypes: bool = True,
+) -> None:
+    """Raise ``ValueError`` naming the first difference in names, shapes or dtypes."""
+    missing = sorted(set(left) - set(right))
+    extra = sorted(set(right) - set(left))
+    if missing or extra:
+        raise ValueError(
+            f"{right_name} does not have the same tensors as {left_name}: "
+            f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
+            f"unexpected {extra[:5]}{'...' if len(extra) > 5 else ''}"
+        )
+    for name in sorted(left):
+        a, b = left[name], right[name]
+        if tuple(a.shape) != tuple(b.shape):
+            raise ValueError(
+                f"tensor {name!r} has shape {list(b.shape)} in {right_name} but "
+                f"{list(a.shape)} in {left_name}"
+            )
+        if compare_dtypes and a.dtype != b.dtype:
+            raise ValueError(
+                f"tensor {name!r} has dtype {dtype_name(b.dtype)} in {right_name} but "
+                f"{dtype_name(a.dtype)} in {left_name}"
+            )
+
+
+def _check_int_range(name: str, values: torch.Tensor, dtype: torch.dtype, what: str) -> None:
+    info = torch.iinfo(dtype)
+    if values.numel() and (int(values.min()) < info.min or int(values.max()) > info.max):
+        raise ValueError(
+            f"{what} of integer tensor {name!r} does not fit {dtype_name(dtype)} "
+            f"[{info.min}, {info.max}]; store it as a wider integer in the model"
+        )
+
+
+def delta(
+    local: Mapping[str, torch.Tensor],
+    base: Mapping[str, torch.Tensor],
+    *,
+    wire_dtype: torch.dtype | None = None,
+) -> Tensors:
+    """``local - base`` per tensor: what a client uploads.
+
+    Float tensors are subtracted in their own dtype, then cast to ``wire_dtype`` when it is
+    given and narrower (``torch.bfloat16``/``torch.float16`` halve the upload). Integer deltas
+    are exact and must fit the tensor's dtype. Bool tensors must be unchanged (their delta is
+    all-False); a changed one raises ``ValueError``.
+    """
+    if wire_dtype is not None and wire_dtype not in FLOAT_DTYPES:
+        raise ValueError(
+            f"wire_dtype {dtype_name(wire_dtype)} is not a float dtype; use one of "
+            f"{sorted(dtype_name(d) for d in FLOAT_DTYPES)}"
+        )
+    check_same_structure(
+        template_of(base),
+        template_of(local),
+        left_name="the base model",
+        right_name="the local model",
+    )
+    out: Tensors = {}
+    for name in sorted(base):
+        b, w = base[name].detach().cpu(), local[name].detach().cpu()
+        if b.dtype in FLOAT_DTYPES:
+            d = w - b
+            if wire_dtype is not None and wire_dtype.itemsize < d.dtype.itemsize:
+                d = d.to(wire_dtype)
+        elif b.dtype == torch.bool:
+            if not torch.equal(w, b):
+                raise ValueError(
+                    f"bool tensor {name!r} changed during local training; fedkube treats bool "
+                    "tensors as constants of the model (masks) and cannot average them"
+                )
+            d = torch.zeros_like(b)
+        else:
+            d64 = w.to(torch.int64) - b.to(torch.int64)
+            _check_int_range(name, d64, b.dtype, "the delta")
+            d = d64.to(b.dtype)
+        out[name] = d.contiguous()
+    return out
+
+
+def apply(base: Mapping[str, torch.Tensor], update: Mapping[str, torch.Tensor]) -> Tensors:
+    """``base + update`` per tensor, in each base tensor's dtype.
+
+    Float sums are computed in float64 and rounded once to the base dtype (as the aggregator
+    does), so ``apply(base, delta(local, base))`` recovers ``local`` up to that rounding.
+    """
+    check_same_structure(
+        template_of(base),
+        template_of(update),
+        left_name="the base model",
+        right_name="the delta",
+        compare_dtypes=False,
+    )
+    out: Tensors = {}
+    for name in sorted(base):
+        b, d = base[name].detach().cpu(), update[name].detach().cpu()
+        if b.dtype in FLOAT_DTYPES:
+            if d.dtype not in FLOAT_DTYPES:
+                raise ValueError(f"delta of float tensor {name!r} has dtype {dtype_name(d.dtype)}")
+            out[name] = (b.to(torch.float64) + d.to(torch.float64)).to(b.dtype)
+        elif b.dtype == torch.bool:
+            if d.dtype != torch.bool or bool(d.any()):
+                raise ValueError(f"delta of bool tensor {name!r} must be all-False")
+            out[name] = b.clone()
+        else:
+            if d.dtype != b.dtype:
+                raise ValueError(
+                    f"delta of integer tensor {name!r} has dtype {dtype_name(d.dtype)}, "
+                    f"expected {dtype_name(b.dtype)}"
+                )
+            s = b.to(torch.int64) + d.to(torch.int64)
+            _check_int_range(name, s, b.dtype, "the sum")
+            out[name] = s.to(b.dtype)
+    return out
