@@ -98,11 +98,14 @@ class LocalStore:
         self._write(key, fill, if_absent=if_absent)
 
     def put_file(self, key: str, path: Path, *, if_absent: bool = False) -> None:
-        def fill(f: BinaryIO) -> str:
-            with Path(path).open("rb") as src:
+        # Opened here, outside the store's error translation: a missing source file is the
+        # caller's OSError, exactly as with S3Store.
+        with Path(path).open("rb") as src:
+
+            def fill(f: BinaryIO) -> str:
                 return copy_and_hash(src, f)[0]
 
-        self._write(key, fill, if_absent=if_absent)
+            self._write(key, fill, if_absent=if_absent)
 
     def delete(self, key: str) -> None:
         path = self._path(key)
@@ -184,9 +187,9 @@ class LocalStore:
         for _ in range(_READ_ATTEMPTS):
             with self._open(key, path) as f:
                 data = f.read()
-                inode = os.fstat(f.fileno()).st_ino
-            if self._verified(key, path, sha256_bytes(data), inode):
-                return data
+                # Verify while the file is open: its inode number cannot be reused yet.
+                if self._verified(key, path, sha256_bytes(data), os.fstat(f.fileno()).st_ino):
+                    return data
         raise self._unstable(key)
 
     def get_file(self, key: str, path: Path) -> None:
@@ -246,7 +249,8 @@ class LocalStore:
 
     def _verified(self, key: str, path: Path, sha: str, inode: int) -> bool:
         """True if ``sha`` is a recorded digest of ``key``; False if the object was replaced
-        while it was read (read again); ``IntegrityError`` otherwise."""
+        while it was read (read again); ``IntegrityError`` otherwise. The caller holds the
+        file open, so no new file can have taken its inode number."""
         digests = _read_sidecar(path)
         if any(d.sha256 == sha for d in digests):
             return True
