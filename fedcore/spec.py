@@ -34,10 +34,17 @@ ENDPOINT = r"^https?://[^\s/]+(/.*)?$"
 BUCKET = r"^[a-z0-9][a-z0-9.-]*[a-z0-9]$"
 MAX_CLIENT_NAME = 40
 """Client names become parts of Service, Job and pod host names (63-character DNS labels)."""
+MAX_HOST_NAME = 63
+"""DNS label limit of names built from the job's: ``<job>-<client>-<index>``, ``<job>-aggregator``."""
+MAX_JOB_NAME = MAX_HOST_NAME - len("-aggregator")
+"""Longest job name (``metadata.name``) whose aggregator Job name still fits in a DNS label."""
+MAX_MESSAGE = 32768
+"""Bound of free-text status messages (as metav1.Condition's); writers truncate longer text."""
 MAX_CLIENTS = 256
 MAX_HISTORY = 50
 """Rounds kept in ``status.history``: enough for a plot, small enough for an etcd object."""
 
+LabelValue = Annotated[str, Field(max_length=63)]
 K8sObject = Annotated[dict[str, Any], Field(json_schema_extra={"x-kubernetes-preserve-unknown-fields": True})]
 """A Kubernetes sub-object passed through verbatim (resources, tolerations, volumes ...);
 the API server validates it when the operator puts it into a pod template."""
@@ -64,20 +71,22 @@ class TaskSpec(_Model):
 class SecretRef(_Model):
     name: Annotated[str, Field(min_length=1, max_length=253)]
     """Secret in the job's namespace holding the S3 credentials."""
-    access_key_id_key: str = "AWS_ACCESS_KEY_ID"
+    access_key_id_key: Annotated[str, Field(min_length=1, max_length=253)] = "AWS_ACCESS_KEY_ID"
     """Key inside the Secret holding the access key id."""
-    secret_access_key_key: str = "AWS_SECRET_ACCESS_KEY"
+    secret_access_key_key: Annotated[str, Field(min_length=1, max_length=253)] = (
+        "AWS_SECRET_ACCESS_KEY"
+    )
     """Key inside the Secret holding the secret access key."""
 
 
 class StorageSpec(_Model):
-    endpoint: Annotated[str | None, Field(pattern=ENDPOINT)] = None
+    endpoint: Annotated[str | None, Field(pattern=ENDPOINT, max_length=2048)] = None
     """S3 endpoint URL (MinIO, Ceph RGW, AWS). Unset: ``fedkube run`` uses a local directory."""
     bucket: Annotated[str, Field(min_length=3, max_length=63, pattern=BUCKET)] = "fedkube"
     """Bucket holding every round of the job; must exist."""
     prefix: Annotated[str, Field(max_length=512)] = ""
     """Key prefix for this job. Empty: ``fedkube/<namespace>/<name>-<uid8>/``, unique per job."""
-    region: str = "us-east-1"
+    region: Annotated[str, Field(min_length=1, max_length=64)] = "us-east-1"
     """Signing region; S3-compatible stores accept any value."""
     secret_ref: SecretRef | None = None
     """Credentials Secret (cluster runs). Unset: the standard AWS environment variables."""
@@ -118,7 +127,7 @@ class StrategySpec(_Model):
 class AggregatorSpec(_Model):
     resources: K8sObject = Field(default_factory=dict)
     """Pod resources of the aggregator (it needs about 2x the model's size in memory)."""
-    node_selector: dict[str, str] = Field(default_factory=dict)
+    node_selector: dict[str, LabelValue] = Field(default_factory=dict)
     tolerations: list[K8sObject] = Field(default_factory=list, max_length=64)
     env: list[K8sObject] = Field(default_factory=list, max_length=128)
 
@@ -135,7 +144,7 @@ class ClientSpec(_Model):
     task_config: K8sObject = Field(default_factory=dict)
     """Overrides merged over ``task.config`` for this client (e.g. where its data lives)."""
     resources: K8sObject = Field(default_factory=dict)
-    node_selector: dict[str, str] = Field(default_factory=dict)
+    node_selector: dict[str, LabelValue] = Field(default_factory=dict)
     tolerations: list[K8sObject] = Field(default_factory=list, max_length=64)
     env: list[K8sObject] = Field(default_factory=list, max_length=128)
     volumes: list[K8sObject] = Field(default_factory=list, max_length=64)
@@ -242,10 +251,10 @@ class ObjectMeta(BaseModel):
 class Condition(_Model):
     """Shaped like metav1.Condition."""
 
-    type: str
+    type: Annotated[str, Field(min_length=1, max_length=316)]
     status: Literal["True", "False", "Unknown"]
-    reason: str
-    message: str = ""
+    reason: Annotated[str, Field(min_length=1, max_length=1024)]
+    message: Annotated[str, Field(max_length=MAX_MESSAGE)] = ""
     last_transition_time: datetime | None = None
     observed_generation: int | None = None
 
@@ -256,20 +265,22 @@ class ClientStatus(_Model):
     """Newest round this client's update was folded into."""
     num_samples: int | None = None
     restarts: int = 0
-    message: str = ""
+    message: Annotated[str, Field(max_length=MAX_MESSAGE)] = ""
 
 
 class RoundSummary(_Model):
     round: int
-    participants: list[str] = Field(default_factory=list)
+    participants: Annotated[
+        list[Annotated[str, Field(max_length=MAX_CLIENT_NAME)]], Field(max_length=MAX_CLIENTS)
+    ] = Field(default_factory=list)
     metrics: dict[str, float] = Field(default_factory=dict)
     duration_seconds: float | None = None
     rejected: int = 0
 
 
 class ModelRef(_Model):
-    uri: str
-    sha256: str
+    uri: Annotated[str, Field(max_length=2048)]
+    sha256: Annotated[str, Field(max_length=64)]
 
 
 class FederatedJobStatus(_Model):
@@ -277,14 +288,19 @@ class FederatedJobStatus(_Model):
     observed_generation: int | None = None
     current_round: int = 0
     total_rounds: int | None = None
-    conditions: list[Condition] = Field(default_factory=list)
+    conditions: Annotated[list[Condition], Field(max_length=32)] = Field(default_factory=list)
     clients: dict[str, ClientStatus] = Field(default_factory=dict)
     last_round: RoundSummary | None = None
     history: Annotated[list[RoundSummary], Field(max_length=MAX_HISTORY)] = Field(default_factory=list)
     model: ModelRef | None = None
     start_time: datetime | None = None
     completion_time: datetime | None = None
-    message: str = ""
+    message: Annotated[str, Field(max_length=MAX_MESSAGE)] = ""
+    progress: Annotated[str, Field(max_length=32)] = ""
+    """Rounds committed out of the total, e.g. ``3/10``: the Round column of ``kubectl get fj``
+    (printer columns cannot concatenate two fields)."""
+    active_clients: int = 0
+    """Clients neither dropped nor failed: the Clients column of ``kubectl get fj``."""
 
 
 class FederatedJob(BaseModel):
@@ -303,6 +319,26 @@ class FederatedJob(BaseModel):
     @property
     def name(self) -> str:
         return self.metadata.name
+
+    @model_validator(mode="after")
+    def _child_names_fit(self) -> FederatedJob:
+        # The operator names objects after the job: a name that breaks them must fail here
+        # (and in the CRD's matching CEL rule), not later as a half-created job.
+        name = self.metadata.name
+        if len(name) > MAX_JOB_NAME:
+            raise ValueError(
+                f"metadata.name: {name!r} has {len(name)} characters; the aggregator Job "
+                f"'<name>-aggregator' must fit in {MAX_HOST_NAME}, so use at most {MAX_JOB_NAME}"
+            )
+        for index, client in enumerate(self.spec.clients):
+            host = f"{name}-{client.name}-{client.replicas - 1}"
+            if len(host) > MAX_HOST_NAME:
+                raise ValueError(
+                    f"metadata.name: with spec.clients[{index}].name {client.name!r} the pod host "
+                    f"name {host!r} has {len(host)} characters (limit {MAX_HOST_NAME}); "
+                    "shorten the job name or the client name"
+                )
+        return self
 
     def to_object(self) -> dict[str, Any]:
         """JSON-ready dict in wire form (camelCase, no unset status)."""
@@ -415,7 +451,7 @@ def load_job(path: str | Path) -> FederatedJob:
 
 def _name_from_path(path: Path) -> str:
     name = re.sub(r"[^a-z0-9-]+", "-", path.stem.lower()).strip("-")
-    return name[:63] or "job"
+    return name[:MAX_JOB_NAME].strip("-") or "job"
 
 
 def job_prefix(job: FederatedJob) -> str:
