@@ -40,6 +40,8 @@ MAX_JOB_NAME = MAX_HOST_NAME - len("-aggregator")
 """Longest job name (``metadata.name``) whose aggregator Job name still fits in a DNS label."""
 MAX_MESSAGE = 32768
 """Bound of free-text status messages (as metav1.Condition's); writers truncate longer text."""
+RESERVED_CLIENT_NAMES = frozenset({"aggregator"})
+"""Client names that would collide with the aggregator's object names."""
 MAX_CLIENTS = 256
 MAX_HISTORY = 50
 """Rounds kept in ``status.history``: enough for a plot, small enough for an etcd object."""
@@ -199,6 +201,11 @@ class FederatedJobSpec(_Model):
     def _clients_are_consistent(self) -> FederatedJobSpec:
         seen: dict[str, int] = {}
         for index, client in enumerate(self.clients):
+            if client.name in RESERVED_CLIENT_NAMES:
+                raise ValueError(
+                    f"clients[{index}].name: {client.name!r} is reserved (the aggregator Job is "
+                    "named '<job>-aggregator'); rename the client"
+                )
             if client.name in seen:
                 raise ValueError(
                     f"clients[{index}].name: duplicate client name {client.name!r} "
