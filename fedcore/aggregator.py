@@ -1,0 +1,520 @@
+"""The aggregator: the round loop that turns client updates into the next global model.
+
+One process, restartable at any instant. Everything it knows lives in the store, so on start
+it reads the newest committed round and goes on from there (see DESIGN.md, "The round
+protocol"). A round ``r``:
+
+1. starts from round ``r-1``'s record: its global model, and ``next`` (the clients selected
+   for ``r`` and the deadline);
+2. folds each update as its manifest appears (sorted by name within one listing), after
+   ``fedcore.validation`` accepted it; a rejected one is recorded with its reason;
+3. closes when the pure rules of ``fedcore.rounds.decide`` say so;
+4. writes the new global model (and the strategy's state), then ``round.json`` with a
+   create-if-absent put: a round is committed exactly once, and the record is written last.
+
+Updates for the previous round that show up after it closed are recorded as late in the
+next record. Memory stays O(model): the strategy streams, and an update is held on disk,
+never in memory as a whole. Each fold, rejection and commit is one log line.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Mapping
+from datetime import datetime
+from pathlib import Path
+
+import torch
+
+from fedcore import layout
+from fedcore.errors import (
+    FedcoreError,
+    IntegrityError,
+    ObjectExists,
+    ObjectNotFound,
+    RoundProtocolError,
+    UpdateRejected,
+)
+from fedcore.rounds import (
+    Decision,
+    RoundState,
+    decide,
+    explain_unreachable,
+    round_deadline,
+    select_clients,
+    training_differences,
+)
+from fedcore.signing import SigningKey, keys_from_env
+from fedcore.spec import FederatedJob, job_prefix, load_job, parse_job
+from fedcore.store import ObjectStore, open_store
+from fedcore.strategies import Strategy, build_strategy
+from fedcore.tasks.base import Task, TaskContext, load_task
+from fedcore.validation import validate_update
+from fedcore.weights import (
+    Template,
+    Tensors,
+    load_weights,
+    open_weights,
+    save_weights,
+    sha256_file,
+)
+
+log = logging.getLogger("fedcore.aggregator")
+
+STORE_DIR_ENV = "FEDKUBE_STORE_DIR"
+"""Root folder of the local store (jobs without ``spec.storage.endpoint``)."""
+POLL_SECONDS = 0.25
+"""How often an open round lists its updates: a round closes at most this long after its
+last update arrived. A listing is one cheap request, even on S3."""
+HEADER_ALLOWANCE_BYTES = 1 << 20
+"""Slack over the model's tensor bytes allowed in an update (safetensors header, metadata)."""
+
+
+class QuorumUnreachable(RoundProtocolError):
+    """A round lost so many clients (rejected or excluded) that it can never close."""
+
+
+def open_job_store(job: FederatedJob, environ: Mapping[str, str] | None = None) -> ObjectStore:
+    """The job's store: S3 when the spec names an endpoint, else ``$FEDKUBE_STORE_DIR``."""
+    env = os.environ if environ is None else environ
+    root = env.get(STORE_DIR_ENV)
+    return open_store(job.spec.storage, job_prefix(job), local_root=Path(root) if root else None)
+
+
+def _now() -> datetime:
+    return layout.utcnow()
+
+
+def _client_of(manifest_key: str) -> str:
+    return manifest_key.rsplit("/", 1)[-1].removesuffix(".json")
+
+
+class Aggregator:
+    def __init__(
+        self,
+        job: FederatedJob,
+        store: ObjectStore,
+        keys: Mapping[str, SigningKey],
+        workdir: Path,
+        *,
+        poll_seconds: float = POLL_SECONDS,
+        task: Task | None = None,
+    ) -> None:
+        self.job = job
+        self.spec = job.spec
+        self.store = store
+        self.keys = dict(keys)
+        self.workdir = workdir
+        self.poll_seconds = poll_seconds
+        self.task = task if task is not None else load_task(self.spec.task.entrypoint)
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _ctx(self, round_: int) -> TaskContext:
+        return TaskContext(
+            config=dict(self.spec.task.config),
+            seed=self.spec.seed,
+            round=round_,
+            client=None,
+            client_index=None,
+            num_clients=len(self.spec.clients),
+        )
+
+    def _evaluate(self, tensors: Tensors, round_: int) -> dict[str, float]:
+        ctx = self._ctx(round_)
+        model = self.task.build_model(ctx)
+        model.load_state_dict(tensors)
+        with torch.no_grad():
+            metrics = self.task.evaluate(model, ctx)
+        return {str(k): float(v) for k, v in metrics.items()}
+
+    def _excluded(self) -> dict[str, str]:
+        try:
+            data = self.store.get_bytes(layout.EXCLUDED_KEY)
+        except ObjectNotFound:
+            return {}
+        return dict(layout.ExcludedClients.model_validate_json(data).clients)
+
+    def _record(self, round_: int) -> layout.RoundRecord:
+        data = self.store.get_bytes(layout.round_record_key(round_))
+        return layout.RoundRecord.model_validate_json(data)
+
+    def _download(self, key: str, name: str) -> Path:
+        path = self.workdir / name
+        self.store.get_file(key, path)
+        return path
+
+    def _max_update_bytes(self, template: Template) -> int:
+        tensor_bytes = sum(spec.dtype.itemsize * _numel(spec.shape) for spec in template.values())
+        return tensor_bytes + HEADER_ALLOWANCE_BYTES + 256 * len(template)
+
+    # -- job record ------------------------------------------------------------------------
+
+    def check_job_record(self) -> None:
+        """Write ``job.json`` once; refuse to go on under a spec that trains differently."""
+        data = json.dumps(self.job.to_object(), indent=2, sort_keys=True).encode()
+        try:
+            self.store.put_bytes(layout.JOB_KEY, data, if_absent=True)
+            log.info("wrote %s", layout.JOB_KEY)
+            return
+        except ObjectExists:
+            pass
+        started = parse_job(
+            json.loads(self.store.get_bytes(layout.JOB_KEY)),
+            source=self.store.uri(layout.JOB_KEY),
+        )
+        diff = training_differences(started.spec, self.spec)
+        if diff:
+            raise RoundProtocolError(
+                f"the store at {self.store.uri('')} holds a run started with another spec; "
+                f"these fields differ: {', '.join(diff.fields)}. Restore them, or start the "
+                "job under a new name or storage prefix"
+            )
+
+    # -- the loop --------------------------------------------------------------------------
+
+    def run(self) -> layout.FinalRecord:
+        self.check_job_record()
+        try:
+            final = layout.FinalRecord.model_validate_json(
+                self.store.get_bytes(layout.FINAL_RECORD_KEY)
+            )
+            log.info("job already finished (%s); nothing to do", layout.FINAL_RECORD_KEY)
+            return final
+        except ObjectNotFound:
+            pass
+        committed = layout.committed_rounds(self.store.list(layout.ROUNDS_PREFIX))
+        if committed != list(range(len(committed))):
+            raise RoundProtocolError(
+                f"committed rounds in {self.store.uri(layout.ROUNDS_PREFIX)} are not "
+                f"contiguous from 0: {committed}; the store was edited by hand"
+            )
+        if committed:
+            record = self._record(committed[-1])
+            log.info("resuming after committed round %d", record.round)
+        else:
+            record = self.commit_initial()
+        while record.round < self.spec.rounds:
+            record = self.run_round(record.round + 1, record)
+        return self.write_final(record)
+
+    def commit_initial(self) -> layout.RoundRecord:
+        started_at = _now()
+        ctx = self._ctx(0)
+        model = self.task.build_model(ctx)
+        tensors = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        path = self.workdir / "global-0.safetensors"
+        save_weights(path, tensors, {"kind": "global", "round": 0})
+        metrics = self._evaluate(tensors, 0)
+        selected = select_clients(self.spec, 1, self._excluded())
+        return self._commit(
+            path,
+            None,
+            layout.RoundRecord(
+                round=0,
+                metrics=metrics,
+                model_key=layout.global_key(0),
+                model_sha256=sha256_file(path),
+                started_at=started_at,
+                next=self._next_round(1, selected),
+                closed_by="initial",
+            ),
+        )
+
+    def _next_round(self, round_: int, selected: list[str]) -> layout.NextRound | None:
+        """What the record announces about ``round_`` (None past the last round); the
+        deadline is set again from the commit time in ``_commit``."""
+        if round_ > self.spec.rounds:
+            return None
+        return layout.NextRound(
+            round=round_, selected=selected, deadline=round_deadline(_now(), self.spec)
+        )
+
+    def _commit(
+        self, global_path: Path, state: Tensors | None, record: layout.RoundRecord
+    ) -> layout.RoundRecord:
+        """Write the round's global (and strategy state), then its record, exactly once."""
+        r = record.round
+        record_key = layout.round_record_key(r)
+        if self.store.exists(record_key):
+            return self._adopt(record)
+        self.store.put_file(layout.global_key(r), global_path)
+        if state:
+            state_path = self.workdir / f"state-{r}.safetensors"
+            save_weights(state_path, state, {"kind": "state", "round": r})
+            self.store.put_file(layout.strategy_state_key(r), state_path)
+        record = record.model_copy(update={"committed_at": _now()})
+        if record.next is not None:
+            record = record.model_copy(
+                update={
+                    "next": record.next.model_copy(
+                        update={"deadline": round_deadline(record.committed_at, self.spec)}
+                    )
+                }
+            )
+        try:
+            self.store.put_bytes(record_key, record.to_json(), if_absent=True)
+        except ObjectExists:
+            return self._adopt(record)
+        log.info(
+            "commit round %d: %d participants, metrics %s, sha256 %s, closed by %s",
+            r,
+            len(record.participants),
+            _fmt_metrics(record.metrics),
+            record.model_sha256[:12],
+            record.closed_by,
+        )
+        return record
+
+    def _adopt(self, ours: layout.RoundRecord) -> layout.RoundRecord:
+        theirs = self._record(ours.round)
+        log.warning(
+            "round %d was already committed (at %s) by another aggregator; not writing it "
+            "again and going on from that record",
+            ours.round,
+            theirs.committed_at.isoformat(),
+        )
+        if theirs.model_sha256 != ours.model_sha256:
+            raise RoundProtocolError(
+                f"round {ours.round} was committed by another aggregator with model sha256 "
+                f"{theirs.model_sha256[:12]}..., but this one computed "
+                f"{ours.model_sha256[:12]}...; two aggregators ran at once on different data"
+            )
+        return theirs
+
+    def _load_state(self, strategy: Strategy, round_: int) -> None:
+        key = layout.strategy_state_key(round_)
+        if not self.store.exists(key):
+            strategy.load_state_dict({})
+            return
+        path = self._download(key, f"state-{round_}.safetensors")
+        strategy.load_state_dict(load_weights(path))
+        path.unlink()
+
+    def run_round(self, r: int, previous: layout.RoundRecord) -> layout.RoundRecord:
+        nxt = previous.next
+        if nxt is None or nxt.round != r:
+            raise RoundProtocolError(
+                f"round {previous.round}'s record announces no round {r} (next={nxt}), but "
+                f"spec.rounds is {self.spec.rounds}"
+            )
+        base_path = self._download(layout.global_key(r - 1), f"global-{r - 1}.safetensors")
+        if sha256_file(base_path) != previous.model_sha256:
+            raise RoundProtocolError(
+                f"{self.store.uri(layout.global_key(r - 1))} does not match the sha256 its "
+                f"round record {previous.round} committed; the store was altered"
+            )
+        strategy = build_strategy(self.spec.strategy)
+        self._load_state(strategy, r - 1)
+        with open_weights(base_path) as base:
+            template = base.template()
+        strategy.begin_round(template)
+        max_bytes = self._max_update_bytes(template)
+        log.info(
+            "round %d open: selected %s, deadline %s", r, nxt.selected, nxt.deadline.isoformat()
+        )
+
+        folded: dict[str, layout.UpdateManifest] = {}
+        rejected: dict[str, layout.RejectedUpdate] = {}
+        late: dict[str, layout.LateUpdate] = {}
+        seen: set[str] = set()
+        previous_answered = set(previous.participants) | {x.client for x in previous.rejected}
+        while True:
+            excluded = self._excluded()
+            for key in self._new_manifests(r, seen):
+                seen.add(key)
+                self._take(
+                    r, key, nxt.selected, previous, template, max_bytes, strategy, folded, rejected
+                )
+            if r > 1:
+                self._note_late(r - 1, previous_answered, late)
+            state = RoundState(
+                selected=nxt.selected,
+                deadline=nxt.deadline,
+                min_clients=self.spec.min_clients,
+                folded=frozenset(folded),
+                rejected=frozenset(c for c in rejected if c in nxt.selected),
+                excluded=frozenset(excluded),
+            )
+            decision = decide(state, _now())
+            if decision is Decision.UNREACHABLE:
+                reasons = {c: f"{x.reason}: {x.detail}" for c, x in rejected.items()}
+                reasons.update({c: f"excluded: {why}" for c, why in excluded.items()})
+                raise QuorumUnreachable(explain_unreachable(r, state, reasons))
+            if decision is not Decision.WAIT:
+                break
+            time.sleep(self.poll_seconds)
+
+        with open_weights(base_path) as base:
+            new = strategy.finalize(base)
+        state_tensors = strategy.state_dict()
+        path = self.workdir / f"global-{r}.safetensors"
+        save_weights(path, new, {"kind": "global", "round": r})
+        metrics = self._evaluate(new, r)
+        del new
+        base_path.unlink()
+        participants = sorted(folded, key=nxt.selected.index)
+        record = layout.RoundRecord(
+            round=r,
+            participants=participants,
+            num_samples={c: folded[c].num_samples for c in participants},
+            metrics=metrics,
+            client_metrics={c: dict(folded[c].metrics) for c in participants},
+            rejected=list(rejected.values()),
+            late=list(late.values()),
+            model_key=layout.global_key(r),
+            model_sha256=sha256_file(path),
+            started_at=previous.committed_at,
+            next=self._next_round(r + 1, select_clients(self.spec, r + 1, self._excluded())),
+            closed_by="deadline" if decision is Decision.DEADLINE else "all-reported",
+        )
+        committed = self._commit(path, state_tensors, record)
+        path.rename(self.workdir / "last-global.safetensors")
+        return committed
+
+    def _new_manifests(self, r: int, seen: set[str]) -> list[str]:
+        keys = self.store.list(layout.updates_prefix(r))
+        return sorted(k for k in keys if k.endswith(".json") and k not in seen)
+
+    def _take(
+        self,
+        r: int,
+        key: str,
+        selected: list[str],
+        previous: layout.RoundRecord,
+        template: Template,
+        max_bytes: int,
+        strategy: Strategy,
+        folded: dict[str, layout.UpdateManifest],
+        rejected: dict[str, layout.RejectedUpdate],
+    ) -> None:
+        """Validate one update and fold it, or record why it was rejected."""
+        client = _client_of(key)
+        update_path = self.workdir / f"update-{r}.safetensors"
+        try:
+            if client not in selected:
+                known = {c.name for c in self.spec.clients}
+                why = (
+                    "is not a client of this job"
+                    if client not in known
+                    else (f"was not selected for round {r} (selected: {', '.join(selected)})")
+                )
+                raise UpdateRejected(client, "not-selected", f"client {client!r} {why}")
+            try:
+                manifest_bytes = self.store.get_bytes(key)
+                self.store.get_file(layout.update_key(r, client), update_path)
+            except ObjectNotFound as e:
+                raise UpdateRejected(
+                    client,
+                    "malformed-update",
+                    f"the manifest exists but {layout.update_key(r, client)} does not",
+                ) from e
+            except IntegrityError as e:  # bytes differ from the digest stored with them
+                raise UpdateRejected(client, "malformed-update", str(e)) from e
+            manifest = validate_update(
+                manifest_bytes,
+                update_path,
+                client=client,
+                expected_round=r,
+                base_sha256=previous.model_sha256,
+                template=template,
+                max_bytes=max_bytes,
+                key=self.keys.get(client),
+            )
+            with open_weights(update_path) as update:
+                strategy.fold(update, manifest.num_samples)
+        except UpdateRejected as e:
+            rejected[client] = layout.RejectedUpdate(
+                client=client, reason=e.reason, detail=e.detail
+            )
+            log.warning("reject round %d %s: %s: %s", r, client, e.reason, e.detail)
+            return
+        finally:
+            update_path.unlink(missing_ok=True)
+        folded[client] = manifest
+        log.info(
+            "fold round %d %s: %d samples, metrics %s (%d/%d folded)",
+            r,
+            client,
+            manifest.num_samples,
+            _fmt_metrics(manifest.metrics),
+            len(folded),
+            len(selected),
+        )
+
+    def _note_late(
+        self, closed: int, answered: set[str], late: dict[str, layout.LateUpdate]
+    ) -> None:
+        for key in self.store.list(layout.updates_prefix(closed)):
+            if not key.endswith(".json"):
+                continue
+            client = _client_of(key)
+            if client in answered or client in late:
+                continue
+            late[client] = layout.LateUpdate(client=client, round=closed)
+            log.warning("late update for closed round %d from %s: ignored", closed, client)
+
+    def write_final(self, last: layout.RoundRecord) -> layout.FinalRecord:
+        path = self.workdir / "last-global.safetensors"
+        if not path.exists() or sha256_file(path) != last.model_sha256:
+            self.store.get_file(layout.global_key(last.round), path)
+        self.store.put_file(layout.FINAL_MODEL_KEY, path)
+        final = layout.FinalRecord(
+            rounds=last.round, model_sha256=last.model_sha256, metrics=last.metrics
+        )
+        try:
+            self.store.put_bytes(layout.FINAL_RECORD_KEY, final.to_json(), if_absent=True)
+        except ObjectExists:
+            theirs = layout.FinalRecord.model_validate_json(
+                self.store.get_bytes(layout.FINAL_RECORD_KEY)
+            )
+            log.warning(
+                "the final record was already written (at %s); keeping it",
+                theirs.committed_at.isoformat(),
+            )
+            return theirs
+        log.info(
+            "final model %s (sha256 %s), metrics %s",
+            self.store.uri(layout.FINAL_MODEL_KEY),
+            final.model_sha256[:12],
+            _fmt_metrics(final.metrics),
+        )
+        return final
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def _fmt_metrics(metrics: Mapping[str, float]) -> str:
+    return " ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items())) or "-"
+
+
+def configure_logging() -> None:
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def run_aggregator(job_path: Path) -> layout.FinalRecord:
+    """``fedkube aggregator --job FILE``: run (or resume) the job's rounds to the end."""
+    configure_logging()
+    job = load_job(job_path)
+    store = open_job_store(job)
+    keys = keys_from_env()
+    missing = [c.name for c in job.spec.clients if c.name not in keys]
+    if missing:
+        raise FedcoreError(
+            f"no signing key for client(s) {', '.join(missing)} in $FEDKUBE_SIGNING_KEYS_DIR; "
+            "their updates could never be verified"
+        )
+    with tempfile.TemporaryDirectory(prefix="fedkube-aggregator-") as tmp:
+        return Aggregator(job, store, keys, Path(tmp)).run()

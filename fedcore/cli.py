@@ -1,0 +1,149 @@
+"""The ``fedkube`` command: one entry point for people and for pods.
+
+People use ``run``, ``validate`` and ``status``; pods run ``aggregator`` and ``client``
+(the operator puts exactly ``fedkube aggregator --job FILE`` and
+``fedkube client --job FILE --client NAME`` into them). Every deliberate failure is a
+``FedcoreError``: it becomes a short message on stderr and exit code 2 for mistakes the
+user can fix in the job file or command line, 1 for failures at run time; never a
+traceback for a user error. Heavy imports (torch) happen inside the subcommands that need
+them, so ``fedkube validate`` stays quick.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from fedcore import __version__
+from fedcore.errors import FedcoreError, SpecError, TaskError
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fedkube",
+        description="Federated learning of PyTorch models, on Kubernetes or on this machine.",
+    )
+    parser.add_argument("--version", action="version", version=f"fedkube {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser(
+        "run",
+        help="run a FederatedJob on this machine (aggregator and clients as local processes)",
+        description="Run a FederatedJob on this machine. Rerun the same command to resume an "
+        "interrupted run.",
+    )
+    run.add_argument("job", type=Path, help="FederatedJob file (YAML or JSON)")
+    run.add_argument(
+        "--store",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="run directory: job, keys, logs, plot and (without storage.endpoint) the object "
+        "store; default ./runs/<job name>/",
+    )
+    run.add_argument(
+        "--fresh", action="store_true", help="delete what the store holds for this job first"
+    )
+
+    validate = sub.add_parser("validate", help="check a FederatedJob file and explain problems")
+    validate.add_argument("job", type=Path, nargs="?", help="FederatedJob file (YAML or JSON)")
+    validate.add_argument(
+        "--schema", action="store_true", help="print the FederatedJob JSON schema and exit"
+    )
+
+    status = sub.add_parser("status", help="show the committed rounds of a run")
+    where = status.add_mutually_exclusive_group(required=True)
+    where.add_argument("--store", type=Path, metavar="DIR", help="a run directory of fedkube run")
+    where.add_argument("--job", type=Path, metavar="FILE", help="the job file of the run")
+
+    aggregator = sub.add_parser("aggregator", help="(pods) run the aggregator's round loop")
+    aggregator.add_argument("--job", type=Path, required=True, metavar="FILE")
+
+    client = sub.add_parser("client", help="(pods) run one pod of a client's DDP group")
+    client.add_argument("--job", type=Path, required=True, metavar="FILE")
+    client.add_argument("--client", required=True, metavar="NAME")
+    return parser
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from fedcore.spec import FederatedJob, load_job
+
+    if args.schema:
+        schema = FederatedJob.model_json_schema(by_alias=True)
+        print(json.dumps(schema, indent=2))
+        return EXIT_OK
+    if args.job is None:
+        raise SpecError([("<command line>", "give a job file, or --schema")])
+    job = load_job(args.job)
+    spec = job.spec
+    procs = sum(c.world_size for c in spec.clients)
+    print(
+        f"{args.job}: ok: FederatedJob {job.name!r}, {spec.rounds} rounds, "
+        f"{len(spec.clients)} clients ({procs} training processes), strategy "
+        f"{spec.strategy.name} with minClients {spec.min_clients}, task {spec.task.entrypoint}"
+    )
+    return EXIT_OK
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from fedcore.runner import RunOptions, run_job
+
+    return run_job(RunOptions(job_path=args.job, run_dir=args.store, fresh=args.fresh))
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from fedcore.runner import show_status
+
+    return show_status(run_dir=args.store, job_path=args.job, out=sys.stdout)
+
+
+def _cmd_aggregator(args: argparse.Namespace) -> int:
+    from fedcore.aggregator import run_aggregator
+
+    run_aggregator(args.job)
+    return EXIT_OK
+
+
+def _cmd_client(args: argparse.Namespace) -> int:
+    from fedcore.client import launch_client_group
+
+    result = launch_client_group(args.job, args.client)
+    return int(result) if isinstance(result, int) else EXIT_OK
+
+
+_COMMANDS = {
+    "run": _cmd_run,
+    "validate": _cmd_validate,
+    "status": _cmd_status,
+    "aggregator": _cmd_aggregator,
+    "client": _cmd_client,
+}
+
+
+def exit_code_for(error: FedcoreError) -> int:
+    """2 for what the user fixes in the job file or the command line, 1 for the rest."""
+    return EXIT_USAGE if isinstance(error, SpecError | TaskError) else EXIT_FAILED
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return _COMMANDS[args.command](args)
+    except FedcoreError as error:
+        print(f"fedkube {args.command}: error: {error}", file=sys.stderr)
+        return exit_code_for(error)
+    except KeyboardInterrupt:
+        print(f"fedkube {args.command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

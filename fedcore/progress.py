@@ -1,0 +1,112 @@
+"""What a person sees of a run: one line per committed round, a summary, a plot.
+
+``fedkube run`` and ``fedkube status`` read round records from the store and print them
+with these functions, so a live run and a finished one read the same. The plot is a PNG of
+loss and accuracy per round written next to the run: a curve says more than ten lines.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+from fedcore.layout import FinalRecord, RoundRecord
+
+
+def _metric(metrics: dict[str, float], name: str) -> str:
+    value = metrics.get(name)
+    if value is None or not math.isfinite(value):
+        return "-"
+    return f"{value:.3f}"
+
+
+def round_line(record: RoundRecord, total_rounds: int, selected: int | None) -> str:
+    """``round  3/10  clients 3/3  loss 0.412  acc 0.918  2.1s`` (+ rejected/late notes).
+
+    ``selected`` is how many clients the round asked for (from the previous record's
+    ``next``); None when unknown.
+    """
+    width = len(str(total_rounds))
+    asked = "?" if selected is None else str(selected)
+    if record.closed_by == "initial":
+        head = f"round {record.round:>{width}}/{total_rounds}  initial model"
+    else:
+        head = (
+            f"round {record.round:>{width}}/{total_rounds}  "
+            f"clients {len(record.participants)}/{asked}"
+        )
+    line = (
+        f"{head}  loss {_metric(record.metrics, 'loss')}  "
+        f"acc {_metric(record.metrics, 'accuracy')}  {record.duration_seconds:.1f}s"
+    )
+    if record.closed_by == "deadline":
+        line += "  (closed at deadline)"
+    if record.rejected:
+        shown = ", ".join(f"{r.client} ({r.reason})" for r in record.rejected)
+        line += f"  rejected: {shown}"
+    if record.late:
+        shown = ", ".join(f"{u.client} (round {u.round})" for u in record.late)
+        line += f"  late: {shown}"
+    return line
+
+
+def header_lines(
+    job_name: str, rounds: int, clients: Sequence[str], store_uri: str, logs: Path | None
+) -> list[str]:
+    lines = [
+        f"fedkube: job {job_name!r}, {rounds} rounds, {len(clients)} clients "
+        f"({', '.join(clients)})",
+        f"  store: {store_uri}",
+    ]
+    if logs is not None:
+        lines.append(f"  logs:  {logs}{'/' if not str(logs).endswith('/') else ''}")
+    return lines
+
+
+def summary_lines(
+    final: FinalRecord, model_uri: str, plot: Path | None, elapsed: float | None
+) -> list[str]:
+    """The last words of a run: final metrics, where the model is, where the plot is."""
+    metrics = "  ".join(f"{k} {v:.4f}" for k, v in sorted(final.metrics.items()))
+    took = f" in {elapsed:.1f}s" if elapsed is not None else ""
+    lines = [
+        f"finished {final.rounds} rounds{took}",
+        f"  final metrics: {metrics or '(none)'}",
+        f"  model: {model_uri}",
+        f"  model sha256: {final.model_sha256}",
+    ]
+    if plot is not None:
+        lines.append(f"  plot:  {plot}")
+    return lines
+
+
+def write_plot(records: Sequence[RoundRecord], path: Path, title: str) -> Path | None:
+    """Draw loss and accuracy per round into ``path`` (PNG); None when matplotlib is absent
+    or there is nothing to draw."""
+    points = [r for r in records if r.metrics]
+    if not points:
+        return None
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    rounds = [r.round for r in points]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(9, 3.5))
+    for ax, name, colour in ((ax_loss, "loss", "tab:red"), (ax_acc, "accuracy", "tab:blue")):
+        values = [r.metrics.get(name, math.nan) for r in points]
+        ax.plot(rounds, values, marker="o", color=colour)
+        ax.set_xlabel("round")
+        ax.set_ylabel(f"test {name}")
+        ax.grid(True, alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    tmp.replace(path)
+    return path

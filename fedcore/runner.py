@@ -1,0 +1,690 @@
+"""``fedkube run``: a whole FederatedJob on one machine, supervised like the operator would.
+
+The runner plays the cluster's part on a laptop. It starts the aggregator and, for every
+client, ``replicas`` "pod" processes (``fedkube client``) with the torchrun environment the
+operator sets in pods, each in its own session with its output in ``<run>/logs/<name>.log``.
+It then supervises them the way the operator does: a client group with a failed member is
+stopped as a whole and restarted, up to ``runPolicy.backoffLimit``; past it the client is
+excluded (``control/excluded.json``) and the job goes on while ``minClients`` remain. It
+shows a line per committed round by watching the store, so what it prints is what was
+committed, and ends with the final metrics, the model's URI and a plot.
+
+A run directory holds everything local to a run: ``job.json`` (the resolved job), ``keys/``
+(per-client HMAC keys, 0600), ``logs/``, ``store/`` (the local object store, unless the spec
+names an S3 endpoint) and ``metrics.png``. Rerunning the same command resumes an
+unfinished run; a finished one is reported and left alone (``--fresh`` starts over).
+
+Processes never outlive the runner: it makes itself the subreaper of everything it starts
+(Linux), so workers that torch's launcher puts in sessions of their own are still found and
+stopped on failure, on Ctrl-C and at the end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Literal, TextIO
+
+import psutil
+
+from fedcore import layout
+from fedcore.errors import FedcoreError, ObjectNotFound, RoundProtocolError, SpecError
+from fedcore.progress import header_lines, round_line, summary_lines, write_plot
+from fedcore.rounds import training_differences
+from fedcore.spec import FederatedJob, job_prefix, parse_job
+from fedcore.store import ObjectStore, open_store
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+POLL_SECONDS = 0.2
+"""Supervision tick: how often exits are noticed and the store is checked for commits."""
+STOP_GRACE_SECONDS = 10.0
+"""How long stopped processes get to exit after SIGTERM before SIGKILL."""
+CLIENT_EXIT_GRACE_SECONDS = 60.0
+"""After the aggregator finished, how long clients get to notice and exit on their own."""
+LOG_TAIL_LINES = 15
+"""Lines of a failed process's log quoted in the failure message."""
+
+_PR_SET_PDEATHSIG = 1
+_PR_SET_CHILD_SUBREAPER = 36
+
+
+class RunFailed(FedcoreError):
+    """A process of the run failed past its restart budget; the message says which and why."""
+
+
+# ---- the run directory -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """Paths of one local run."""
+
+    root: Path
+
+    @property
+    def job_file(self) -> Path:
+        return self.root / "job.json"
+
+    @property
+    def keys(self) -> Path:
+        return self.root / "keys"
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def store_root(self) -> Path:
+        return self.root / "store"
+
+    @property
+    def plot(self) -> Path:
+        return self.root / "metrics.png"
+
+    def log(self, name: str) -> Path:
+        return self.logs / f"{name}.log"
+
+    def key(self, client: str) -> Path:
+        return self.keys / client
+
+
+def default_run_dir(job: FederatedJob) -> Path:
+    return Path("runs") / job.name
+
+
+def open_run_store(job: FederatedJob, run: RunDir) -> ObjectStore:
+    """The job's store: S3 when the spec names an endpoint, else ``<run>/store``."""
+    return open_store(job.spec.storage, job_prefix(job), local_root=run.store_root)
+
+
+def write_keys(job: FederatedJob, run: RunDir) -> None:
+    """One HMAC key per client (kept across resumes: uploaded updates carry signatures)."""
+    from fedcore.signing import generate_key
+
+    run.keys.mkdir(parents=True, exist_ok=True)
+    os.chmod(run.keys, 0o700)
+    for client in job.spec.clients:
+        path = run.key(client.name)
+        if path.exists():
+            continue
+        tmp = path.with_name(f".{path.name}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            out.write(generate_key().encode())
+        tmp.replace(path)
+
+
+def read_records(store: ObjectStore) -> list[layout.RoundRecord]:
+    keys = store.list(layout.ROUNDS_PREFIX)
+    return [
+        layout.RoundRecord.model_validate_json(store.get_bytes(layout.round_record_key(r)))
+        for r in layout.committed_rounds(keys)
+    ]
+
+
+def read_final(store: ObjectStore) -> layout.FinalRecord | None:
+    try:
+        data = store.get_bytes(layout.FINAL_RECORD_KEY)
+    except ObjectNotFound:
+        return None
+    return layout.FinalRecord.model_validate_json(data)
+
+
+def stored_job(store: ObjectStore) -> FederatedJob | None:
+    try:
+        data = store.get_bytes(layout.JOB_KEY)
+    except ObjectNotFound:
+        return None
+    return parse_job(json.loads(data), source=store.uri(layout.JOB_KEY))
+
+
+def wipe_store(store: ObjectStore) -> int:
+    keys = store.list()
+    for key in keys:
+        store.delete(key)
+    return len(keys)
+
+
+# ---- processes ---------------------------------------------------------------------------------
+
+
+def _libc() -> ctypes.CDLL | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return None
+
+
+def become_subreaper() -> None:
+    """Orphaned descendants (torch puts its workers in sessions of their own) are re-parented
+    to this process instead of init, so the runner can still find and stop them."""
+    libc = _libc()
+    if libc is not None:
+        libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    os.setsid()
+    libc = _libc()
+    if libc is not None:
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def describe_exit(code: int) -> str:
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
+
+
+def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return "    (no log)"
+    tail = text.splitlines()[-lines:]
+    return "\n".join(f"    {line}" for line in tail) or "    (log is empty)"
+
+
+def stop_processes(pids: Sequence[int], grace: float = STOP_GRACE_SECONDS) -> None:
+    """SIGTERM every process (and process group) given and all their descendants; SIGKILL
+    whatever is left after ``grace`` seconds; reap them."""
+    procs: dict[int, psutil.Process] = {}
+    for pid in pids:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc = psutil.Process(pid)
+            procs[pid] = proc
+            for child in proc.children(recursive=True):
+                procs[child.pid] = child
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGTERM)
+    for proc in procs.values():
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.terminate()
+    _, alive = psutil.wait_procs(list(procs.values()), timeout=grace)
+    for proc in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.kill()
+    psutil.wait_procs(alive, timeout=grace)
+
+
+@dataclass
+class Member:
+    """One OS process of the run: the aggregator, or one "pod" of a client's DDP group."""
+
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    log: Path
+    proc: subprocess.Popen[bytes] | None = None
+    _log_file: IO[bytes] | None = None
+
+    def start(self) -> None:
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        self._log_file = open(self.log, "ab")  # noqa: SIM115 - closed in close_log()
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        self._log_file.write(f"--- fedkube run: starting {self.name} at {stamp}\n".encode())
+        self._log_file.flush()
+        self.proc = subprocess.Popen(
+            self.argv,
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+            preexec_fn=_die_with_parent,
+        )
+
+    def returncode(self) -> int | None:
+        return None if self.proc is None else self.proc.poll()
+
+    def close_log(self) -> None:
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+
+
+@dataclass
+class Group:
+    """Processes that live and die together: the aggregator alone, or one client's pods."""
+
+    name: str
+    kind: Literal["aggregator", "client"]
+    make_members: Callable[[], list[Member]]
+    members: list[Member] = field(default_factory=list)
+    restarts: int = 0
+    state: Literal["running", "succeeded", "excluded", "stopped"] = "running"
+
+    def start(self) -> None:
+        self.members = self.make_members()
+        for member in self.members:
+            member.start()
+        self.state = "running"
+
+    def pids(self) -> list[int]:
+        return [m.proc.pid for m in self.members if m.proc is not None]
+
+    def stop(self, grace: float = STOP_GRACE_SECONDS) -> None:
+        stop_processes(self.pids(), grace)
+        for member in self.members:
+            if member.proc is not None:
+                member.proc.wait()
+            member.close_log()
+
+    def failed_member(self) -> Member | None:
+        """The first member that exited non-zero, if any."""
+        for member in self.members:
+            code = member.returncode()
+            if code is not None and code != 0:
+                return member
+        return None
+
+    def all_succeeded(self) -> bool:
+        return all(m.returncode() == 0 for m in self.members)
+
+
+# ---- the run -----------------------------------------------------------------------------------
+
+
+@dataclass
+class RunOptions:
+    job_path: Path
+    run_dir: Path | None = None
+    fresh: bool = False
+    out: TextIO = sys.stdout
+    err: TextIO = sys.stderr
+
+
+class _Progress:
+    """Prints one line per newly committed round, read from the store."""
+
+    def __init__(self, store: ObjectStore, job: FederatedJob, out: TextIO) -> None:
+        self.store = store
+        self.job = job
+        self.out = out
+        self.records: list[layout.RoundRecord] = []
+        self.next_round = 0
+
+    def poll(self) -> None:
+        while self.next_round <= self.job.spec.rounds:
+            key = layout.round_record_key(self.next_round)
+            try:
+                data = self.store.get_bytes(key)
+            except ObjectNotFound:
+                return
+            record = layout.RoundRecord.model_validate_json(data)
+            previous = self.records[-1] if self.records else None
+            selected = len(previous.next.selected) if previous and previous.next else None
+            self.records.append(record)
+            self.next_round += 1
+            print(round_line(record, self.job.spec.rounds, selected), file=self.out, flush=True)
+
+
+class Runner:
+    def __init__(self, job: FederatedJob, run: RunDir, store: ObjectStore, opts: RunOptions):
+        self.job = job
+        self.run = run
+        self.store = store
+        self.opts = opts
+        self.groups: list[Group] = []
+        self.excluded: dict[str, str] = {}
+        self.interrupted = threading.Event()
+        self.progress = _Progress(store, job, opts.out)
+
+    # -- environment and commands --
+
+    def _base_env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        workers = 1 + sum(c.world_size for c in self.job.spec.clients)
+        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
+        env["PYTHONUNBUFFERED"] = "1"
+        env["FEDKUBE_STORE_DIR"] = str(self.run.store_root.resolve())
+        for name in ("FEDKUBE_SIGNING_KEYS_DIR", "FEDKUBE_SIGNING_KEY_FILE"):
+            env.pop(name, None)
+        return env
+
+    def _cli(self, *args: str) -> list[str]:
+        return [sys.executable, "-m", "fedcore.cli", *args]
+
+    def _aggregator_members(self) -> list[Member]:
+        env = self._base_env()
+        env["FEDKUBE_SIGNING_KEYS_DIR"] = str(self.run.keys.resolve())
+        argv = self._cli("aggregator", "--job", str(self.run.job_file.resolve()))
+        return [Member("aggregator", argv, env, self.run.log("aggregator"))]
+
+    def _client_members(self, name: str) -> Callable[[], list[Member]]:
+        client = self.job.spec.client(name)
+
+        def make() -> list[Member]:
+            port = free_port()  # fresh per start: the previous one may linger in TIME_WAIT
+            members = []
+            for index in range(client.replicas):
+                env = self._base_env()
+                env["FEDKUBE_SIGNING_KEY_FILE"] = str(self.run.key(name).resolve())
+                env.update(
+                    PET_NNODES=str(client.replicas),
+                    PET_NODE_RANK=str(index),
+                    PET_NPROC_PER_NODE=str(client.procs_per_replica),
+                    PET_MASTER_ADDR="127.0.0.1",
+                    PET_MASTER_PORT=str(port),
+                )
+                argv = self._cli(
+                    "client", "--job", str(self.run.job_file.resolve()), "--client", name
+                )
+                pod = f"{name}-{index}"
+                members.append(Member(pod, argv, env, self.run.log(pod)))
+            return members
+
+        return make
+
+    # -- supervision --
+
+    def _say(self, text: str) -> None:
+        print(text, file=self.opts.out, flush=True)
+
+    def _exclude(self, group: Group, member: Member, code: int) -> None:
+        reason = (
+            f"failed {group.restarts} times (runPolicy.backoffLimit "
+            f"{self.job.spec.run_policy.backoff_limit}); last {describe_exit(code)}, "
+            f"log {member.log}"
+        )
+        self.excluded[group.name] = reason
+        record = layout.ExcludedClients(clients=dict(self.excluded))
+        self.store.put_bytes(layout.EXCLUDED_KEY, record.to_json())
+        group.state = "excluded"
+
+    def _failure(self, what: str, member: Member, code: int, budget: int) -> str:
+        return (
+            f"{what} failed: {describe_exit(code)} after {budget} restart(s) "
+            f"(runPolicy.backoffLimit {self.job.spec.run_policy.backoff_limit}).\n"
+            f"  log: {member.log}\n  last lines:\n{log_tail(member.log)}"
+        )
+
+    def _check_client(self, group: Group) -> None:
+        if group.state != "running":
+            return
+        if group.all_succeeded():
+            group.state = "succeeded"
+            return
+        member = group.failed_member()
+        if member is None:
+            return
+        code = member.returncode()
+        assert code is not None  # failed_member only returns exited members
+        group.stop()
+        self._reap_orphans()
+        group.restarts += 1
+        limit = self.job.spec.run_policy.backoff_limit
+        if group.restarts <= limit:
+            self._say(
+                f"client {group.name}: {member.name} {describe_exit(code)}; restarting the "
+                f"group ({group.restarts}/{limit}), log {member.log}"
+            )
+            group.start()
+            return
+        self._exclude(group, member, code)
+        remaining = [c.name for c in self.job.spec.clients if c.name not in self.excluded]
+        message = self._failure(f"client {group.name!r}", member, code, limit)
+        if len(remaining) < self.job.spec.min_clients:
+            raise RunFailed(
+                f"{message}\n  {len(remaining)} client(s) remain, fewer than "
+                f"strategy.minClients={self.job.spec.min_clients}: the job cannot go on."
+            )
+        self._say(f"{message}\n  excluded; going on with {len(remaining)} clients.")
+
+    def _check_aggregator(self, group: Group) -> bool:
+        """True once the aggregator finished the job."""
+        if group.state == "succeeded":
+            return True
+        member = group.members[0]
+        code = member.returncode()
+        if code is None:
+            return False
+        if code == 0:
+            member.close_log()
+            group.state = "succeeded"
+            return True
+        group.stop()
+        group.restarts += 1
+        limit = self.job.spec.run_policy.backoff_limit
+        if group.restarts > limit:
+            raise RunFailed(self._failure("the aggregator", member, code, limit))
+        self._say(
+            f"aggregator {describe_exit(code)}; restarting it ({group.restarts}/{limit}), "
+            f"log {member.log}"
+        )
+        group.start()
+        return False
+
+    def _stop_all(self) -> None:
+        running = [g for g in self.groups if g.state == "running"]
+        stop_processes([pid for g in running for pid in g.pids()])
+        for group in running:
+            group.stop(grace=1.0)
+            group.state = "stopped"
+        self._reap_orphans()
+
+    def _reap_orphans(self) -> None:
+        """Stop descendants no running member accounts for: workers of a dead launcher,
+        re-parented to us (we are their subreaper)."""
+        tracked = {
+            m.proc.pid
+            for g in self.groups
+            if g.state == "running"
+            for m in g.members
+            if m.proc is not None and m.proc.poll() is None
+        }
+        with contextlib.suppress(psutil.NoSuchProcess):
+            orphans = [c.pid for c in psutil.Process().children() if c.pid not in tracked]
+            if orphans:
+                stop_processes(orphans, grace=2.0)
+
+    def _wait_for_clients(self) -> None:
+        deadline = time.monotonic() + CLIENT_EXIT_GRACE_SECONDS
+        while time.monotonic() < deadline and not self.interrupted.is_set():
+            clients = [g for g in self.groups if g.kind == "client" and g.state == "running"]
+            for group in clients:
+                if group.all_succeeded():
+                    group.state = "succeeded"
+            if not any(g.state == "running" for g in clients):
+                return
+            time.sleep(POLL_SECONDS)
+        late = [g.name for g in self.groups if g.kind == "client" and g.state == "running"]
+        if late:
+            self._say(f"note: stopping clients that did not exit on their own: {', '.join(late)}")
+
+    def supervise(self) -> int:
+        started = time.monotonic()
+        active_deadline = self.job.spec.run_policy.active_deadline_seconds
+        aggregator = Group("aggregator", "aggregator", self._aggregator_members)
+        self.groups = [aggregator] + [
+            Group(c.name, "client", self._client_members(c.name))
+            for c in self.job.spec.clients
+            if c.name not in self.excluded
+        ]
+        for group in self.groups:
+            group.start()
+        try:
+            while True:
+                if self.interrupted.wait(POLL_SECONDS):
+                    self._stop_all()
+                    self.progress.poll()
+                    print("interrupted; rerun the same command to resume", file=self.opts.err)
+                    return EXIT_INTERRUPTED
+                for group in self.groups[1:]:
+                    self._check_client(group)
+                done = self._check_aggregator(aggregator)
+                self.progress.poll()
+                if done:
+                    self._wait_for_clients()
+                    break
+                if active_deadline is not None and time.monotonic() - started > active_deadline:
+                    raise RunFailed(
+                        f"the job ran past runPolicy.activeDeadlineSeconds={active_deadline}"
+                    )
+        except RunFailed:
+            self._stop_all()
+            self.progress.poll()
+            raise
+        finally:
+            self._stop_all()
+        return EXIT_OK
+
+
+@contextlib.contextmanager
+def _signals_set(event: threading.Event) -> Iterator[None]:
+    def handler(signum: int, frame: object) -> None:
+        event.set()
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _finish(
+    job: FederatedJob, run: RunDir, store: ObjectStore, out: TextIO, t0: float | None
+) -> None:
+    final = read_final(store)
+    if final is None:
+        raise RoundProtocolError(
+            f"the aggregator exited 0 but {store.uri(layout.FINAL_RECORD_KEY)} is missing"
+        )
+    records = read_records(store)
+    plot = write_plot(records, run.plot, f"{job.name}: global model per round")
+    elapsed = None if t0 is None else time.monotonic() - t0
+    for line in summary_lines(final, store.uri(layout.FINAL_MODEL_KEY), plot, elapsed):
+        print(line, file=out, flush=True)
+
+
+def run_job(opts: RunOptions) -> int:
+    """``fedkube run``: returns the process exit code; raises FedcoreError for the CLI."""
+    from fedcore.spec import load_job
+
+    job = load_job(opts.job_path)
+    if job.spec.run_policy.suspend:
+        print(
+            f"job {job.name!r} is suspended (spec.runPolicy.suspend); nothing to run", file=opts.out
+        )
+        return EXIT_OK
+    run = RunDir(opts.run_dir or default_run_dir(job))
+    run.root.mkdir(parents=True, exist_ok=True)
+    store = open_run_store(job, run)
+
+    if opts.fresh:
+        removed = wipe_store(store)
+        for folder in (run.logs, run.keys):
+            shutil.rmtree(folder, ignore_errors=True)
+        run.plot.unlink(missing_ok=True)
+        print(f"--fresh: removed {removed} objects from {store.uri('')}", file=opts.out)
+
+    previous = stored_job(store)
+    if previous is not None:
+        diff = training_differences(previous.spec, job.spec)
+        if diff:
+            raise SpecError(
+                [
+                    (
+                        "spec",
+                        f"{store.uri('')} holds a run of a different spec (changed: "
+                        f"{', '.join(diff.fields)}); rerun with --fresh to start over, or "
+                        "pass another --store",
+                    )
+                ],
+                source=str(opts.job_path),
+            )
+        if read_final(store) is not None:
+            print(
+                f"job {job.name!r} already finished in {store.uri('')}; "
+                "rerun with --fresh to start over",
+                file=opts.out,
+            )
+            _finish(job, run, store, opts.out, None)
+            return EXIT_OK
+
+    run.job_file.write_text(json.dumps(job.to_object(), indent=2) + "\n")
+    write_keys(job, run)
+    become_subreaper()
+
+    runner = Runner(job, run, store, opts)
+    with contextlib.suppress(ObjectNotFound):
+        runner.excluded = dict(
+            layout.ExcludedClients.model_validate_json(store.get_bytes(layout.EXCLUDED_KEY)).clients
+        )
+    for line in header_lines(
+        job.name, job.spec.rounds, [c.name for c in job.spec.clients], store.uri(""), run.logs
+    ):
+        print(line, file=opts.out, flush=True)
+    if runner.excluded:
+        print(f"  excluded earlier: {', '.join(sorted(runner.excluded))}", file=opts.out)
+    t0 = time.monotonic()
+    with _signals_set(runner.interrupted):
+        code = runner.supervise()
+    if code == EXIT_OK:
+        _finish(job, run, store, opts.out, t0)
+    return code
+
+
+def show_status(run_dir: Path | None, job_path: Path | None, out: TextIO) -> int:
+    """``fedkube status``: the committed rounds of a run, read from its store."""
+    from fedcore.spec import load_job
+
+    if run_dir is not None:
+        run = RunDir(run_dir)
+        if not run.job_file.exists():
+            raise SpecError(
+                [("--store", f"{run_dir} is not a run directory of `fedkube run` (no job.json)")]
+            )
+        job = load_job(run.job_file)
+    else:
+        assert job_path is not None  # argparse requires one of the two
+        job = load_job(job_path)
+        run = RunDir(default_run_dir(job))
+    store = open_run_store(job, run)
+    for line in header_lines(
+        job.name, job.spec.rounds, [c.name for c in job.spec.clients], store.uri(""), None
+    ):
+        print(line, file=out)
+    progress = _Progress(store, job, out)
+    progress.poll()
+    if not progress.records:
+        print("  no round committed yet", file=out)
+        return EXIT_OK
+    final = read_final(store)
+    if final is None:
+        last = progress.records[-1].round
+        print(f"in progress: {last} of {job.spec.rounds} rounds committed", file=out)
+        return EXIT_OK
+    plot = run.plot if run.plot.exists() else None
+    for line in summary_lines(final, store.uri(layout.FINAL_MODEL_KEY), plot, None):
+        print(line, file=out)
+    return EXIT_OK
