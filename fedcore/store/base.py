@@ -85,7 +85,7 @@ def validate_key(key: str) -> str:
     if not isinstance(key, str):
         raise StoreError(f"object key must be a str, got {type(key).__name__}: {key!r}")
     if not key:
-        raise StoreError("object key is empty; name the object, e.g. 'rounds/000001/round.json'")
+        raise StoreError("object key '' is empty; name the object, e.g. 'rounds/000001/round.json'")
     if key.startswith("/"):
         raise StoreError(
             f"object key {key!r} starts with '/'; keys are relative to the store's prefix, "

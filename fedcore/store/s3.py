@@ -178,7 +178,7 @@ class S3Store:
             region_name=config.region,
             config=BotoConfig(
                 s3={"addressing_style": config.addressing_style},
-                retries={"max_attempts": config.max_attempts, "mode": "adaptive"},
+                retries={"total_max_attempts": config.max_attempts, "mode": "adaptive"},
                 connect_timeout=config.connect_timeout,
                 read_timeout=config.read_timeout,
                 max_pool_connections=max(10, config.max_concurrency * 2),
