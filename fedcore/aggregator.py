@@ -23,7 +23,7 @@ import json
 import logging
 import os
 import tempfile
-import time
+import threading
 from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
@@ -78,11 +78,20 @@ class QuorumUnreachable(RoundProtocolError):
     """A round lost so many clients (rejected or excluded) that it can never close."""
 
 
+class AggregatorStopped(FedcoreError):
+    """``Aggregator.stop()`` was called while a round was open (nothing was committed)."""
+
+
 def open_job_store(job: FederatedJob, environ: Mapping[str, str] | None = None) -> ObjectStore:
     """The job's store: S3 when the spec names an endpoint, else ``$FEDKUBE_STORE_DIR``."""
     env = os.environ if environ is None else environ
     root = env.get(STORE_DIR_ENV)
     return open_store(job.spec.storage, job_prefix(job), local_root=Path(root) if root else None)
+
+
+def store_location(store: ObjectStore) -> str:
+    """The URI of the job's folder in the store (``file:///.../`` or ``s3://bucket/prefix/``)."""
+    return store.uri(layout.JOB_KEY).removesuffix(layout.JOB_KEY)
 
 
 def _now() -> datetime:
@@ -111,6 +120,11 @@ class Aggregator:
         self.workdir = workdir
         self.poll_seconds = poll_seconds
         self.task = task if task is not None else load_task(self.spec.task.entrypoint)
+        self._stopping = threading.Event()
+
+    def stop(self) -> None:
+        """Make the loop raise ``AggregatorStopped`` at its next wait (thread-safe)."""
+        self._stopping.set()
 
     # -- helpers ---------------------------------------------------------------------------
 
@@ -170,7 +184,7 @@ class Aggregator:
         diff = training_differences(started.spec, self.spec)
         if diff:
             raise RoundProtocolError(
-                f"the store at {self.store.uri('')} holds a run started with another spec; "
+                f"the store at {store_location(self.store)} holds a run started with another spec; "
                 f"these fields differ: {', '.join(diff.fields)}. Restore them, or start the "
                 "job under a new name or storage prefix"
             )
@@ -347,7 +361,8 @@ class Aggregator:
                 raise QuorumUnreachable(explain_unreachable(r, state, reasons))
             if decision is not Decision.WAIT:
                 break
-            time.sleep(self.poll_seconds)
+            if self._stopping.wait(self.poll_seconds):
+                raise AggregatorStopped(f"stopped while round {r} was open")
 
         with open_weights(base_path) as base:
             new = strategy.finalize(base)

@@ -40,6 +40,7 @@ from typing import IO, Literal, TextIO
 import psutil
 
 from fedcore import layout
+from fedcore.aggregator import store_location
 from fedcore.errors import FedcoreError, ObjectNotFound, RoundProtocolError, SpecError
 from fedcore.progress import header_lines, round_line, summary_lines, write_plot
 from fedcore.rounds import training_differences
@@ -605,7 +606,7 @@ def run_job(opts: RunOptions) -> int:
         for folder in (run.logs, run.keys):
             shutil.rmtree(folder, ignore_errors=True)
         run.plot.unlink(missing_ok=True)
-        print(f"--fresh: removed {removed} objects from {store.uri('')}", file=opts.out)
+        print(f"--fresh: removed {removed} objects from {store_location(store)}", file=opts.out)
 
     previous = stored_job(store)
     if previous is not None:
@@ -615,7 +616,7 @@ def run_job(opts: RunOptions) -> int:
                 [
                     (
                         "spec",
-                        f"{store.uri('')} holds a run of a different spec (changed: "
+                        f"{store_location(store)} holds a run of a different spec (changed: "
                         f"{', '.join(diff.fields)}); rerun with --fresh to start over, or "
                         "pass another --store",
                     )
@@ -624,7 +625,7 @@ def run_job(opts: RunOptions) -> int:
             )
         if read_final(store) is not None:
             print(
-                f"job {job.name!r} already finished in {store.uri('')}; "
+                f"job {job.name!r} already finished in {store_location(store)}; "
                 "rerun with --fresh to start over",
                 file=opts.out,
             )
@@ -641,7 +642,11 @@ def run_job(opts: RunOptions) -> int:
             layout.ExcludedClients.model_validate_json(store.get_bytes(layout.EXCLUDED_KEY)).clients
         )
     for line in header_lines(
-        job.name, job.spec.rounds, [c.name for c in job.spec.clients], store.uri(""), run.logs
+        job.name,
+        job.spec.rounds,
+        [c.name for c in job.spec.clients],
+        store_location(store),
+        run.logs,
     ):
         print(line, file=opts.out, flush=True)
     if runner.excluded:
@@ -671,7 +676,7 @@ def show_status(run_dir: Path | None, job_path: Path | None, out: TextIO) -> int
         run = RunDir(default_run_dir(job))
     store = open_run_store(job, run)
     for line in header_lines(
-        job.name, job.spec.rounds, [c.name for c in job.spec.clients], store.uri(""), None
+        job.name, job.spec.rounds, [c.name for c in job.spec.clients], store_location(store), None
     ):
         print(line, file=out)
     progress = _Progress(store, job, out)
