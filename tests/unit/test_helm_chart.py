@@ -1,0 +1,301 @@
+"""The Helm chart renders a least-privilege operator install, cluster-wide or per namespace.
+
+Runs the real ``helm`` (built from its Go module into the fedkube cache, like the control
+plane): ``helm lint`` and ``helm template`` need no cluster. Without the Go toolchain the
+tests skip (laptops); with ``FEDKUBE_E2E=required`` (CI) they fail instead.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.cluster.binaries import ensure
+from tests.cluster.errors import BinariesUnavailable
+
+REPO = Path(__file__).resolve().parents[2]
+CHART = REPO / "charts" / "fedkube"
+RELEASE, NAMESPACE = "fk", "fedkube-system"
+KUBE_VERSION = "1.34.0"
+Obj = dict[str, Any]
+
+
+@pytest.fixture(scope="module")
+def helm() -> Path:
+    try:
+        return ensure(("helm",)).path("helm")
+    except BinariesUnavailable as e:
+        if os.environ.get("FEDKUBE_E2E", "") == "required":
+            pytest.fail(f"FEDKUBE_E2E=required: {e}")
+        pytest.skip(str(e))
+
+
+def run_helm(helm: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(helm), *args], capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+def render(helm: Path, *values: str) -> list[Obj]:
+    """``helm template`` with ``--set`` values; the objects it would apply."""
+    sets = [arg for value in values for arg in ("--set", value)]
+    result = run_helm(
+        helm, "template", RELEASE, str(CHART), "-n", NAMESPACE,
+        "--kube-version", KUBE_VERSION, *sets,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+def kinds(objects: list[Obj]) -> list[tuple[str, str, str | None]]:
+    return sorted(
+        (o["kind"], o["metadata"]["name"], o["metadata"].get("namespace")) for o in objects
+    )
+
+
+def one(objects: list[Obj], kind: str, namespace: str | None = None) -> Obj:
+    found = [
+        o
+        for o in objects
+        if o["kind"] == kind and (namespace is None or o["metadata"].get("namespace") == namespace)
+    ]
+    assert len(found) == 1, f"expected one {kind}, got {len(found)}"
+    return found[0]
+
+
+def grants(rules: list[Obj]) -> Iterator[tuple[str, str, str]]:
+    """Every (apiGroup, resource, verb) a list of policy rules allows."""
+    for rule in rules:
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                for verb in rule["verbs"]:
+                    yield group, resource, verb
+
+
+OPERATOR_NEEDS = (
+    {("fedkube.io", "federatedjobs", verb) for verb in ("get", "list", "watch", "patch", "update")}
+    | {("fedkube.io", "federatedjobs/status", verb) for verb in ("get", "patch", "update")}
+    | {("batch", "jobs", verb) for verb in ("get", "list", "watch", "create", "delete", "patch")}
+    | {
+        ("", resource, verb)
+        for resource in ("services", "configmaps", "secrets")
+        for verb in ("get", "list", "watch", "create", "delete", "patch")
+    }
+    | {("", "pods", verb) for verb in ("get", "list", "watch", "delete")}
+    | {
+        ("", "events", "create"),
+    }
+)
+"""What the operator calls inside a watched namespace (operator/fedop/kube.py)."""
+CRD_READ = {
+    ("apiextensions.k8s.io", "customresourcedefinitions", verb) for verb in ("get", "list", "watch")
+}
+WRITE_VERBS = {"create", "update", "patch", "delete", "deletecollection", "*"}
+
+
+@pytest.fixture(scope="module")
+def cluster_wide(helm: Path) -> list[Obj]:
+    return render(helm)
+
+
+@pytest.fixture(scope="module")
+def namespaced(helm: Path) -> list[Obj]:
+    return render(helm, "watchNamespaces={team-a,team-b}")
+
+
+def test_helm_lint_is_clean(helm: Path) -> None:
+    result = run_helm(helm, "lint", "--strict", str(CHART))
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "[WARNING]" not in result.stdout
+    assert "[ERROR]" not in result.stdout
+
+
+def test_default_values_render_a_cluster_wide_operator(cluster_wide: list[Obj]) -> None:
+    name = f"{RELEASE}-fedkube"
+
+    assert kinds(cluster_wide) == [
+        ("ClusterRole", name, None),
+        ("ClusterRoleBinding", name, None),
+        ("Deployment", name, NAMESPACE),
+        ("ServiceAccount", name, NAMESPACE),
+    ]
+
+
+def test_cluster_wide_role_grants_what_the_operator_needs(cluster_wide: list[Obj]) -> None:
+    allowed = set(grants(one(cluster_wide, "ClusterRole")["rules"]))
+
+    assert allowed >= OPERATOR_NEEDS | CRD_READ
+    assert {("", "namespaces", "list"), ("", "namespaces", "watch")} <= allowed
+    assert not any(resource == "*" or verb == "*" for _, resource, verb in allowed)
+    assert not any(resource in ("nodes", "clusterroles", "roles") for _, resource, _ in allowed)
+
+
+def test_namespaced_values_render_a_role_per_namespace(namespaced: list[Obj]) -> None:
+    name = f"{RELEASE}-fedkube"
+
+    assert kinds(namespaced) == [
+        ("ClusterRole", f"{name}-crds", None),
+        ("ClusterRoleBinding", f"{name}-crds", None),
+        ("Deployment", name, NAMESPACE),
+        ("Role", name, "team-a"),
+        ("Role", name, "team-b"),
+        ("RoleBinding", name, "team-a"),
+        ("RoleBinding", name, "team-b"),
+        ("ServiceAccount", name, NAMESPACE),
+    ]
+    for namespace in ("team-a", "team-b"):
+        assert set(grants(one(namespaced, "Role", namespace)["rules"])) >= OPERATOR_NEEDS
+
+
+def test_namespaced_mode_has_no_cluster_wide_write_access(namespaced: list[Obj]) -> None:
+    cluster_grants = set(grants(one(namespaced, "ClusterRole")["rules"]))
+
+    assert cluster_grants == CRD_READ
+    assert not any(verb in WRITE_VERBS for _, _, verb in cluster_grants)
+
+
+@pytest.mark.parametrize("mode", ["cluster_wide", "namespaced"])
+def test_bindings_name_the_operator_service_account(
+    mode: str, request: pytest.FixtureRequest
+) -> None:
+    objects: list[Obj] = request.getfixturevalue(mode)
+    account = one(objects, "ServiceAccount")["metadata"]["name"]
+    bindings = [o for o in objects if o["kind"] in ("RoleBinding", "ClusterRoleBinding")]
+
+    assert one(objects, "Deployment")["spec"]["template"]["spec"]["serviceAccountName"] == account
+    assert bindings
+    for binding in bindings:
+        assert binding["subjects"] == [
+            {"kind": "ServiceAccount", "name": account, "namespace": NAMESPACE}
+        ]
+
+
+def operator_container(objects: list[Obj]) -> Obj:
+    containers = one(objects, "Deployment")["spec"]["template"]["spec"]["containers"]
+    assert len(containers) == 1
+    container: Obj = containers[0]
+    return container
+
+
+def test_operator_runs_kopf_standalone_on_every_namespace(cluster_wide: list[Obj]) -> None:
+    container = operator_container(cluster_wide)
+
+    assert container["command"] == ["kopf"]
+    assert container["args"][:4] == ["run", "-m", "fedop", "--standalone"]
+    assert "--all-namespaces" in container["args"]
+    assert not any(arg.startswith("--namespace") for arg in container["args"])
+
+
+def test_operator_watches_only_the_listed_namespaces(namespaced: list[Obj]) -> None:
+    args = operator_container(namespaced)["args"]
+
+    assert [a for a in args if a.startswith("--namespace")] == [
+        "--namespace=team-a",
+        "--namespace=team-b",
+    ]
+    assert "--all-namespaces" not in args
+
+
+def test_liveness_probe_targets_kopfs_health_endpoint(cluster_wide: list[Obj]) -> None:
+    container = operator_container(cluster_wide)
+    port = {p["name"]: p["containerPort"] for p in container["ports"]}["health"]
+
+    assert f"--liveness=http://0.0.0.0:{port}/healthz" in container["args"]
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+
+
+def test_one_replica_replaced_with_recreate(cluster_wide: list[Obj]) -> None:
+    spec = one(cluster_wide, "Deployment")["spec"]
+
+    assert spec["replicas"] == 1
+    assert spec["strategy"] == {"type": "Recreate"}
+
+
+def test_operator_pod_runs_non_root_with_a_read_only_root(cluster_wide: list[Obj]) -> None:
+    pod = one(cluster_wide, "Deployment")["spec"]["template"]["spec"]
+    container = operator_container(cluster_wide)
+
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] > 0
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert container["resources"]["requests"]
+    assert container["resources"]["limits"]
+
+
+def test_values_become_operator_settings(helm: Path) -> None:
+    objects = render(
+        helm,
+        "runtimeImage.repository=registry.example/fk/runtime",
+        "runtimeImage.tag=1.2.3",
+        "runtimeImage.pullPolicy=Never",
+        "reconcileIntervalSeconds=7",
+        "logLevel=debug",
+        "image.tag=9.9.9",
+    )
+    container = operator_container(objects)
+    env = {e["name"]: e.get("value") for e in container["env"]}
+
+    assert env["FEDKUBE_RUNTIME_IMAGE"] == "registry.example/fk/runtime:1.2.3"
+    assert env["FEDKUBE_IMAGE_PULL_POLICY"] == "Never"
+    assert env["FEDKUBE_RESYNC_SECONDS"] == "7"
+    assert "--verbose" in container["args"]
+    assert container["image"].endswith(":9.9.9")
+
+
+def test_image_tags_default_to_the_charts_app_version(cluster_wide: list[Obj]) -> None:
+    app_version = yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"]
+    container = operator_container(cluster_wide)
+    env = {e["name"]: e.get("value") for e in container["env"]}
+
+    assert container["image"] == f"fedkube/operator:{app_version}"
+    assert env["FEDKUBE_RUNTIME_IMAGE"] == f"fedkube/runtime:{app_version}"
+
+
+def test_rbac_and_service_account_can_be_left_to_the_cluster_admin(helm: Path) -> None:
+    objects = render(helm, "rbac.create=false", "serviceAccount.create=false")
+
+    assert kinds(objects) == [("Deployment", f"{RELEASE}-fedkube", NAMESPACE)]
+
+
+@pytest.mark.parametrize(
+    ("value", "complaint"),
+    [
+        ("logLevel=loud", "/logLevel"),
+        ("watchNamespaces={Team_A}", "/watchNamespaces/0"),
+        ("reconcileIntervalSeconds=0", "/reconcileIntervalSeconds"),
+        ("runtimeImage.pullPolicy=Sometimes", "/runtimeImage/pullPolicy"),
+        ("replicas=2", "'replicas' not allowed"),
+    ],
+    ids=[
+        "unknown log level",
+        "namespace that is not a DNS label",
+        "zero reconcile interval",
+        "unknown pull policy",
+        "unknown key",
+    ],
+)
+def test_values_schema_refuses_bad_values_naming_them(
+    helm: Path, value: str, complaint: str
+) -> None:
+    result = run_helm(
+        helm, "template", RELEASE, str(CHART), "--kube-version", KUBE_VERSION, "--set", value
+    )
+
+    assert result.returncode != 0
+    assert complaint in result.stderr
+
+
+def test_chart_installs_the_generated_crd(helm: Path) -> None:
+    result = run_helm(helm, "show", "crds", str(CHART))
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == (REPO / "crds" / "federatedjob.yaml").read_text().strip()
