@@ -1,0 +1,142 @@
+"""The ``fedkube`` command line: clear messages and exit codes, no traceback for user errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from fedcore import layout
+from fedcore.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, exit_code_for, main
+from fedcore.errors import FedcoreError, ObjectNotFound, RoundProtocolError, SpecError, TaskError
+from fedcore.spec import job_prefix, load_job
+from fedcore.store import LocalStore
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+GOOD_JOB = """\
+apiVersion: fedkube.io/v1alpha1
+kind: FederatedJob
+metadata: {name: tiny}
+spec:
+  rounds: 2
+  task: {entrypoint: "fedcore.tasks.digits:task", config: {hidden: 8}}
+  clients: [{name: a}, {name: b, procsPerReplica: 2}]
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "job.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_validate_accepts_the_example_job(capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["validate", str(EXAMPLES / "digits.yaml")])
+
+    out = capsys.readouterr().out
+    assert code == EXIT_OK
+    assert "ok" in out
+    assert "3 clients" in out
+    assert "10 rounds" in out
+
+
+def test_validate_names_every_bad_field_and_exits_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = GOOD_JOB.replace("rounds: 2", "rounds: 0").replace("name: b", "name: B_b")
+
+    code = main(["validate", str(write(tmp_path, bad))])
+
+    err = capsys.readouterr().err
+    assert code == EXIT_USAGE
+    assert "spec.rounds" in err
+    assert "spec.clients[1].name" in err
+    assert "Traceback" not in err
+
+
+def test_validate_of_a_missing_file_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(["validate", str(tmp_path / "nope.yaml")])
+
+    assert code == EXIT_USAGE
+    assert "cannot read" in capsys.readouterr().err
+
+
+def test_validate_without_a_file_or_schema_is_a_usage_error(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["validate"]) == EXIT_USAGE
+    assert "--schema" in capsys.readouterr().err
+
+
+def test_schema_is_printed_as_json(capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["validate", "--schema"])
+
+    schema = json.loads(capsys.readouterr().out)
+    assert code == EXIT_OK
+    assert "spec" in schema["properties"]
+
+
+def test_run_with_an_invalid_job_exits_2_before_starting_anything(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = GOOD_JOB.replace("entrypoint:", "entrypont:")
+
+    code = main(["run", str(write(tmp_path, bad)), "--store", str(tmp_path / "run")])
+
+    err = capsys.readouterr().err
+    assert code == EXIT_USAGE
+    assert "spec.task.entrypont" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_status_of_a_folder_that_is_no_run_is_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(["status", "--store", str(tmp_path)])
+
+    assert code == EXIT_USAGE
+    assert "not a run directory" in capsys.readouterr().err
+
+
+def test_status_lists_committed_rounds(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    job_file = write(tmp_path, GOOD_JOB)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "job.json").write_text(job_file.read_text())
+    job = load_job(job_file)
+    store = LocalStore(run_dir / "store", job_prefix(job))
+    store.put_bytes(
+        layout.round_record_key(0),
+        layout.RoundRecord(
+            round=0,
+            metrics={"loss": 2.3, "accuracy": 0.1},
+            model_key=layout.global_key(0),
+            model_sha256="0" * 64,
+            started_at=layout.utcnow(),
+            closed_by="initial",
+        ).to_json(),
+    )
+
+    code = main(["status", "--store", str(run_dir)])
+
+    out = capsys.readouterr().out
+    assert code == EXIT_OK
+    assert "round 0/2  initial model  loss 2.300  acc 0.100" in out
+    assert "0 of 2 rounds committed" in out
+
+
+@pytest.mark.parametrize(
+    ("error", "code"),
+    [
+        pytest.param(SpecError([("spec.rounds", "bad")]), EXIT_USAGE, id="spec error"),
+        pytest.param(TaskError("no module"), EXIT_USAGE, id="task error"),
+        pytest.param(RoundProtocolError("two commits"), EXIT_FAILED, id="protocol error"),
+        pytest.param(ObjectNotFound("gone"), EXIT_FAILED, id="store error"),
+    ],
+)
+def test_user_errors_exit_2_and_runtime_failures_exit_1(error: FedcoreError, code: int) -> None:
+    assert exit_code_for(error) == code
