@@ -31,7 +31,8 @@ def generated() -> Schema:
 
 @pytest.fixture(scope="module")
 def schema(generated: Schema) -> Schema:
-    return generated["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    root: Schema = generated["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    return root
 
 
 def nodes(node: Schema, path: str = "") -> Iterator[tuple[str, Schema]]:

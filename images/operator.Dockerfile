@@ -1,0 +1,27 @@
+# syntax=docker/dockerfile:1
+# The fedkube operator image: kopf, the Kubernetes client and fedkube's spec models and store
+# client. No torch: the operator never trains (an import-linter contract keeps it that way).
+#
+#   docker build -f images/operator.Dockerfile -t fedkube/operator:0.1.0 .
+#
+# The build context is the repository root; operator.Dockerfile.dockerignore keeps it small.
+
+FROM python:3.11.13-slim-bookworm AS build
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY fedcore ./fedcore
+COPY operator ./operator
+# Wheels of fedkube and its operator extra only; the final stage installs them offline.
+RUN pip wheel --no-cache-dir --wheel-dir /wheels ".[operator]"
+
+FROM python:3.11.13-slim-bookworm
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
+    pip install --no-cache-dir --no-index --find-links=/wheels "fedkube[operator]==0.1.0"
+# Non-root, numeric so runAsNonRoot can verify it; the chart's podSecurityContext uses the same.
+USER 65532:65532
+EXPOSE 8080
+ENTRYPOINT ["kopf"]
+CMD ["run", "-m", "fedop", "--standalone", "--all-namespaces", "--liveness=http://0.0.0.0:8080/healthz"]

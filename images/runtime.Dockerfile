@@ -1,0 +1,32 @@
+# syntax=docker/dockerfile:1
+# The fedkube runtime image: what aggregator and client pods run. CUDA PyTorch from the
+# official image, plus fedkube with its runtime extra (the base's torch satisfies it, so pip
+# keeps it). GPU clients train with NCCL; the same image trains on CPU with gloo.
+#
+#   docker build -f images/runtime.Dockerfile -t fedkube/runtime:0.1.0 .
+#
+# The build context is the repository root; runtime.Dockerfile.dockerignore keeps it small.
+
+FROM pytorch/pytorch:2.8.0-cuda12.9-cudnn9-runtime AS build
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY fedcore ./fedcore
+COPY operator ./operator
+# Only fedkube's own wheel; its dependencies come from the index below, torch from the base.
+RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
+
+FROM pytorch/pytorch:2.8.0-cuda12.9-cudnn9-runtime
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    HOME=/home/fedkube
+RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
+    pip install --no-cache-dir --find-links=/wheels "fedkube[runtime]==0.1.0" \
+    && useradd --no-log-init --uid 65532 --user-group --create-home --home-dir /home/fedkube \
+        --shell /usr/sbin/nologin fedkube
+# Non-root, numeric so runAsNonRoot can verify it; the operator runs job pods as this UID.
+USER 65532:65532
+WORKDIR /home/fedkube
+# The operator's pods run `fedkube aggregator --job ...` and `fedkube client --job ... --client ...`.
+ENTRYPOINT ["fedkube"]
+CMD ["--help"]
