@@ -1,0 +1,124 @@
+"""Carries out a reconcile ``Plan``: status first, then the store, then the API writes.
+
+The status is written before anything is created or deleted: it is the operator's memory
+(restart counts, rounds announced), so if the pass dies half-way the next one, in this
+process or a restarted one, decides from a status that already counts what was begun.
+Writes of one stage run in parallel (bounded by ``api_concurrency``); the stages run in
+order, because pods need their job file and keys before their Jobs exist. Events come last
+and are best-effort: a lost Event must never undo or repeat real work.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime
+
+from fedcore import spec as fs
+from fedcore.signing import generate_key
+from fedop import events, reconcile, status
+from fedop.builders import names, secrets
+from fedop.errors import ApiError, FedopError
+from fedop.kube import Kube
+from fedop.store_view import Credentials, StoreView
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Target:
+    """The job the plan is for, as the executor needs it."""
+
+    job: names.JobRef
+    parsed: fs.FederatedJob | None
+    """None when the spec could not be parsed (the plan then only writes status)."""
+    credentials: Credentials | None
+    old_status: fs.FederatedJobStatus
+
+
+class Executor:
+    def __init__(self, kube: Kube, store: StoreView, pool: ThreadPoolExecutor) -> None:
+        self._kube = kube
+        self._store = store
+        self._pool = pool
+
+    def apply(self, target: Target, plan: reconcile.Plan, now: datetime) -> None:
+        self._write_status(target, plan.status)
+        stages: list[list[reconcile.Action]] = [[], [], [], []]
+        for action in plan.actions:
+            stages[_stage(action)].append(action)
+        for stage in stages:
+            self._run_all([self._step(target, a) for a in stage])
+        for announcement in plan.announcements:
+            self._announce(target.job, announcement, now)
+
+    def _write_status(self, target: Target, new: fs.FederatedJobStatus) -> None:
+        patch = status.merge_patch(status.to_wire(target.old_status), status.to_wire(new))
+        if patch:
+            self._kube.patch_status(target.job, patch)
+
+    def _step(self, target: Target, action: reconcile.Action) -> Callable[[], None]:
+        job, kube = target.job, self._kube
+        match action:
+            case reconcile.Create(obj=obj):
+                return lambda: _ignore(kube.create(obj, job))
+            case reconcile.CreateKeySecret(client=client):
+                return lambda: _ignore(
+                    kube.create(secrets.key_secret(job, client, generate_key()), job)
+                )
+            case reconcile.Replace(obj=obj):
+                return lambda: kube.merge_patch(obj, {"data": obj["data"]})
+            case reconcile.SetSuspend(name=name, suspend=suspend):
+                return lambda: kube.set_job_suspend(job.namespace, name, suspend)
+            case reconcile.DeleteJob(name=name, propagation=propagation):
+                return lambda: kube.delete_job(job.namespace, name, propagation)
+            case reconcile.WriteExcluded(clients=clients) if target.parsed is not None:
+                parsed = target.parsed
+                return lambda: self._store.write_excluded(parsed, target.credentials, dict(clients))
+            case reconcile.DeleteFederatedJob():
+                return lambda: kube.delete_federatedjob(job)
+        raise TypeError(f"unknown action {action!r}")  # pragma: no cover
+
+    def _run_all(self, steps: Sequence[Callable[[], None]]) -> None:
+        """Run one stage's steps in parallel; raise the first failure after all finished."""
+        if len(steps) == 1:
+            steps[0]()
+            return
+        futures = [self._pool.submit(step) for step in steps]
+        errors = [f.exception() for f in futures]
+        failed = [e for e in errors if e is not None]
+        for e in failed[1:]:
+            log.warning("also failed in the same stage: %s", e)
+        if failed:
+            raise failed[0]
+
+    def _announce(
+        self, job: names.JobRef, announcement: events.Announcement, now: datetime
+    ) -> None:
+        log.info("%s %s/%s: %s", announcement.reason, job.namespace, job.name, announcement.message)
+        try:
+            self._kube.post_event(events.event_object(job, announcement, now))
+        except (ApiError, FedopError) as e:
+            log.warning("could not post event %s for %s: %s", announcement.reason, job.name, e)
+
+
+def _stage(action: reconcile.Action) -> int:
+    """0: the store's drop list; 1: objects pods mount; 2: Jobs; 3: the FederatedJob itself."""
+    match action:
+        case reconcile.WriteExcluded():
+            return 0
+        case reconcile.Create(obj=obj) if obj.get("kind") == "Job":
+            return 2
+        case reconcile.Create() | reconcile.CreateKeySecret() | reconcile.Replace():
+            return 1
+        case reconcile.SetSuspend() | reconcile.DeleteJob():
+            return 2
+        case reconcile.DeleteFederatedJob():
+            return 3
+    raise TypeError(f"unknown action {action!r}")  # pragma: no cover
+
+
+def _ignore(_: object) -> None:
+    return None

@@ -1,0 +1,308 @@
+"""Pod templates of a FederatedJob: the runtime contract's command, environment and mounts.
+
+Client pods run ``fedkube client`` under torchrun's environment (``PET_*``), which the operator
+owns: users may not set those variables (``check_env`` refuses such a spec, naming the field)
+because a wrong rank or world size does not fail loudly, it hangs a DDP group or trains on the
+wrong shard. Refusing is better than silently dropping them: the user learns at once, and the
+fix (remove the variable) is obvious.
+
+Every pod runs as a non-root user, without privilege escalation or capabilities, with a
+read-only root filesystem (``/tmp`` is an emptyDir) and the runtime's default seccomp profile,
+and without a service-account token: the runtime talks to the object store, never to the API.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fedcore import spec as fs
+from fedop.builders import configmap, names, secrets
+from fedop.settings import OperatorSettings
+
+SIGNING_KEY_DIR = "/var/run/secrets/fedkube/signing-key"
+"""Where a client pod finds its own key (file ``key``)."""
+SIGNING_KEYS_DIR = "/var/run/secrets/fedkube/signing-keys"
+"""Where the aggregator finds every client's key (one file per client name)."""
+TMP_DIR = "/tmp"
+GPU_RESOURCE = "nvidia.com/gpu"
+
+RESERVED_ENV = frozenset(
+    {
+        "PET_NNODES",
+        "PET_NPROC_PER_NODE",
+        "PET_NODE_RANK",
+        "PET_MASTER_ADDR",
+        "PET_MASTER_PORT",
+        "MASTER_ADDR",
+        "MASTER_PORT",
+        "WORLD_SIZE",
+        "RANK",
+        "LOCAL_RANK",
+        "NODE_RANK",
+        "GROUP_RANK",
+        "LOCAL_WORLD_SIZE",
+        "FEDKUBE_SIGNING_KEY_FILE",
+        "FEDKUBE_SIGNING_KEYS_DIR",
+        "FEDKUBE_STORE_DIR",
+    }
+)
+"""Variables the operator sets (or the launcher derives): a user value would contradict them."""
+RESERVED_ENV_PREFIXES = ("PET_", "TORCHELASTIC_")
+CREDENTIAL_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+"""Set from ``spec.storage.secretRef`` when it is given (and then reserved)."""
+
+
+def _reserved(name: str, spec: fs.FederatedJobSpec) -> bool:
+    if name in RESERVED_ENV or name.startswith(RESERVED_ENV_PREFIXES):
+        return True
+    return spec.storage.secret_ref is not None and name in CREDENTIAL_ENV
+
+
+def check_env(spec: fs.FederatedJobSpec) -> list[tuple[str, str]]:
+    """Problems (field, message) with user env that would override the operator's."""
+    where: list[tuple[str, list[dict[str, Any]]]] = [("spec.aggregator.env", spec.aggregator.env)]
+    where += [(f"spec.clients[{i}].env", c.env) for i, c in enumerate(spec.clients)]
+    problems: list[tuple[str, str]] = []
+    for field, env in where:
+        for index, item in enumerate(env):
+            name = item.get("name")
+            if isinstance(name, str) and _reserved(name, spec):
+                source = "spec.storage.secretRef" if name in CREDENTIAL_ENV else "the operator"
+                problems.append(
+                    (
+                        f"{field}[{index}].name",
+                        f"{name} is set by {source} (torchrun rendezvous, signing keys and store "
+                        "credentials are the operator's); remove it from env",
+                    )
+                )
+    return problems
+
+
+def _credentials_env(spec: fs.FederatedJobSpec) -> list[dict[str, Any]]:
+    ref = spec.storage.secret_ref
+    if ref is None:
+        return []
+    return [
+        {
+            "name": "AWS_ACCESS_KEY_ID",
+            "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.access_key_id_key}},
+        },
+        {
+            "name": "AWS_SECRET_ACCESS_KEY",
+            "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.secret_access_key_key}},
+        },
+    ]
+
+
+def _with_defaults(own: list[dict[str, Any]], user: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The operator's variables, then defaults the user did not set, then the user's (last,
+    so they may refer to the operator's as ``$(PET_NODE_RANK)``)."""
+    given = {item.get("name") for item in user}
+    defaults = [
+        {"name": "HOME", "value": TMP_DIR},  # the root filesystem is read-only
+        {"name": "PYTHONUNBUFFERED", "value": "1"},  # logs reach `kubectl logs` as they happen
+    ]
+    return own + [d for d in defaults if d["name"] not in given] + [dict(e) for e in user]
+
+
+def client_env(
+    job: names.JobRef, spec: fs.FederatedJobSpec, client: fs.ClientSpec, settings: OperatorSettings
+) -> list[dict[str, Any]]:
+    index_ref = f"metadata.annotations['{names.COMPLETION_INDEX_ANNOTATION}']"
+    own: list[dict[str, Any]] = [
+        {"name": "PET_NNODES", "value": str(client.replicas)},
+        {"name": "PET_NPROC_PER_NODE", "value": str(client.procs_per_replica)},
+        {"name": "PET_NODE_RANK", "valueFrom": {"fieldRef": {"fieldPath": index_ref}}},
+        {"name": "PET_MASTER_ADDR", "value": names.master_addr(job, client.name)},
+        {"name": "PET_MASTER_PORT", "value": str(settings.master_port)},
+        {"name": "FEDKUBE_SIGNING_KEY_FILE", "value": f"{SIGNING_KEY_DIR}/{secrets.KEY}"},
+        *_credentials_env(spec),
+    ]
+    return _with_defaults(own, client.env)
+
+
+def aggregator_env(spec: fs.FederatedJobSpec) -> list[dict[str, Any]]:
+    own = [{"name": "FEDKUBE_SIGNING_KEYS_DIR", "value": SIGNING_KEYS_DIR}, *_credentials_env(spec)]
+    return _with_defaults(own, spec.aggregator.env)
+
+
+def pod_security_context(settings: OperatorSettings) -> dict[str, Any]:
+    uid = settings.pod_user_id
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": uid,
+        "runAsGroup": uid,
+        "fsGroup": uid,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def container_security_context() -> dict[str, Any]:
+    return {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def client_resources(client: fs.ClientSpec) -> dict[str, Any]:
+    """The client's resources with one GPU per process when ``gpu`` is true (requests equal
+    limits, as Kubernetes requires of extended resources)."""
+    resources = {k: dict(v) if isinstance(v, dict) else v for k, v in client.resources.items()}
+    if client.gpu:
+        gpus = str(client.procs_per_replica)
+        for part in ("limits", "requests"):
+            section = resources.get(part)
+            resources[part] = {**(section if isinstance(section, dict) else {}), GPU_RESOURCE: gpus}
+    return resources
+
+
+def _spec_volume(job: names.JobRef) -> tuple[dict[str, Any], dict[str, Any]]:
+    volume = {
+        "name": "fedkube-job",
+        "configMap": {
+            "name": names.spec_configmap(job),
+            "items": [{"key": configmap.JOB_FILE_KEY, "path": configmap.JOB_FILE_KEY}],
+        },
+    }
+    mount = {"name": "fedkube-job", "mountPath": configmap.JOB_FILE_DIR, "readOnly": True}
+    return volume, mount
+
+
+def _tmp_volume() -> tuple[dict[str, Any], dict[str, Any]]:
+    return {"name": "fedkube-tmp", "emptyDir": {}}, {"name": "fedkube-tmp", "mountPath": TMP_DIR}
+
+
+def _shm_volume() -> tuple[dict[str, Any], dict[str, Any]]:
+    """NCCL and DataLoader workers pass tensors through /dev/shm, which runtimes cap at 64 MiB."""
+    return (
+        {"name": "fedkube-shm", "emptyDir": {"medium": "Memory"}},
+        {"name": "fedkube-shm", "mountPath": "/dev/shm"},
+    )
+
+
+def _scheduling(node_selector: dict[str, str], tolerations: list[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if node_selector:
+        out["nodeSelector"] = dict(node_selector)
+    if tolerations:
+        out["tolerations"] = [dict(t) for t in tolerations]
+    return out
+
+
+def _pod_spec(
+    settings: OperatorSettings,
+    container: dict[str, Any],
+    volumes: list[dict[str, Any]],
+    scheduling: dict[str, Any],
+) -> dict[str, Any]:
+    return {
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "securityContext": pod_security_context(settings),
+        **scheduling,
+        "containers": [container],
+        "volumes": volumes,
+    }
+
+
+def _container(
+    name: str,
+    spec: fs.FederatedJobSpec,
+    settings: OperatorSettings,
+    command: list[str],
+    env: list[dict[str, Any]],
+    resources: dict[str, Any],
+    mounts: list[dict[str, Any]],
+) -> dict[str, Any]:
+    container: dict[str, Any] = {
+        "name": name,
+        "image": spec.image or settings.runtime_image,
+        "imagePullPolicy": settings.image_pull_policy,
+        "command": command,
+        "env": env,
+        "volumeMounts": mounts,
+        "securityContext": container_security_context(),
+    }
+    if resources:
+        container["resources"] = resources
+    return container
+
+
+def client_pod_template(
+    job: names.JobRef, spec: fs.FederatedJobSpec, client: fs.ClientSpec, settings: OperatorSettings
+) -> dict[str, Any]:
+    spec_volume, spec_mount = _spec_volume(job)
+    tmp_volume, tmp_mount = _tmp_volume()
+    key_volume = {
+        "name": "fedkube-signing-key",
+        "secret": {"secretName": names.key_secret(job, client.name), "defaultMode": 0o440},
+    }
+    key_mount = {"name": "fedkube-signing-key", "mountPath": SIGNING_KEY_DIR, "readOnly": True}
+    volumes = [spec_volume, key_volume, tmp_volume]
+    mounts = [spec_mount, key_mount, tmp_mount]
+    if client.gpu:
+        shm_volume, shm_mount = _shm_volume()
+        volumes.append(shm_volume)
+        mounts.append(shm_mount)
+    volumes += [dict(v) for v in client.volumes]
+    mounts += [dict(m) for m in client.volume_mounts]
+    command = ["fedkube", "client", "--job", configmap.JOB_FILE, "--client", client.name]
+    container = _container(
+        "client",
+        spec,
+        settings,
+        command,
+        client_env(job, spec, client, settings),
+        client_resources(client),
+        mounts,
+    )
+    container["ports"] = [{"name": "rendezvous", "containerPort": settings.master_port}]
+    pod = _pod_spec(
+        settings, container, volumes, _scheduling(client.node_selector, client.tolerations)
+    )
+    pod["subdomain"] = names.client_service(job, client.name)
+    return {"metadata": {"labels": names.labels(job, "client", client.name)}, "spec": pod}
+
+
+def aggregator_pod_template(
+    job: names.JobRef, spec: fs.FederatedJobSpec, settings: OperatorSettings
+) -> dict[str, Any]:
+    spec_volume, spec_mount = _spec_volume(job)
+    tmp_volume, tmp_mount = _tmp_volume()
+    keys_volume = {
+        "name": "fedkube-signing-keys",
+        "projected": {
+            "defaultMode": 0o440,
+            "sources": [
+                {
+                    "secret": {
+                        "name": names.key_secret(job, c.name),
+                        "items": [{"key": secrets.KEY, "path": c.name}],
+                    }
+                }
+                for c in spec.clients
+            ],
+        },
+    }
+    keys_mount = {"name": "fedkube-signing-keys", "mountPath": SIGNING_KEYS_DIR, "readOnly": True}
+    command = ["fedkube", "aggregator", "--job", configmap.JOB_FILE]
+    container = _container(
+        "aggregator",
+        spec,
+        settings,
+        command,
+        aggregator_env(spec),
+        dict(spec.aggregator.resources),
+        [spec_mount, keys_mount, tmp_mount],
+    )
+    pod = _pod_spec(
+        settings,
+        container,
+        [spec_volume, keys_volume, tmp_volume],
+        _scheduling(spec.aggregator.node_selector, spec.aggregator.tolerations),
+    )
+    return {"metadata": {"labels": names.labels(job, "aggregator")}, "spec": pod}

@@ -1,0 +1,30 @@
+"""The per-client signing-key Secrets ``<job>-<client>-key``.
+
+Each client's pods mount only their own Secret (``FEDKUBE_SIGNING_KEY_FILE``); the aggregator
+mounts all of them through one projected volume, one file per client name
+(``FEDKUBE_SIGNING_KEYS_DIR``), and verifies every update's HMAC with the sender's key. A key
+is made once, when its Secret is created, and never rewritten: rotating it mid-job would turn
+the client's in-flight update into a forgery.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+from fedop.builders import names
+
+KEY = "key"
+"""The Secret's data key holding the HMAC key (hex text, as ``fedcore.signing`` reads it)."""
+
+
+def key_secret(job: names.JobRef, client: str, key: str) -> dict[str, Any]:
+    """The Secret holding ``client``'s signing key ``key`` (``fedcore.signing.generate_key()``)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "Opaque",
+        "metadata": names.metadata(job, names.key_secret(job, client), "client", client),
+        "data": {KEY: base64.b64encode(key.encode()).decode()},
+        "immutable": True,
+    }

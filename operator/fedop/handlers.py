@@ -1,0 +1,258 @@
+"""kopf wiring, and the edge of one reconcile pass.
+
+kopf watches FederatedJobs and their Jobs (``on.event``: no finalizer, nothing written to
+the objects) and feeds the ``Controller``'s queue; the controller runs ``sync_job`` for a job.
+``sync_job`` is the edge: it reads the object, parses its spec once (an invalid spec becomes
+``kopf.PermanentError`` naming the field and the fix, and a Failed status), observes the
+children and the store, asks ``reconcile.plan`` what to do and hands the plan to ``apply``.
+Transient API trouble becomes ``kopf.TemporaryError(delay=...)`` with the cause chained.
+
+Run it with ``kopf run -m fedop --standalone --all-namespaces`` (or ``--namespace=NS``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import kopf
+
+from fedcore import spec as fs
+from fedcore.errors import SpecError
+from fedop import reconcile, status
+from fedop.apply import Executor, Target
+from fedop.builders import names, pods
+from fedop.controller import Controller
+from fedop.errors import ApiError, OwnershipConflict
+from fedop.kube import Kube
+from fedop.observed import StoreSnapshot, children
+from fedop.settings import OperatorSettings
+from fedop.store_view import Credentials, StoreView
+
+log = logging.getLogger(__name__)
+
+MEMO_KEY = "fedop"
+
+
+@dataclass
+class Runtime:
+    """Everything one operator process shares between passes."""
+
+    settings: OperatorSettings
+    kube: Kube
+    store: StoreView
+    pool: ThreadPoolExecutor
+    controller: Controller = field(init=False)
+    task: asyncio.Task[None] | None = None
+
+    def __post_init__(self) -> None:
+        self.executor = Executor(self.kube, self.store, self.pool)
+        self.controller = Controller(lambda ns, name: sync_job(self, ns, name), self.settings)
+
+
+# ---- one pass ---------------------------------------------------------------------------------
+
+
+def parse_edge(body: dict[str, Any]) -> fs.FederatedJob:
+    """The FederatedJob as the runtime will load it, plus the checks only a cluster needs;
+    ``SpecError`` naming every problem's field."""
+    meta = body.get("metadata") or {}
+    obj = {
+        "apiVersion": body.get("apiVersion", f"{fs.API_GROUP}/{fs.API_VERSION}"),
+        "kind": fs.KIND,
+        "metadata": {k: meta[k] for k in ("name", "namespace", "uid", "generation") if k in meta},
+        "spec": body.get("spec") or {},
+    }
+    job = fs.parse_job(obj)
+    ref = names.JobRef(job.name, job.metadata.namespace or "default", job.metadata.uid or "")
+    problems = names.check_names(ref, job.spec) + pods.check_env(job.spec)
+    if job.spec.storage.endpoint is None:
+        problems.append(
+            (
+                "spec.storage.endpoint",
+                "required in a cluster: pods exchange rounds through S3; name the "
+                "endpoint, e.g. http://minio.minio:9000",
+            )
+        )
+    if problems:
+        raise SpecError(problems)
+    return job
+
+
+def sync_job(rt: Runtime, namespace: str, name: str) -> None:
+    """One reconcile pass of one FederatedJob (runs on a worker thread)."""
+    try:
+        _sync(rt, namespace, name)
+    except ApiError as e:
+        if e.status == 403:
+            raise kopf.TemporaryError(
+                f"{e} (the operator's RBAC does not allow this; see fedop/kube.py)",
+                delay=rt.settings.retry_seconds * 6,
+            ) from e
+        raise kopf.TemporaryError(str(e), delay=rt.settings.retry_seconds) from e
+    except OwnershipConflict as e:
+        raise kopf.TemporaryError(str(e), delay=rt.settings.retry_seconds) from e
+
+
+def _sync(rt: Runtime, namespace: str, name: str) -> None:
+    body = rt.kube.get_federatedjob(namespace, name)
+    if body is None or body.get("metadata", {}).get("deletionTimestamp"):
+        return  # the garbage collector removes the children
+    meta = body["metadata"]
+    ref = names.JobRef(name, namespace, meta["uid"])
+    generation = meta.get("generation")
+    old = status.parse_status(body.get("status"))
+    now = datetime.now(UTC)
+    try:
+        job = parse_edge(body)
+    except SpecError as e:
+        _refuse(rt, ref, generation, old, e, now)
+        raise kopf.PermanentError(str(e)) from e
+
+    lists = rt.kube.list_children(ref)
+    kids = children(ref.uid, lists.jobs, lists.services, lists.secrets, lists.configmaps)
+    credentials: Credentials | None = None
+    if old.phase in status.TERMINAL_PHASES:
+        snapshot = StoreSnapshot()  # a finished job needs nothing from its store
+    else:
+        credentials, problem = _credentials(rt, job)
+        snapshot = (
+            StoreSnapshot(available=False, problem=problem)
+            if problem
+            else rt.store.snapshot(job, credentials, status.next_round_to_read(old))
+        )
+
+    obs = reconcile.Observation(
+        job=ref,
+        generation=generation,
+        spec=job.spec,
+        status=old,
+        children=kids,
+        store=snapshot,
+        now=now,
+        settings=rt.settings,
+    )
+    plan = reconcile.plan(obs)
+    target = Target(job=ref, parsed=job, credentials=credentials, old_status=old)
+    try:
+        rt.executor.apply(target, plan, now)
+    except ApiError as e:
+        if e.status not in (400, 422):
+            raise
+        # The API server refused an object built from the spec (a bad resources or volume
+        # entry passed through verbatim): the spec is at fault, not the cluster.
+        refused = SpecError([("spec", f"the API server refused a child object: {e}")])
+        _refuse(rt, ref, generation, plan.status, refused, now)
+        raise kopf.PermanentError(str(refused)) from e
+
+
+def _refuse(
+    rt: Runtime,
+    ref: names.JobRef,
+    generation: int | None,
+    old: fs.FederatedJobStatus,
+    error: SpecError,
+    now: datetime,
+) -> None:
+    plan = reconcile.refuse(old, generation, str(error), now)
+    target = Target(job=ref, parsed=None, credentials=None, old_status=old)
+    rt.executor.apply(target, plan, now)
+
+
+def _credentials(rt: Runtime, job: fs.FederatedJob) -> tuple[Credentials | None, str]:
+    """The S3 key pair from ``spec.storage.secretRef`` (None without one), or why not."""
+    ref = job.spec.storage.secret_ref
+    if ref is None:
+        return None, ""
+    namespace = job.metadata.namespace or "default"
+    data = rt.kube.read_secret(namespace, ref.name)
+    if data is None:
+        return None, (
+            f"credentials Secret {namespace}/{ref.name} (spec.storage.secretRef) "
+            "does not exist; create it"
+        )
+    values: list[str] = []
+    for key in (ref.access_key_id_key, ref.secret_access_key_key):
+        try:
+            values.append(base64.b64decode(data[key]).decode())
+        except KeyError:
+            return None, (
+                f"credentials Secret {namespace}/{ref.name} has no key {key!r} "
+                "(spec.storage.secretRef); add it"
+            )
+        except (binascii.Error, UnicodeDecodeError):
+            return None, f"credentials Secret {namespace}/{ref.name} key {key!r} is not text"
+    return Credentials(values[0], values[1]), ""
+
+
+# ---- kopf -------------------------------------------------------------------------------------
+
+
+def _runtime(memo: kopf.Memo) -> Runtime:
+    rt: Runtime = memo[MEMO_KEY]
+    return rt
+
+
+@kopf.on.startup()
+async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    # Progress and diff-base records, if kopf ever writes any, go to annotations: the status
+    # schema is the CRD's, and fedkube's own status is written by the operator alone.
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="fedkube.io")
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="fedkube.io")
+    ours = OperatorSettings.from_env()
+    kube = Kube.from_environment(ours)
+    pool = ThreadPoolExecutor(max_workers=ours.api_concurrency, thread_name_prefix="fedop-api")
+    rt = Runtime(settings=ours, kube=kube, store=StoreView(), pool=pool)
+    rt.task = asyncio.create_task(rt.controller.run(), name="fedop-controller")
+    memo[MEMO_KEY] = rt
+    log.info("fedkube operator started: %s", ours)
+
+
+@kopf.on.cleanup()
+async def stop(memo: kopf.Memo, **_: Any) -> None:
+    rt = _runtime(memo)
+    if rt.task is not None:
+        rt.task.cancel()
+        await asyncio.gather(rt.task, return_exceptions=True)
+    rt.controller.stop()
+    rt.pool.shutdown(wait=False, cancel_futures=True)
+    rt.kube.close()
+
+
+@kopf.on.probe(id="reconcileLoop")
+def probe(memo: kopf.Memo, **_: Any) -> float:
+    """Liveness: seconds since the resync loop last ticked; fails when it is stuck or dead."""
+    rt = _runtime(memo)
+    if rt.task is None or rt.task.done():
+        raise kopf.PermanentError("the reconcile loop is not running")
+    last = rt.controller.last_resync
+    age = 0.0 if last is None else time.monotonic() - last
+    if age > max(60.0, 10 * rt.settings.resync_seconds):
+        raise kopf.PermanentError(f"the reconcile loop has not ticked for {age:.0f} s")
+    return round(age, 1)
+
+
+@kopf.on.event(fs.API_GROUP, fs.API_VERSION, fs.PLURAL)
+async def federatedjob_event(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    rt = _runtime(memo)
+    meta = body.get("metadata", {})
+    key = (meta.get("namespace", "default"), meta.get("name", ""))
+    deleted = type == "DELETED"
+    rt.controller.observe(key, meta.get("generation"), deleted=deleted)
+    if deleted and meta.get("uid"):
+        rt.store.forget(meta["uid"])
+
+
+@kopf.on.event("batch", "v1", "jobs", labels={names.LABEL_MANAGED_BY: names.MANAGED_BY})
+async def child_job_event(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    meta = body.get("metadata", {})
+    owner = (meta.get("labels") or {}).get(names.LABEL_JOB)
+    if owner:
+        _runtime(memo).controller.child_changed((meta.get("namespace", "default"), owner))

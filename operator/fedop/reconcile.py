@@ -1,0 +1,608 @@
+"""The operator's decisions, as one pure function: what was observed in, what to do out.
+
+``plan`` takes a FederatedJob's spec and status, its children as listed and its store as read,
+and returns the new status, the API actions that move the world towards the spec, and the
+Events to announce. It does no I/O, so every policy (group restarts, drops, suspend, deadline,
+clean-up, TTL) is tested with hand-written observations; ``apply`` executes the plan.
+
+The pass is level-based: it never relies on having seen an earlier event, only on what is
+there now plus the status (the operator's memory, written before any action is taken). Two
+passes over the same observations decide the same thing, which is what makes an operator
+restart harmless. Announcements are made once: a round is announced when it is folded into
+the status, a restart when the status' restart count grows, a phase when it changes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+from fedcore import spec as fs
+from fedop import events, status
+from fedop.builders import configmap, jobs, names, services
+from fedop.events import Announcement
+from fedop.observed import ChildJob, Children, StoreSnapshot
+from fedop.settings import OperatorSettings
+
+INVALID_SPEC = "InvalidSpec"
+
+Phase = Literal["Pending", "Running", "Succeeded", "Failed", "Suspended"]
+ClientPhase = Literal["Pending", "Running", "Restarting", "Succeeded", "Failed", "Dropped"]
+
+
+# ---- actions ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Create:
+    """Create the object, or adopt it if this job already owns one of that name."""
+
+    obj: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class CreateKeySecret:
+    """Create a client's signing-key Secret with a fresh key (made by the executor: keys are
+    random, and a plan must be the same for the same observations)."""
+
+    client: str
+
+
+@dataclass(frozen=True)
+class Replace:
+    """Overwrite an existing object's content (the job file, after a spec change)."""
+
+    obj: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class DeleteJob:
+    name: str
+    propagation: Literal["Foreground", "Background"]
+    """Foreground: the Job stays (terminating) until its pods are gone, so a group restart
+    never overlaps the old group."""
+
+
+@dataclass(frozen=True)
+class SetSuspend:
+    name: str
+    suspend: bool
+
+
+@dataclass(frozen=True)
+class WriteExcluded:
+    """Write ``control/excluded.json``: the aggregator stops waiting for these clients."""
+
+    clients: Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class DeleteFederatedJob:
+    """Delete the FederatedJob itself (its TTL after finishing ran out)."""
+
+
+Action = (
+    Create
+    | CreateKeySecret
+    | Replace
+    | DeleteJob
+    | SetSuspend
+    | WriteExcluded
+    | (DeleteFederatedJob)
+)
+
+
+@dataclass(frozen=True)
+class Plan:
+    status: fs.FederatedJobStatus
+    actions: tuple[Action, ...] = ()
+    """In order: store control file, then API writes; ``apply`` runs them in that order."""
+    announcements: tuple[Announcement, ...] = ()
+
+
+@dataclass(frozen=True)
+class Observation:
+    """Everything one pass knows about one FederatedJob."""
+
+    job: names.JobRef
+    generation: int | None
+    spec: fs.FederatedJobSpec
+    status: fs.FederatedJobStatus
+    children: Children
+    store: StoreSnapshot
+    now: datetime
+    settings: OperatorSettings = field(default_factory=OperatorSettings)
+
+
+# ---- the pass ---------------------------------------------------------------------------------
+
+
+@dataclass
+class _Draft:
+    """The status being built, mutable for the pass (the models are frozen)."""
+
+    phase: Phase
+    clients: dict[str, fs.ClientStatus]
+    conditions: list[fs.Condition]
+    current_round: int
+    last_round: fs.RoundSummary | None
+    history: list[fs.RoundSummary]
+    model: fs.ModelRef | None
+    start_time: datetime | None
+    completion_time: datetime | None
+    message: str = ""
+    actions: list[Action] = field(default_factory=list)
+    announcements: list[Announcement] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, s: fs.FederatedJobStatus) -> _Draft:
+        return cls(
+            phase=s.phase,
+            clients=dict(s.clients),
+            conditions=list(s.conditions),
+            current_round=s.current_round,
+            last_round=s.last_round,
+            history=list(s.history),
+            model=s.model,
+            start_time=s.start_time,
+            completion_time=s.completion_time,
+            message=s.message,
+        )
+
+    def client(self, name: str) -> fs.ClientStatus:
+        return self.clients.get(name) or fs.ClientStatus()
+
+    def set_client(self, name: str, **changes: Any) -> None:
+        self.clients[name] = self.client(name).model_copy(update=changes)
+
+    def condition(
+        self,
+        obs: Observation,
+        kind: status.ConditionType,
+        value: Literal["True", "False"],
+        reason: str,
+        message: str = "",
+    ) -> None:
+        self.conditions = status.set_condition(
+            self.conditions,
+            kind,
+            value,
+            reason,
+            message,
+            now=obs.now,
+            generation=obs.generation,
+        )
+
+    def build(self, obs: Observation) -> fs.FederatedJobStatus:
+        active = sum(
+            1 for c in obs.spec.clients if self.client(c.name).phase not in ("Dropped", "Failed")
+        )
+        return fs.FederatedJobStatus(
+            phase=self.phase,
+            observed_generation=obs.generation,
+            current_round=self.current_round,
+            total_rounds=obs.spec.rounds,
+            conditions=self.conditions,
+            clients={c.name: self.client(c.name) for c in obs.spec.clients},
+            last_round=self.last_round,
+            history=self.history[-fs.MAX_HISTORY :],
+            model=self.model,
+            start_time=self.start_time,
+            completion_time=self.completion_time,
+            message=status.truncate(self.message),
+            progress=f"{self.current_round}/{obs.spec.rounds}",
+            active_clients=active,
+        )
+
+
+def plan(obs: Observation) -> Plan:
+    """Decide one pass for one FederatedJob (see the module docstring)."""
+    draft = _Draft.of(obs.status)
+    if _spec_fixed(obs):
+        # Refused for its spec, and the spec has changed since: try again from the start.
+        draft.phase = "Pending"
+        draft.conditions = [c for c in draft.conditions if c.type != "Failed"]
+        draft.completion_time = None
+        draft.message = ""
+    if draft.phase in status.TERMINAL_PHASES:
+        _finish(obs, draft)
+    else:
+        _fold_rounds(obs, draft)
+        _run(obs, draft)
+    return Plan(
+        status=draft.build(obs),
+        actions=tuple(draft.actions),
+        announcements=tuple(draft.announcements),
+    )
+
+
+def refuse(old: fs.FederatedJobStatus, generation: int | None, message: str, now: datetime) -> Plan:
+    """The plan for a FederatedJob whose spec cannot be run: Failed with reason InvalidSpec
+    (announced once per distinct message). Fixing the spec lets the job start again."""
+    failed = status.condition(old, "Failed")
+    announce = failed is None or failed.reason != INVALID_SPEC or failed.message != message
+    conditions = status.set_condition(
+        old.conditions, "Failed", "True", INVALID_SPEC, message, now=now, generation=generation
+    )
+    conditions = status.set_condition(
+        conditions, "Running", "False", "Failed", message, now=now, generation=generation
+    )
+    new = old.model_copy(
+        update={
+            "phase": "Failed",
+            "observed_generation": generation,
+            "conditions": conditions,
+            "message": status.truncate(message),
+            "completion_time": old.completion_time or status.second(now),
+        }
+    )
+    notes = (events.warning(INVALID_SPEC, message),) if announce else ()
+    return Plan(status=new, announcements=notes)
+
+
+def _spec_fixed(obs: Observation) -> bool:
+    failed = status.condition(obs.status, "Failed")
+    return (
+        obs.status.phase == "Failed"
+        and failed is not None
+        and failed.reason == INVALID_SPEC
+        and obs.status.observed_generation != obs.generation
+    )
+
+
+def _run(obs: Observation, draft: _Draft) -> None:
+    old_phase = draft.phase
+    spec = obs.spec
+    suspend = spec.run_policy.suspend
+    if obs.children.foreign:
+        # A deleted namesake's children are still being garbage-collected: wait for them.
+        draft.message = (
+            "waiting for objects of a previous FederatedJob of the same name to be deleted: "
+            + ", ".join(obs.children.foreign[:5])
+        )
+        return
+    draft.message = "" if obs.store.available else f"object store unavailable: {obs.store.problem}"
+
+    creating = _ensure_shared_objects(obs, draft)
+    _sync_clients(obs, draft, suspend)
+    aggregator = _sync_aggregator(obs, draft, suspend)
+    creating = creating or any(isinstance(a, Create) for a in draft.actions)
+    _sync_excluded(obs, draft)
+
+    if suspend:
+        draft.start_time = None  # Kueue semantics: the deadline clock restarts on resume
+    elif draft.start_time is None:
+        draft.start_time = status.second(obs.now)
+
+    failure = _failure(obs, draft, aggregator)
+    if failure is not None:
+        reason, message = failure
+        draft.phase = "Failed"
+        draft.message = message
+        draft.condition(obs, "Failed", "True", reason, message)
+        draft.announcements.append(events.warning(reason, message))
+    elif aggregator is not None and aggregator.complete and obs.store.final is not None:
+        draft.phase = "Succeeded"
+        final = obs.store.final
+        if obs.store.final_model_uri:
+            draft.model = fs.ModelRef(uri=obs.store.final_model_uri, sha256=final.model_sha256)
+        shown = events.metrics_text(final.metrics or _last_metrics(draft))
+        message = f"finished {final.rounds} rounds" + (f": {shown}" if shown else "")
+        if draft.model is not None:
+            message += f"; model {draft.model.uri}"
+        draft.message = message
+        draft.condition(obs, "Succeeded", "True", "RoundsCompleted", message)
+        draft.announcements.append(events.normal("Succeeded", message))
+    elif suspend:
+        draft.phase = "Suspended"
+    elif draft.current_round >= 1 or _anything_running(obs):
+        draft.phase = "Running"
+    else:
+        draft.phase = "Pending"
+
+    if draft.phase in status.TERMINAL_PHASES:
+        draft.completion_time = status.second(obs.now)
+        # Nothing more to start or restart; only the drop record still matters.
+        draft.actions = [a for a in draft.actions if isinstance(a, WriteExcluded)]
+        _clean_pods(obs, draft)
+    _set_phase_conditions(obs, draft, old_phase, creating)
+
+
+def _finish(obs: Observation, draft: _Draft) -> None:
+    """A finished job: keep its pods cleaned up and honour its TTL; nothing else changes."""
+    _clean_pods(obs, draft)
+    ttl = obs.spec.run_policy.ttl_seconds_after_finished
+    done = draft.completion_time
+    if ttl is not None and done is not None and obs.now >= done + timedelta(seconds=ttl):
+        draft.actions.append(DeleteFederatedJob())
+
+
+# ---- store: committed rounds ------------------------------------------------------------------
+
+
+def _fold_rounds(obs: Observation, draft: _Draft) -> None:
+    expected = 0 if draft.last_round is None else draft.current_round + 1
+    for record in obs.store.rounds:
+        if record.round != expected:
+            break  # already folded in (or a gap: read the rest next pass)
+        summary = fs.RoundSummary(
+            round=record.round,
+            participants=sorted(record.participants),
+            metrics=dict(record.metrics),
+            duration_seconds=round(record.duration_seconds, 3),
+            rejected=len(record.rejected),
+        )
+        draft.history = [*draft.history, summary][-fs.MAX_HISTORY :]
+        draft.last_round = summary
+        draft.current_round = record.round
+        for name in record.participants:
+            if name in draft.clients or _is_client(obs, name):
+                draft.set_client(
+                    name, last_round=record.round, num_samples=record.num_samples.get(name)
+                )
+        if record.round >= 1:
+            draft.announcements.append(events.round_committed(record, obs.spec.rounds))
+        draft.announcements.extend(events.round_problems(record))
+        expected += 1
+
+
+def _is_client(obs: Observation, name: str) -> bool:
+    return any(c.name == name for c in obs.spec.clients)
+
+
+def _last_metrics(draft: _Draft) -> Mapping[str, float]:
+    return draft.last_round.metrics if draft.last_round is not None else {}
+
+
+# ---- children ---------------------------------------------------------------------------------
+
+
+def _ensure_shared_objects(obs: Observation, draft: _Draft) -> bool:
+    """The job file, the key Secrets and the Services; True when something had to be made."""
+    job, spec, kids = obs.job, obs.spec, obs.children
+    created = False
+    wanted_cm = configmap.spec_configmap(job, spec)
+    current = kids.configmaps.get(names.spec_configmap(job))
+    if current is None:
+        draft.actions.append(Create(wanted_cm))
+        created = True
+    elif dict(current) != wanted_cm["data"]:
+        draft.actions.append(Replace(wanted_cm))
+    for client in spec.clients:
+        if names.key_secret(job, client.name) not in kids.secrets:
+            draft.actions.append(CreateKeySecret(client.name))
+            created = True
+        if names.client_service(job, client.name) not in kids.services:
+            draft.actions.append(
+                Create(services.client_service(job, client.name, obs.settings.master_port))
+            )
+            created = True
+    return created
+
+
+def _sync_clients(obs: Observation, draft: _Draft, suspend: bool) -> None:
+    budget = obs.spec.run_policy.backoff_limit
+    for client in obs.spec.clients:
+        name = client.name
+        current = draft.client(name)
+        child = obs.children.jobs.get(names.client_job(obs.job, name))
+        if current.phase == "Dropped":
+            continue
+        if child is None:
+            draft.actions.append(
+                Create(
+                    jobs.client_job(
+                        obs.job,
+                        obs.spec,
+                        client,
+                        obs.settings,
+                        restarts=current.restarts,
+                        suspend=suspend,
+                    )
+                )
+            )
+            draft.set_client(
+                name, phase="Restarting" if current.restarts else "Pending", message=""
+            )
+        elif child.terminating:
+            draft.set_client(name, phase="Restarting")
+        elif child.failed and suspend:
+            # Suspending stops the group's pods; that is not the group's fault.
+            draft.actions.append(DeleteJob(child.name, "Foreground"))
+            draft.set_client(name, phase="Pending", message="suspended")
+        elif child.failed:
+            _restart_or_drop(obs, draft, name, child, budget)
+        elif child.complete:
+            draft.set_client(name, phase="Succeeded", message="")
+        else:
+            if child.suspended != suspend:
+                draft.actions.append(SetSuspend(child.name, suspend))
+            running = child.running and not suspend
+            draft.set_client(
+                name,
+                phase="Running" if running else "Pending",
+                message="suspended" if suspend else "",
+            )
+
+
+def _restart_or_drop(
+    obs: Observation, draft: _Draft, name: str, child: ChildJob, budget: int
+) -> None:
+    current = draft.client(name)
+    attempt = child.restarts + 1
+    why = child.failure or "a pod of the group failed"
+    if attempt > budget:
+        message = (
+            f"dropped: its group failed {attempt} times (restart budget "
+            f"spec.runPolicy.backoffLimit={budget}); last failure: {why}"
+        )
+        draft.set_client(name, phase="Dropped", message=status.truncate(message))
+        draft.announcements.append(events.warning("ClientDropped", f"client {name} {message}"))
+        return
+    draft.actions.append(DeleteJob(child.name, "Foreground"))
+    if current.restarts < attempt:
+        draft.announcements.append(
+            events.warning(
+                "ClientRestarted",
+                f"client {name}: its group failed ({why}); restarting the whole group "
+                f"(restart {attempt}/{budget})",
+            )
+        )
+    draft.set_client(
+        name,
+        phase="Restarting",
+        restarts=max(current.restarts, attempt),
+        message=status.truncate(f"restarting after: {why}"),
+    )
+
+
+def _sync_aggregator(obs: Observation, draft: _Draft, suspend: bool) -> ChildJob | None:
+    child = obs.children.jobs.get(names.aggregator_job(obs.job))
+    if child is None:
+        draft.actions.append(
+            Create(jobs.aggregator_job(obs.job, obs.spec, obs.settings, suspend=suspend))
+        )
+    elif not child.finished and not child.terminating and child.suspended != suspend:
+        draft.actions.append(SetSuspend(child.name, suspend))
+    return child
+
+
+def _sync_excluded(obs: Observation, draft: _Draft) -> None:
+    dropped = {
+        c.name: draft.client(c.name).message
+        for c in obs.spec.clients
+        if draft.client(c.name).phase == "Dropped"
+    }
+    stored = obs.store.excluded
+    if not dropped or stored is None or not obs.store.available:
+        return
+    if dropped.keys() - stored.keys():
+        draft.actions.insert(0, WriteExcluded({**stored, **dropped}))
+
+
+def _anything_running(obs: Observation) -> bool:
+    return any(child.running for child in obs.children.jobs.values())
+
+
+# ---- outcome ----------------------------------------------------------------------------------
+
+
+def _failure(
+    obs: Observation, draft: _Draft, aggregator: ChildJob | None
+) -> tuple[str, str] | None:
+    """(reason, message) when the job has failed, else None."""
+    spec = obs.spec
+    if aggregator is not None and aggregator.failed:
+        why = aggregator.failure or "its pod failed"
+        return (
+            "AggregatorFailed",
+            f"the aggregator failed past its retry budget (spec.runPolicy.backoffLimit="
+            f"{spec.run_policy.backoff_limit}): {why}",
+        )
+    if (
+        aggregator is not None
+        and aggregator.complete
+        and obs.store.available
+        and obs.store.final is None
+    ):
+        return (
+            "AggregatorFailed",
+            "the aggregator exited successfully but wrote no final/round.json",
+        )
+    remaining = [c.name for c in spec.clients if draft.client(c.name).phase != "Dropped"]
+    if len(remaining) < spec.min_clients:
+        dropped = sorted(c.name for c in spec.clients if c.name not in remaining)
+        return (
+            "TooFewClients",
+            f"clients {', '.join(dropped)} were dropped after exhausting their restarts; "
+            f"{len(remaining)} remain but the job needs at least {spec.min_clients} "
+            "(spec.strategy.minClients)",
+        )
+    deadline = spec.run_policy.active_deadline_seconds
+    if (
+        deadline is not None
+        and draft.start_time is not None
+        and not spec.run_policy.suspend
+        and obs.now >= draft.start_time + timedelta(seconds=deadline)
+    ):
+        return (
+            "DeadlineExceeded",
+            f"the job ran longer than spec.runPolicy.activeDeadlineSeconds={deadline} "
+            f"(round {draft.current_round}/{spec.rounds} committed)",
+        )
+    return None
+
+
+def _clean_pods(obs: Observation, draft: _Draft) -> None:
+    """cleanPodPolicy after the job ended: Running stops the pods still running (suspending
+    their Jobs frees the GPUs and keeps the logs of finished pods), All deletes every child
+    Job with its pods, None leaves them."""
+    policy = obs.spec.run_policy.clean_pod_policy
+    if policy == "None":
+        return
+    for child in sorted(obs.children.jobs.values(), key=lambda j: j.name):
+        if child.terminating:
+            continue
+        if policy == "All":
+            draft.actions.append(DeleteJob(child.name, "Background"))
+        elif not child.finished and not child.suspended:
+            draft.actions.append(SetSuspend(child.name, True))
+
+
+def _set_phase_conditions(obs: Observation, draft: _Draft, old: Phase, creating: bool) -> None:
+    created = status.condition(fs.FederatedJobStatus(conditions=draft.conditions), "Created")
+    if not creating and (created is None or created.status != "True"):
+        n = len(obs.spec.clients)
+        draft.condition(
+            obs,
+            "Created",
+            "True",
+            "ChildrenCreated",
+            f"created the aggregator and {n} client group{'s' if n != 1 else ''}",
+        )
+        draft.announcements.append(
+            events.normal(
+                "Created",
+                f"created the aggregator Job and {n} client Jobs with their Services "
+                "and signing keys",
+            )
+        )
+    elif creating and created is None:
+        draft.condition(obs, "Created", "False", "CreatingChildren", "creating child objects")
+
+    phase = draft.phase
+    draft.condition(
+        obs,
+        "Running",
+        "True" if phase == "Running" else "False",
+        phase,
+        draft.message if phase != "Running" else "",
+    )
+    if phase == "Suspended":
+        draft.condition(
+            obs, "Suspended", "True", "Suspended", "spec.runPolicy.suspend is true: no pods run"
+        )
+    elif status.condition(fs.FederatedJobStatus(conditions=draft.conditions), "Suspended"):
+        draft.condition(obs, "Suspended", "False", "Resumed", "")
+
+    if phase == old:
+        return
+    if phase == "Running":
+        draft.announcements.append(
+            events.normal(
+                "Resumed" if old == "Suspended" else "Running",
+                f"training: round {draft.current_round}/{obs.spec.rounds} committed so far",
+            )
+        )
+    elif phase == "Suspended":
+        draft.announcements.append(
+            events.normal(
+                "Suspended",
+                f"suspended at round {draft.current_round}/{obs.spec.rounds}: pods "
+                "stopped; training resumes from the newest committed round",
+            )
+        )
+    elif phase == "Pending" and old == "Suspended":
+        draft.announcements.append(events.normal("Resumed", "resumed; waiting for pods"))

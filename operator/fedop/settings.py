@@ -1,0 +1,96 @@
+"""The operator's settings: typed, with units and reasons, read from the environment here only.
+
+The Helm chart sets these through the Deployment's environment (``values.yaml``: ``operator.env``);
+``kopf run -m fedop`` against a kubeconfig reads the same variables, so a developer's run and
+the in-cluster one behave alike.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from typing import Any, TypeVar
+
+from fedop.errors import SettingsError
+
+_T = TypeVar("_T")
+
+
+@dataclass(frozen=True)
+class OperatorSettings:
+    resync_seconds: float = 3.0
+    """Seconds between two reconcile passes of one FederatedJob. The object store has no
+    watch, so a committed round shows up in ``status`` at most this late; a pass costs a few
+    list calls and two store reads per job, so 3 s is cheap even for hundreds of jobs."""
+    workers: int = 4
+    """FederatedJobs reconciled at the same time (threads). Passes of one job never overlap."""
+    api_concurrency: int = 8
+    """API writes in flight at once inside one pass: creating 100 clients' Secrets, Services
+    and Jobs one by one would take seconds of round trips; 8 keeps the API server unhurried."""
+    retry_seconds: float = 5.0
+    """Delay before retrying a pass that hit transient trouble (API 5xx/429, store down)."""
+    request_timeout_seconds: float = 30.0
+    """Timeout of one Kubernetes API request."""
+    runtime_image: str = "fedkube/runtime:0.1.0"
+    """Image of aggregator and client pods when a FederatedJob names none (``spec.image``)."""
+    image_pull_policy: str = "IfNotPresent"
+    """Pull policy of those pods; ``Never`` suits clusters whose nodes are pre-loaded (kind)."""
+    pod_user_id: int = 65532
+    """UID (and GID, fsGroup) the pods run as: non-root, matching the runtime image's user."""
+    master_port: int = 29500
+    """Port of a client group's rendezvous (rank 0's c10d store); torchrun's default."""
+    field_manager: str = "fedkube-operator"
+    """Name the operator's writes are recorded under (``managedFields``)."""
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorSettings:
+        """Settings from ``FEDKUBE_<FIELD>`` variables (e.g. ``FEDKUBE_RESYNC_SECONDS``)."""
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for field in fields(cls):
+            name = f"FEDKUBE_{field.name.upper()}"
+            raw = env.get(name)
+            if raw is None or raw == "":
+                continue
+            default = field.default
+            if isinstance(default, bool) or not isinstance(default, int | float | str):
+                raise SettingsError(f"{name}: unsupported setting type")  # pragma: no cover
+            values[field.name] = _convert(name, raw, type(default))
+        settings = cls(**values)
+        settings.check()
+        return settings
+
+    def check(self) -> None:
+        """Raise ``SettingsError`` naming the variable when a value is out of range."""
+        positive = (
+            "resync_seconds",
+            "workers",
+            "api_concurrency",
+            "retry_seconds",
+            "request_timeout_seconds",
+        )
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise SettingsError(
+                    f"FEDKUBE_{name.upper()}={getattr(self, name)} must be positive"
+                )
+        if self.pod_user_id <= 0:
+            raise SettingsError(
+                f"FEDKUBE_POD_USER_ID={self.pod_user_id} must be a non-root UID (> 0)"
+            )
+        if not 1 <= self.master_port <= 65535:
+            raise SettingsError(f"FEDKUBE_MASTER_PORT={self.master_port} is not a TCP port")
+        if self.image_pull_policy not in ("Always", "IfNotPresent", "Never"):
+            raise SettingsError(
+                f"FEDKUBE_IMAGE_PULL_POLICY={self.image_pull_policy!r} must be Always, "
+                "IfNotPresent or Never"
+            )
+
+
+def _convert(name: str, raw: str, kind: Callable[[str], _T]) -> _T:
+    try:
+        return kind(raw.strip())
+    except ValueError as e:
+        what = getattr(kind, "__name__", "value")
+        raise SettingsError(f"{name}={raw!r} is not a valid {what}") from e
