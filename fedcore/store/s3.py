@@ -221,7 +221,7 @@ class S3Store:
             def read_part(offset: int, length: int) -> bytes:
                 return os.pread(f.fileno(), length, offset)
 
-            self._upload(key, full, size, sha, f, read_part, if_absent)
+            self._upload(key, full, size, sha, f, read_part, if_absent, path=path)
 
     def delete(self, key: str) -> None:
         full = self._key(key)
@@ -237,6 +237,7 @@ class S3Store:
         body: BinaryIO,
         read_part: Callable[[int, int], bytes],
         if_absent: bool,
+        path: Path | None = None,
     ) -> None:
         bucket = self.config.bucket
         metadata = {SHA256_METADATA: sha}
@@ -248,9 +249,13 @@ class S3Store:
                     Bucket=bucket, Key=full, Body=body, Metadata=metadata, **extra
                 )
             elif not if_absent:
-                self._client.upload_fileobj(
-                    body, bucket, full, ExtraArgs={"Metadata": metadata}, Config=self._transfer
-                )
+                extra_args = {"ExtraArgs": {"Metadata": metadata}, "Config": self._transfer}
+                if path is not None:
+                    # By name, each part is read by its own worker; a file object would
+                    # funnel every part through one reader.
+                    self._client.upload_file(str(path), bucket, full, **extra_args)
+                else:
+                    self._client.upload_fileobj(body, bucket, full, **extra_args)
             else:
                 self._create_in_parts(key, full, size, metadata, read_part)
 
