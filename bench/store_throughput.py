@@ -65,7 +65,7 @@ def main() -> None:
         sha_seconds = timed(lambda: sha256_file(source))
 
         with MinioServer(minio_binary(), work / "minio") as server:
-            base = {"endpoint": server.endpoint, "bucket": server.bucket}
+            base: dict[str, Any] = {"endpoint": server.endpoint, "bucket": server.bucket}
             modes: dict[str, dict[str, Any]] = {
                 "multipart": {},
                 "single-part": {"multipart_threshold": 8 * size},
