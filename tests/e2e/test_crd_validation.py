@@ -109,7 +109,7 @@ def _with(change: Callable[[Obj], None]) -> Obj:
 def _set(path: str, value: Any) -> Callable[[Obj], None]:
     def change(obj: Obj) -> None:
         *parents, last = path.split(".")
-        node = obj
+        node: Any = obj
         for part in parents:
             node = node[int(part)] if part.isdigit() else node[part]
         node[int(last) if last.isdigit() else last] = value
