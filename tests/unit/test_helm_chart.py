@@ -7,6 +7,7 @@ tests skip (laptops); with ``FEDKUBE_E2E=required`` (CI) they fail instead.
 
 from __future__ import annotations
 
+import ast
 import os
 import subprocess
 from collections.abc import Iterator
@@ -78,24 +79,27 @@ def grants(rules: list[Obj]) -> Iterator[tuple[str, str, str]]:
                     yield group, resource, verb
 
 
-OPERATOR_NEEDS = (
-    {("fedkube.io", "federatedjobs", verb) for verb in ("get", "list", "watch", "patch", "update")}
-    | {("fedkube.io", "federatedjobs/status", verb) for verb in ("get", "patch", "update")}
-    | {("batch", "jobs", verb) for verb in ("get", "list", "watch", "create", "delete", "patch")}
-    | {
-        ("", resource, verb)
-        for resource in ("services", "configmaps", "secrets")
-        for verb in ("get", "list", "watch", "create", "delete", "patch")
-    }
-    | {("", "pods", verb) for verb in ("get", "list", "watch", "delete")}
-    | {
-        ("", "events", "create"),
-    }
-)
-"""What the operator calls inside a watched namespace (operator/fedop/kube.py)."""
-CRD_READ = {
-    ("apiextensions.k8s.io", "customresourcedefinitions", verb) for verb in ("get", "list", "watch")
-}
+KNOWN_VERBS = {"get", "list", "watch", "create", "update", "patch", "delete", "deletecollection"}
+CLUSTER_SCOPED = {"customresourcedefinitions", "namespaces"}
+
+
+def documented_calls() -> set[tuple[str, str, str]]:
+    """The (group, resource, verb) table in operator/fedop/kube.py's docstring: the calls the
+    operator makes, which the chart must grant exactly."""
+    source = (REPO / "operator" / "fedop" / "kube.py").read_text()
+    doc = ast.get_docstring(ast.parse(source)) or ""
+    calls: set[tuple[str, str, str]] = set()
+    for line in doc.splitlines():
+        words = line.split("(")[0].split()
+        if len(words) >= 3 and set(words[2:]) <= KNOWN_VERBS:
+            group = "" if words[0] == '""' else words[0]
+            calls |= {(group, words[1], verb) for verb in words[2:]}
+    return calls
+
+
+CALLS = documented_calls()
+NAMESPACED_CALLS = {c for c in CALLS if c[1] not in CLUSTER_SCOPED}
+CRD_READ = {c for c in CALLS if c[1] == "customresourcedefinitions"}
 WRITE_VERBS = {"create", "update", "patch", "delete", "deletecollection", "*"}
 
 
@@ -128,13 +132,19 @@ def test_default_values_render_a_cluster_wide_operator(cluster_wide: list[Obj]) 
     ]
 
 
-def test_cluster_wide_role_grants_what_the_operator_needs(cluster_wide: list[Obj]) -> None:
+def test_kube_module_documents_the_calls_the_chart_grants() -> None:
+    assert ("batch", "jobs", "create") in NAMESPACED_CALLS
+    assert ("fedkube.io", "federatedjobs/status", "patch") in NAMESPACED_CALLS
+    assert {
+        ("apiextensions.k8s.io", "customresourcedefinitions", verb)
+        for verb in ("get", "list", "watch")
+    } == CRD_READ
+
+
+def test_cluster_wide_role_grants_exactly_the_operators_calls(cluster_wide: list[Obj]) -> None:
     allowed = set(grants(one(cluster_wide, "ClusterRole")["rules"]))
 
-    assert allowed >= OPERATOR_NEEDS | CRD_READ
-    assert {("", "namespaces", "list"), ("", "namespaces", "watch")} <= allowed
-    assert not any(resource == "*" or verb == "*" for _, resource, verb in allowed)
-    assert not any(resource in ("nodes", "clusterroles", "roles") for _, resource, _ in allowed)
+    assert allowed == CALLS
 
 
 def test_namespaced_values_render_a_role_per_namespace(namespaced: list[Obj]) -> None:
@@ -151,7 +161,7 @@ def test_namespaced_values_render_a_role_per_namespace(namespaced: list[Obj]) ->
         ("ServiceAccount", name, NAMESPACE),
     ]
     for namespace in ("team-a", "team-b"):
-        assert set(grants(one(namespaced, "Role", namespace)["rules"])) >= OPERATOR_NEEDS
+        assert set(grants(one(namespaced, "Role", namespace)["rules"])) == NAMESPACED_CALLS
 
 
 def test_namespaced_mode_has_no_cluster_wide_write_access(namespaced: list[Obj]) -> None:

@@ -39,39 +39,38 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- end -}}
 
 {{/*
-What the operator does inside a namespace it watches (operator/fedop/kube.py lists the calls).
-Secrets: it creates each client's signing-key Secret and reads the S3 credentials Secret a
-FederatedJob names. Pods: it deletes them per spec.runPolicy.cleanPodPolicy.
+What the operator calls inside a namespace it watches: exactly the table in the docstring of
+operator/fedop/kube.py (tests/unit/test_helm_chart.py compares the two). Services, Secrets and
+ConfigMaps are never deleted by the operator: the garbage collector removes them through their
+owner references. Secrets: each client's signing key, and the S3 credentials a job names.
 */}}
 {{- define "fedkube.namespacedRules" -}}
 - apiGroups: [fedkube.io]
+  # watch: kopf; delete: ttlSecondsAfterFinished.
   resources: [federatedjobs]
-  verbs: [get, list, watch, patch, update]
+  verbs: [get, list, watch, delete]
 - apiGroups: [fedkube.io]
   resources: [federatedjobs/status]
-  verbs: [get, patch, update]
+  verbs: [get, patch]
 - apiGroups: [fedkube.io]
   # Owner references with blockOwnerDeletion need this where OwnerReferencesPermissionEnforcement is on.
   resources: [federatedjobs/finalizers]
   verbs: [update]
 - apiGroups: [batch]
   resources: [jobs]
-  verbs: [get, list, watch, create, delete, patch]
+  verbs: [get, list, watch, create, patch, delete]
 - apiGroups: [""]
-  resources: [services, configmaps, secrets]
-  verbs: [get, list, watch, create, delete, patch]
+  resources: [services, secrets]
+  verbs: [get, list, create]
 - apiGroups: [""]
-  resources: [pods]
-  verbs: [get, list, watch, delete]
+  resources: [configmaps]
+  verbs: [get, list, create, patch]
 - apiGroups: [""]
-  resources: [events]
-  verbs: [create, patch]
-- apiGroups: [events.k8s.io]
   resources: [events]
   verbs: [create, patch]
 {{- end -}}
 
-{{/* kopf discovers and watches its resources' definitions (read-only, cluster-scoped). */}}
+{{/* kopf discovers its resources through their definitions (read-only, cluster-scoped). */}}
 {{- define "fedkube.clusterReadRules" -}}
 - apiGroups: [apiextensions.k8s.io]
   resources: [customresourcedefinitions]
