@@ -297,7 +297,8 @@ def _run(obs: Observation, draft: _Draft) -> None:
         draft.announcements.append(events.normal("Succeeded", message))
     elif suspend:
         draft.phase = "Suspended"
-    elif draft.current_round >= 1 or _anything_running(obs):
+    elif draft.current_round >= 1 or old_phase == "Running" or _anything_running(obs):
+        # Once running, a job stays Running between a group's restarts.
         draft.phase = "Running"
     else:
         draft.phase = "Pending"
@@ -325,8 +326,10 @@ def _finish(obs: Observation, draft: _Draft) -> None:
 def _fold_rounds(obs: Observation, draft: _Draft) -> None:
     expected = 0 if draft.last_round is None else draft.current_round + 1
     for record in obs.store.rounds:
-        if record.round != expected:
-            break  # already folded in (or a gap: read the rest next pass)
+        if record.round < expected:
+            continue  # folded in by an earlier pass
+        if record.round > expected:
+            break  # a gap: read the rest next pass
         summary = fs.RoundSummary(
             round=record.round,
             participants=sorted(record.participants),

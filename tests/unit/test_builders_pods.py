@@ -1,0 +1,200 @@
+"""Pod templates: environment ownership, GPUs, key mounts and the hardened security context."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from fedop.builders import pods
+
+from tests.fixtures.fedjobs import JOB, SETTINGS, make_spec
+
+
+def client_pod(name: str = "a", **spec_overrides: Any) -> dict[str, Any]:
+    spec = make_spec(**spec_overrides)
+    pod: dict[str, Any] = pods.client_pod_template(JOB, spec, spec.client(name), SETTINGS)["spec"]
+    return pod
+
+
+def aggregator_pod(**spec_overrides: Any) -> dict[str, Any]:
+    pod: dict[str, Any] = pods.aggregator_pod_template(JOB, make_spec(**spec_overrides), SETTINGS)[
+        "spec"
+    ]
+    return pod
+
+
+def env_names(pod: dict[str, Any]) -> list[str]:
+    return [e["name"] for e in pod["containers"][0]["env"]]
+
+
+def test_gpu_client_requests_one_gpu_per_process() -> None:
+    pod = client_pod(
+        clients=[
+            {
+                "name": "a",
+                "procsPerReplica": 4,
+                "gpu": True,
+                "resources": {"limits": {"memory": "8Gi"}},
+            }
+        ]
+    )
+
+    resources = pod["containers"][0]["resources"]
+
+    assert resources["limits"] == {"memory": "8Gi", "nvidia.com/gpu": "4"}
+    assert resources["requests"] == {"nvidia.com/gpu": "4"}
+    assert any(v.get("emptyDir", {}).get("medium") == "Memory" for v in pod["volumes"])
+
+
+def test_cpu_client_requests_no_gpu() -> None:
+    pod = client_pod(clients=[{"name": "a", "procsPerReplica": 2}])
+
+    assert "nvidia.com/gpu" not in str(pod["containers"][0].get("resources", {}))
+
+
+def test_client_pod_mounts_only_its_own_signing_key() -> None:
+    pod = client_pod("b")
+
+    secrets = [v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v]
+    env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+
+    assert secrets == ["digits-b-key"]
+    assert env["FEDKUBE_SIGNING_KEY_FILE"] == f"{pods.SIGNING_KEY_DIR}/key"
+
+
+def test_aggregator_mounts_every_clients_key_as_a_file_named_after_the_client() -> None:
+    pod = aggregator_pod()
+
+    (keys,) = [v for v in pod["volumes"] if "projected" in v]
+    files = {
+        s["secret"]["name"]: s["secret"]["items"][0]["path"] for s in keys["projected"]["sources"]
+    }
+    env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+
+    assert files == {"digits-a-key": "a", "digits-b-key": "b", "digits-c-key": "c"}
+    assert env["FEDKUBE_SIGNING_KEYS_DIR"] == pods.SIGNING_KEYS_DIR
+
+
+def test_store_credentials_come_from_the_named_secret_keys() -> None:
+    pod = client_pod(
+        storage={
+            "endpoint": "http://s3:9000",
+            "secretRef": {
+                "name": "creds",
+                "accessKeyIdKey": "user",
+                "secretAccessKeyKey": "password",
+            },
+        }
+    )
+
+    refs = {
+        e["name"]: e["valueFrom"]["secretKeyRef"]
+        for e in pod["containers"][0]["env"]
+        if "valueFrom" in e and "secretKeyRef" in e["valueFrom"]
+    }
+
+    assert refs == {
+        "AWS_ACCESS_KEY_ID": {"name": "creds", "key": "user"},
+        "AWS_SECRET_ACCESS_KEY": {"name": "creds", "key": "password"},
+    }
+
+
+def test_user_env_follows_the_operators_so_it_can_refer_to_it() -> None:
+    pod = client_pod(
+        clients=[
+            {
+                "name": "a",
+                "env": [
+                    {"name": "DATA", "value": "/data/$(PET_NODE_RANK)"},
+                    {"name": "HOME", "value": "/h"},
+                ],
+            }
+        ]
+    )
+
+    order = env_names(pod)
+
+    assert order.index("DATA") > order.index("PET_NODE_RANK")
+    assert order.count("HOME") == 1  # the user's HOME replaces the default
+
+
+@pytest.mark.parametrize(
+    ("env_name", "where"),
+    [
+        pytest.param("PET_NODE_RANK", "clients", id="a client may not set its rank"),
+        pytest.param("MASTER_ADDR", "clients", id="a client may not move the rendezvous"),
+        pytest.param("WORLD_SIZE", "clients", id="a client may not change the world size"),
+        pytest.param(
+            "FEDKUBE_SIGNING_KEYS_DIR", "aggregator", id="the aggregator may not read other keys"
+        ),
+        pytest.param(
+            "AWS_SECRET_ACCESS_KEY",
+            "clients",
+            id="credentials come from secretRef when one is named",
+        ),
+    ],
+)
+def test_reserved_environment_is_refused_naming_the_field(env_name: str, where: str) -> None:
+    item = [{"name": "OK", "value": "1"}, {"name": env_name, "value": "x"}]
+    if where == "clients":
+        spec = make_spec(clients=[{"name": "a"}, {"name": "b", "env": item}])
+        field = "spec.clients[1].env[1].name"
+    else:
+        spec = make_spec(aggregator={"env": item})
+        field = "spec.aggregator.env[1].name"
+
+    problems = dict(pods.check_env(spec))
+
+    assert list(problems) == [field]
+    assert env_name in problems[field]
+    assert "remove it" in problems[field]
+
+
+def test_credentials_may_come_from_user_env_when_no_secret_is_named() -> None:
+    spec = make_spec(
+        storage={"endpoint": "http://s3:9000"},
+        clients=[{"name": "a", "env": [{"name": "AWS_ACCESS_KEY_ID", "value": "x"}]}],
+    )
+
+    assert pods.check_env(spec) == []
+
+
+@pytest.mark.parametrize("build", [client_pod, aggregator_pod], ids=["client", "aggregator"])
+def test_pods_run_hardened(build: Any) -> None:
+    pod = build()
+    container = pod["containers"][0]
+
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] > 0
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert pod["automountServiceAccountToken"] is False
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    tmp = [m for m in container["volumeMounts"] if m["mountPath"] == "/tmp"]
+    assert tmp
+    assert any(v["name"] == tmp[0]["name"] and "emptyDir" in v for v in pod["volumes"])
+
+
+def test_client_scheduling_and_data_volumes_pass_through() -> None:
+    pod = client_pod(
+        clients=[
+            {
+                "name": "a",
+                "nodeSelector": {"site": "a"},
+                "tolerations": [{"key": "gpu", "operator": "Exists"}],
+                "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "a-data"}}],
+                "volumeMounts": [{"name": "data", "mountPath": "/data"}],
+            }
+        ]
+    )
+
+    assert pod["nodeSelector"] == {"site": "a"}
+    assert pod["tolerations"] == [{"key": "gpu", "operator": "Exists"}]
+    assert {"name": "data", "persistentVolumeClaim": {"claimName": "a-data"}} in pod["volumes"]
+    assert {"name": "data", "mountPath": "/data"} in pod["containers"][0]["volumeMounts"]
+
+
+def test_image_defaults_to_the_operators_runtime_image() -> None:
+    assert client_pod()["containers"][0]["image"] == SETTINGS.runtime_image
+    assert client_pod(image="reg/x:1")["containers"][0]["image"] == "reg/x:1"

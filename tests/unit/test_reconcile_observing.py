@@ -1,0 +1,173 @@
+"""Reading the world: Job status into views, status round trips, merge patches, settings."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from fedop import status
+from fedop.errors import ApiError, SettingsError
+from fedop.observed import child_job, children
+from fedop.settings import OperatorSettings
+
+from fedcore import spec as fs
+from tests.fixtures.fedjobs import JOB, T0
+
+
+def job_obj(name: str = "digits-a", owner: str = JOB.uid, **state: Any) -> dict[str, Any]:
+    return {
+        "metadata": {
+            "name": name,
+            "ownerReferences": [{"uid": owner, "controller": True}],
+            "annotations": {"fedkube.io/restarts": state.pop("restarts", "0")},
+            **(
+                {"deletionTimestamp": "2025-01-01T00:00:00Z"}
+                if state.pop("deleting", False)
+                else {}
+            ),
+        },
+        "spec": {"suspend": state.pop("suspend", False)},
+        "status": state,
+    }
+
+
+@pytest.mark.parametrize(
+    ("obj", "expect"),
+    [
+        pytest.param(
+            job_obj(active=2, ready=2),
+            {"running": True, "failed": False},
+            id="a Job with ready pods is running",
+        ),
+        pytest.param(
+            job_obj(active=2),
+            {"running": True},
+            id="a Job whose controller reports no ready count runs when active",
+        ),
+        pytest.param(
+            job_obj(active=2, ready=0),
+            {"running": False},
+            id="a Job with only unready pods is not running yet",
+        ),
+        pytest.param(
+            job_obj(
+                conditions=[
+                    {"type": "FailureTarget", "status": "True", "reason": "BackoffLimitExceeded"}
+                ]
+            ),
+            {"failed": True, "failure": "BackoffLimitExceeded"},
+            id="a Job about to fail counts as failed",
+        ),
+        pytest.param(
+            job_obj(conditions=[{"type": "Complete", "status": "True"}]),
+            {"complete": True, "failed": False, "finished": True},
+            id="a complete Job is finished",
+        ),
+        pytest.param(
+            job_obj(deleting=True, active=1, ready=1),
+            {"terminating": True, "running": False},
+            id="a Job being deleted is terminating",
+        ),
+        pytest.param(
+            job_obj(restarts="2"), {"restarts": 2}, id="the restart annotation is read back"
+        ),
+        pytest.param(
+            job_obj(restarts="junk"),
+            {"restarts": 0},
+            id="a mangled restart annotation counts as none",
+        ),
+    ],
+)
+def test_job_views(obj: dict[str, Any], expect: dict[str, Any]) -> None:
+    view = child_job(obj)
+
+    assert {k: getattr(view, k) for k in expect} == expect
+
+
+def test_children_owned_by_another_uid_are_reported_as_foreign() -> None:
+    kids = children(JOB.uid, [job_obj(), job_obj("digits-b", owner="old-uid")], [], [], [])
+
+    assert list(kids.jobs) == ["digits-a"]
+    assert kids.foreign == ("Job/digits-b",)
+
+
+def test_status_round_trips_through_the_wire_form() -> None:
+    s = fs.FederatedJobStatus(
+        phase="Running", current_round=2, start_time=T0, clients={"a": fs.ClientStatus(restarts=1)}
+    )
+
+    assert status.parse_status(status.to_wire(s)) == s
+
+
+def test_status_fields_this_version_does_not_know_are_ignored() -> None:
+    parsed = status.parse_status({"phase": "Running", "kopf": {"progress": {}}})
+
+    assert parsed.phase == "Running"
+
+
+def test_merge_patch_sends_only_changes_and_deletes_removed_keys() -> None:
+    old = {
+        "phase": "Running",
+        "clients": {"a": {"restarts": 0}, "b": {"restarts": 0}},
+        "history": [1],
+    }
+    new = {"phase": "Running", "clients": {"a": {"restarts": 1}}, "history": [1, 2]}
+
+    assert status.merge_patch(old, new) == {
+        "clients": {"a": {"restarts": 1}, "b": None},
+        "history": [1, 2],
+    }
+    assert status.merge_patch(new, new) == {}
+
+
+def test_condition_transition_time_moves_only_when_its_status_flips() -> None:
+    first = status.set_condition([], "Running", "True", "Running", "", now=T0, generation=1)
+    same = status.set_condition(
+        first, "Running", "True", "Running", "x", now=T0 + timedelta(seconds=5), generation=1
+    )
+    flipped = status.set_condition(
+        same, "Running", "False", "Failed", "", now=T0 + timedelta(seconds=9), generation=1
+    )
+
+    assert same[0].last_transition_time == T0
+    assert flipped[0].last_transition_time == T0 + timedelta(seconds=9)
+
+
+def test_settings_come_from_fedkube_variables() -> None:
+    settings = OperatorSettings.from_env(
+        {"FEDKUBE_RESYNC_SECONDS": "0.5", "FEDKUBE_RUNTIME_IMAGE": "reg/rt:1"}
+    )
+
+    assert settings.resync_seconds == 0.5
+    assert settings.runtime_image == "reg/rt:1"
+    assert settings.workers == OperatorSettings().workers
+
+
+@pytest.mark.parametrize(
+    ("env", "words"),
+    [
+        pytest.param(
+            {"FEDKUBE_WORKERS": "many"},
+            "FEDKUBE_WORKERS='many' is not a valid int",
+            id="a non-number is refused naming the variable",
+        ),
+        pytest.param(
+            {"FEDKUBE_RESYNC_SECONDS": "0"}, "must be positive", id="a zero interval is refused"
+        ),
+        pytest.param(
+            {"FEDKUBE_POD_USER_ID": "0"}, "non-root", id="pods may not be configured to run as root"
+        ),
+    ],
+)
+def test_bad_settings_are_refused(env: dict[str, str], words: str) -> None:
+    with pytest.raises(SettingsError, match=words):
+        OperatorSettings.from_env(env)
+
+
+@pytest.mark.parametrize(
+    ("code", "transient"),
+    [(0, True), (409, True), (429, True), (503, True), (403, False), (422, False)],
+)
+def test_api_errors_know_whether_a_retry_may_help(code: int, transient: bool) -> None:
+    assert ApiError(code, "", "x").transient is transient
