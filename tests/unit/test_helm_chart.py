@@ -99,7 +99,7 @@ def documented_calls() -> set[tuple[str, str, str]]:
 
 CALLS = documented_calls()
 NAMESPACED_CALLS = {c for c in CALLS if c[1] not in CLUSTER_SCOPED}
-CRD_READ = {c for c in CALLS if c[1] == "customresourcedefinitions"}
+CLUSTER_READ = {c for c in CALLS if c[1] in CLUSTER_SCOPED}
 WRITE_VERBS = {"create", "update", "patch", "delete", "deletecollection", "*"}
 
 
@@ -136,9 +136,13 @@ def test_kube_module_documents_the_calls_the_chart_grants() -> None:
     assert ("batch", "jobs", "create") in NAMESPACED_CALLS
     assert ("fedkube.io", "federatedjobs/status", "patch") in NAMESPACED_CALLS
     assert {
-        ("apiextensions.k8s.io", "customresourcedefinitions", verb)
+        (group, resource, verb)
+        for group, resource in (
+            ("apiextensions.k8s.io", "customresourcedefinitions"),
+            ("", "namespaces"),
+        )
         for verb in ("get", "list", "watch")
-    } == CRD_READ
+    } == CLUSTER_READ
 
 
 def test_cluster_wide_role_grants_exactly_the_operators_calls(cluster_wide: list[Obj]) -> None:
@@ -151,8 +155,8 @@ def test_namespaced_values_render_a_role_per_namespace(namespaced: list[Obj]) ->
     name = f"{RELEASE}-fedkube"
 
     assert kinds(namespaced) == [
-        ("ClusterRole", f"{name}-crds", None),
-        ("ClusterRoleBinding", f"{name}-crds", None),
+        ("ClusterRole", f"{name}-cluster-read", None),
+        ("ClusterRoleBinding", f"{name}-cluster-read", None),
         ("Deployment", name, NAMESPACE),
         ("Role", name, "team-a"),
         ("Role", name, "team-b"),
@@ -167,7 +171,7 @@ def test_namespaced_values_render_a_role_per_namespace(namespaced: list[Obj]) ->
 def test_namespaced_mode_has_no_cluster_wide_write_access(namespaced: list[Obj]) -> None:
     cluster_grants = set(grants(one(namespaced, "ClusterRole")["rules"]))
 
-    assert cluster_grants == CRD_READ
+    assert cluster_grants == CLUSTER_READ
     assert not any(verb in WRITE_VERBS for _, _, verb in cluster_grants)
 
 

@@ -70,9 +70,16 @@ owner references. Secrets: each client's signing key, and the S3 credentials a j
   verbs: [create, patch]
 {{- end -}}
 
-{{/* kopf discovers its resources through their definitions (read-only, cluster-scoped). */}}
+{{/*
+Read-only and cluster-scoped, in both modes: kopf discovers its resources through their
+definitions, and follows namespaces even when given explicit --namespace names (it treats
+them as patterns).
+*/}}
 {{- define "fedkube.clusterReadRules" -}}
 - apiGroups: [apiextensions.k8s.io]
   resources: [customresourcedefinitions]
+  verbs: [get, list, watch]
+- apiGroups: [""]
+  resources: [namespaces]
   verbs: [get, list, watch]
 {{- end -}}
