@@ -162,6 +162,17 @@ class Aggregator:
         self.store.get_file(key, path)
         return path
 
+    def _low_precision_allowed(self, client: str) -> bool:
+        """Whether the job lets ``client`` upload float deltas narrower than the model's
+        (``updateDtype`` in its task config; read the way the client reads it)."""
+        from fedcore.client import ClientOptions
+
+        config = self.spec.task_config_for(client)
+        try:
+            return ClientOptions.from_config(config).wire_dtype is not None
+        except FedcoreError:
+            return False
+
     def _max_update_bytes(self, template: Template) -> int:
         tensor_bytes = sum(spec.dtype.itemsize * _numel(spec.shape) for spec in template.values())
         return tensor_bytes + HEADER_ALLOWANCE_BYTES + 256 * len(template)
@@ -439,6 +450,7 @@ class Aggregator:
                 template=template,
                 max_bytes=max_bytes,
                 key=self.keys.get(client),
+                allow_low_precision=self._low_precision_allowed(client),
             )
             with open_weights(update_path) as update:
                 strategy.fold(update, manifest.num_samples)

@@ -205,12 +205,31 @@ def describe_exit(code: int) -> str:
     return f"exit code {code}"
 
 
+def _is_banner(line: str) -> bool:
+    return len(line.strip()) >= 10 and set(line.strip()) == {"="}
+
+
+def _without_launcher_summary(lines: list[str]) -> list[str]:
+    """Drop the '====' framed summary torch's elastic launcher ends a failed group's log
+    with: it says only "exitcode 1", while the cause is in the lines above it."""
+    if not lines or not _is_banner(lines[-1]):
+        return lines
+    for i in range(len(lines) - 2, -1, -1):
+        if _is_banner(lines[i]) and lines[i + 1].strip().endswith("FAILED"):
+            kept = lines[:i]
+            while kept and not kept[-1].strip():
+                kept.pop()
+            return kept
+    return lines
+
+
 def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
+    """The last lines of a log, indented for quoting in a failure message."""
     try:
         text = path.read_text(errors="replace")
     except OSError:
         return "    (no log)"
-    tail = text.splitlines()[-lines:]
+    tail = _without_launcher_summary(text.splitlines())[-lines:]
     return "\n".join(f"    {line}" for line in tail) or "    (log is empty)"
 
 
