@@ -28,7 +28,11 @@ Conventions:
 from __future__ import annotations
 
 import hashlib
+import io
+import json
+import math
 import os
+import struct
 import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -175,20 +179,78 @@ def _safe_open(path: Path) -> Any:
     return safe_open(str(path), framework="pt", device="cpu")
 
 
+class Scratch:
+    """One reusable read buffer, for callers that read many tensors and keep none of them.
+
+    ``WeightsReader.get(name, scratch)`` reads into it and returns a view of it, valid only
+    until the next read into the same scratch. A fresh buffer per tensor would churn the C
+    allocator, which keeps freed blocks of varied sizes and so grows the process by several
+    times the largest tensor; one buffer sized for the largest tensor holds steady. Other
+    sources may ignore it and return their own tensor; a caller must treat the result as
+    read-only either way.
+    """
+
+    def __init__(self) -> None:
+        self._buffer = torch.empty(0, dtype=torch.uint8)
+
+    def take(self, nbytes: int) -> torch.Tensor:
+        """The first ``nbytes`` bytes of the buffer, grown (never shrunk) when too small."""
+        if self._buffer.numel() < nbytes:
+            self._buffer = torch.empty(0, dtype=torch.uint8)  # free before allocating
+            self._buffer = torch.empty(nbytes, dtype=torch.uint8)
+        return self._buffer[:nbytes]
+
+
+def _spec_of(checked: Any, name: str) -> TensorSpec:
+    view = checked.get_slice(name)
+    code = view.get_dtype()
+    dtype = _SAFETENSORS_DTYPES.get(code)
+    if dtype is None:
+        raise ValueError(f"tensor {name!r} has safetensors dtype {code}, not supported here")
+    return TensorSpec(tuple(int(d) for d in view.get_shape()), dtype)
+
+
+def _data_extents(
+    f: io.FileIO, path: Path, specs: Mapping[str, TensorSpec]
+) -> dict[str, tuple[int, int]]:
+    """(file offset, byte count) of each tensor, from the header safe_open has validated."""
+    f.seek(0)
+    (header_len,) = struct.unpack("<Q", f.read(8))
+    header = json.loads(f.read(header_len))
+    data_start = 8 + header_len
+    size = os.fstat(f.fileno()).st_size
+    extents: dict[str, tuple[int, int]] = {}
+    for name, spec in specs.items():
+        begin, end = (int(x) for x in header[name]["data_offsets"])
+        expected = math.prod(spec.shape) * spec.dtype.itemsize
+        if end - begin != expected or data_start + end > size:
+            raise FedcoreError(
+                f"{path}: tensor {name!r} spans bytes [{begin}, {end}) but its shape and dtype "
+                f"need {expected}; the file changed while it was being opened"
+            )
+        extents[name] = (data_start + begin, end - begin)
+    return extents
+
+
 class WeightsReader:
     """An open safetensors file: names, shapes and dtypes from its header; tensors on demand.
 
-    Only the header is read on open. ``get(name)`` reads that one tensor into a fresh CPU
-    tensor; nothing else of the file stays in memory. Use it as a context manager.
+    ``safetensors.safe_open`` validates the header on open (offsets inside the file, sizes
+    matching shapes and dtypes, no overlaps); nothing else is read until asked for. ``get``
+    then reads one tensor with a plain positioned read into a fresh CPU tensor, instead of
+    safetensors' memory map: pages of a mapped file that have been touched stay in the
+    process's resident memory until the whole file is unmapped, so folding a mapped update
+    would hold all of it (one more model's worth of RSS, measured by ``make bench``), while a
+    read holds one tensor at a time. Use it as a context manager.
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         try:
-            self._file = _safe_open(self.path)
-            names = sorted(self._file.keys())
-            specs = {name: self._read_spec(name) for name in names}
-            metadata = dict(self._file.metadata() or {})
+            with _safe_open(self.path) as checked:
+                names = sorted(checked.keys())
+                specs = {name: _spec_of(checked, name) for name in names}
+                metadata = dict(checked.metadata() or {})
         except FileNotFoundError:
             raise
         except Exception as e:  # safetensors raises its own untyped errors on bad headers
@@ -198,14 +260,12 @@ class WeightsReader:
         self._specs: dict[str, TensorSpec] = specs
         self.metadata: dict[str, str] = metadata
         """The header's ``str -> str`` metadata (``kind``, ``round``, ``client``)."""
-
-    def _read_spec(self, name: str) -> TensorSpec:
-        view = self._file.get_slice(name)
-        code = view.get_dtype()
-        dtype = _SAFETENSORS_DTYPES.get(code)
-        if dtype is None:
-            raise ValueError(f"tensor {name!r} has safetensors dtype {code}, not supported here")
-        return TensorSpec(tuple(int(d) for d in view.get_shape()), dtype)
+        self._file = open(self.path, "rb", buffering=0)  # noqa: SIM115 (closed by close())
+        try:
+            self._extents = _data_extents(self._file, self.path, specs)
+        except BaseException:
+            self._file.close()
+            raise
 
     def keys(self) -> list[str]:
         """Tensor names, sorted."""
@@ -228,12 +288,25 @@ class WeightsReader:
         """Every tensor's shape and dtype from the header, in sorted name order."""
         return dict(self._specs)
 
-    def get(self, name: str) -> torch.Tensor:
-        """Read one tensor into a fresh CPU tensor."""
+    def get(self, name: str, scratch: Scratch | None = None) -> torch.Tensor:
+        """Read one tensor into a fresh CPU tensor, or into ``scratch`` (see ``Scratch``)."""
         if name not in self._specs:
             raise KeyError(f"{self.path} has no tensor named {name!r}")
-        tensor: torch.Tensor = self._file.get_tensor(name)
-        return tensor
+        spec = self._specs[name]
+        start, nbytes = self._extents[name]
+        raw = torch.empty(nbytes, dtype=torch.uint8) if scratch is None else scratch.take(nbytes)
+        if nbytes:
+            buffer = raw.numpy().data
+            self._file.seek(start)
+            done = 0
+            while done < nbytes:
+                got = self._file.readinto(buffer[done:])
+                if not got:
+                    raise FedcoreError(
+                        f"{self.path} ended inside tensor {name!r}; it was truncated"
+                    )
+                done += got
+        return raw.view(spec.dtype).reshape(spec.shape)
 
     def items(self) -> Iterator[tuple[str, torch.Tensor]]:
         """(name, tensor) pairs in sorted name order, each read only when reached."""
@@ -245,8 +318,7 @@ class WeightsReader:
         return dict(self.items())
 
     def close(self) -> None:
-        # safe_open has no close(); leaving its context releases the file.
-        self._file.__exit__(None, None, None)
+        self._file.close()
 
     def __enter__(self) -> Self:
         return self
@@ -272,7 +344,7 @@ class TensorSource(Protocol):
 
     def template(self) -> dict[str, TensorSpec]: ...
 
-    def get(self, name: str) -> torch.Tensor: ...
+    def get(self, name: str, scratch: Scratch | None = None) -> torch.Tensor: ...
 
 
 class InMemoryWeights:
@@ -287,7 +359,7 @@ class InMemoryWeights:
     def template(self) -> dict[str, TensorSpec]:
         return template_of(self._tensors)
 
-    def get(self, name: str) -> torch.Tensor:
+    def get(self, name: str, scratch: Scratch | None = None) -> torch.Tensor:
         return self._tensors[name].detach().cpu()
 
     def __repr__(self) -> str:

@@ -28,7 +28,7 @@ from typing import ClassVar
 import torch
 
 from fedcore.spec import StrategySpec
-from fedcore.strategies.fedavg import FedAvg
+from fedcore.strategies.fedavg import FedAvg, add_chunked_
 from fedcore.weights import FLOAT_DTYPES, Template, Tensors, dtype_name
 
 MOMENTUM_PREFIX = "momentum/"
@@ -78,7 +78,7 @@ class FedAvgM(FedAvg):
     def _server_step(self, name: str, mean_delta: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
         previous = self._momentum.pop(name, None)
         if previous is not None:
-            mean_delta.add_(previous, alpha=self.server_momentum)
+            add_chunked_(mean_delta, previous, alpha=self.server_momentum)
             del previous
         # Keep the rounded momentum (what is persisted and reloaded) and step with the exact
         # float64 one: a resumed aggregator sees the same rounded m_t as one that never

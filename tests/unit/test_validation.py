@@ -341,3 +341,10 @@ def test_narrower_float_wire_dtype_passes_when_the_job_allows_it(tmp_path: Path)
     )
 
     assert case.run(tmp_path).dtype == "bfloat16"
+
+
+def test_finite_values_whose_sum_overflows_are_accepted(tmp_path: Path) -> None:
+    huge = torch.finfo(torch.float32).max
+    case = Case(tensors=with_delta(**{"fc.bias": torch.full((4,), huge)}))
+
+    assert case.run(tmp_path).client == CLIENT

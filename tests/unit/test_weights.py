@@ -198,3 +198,14 @@ def test_in_memory_weights_present_the_same_template_as_a_file(tmp_path: Path) -
 
     with open_weights(path) as reader:
         assert InMemoryWeights(tensors).template() == reader.template()
+
+
+def test_a_file_truncated_after_opening_fails_with_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "w.safetensors"
+    save_weights(path, {"a": torch.ones(1000), "b": torch.ones(1000)})
+
+    with open_weights(path) as reader:
+        with open(path, "r+b") as f:
+            f.truncate(path.stat().st_size - 100)
+        with pytest.raises(FedcoreError, match="truncated"):
+            reader.get("b")

@@ -1,0 +1,21 @@
+# Benchmarks: `make bench` runs every target listed in BENCH_TARGETS (others append theirs:
+# `BENCH_TARGETS += bench-reconcile`). They print figures; they are not tests.
+BENCH_TARGETS += bench-aggregation
+BENCH_AGGREGATION_ARGS ?=
+BENCH_STAMP := $(VENV)/.bench-installed
+
+.PHONY: bench bench-deps bench-aggregation
+
+# The recipe expands BENCH_TARGETS when it runs, after every mk/*.mk has been read, so
+# targets appended in files included after this one are run too.
+bench: ## run every benchmark (not a test) and print its figures
+	@$(MAKE) --no-print-directory $(BENCH_TARGETS)
+
+$(BENCH_STAMP): pyproject.toml | $(STAMP)
+	@$(PY) -c 'import flwr, psutil' 2>/dev/null || $(PIP) install --progress-bar off -e '.[bench]'
+	@touch $@
+
+bench-deps: $(BENCH_STAMP) ## install the `bench` extra (flwr, psutil) into .venv if missing
+
+bench-aggregation: install $(BENCH_STAMP) ## FedAvg time and peak memory: fedkube streaming vs Flower vs naive (BENCH_AGGREGATION_ARGS="--clients 10 --params 100000000")
+	$(PY) bench/aggregation.py $(BENCH_AGGREGATION_ARGS)
