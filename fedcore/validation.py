@@ -40,6 +40,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Final, Literal, get_args
 
@@ -219,14 +220,27 @@ def validate_update(
             f"the update file is {size} bytes but the signed manifest says {m.update_bytes}; "
             "the bytes changed after signing or the upload is incomplete",
         )
-    if sha256_file(path) != m.update_sha256:
+    # Hashing and the content checks each take about as long as reading the file; hashlib
+    # releases the GIL, so they overlap. A digest mismatch outranks any content problem: bytes
+    # the client did not sign say nothing about the client.
+    content_problem: UpdateRejected | None = None
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sha256") as pool:
+        digest = pool.submit(sha256_file, path)
+        try:
+            _check_contents(
+                path, m, template, reject, low_precision if allow_low_precision else None
+            )
+        except UpdateRejected as e:
+            content_problem = e
+        actual_sha256 = digest.result()
+    if actual_sha256 != m.update_sha256:
         raise reject(
             "bad-signature",
             "the update file's sha256 differs from the signed manifest's update_sha256; "
             "the bytes changed after signing",
         )
-
-    _check_contents(path, m, template, reject, low_precision if allow_low_precision else None)
+    if content_problem is not None:
+        raise content_problem
     return m
 
 

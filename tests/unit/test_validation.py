@@ -348,3 +348,15 @@ def test_finite_values_whose_sum_overflows_are_accepted(tmp_path: Path) -> None:
     case = Case(tensors=with_delta(**{"fc.bias": torch.full((4,), huge)}))
 
     assert case.run(tmp_path).client == CLIENT
+
+
+def test_bytes_changed_after_signing_outrank_what_they_contain(tmp_path: Path) -> None:
+    def poison(path: Path, manifest: UpdateManifest) -> UpdateManifest:
+        nan_bias = torch.full((4,), float("nan"))
+        save_weights(path, with_delta(**{"fc.bias": nan_bias}), update_metadata(ROUND, CLIENT))
+        return manifest
+
+    with pytest.raises(UpdateRejected) as caught:
+        Case(after_signing=poison).run(tmp_path)
+
+    assert caught.value.reason == "bad-signature"
