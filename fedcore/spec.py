@@ -35,7 +35,7 @@ BUCKET = r"^[a-z0-9][a-z0-9.-]*[a-z0-9]$"
 MAX_CLIENT_NAME = 40
 """Client names become parts of Service, Job and pod host names (63-character DNS labels)."""
 MAX_HOST_NAME = 63
-"""DNS label limit of names built from the job's: ``<job>-<client>-<index>``, ``<job>-aggregator``."""
+"""DNS label limit of names derived from the job's (``<job>-<client>-<index>``)."""
 MAX_JOB_NAME = MAX_HOST_NAME - len("-aggregator")
 """Longest job name (``metadata.name``) whose aggregator Job name still fits in a DNS label."""
 MAX_MESSAGE = 32768
@@ -47,7 +47,9 @@ MAX_HISTORY = 50
 """Rounds kept in ``status.history``: enough for a plot, small enough for an etcd object."""
 
 LabelValue = Annotated[str, Field(max_length=63)]
-K8sObject = Annotated[dict[str, Any], Field(json_schema_extra={"x-kubernetes-preserve-unknown-fields": True})]
+K8sObject = Annotated[
+    dict[str, Any], Field(json_schema_extra={"x-kubernetes-preserve-unknown-fields": True})
+]
 """A Kubernetes sub-object passed through verbatim (resources, tolerations, volumes ...);
 the API server validates it when the operator puts it into a pod template."""
 
@@ -142,7 +144,7 @@ class ClientSpec(_Model):
     procs_per_replica: Annotated[int, Field(ge=1, le=64)] = 1
     """Training processes per pod: one per GPU when ``gpu`` is true."""
     gpu: bool = False
-    """Request one ``nvidia.com/gpu`` per process and train with NCCL; false trains on CPU (gloo)."""
+    """Request one ``nvidia.com/gpu`` per process and train with NCCL; false: CPU and gloo."""
     task_config: K8sObject = Field(default_factory=dict)
     """Overrides merged over ``task.config`` for this client (e.g. where its data lives)."""
     resources: K8sObject = Field(default_factory=dict)
@@ -227,7 +229,9 @@ class FederatedJobSpec(_Model):
 
     def clients_per_round(self, available: int) -> int:
         """How many of ``available`` clients a round selects."""
-        return min(available, max(self.min_clients, math.ceil(self.strategy.fraction_fit * available)))
+        return min(
+            available, max(self.min_clients, math.ceil(self.strategy.fraction_fit * available))
+        )
 
     def client(self, name: str) -> ClientSpec:
         for client in self.clients:
@@ -298,7 +302,9 @@ class FederatedJobStatus(_Model):
     conditions: Annotated[list[Condition], Field(max_length=32)] = Field(default_factory=list)
     clients: dict[str, ClientStatus] = Field(default_factory=dict)
     last_round: RoundSummary | None = None
-    history: Annotated[list[RoundSummary], Field(max_length=MAX_HISTORY)] = Field(default_factory=list)
+    history: Annotated[list[RoundSummary], Field(max_length=MAX_HISTORY)] = Field(
+        default_factory=list
+    )
     model: ModelRef | None = None
     start_time: datetime | None = None
     completion_time: datetime | None = None
@@ -354,6 +360,7 @@ class FederatedJob(BaseModel):
 
 # ---- loading and error reporting ---------------------------------------------------------------
 
+
 def _field_path(loc: tuple[int | str, ...], root: str) -> str:
     path = root
     for part in loc:
@@ -385,18 +392,26 @@ def _explain(item: Any) -> str:
     if kind == "extra_forbidden":
         return "unknown field; remove it or fix its spelling (see `fedkube validate --schema`)"
     if kind in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
-        op = {"greater_than_equal": ">=", "greater_than": ">", "less_than_equal": "<=", "less_than": "<"}
+        op = {
+            "greater_than_equal": ">=",
+            "greater_than": ">",
+            "less_than_equal": "<=",
+            "less_than": "<",
+        }
         bound = next(iter(ctx.values()), "?")
         return f"must be {op[kind]} {bound} (got {_shown(got)})"
     if kind == "literal_error":
         return f"must be one of {ctx.get('expected', '?')} (got {_shown(got)})"
     if kind == "string_pattern_mismatch":
         pattern = ctx.get("pattern", "")
-        return f"must be {_PATTERN_HINTS.get(pattern, 'of the form ' + pattern)} (got {_shown(got)})"
+        return (
+            f"must be {_PATTERN_HINTS.get(pattern, 'of the form ' + pattern)} (got {_shown(got)})"
+        )
     if kind in ("too_short", "too_long"):
+        actual = ctx.get("actual_length", "?")
         if kind == "too_short":
-            return f"needs at least {ctx.get('min_length', '?')} entries (got {ctx.get('actual_length', '?')})"
-        return f"allows at most {ctx.get('max_length', '?')} entries (got {ctx.get('actual_length', '?')})"
+            return f"needs at least {ctx.get('min_length', '?')} entries (got {actual})"
+        return f"allows at most {ctx.get('max_length', '?')} entries (got {actual})"
     return f"{item['msg']} (got {_shown(got)})"
 
 
@@ -420,7 +435,9 @@ def _problems(error: ValidationError, root: str) -> list[tuple[str, str]]:
 def parse_job(obj: dict[str, Any], *, source: str | None = None) -> FederatedJob:
     """Validate a FederatedJob object (manifest or API object); raise ``SpecError``."""
     if not isinstance(obj, dict):
-        raise SpecError([("<document>", "expected a mapping (a FederatedJob object)")], source=source)
+        raise SpecError(
+            [("<document>", "expected a mapping (a FederatedJob object)")], source=source
+        )
     obj = {k: v for k, v in obj.items() if not (k == "status" and v in (None, {}))}
     try:
         return FederatedJob.model_validate(obj)

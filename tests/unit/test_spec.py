@@ -18,8 +18,12 @@ def make_job(**spec_overrides: Any) -> dict[str, Any]:
         "clients": [{"name": "hospital-a"}, {"name": "hospital-b", "replicas": 2}],
     }
     spec.update(spec_overrides)
-    return {"apiVersion": "fedkube.io/v1alpha1", "kind": "FederatedJob",
-            "metadata": {"name": "demo"}, "spec": spec}
+    return {
+        "apiVersion": "fedkube.io/v1alpha1",
+        "kind": "FederatedJob",
+        "metadata": {"name": "demo"},
+        "spec": spec,
+    }
 
 
 def problems_of(obj: dict[str, Any]) -> dict[str, str]:
@@ -55,45 +59,73 @@ def test_camel_case_wire_names_round_trip() -> None:
         pytest.param({"clients": []}, "spec.clients", "at least 1", id="no clients"),
         pytest.param(
             {"clients": [{"name": "a"}, {"name": "a"}]},
-            "spec.clients[1].name", "duplicate client name 'a'", id="duplicate client names",
+            "spec.clients[1].name",
+            "duplicate client name 'a'",
+            id="duplicate client names",
         ),
         pytest.param(
             {"clients": [{"name": "a", "replicas": 0}]},
-            "spec.clients[0].replicas", ">= 1", id="zero replicas",
+            "spec.clients[0].replicas",
+            ">= 1",
+            id="zero replicas",
         ),
         pytest.param(
-            {"clients": [{"name": "Hospital_A"}]}, "spec.clients[0].name", "DNS label",
+            {"clients": [{"name": "Hospital_A"}]},
+            "spec.clients[0].name",
+            "DNS label",
             id="client name not a DNS label",
         ),
         pytest.param(
-            {"strategy": {"minClients": 3}}, "spec.strategy.minClients",
-            "more than the 2 clients", id="minClients above the client count",
+            {"strategy": {"minClients": 3}},
+            "spec.strategy.minClients",
+            "more than the 2 clients",
+            id="minClients above the client count",
         ),
         pytest.param(
-            {"strategy": {"name": "fedsgd"}}, "spec.strategy.name", "'fedavg' or 'fedavgm'",
+            {"strategy": {"name": "fedsgd"}},
+            "spec.strategy.name",
+            "'fedavg' or 'fedavgm'",
             id="unknown strategy",
         ),
         pytest.param(
-            {"strategy": {"serverMomentum": 0.9}}, "spec.strategy", "set strategy.name: fedavgm",
+            {"strategy": {"serverMomentum": 0.9}},
+            "spec.strategy",
+            "set strategy.name: fedavgm",
             id="momentum without fedavgm",
         ),
         pytest.param({"bogus": 1}, "spec.bogus", "unknown field", id="unknown field"),
         pytest.param(
-            {"task": {"entrypoint": "fedcore.tasks.digits"}}, "spec.task.entrypoint",
-            "'module:attribute'", id="entrypoint without attribute",
+            {"task": {"entrypoint": "fedcore.tasks.digits"}},
+            "spec.task.entrypoint",
+            "'module:attribute'",
+            id="entrypoint without attribute",
         ),
         pytest.param(
-            {"storage": {"endpoint": "minio:9000"}}, "spec.storage.endpoint", "http(s) URL",
+            {"storage": {"endpoint": "minio:9000"}},
+            "spec.storage.endpoint",
+            "http(s) URL",
             id="endpoint without scheme",
         ),
         pytest.param(
-            {"storage": {"prefix": "../escape"}}, "spec.storage.prefix", "'..'",
+            {"storage": {"prefix": "../escape"}},
+            "spec.storage.prefix",
+            "'..'",
             id="prefix escaping upwards",
         ),
         pytest.param(
-            {"clients": [{"name": "a", "gpu": True, "procsPerReplica": 2,
-                          "resources": {"limits": {"nvidia.com/gpu": 4}}}]},
-            "spec.clients[0]", "procsPerReplica=2", id="gpu limit disagreeing with processes",
+            {
+                "clients": [
+                    {
+                        "name": "a",
+                        "gpu": True,
+                        "procsPerReplica": 2,
+                        "resources": {"limits": {"nvidia.com/gpu": 4}},
+                    }
+                ]
+            },
+            "spec.clients[0]",
+            "procsPerReplica=2",
+            id="gpu limit disagreeing with processes",
         ),
     ],
 )
@@ -156,8 +188,10 @@ def test_job_prefix_is_unique_per_job_and_overridable() -> None:
 
 def test_load_job_reads_yaml_and_names_the_file_in_errors(tmp_path: Path) -> None:
     path = tmp_path / "My Job.yaml"
-    path.write_text("kind: FederatedJob\nspec:\n  rounds: 0\n  task: {entrypoint: 'a:b'}\n"
-                    "  clients: [{name: a}]\n")
+    path.write_text(
+        "kind: FederatedJob\nspec:\n  rounds: 0\n  task: {entrypoint: 'a:b'}\n"
+        "  clients: [{name: a}]\n"
+    )
 
     with pytest.raises(SpecError) as caught:
         load_job(path)
@@ -175,7 +209,11 @@ def test_load_job_without_metadata_names_the_job_after_the_file(tmp_path: Path) 
 
 @pytest.mark.parametrize(
     ("text", "words"),
-    [("rounds: [", "not valid YAML"), ("kind: Pod\n", "no FederatedJob document"), ("", "no FederatedJob")],
+    [
+        ("rounds: [", "not valid YAML"),
+        ("kind: Pod\n", "no FederatedJob document"),
+        ("", "no FederatedJob"),
+    ],
 )
 def test_load_job_rejects_files_that_are_not_jobs(tmp_path: Path, text: str, words: str) -> None:
     path = tmp_path / "job.yaml"
