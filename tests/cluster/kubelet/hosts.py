@@ -52,7 +52,9 @@ class HostEntry:
 
 def render(me: HostEntry, peers: Iterable[HostEntry]) -> str:
     lines = [_HEADER.rstrip("\n")]
-    own = [me.fqdn, me.hostname] if me.fqdn else [me.hostname]
+    # Its own short name too: a group's rank 0 reaches its own rendezvous by the same name as
+    # its peers do (PET_MASTER_ADDR=<hostname>.<subdomain>).
+    own = [me.fqdn, f"{me.hostname}.{me.subdomain}", me.hostname] if me.fqdn else [me.hostname]
     lines.append(f"{me.ip}\t" + "\t".join(own))
     for peer in sorted(peers, key=lambda p: (p.namespace, p.hostname, p.uid)):
         if peer.uid == me.uid or not peer.subdomain:
