@@ -308,6 +308,7 @@ def _run(obs: Observation, draft: _Draft) -> None:
         # Nothing more to start or restart; only the drop record still matters.
         draft.actions = [a for a in draft.actions if isinstance(a, WriteExcluded)]
         _clean_pods(obs, draft)
+        _settle_clients(obs, draft)
     _set_phase_conditions(obs, draft, old_phase, creating)
 
 
@@ -552,6 +553,18 @@ def _clean_pods(obs: Observation, draft: _Draft) -> None:
             draft.actions.append(DeleteJob(child.name, "Background"))
         elif not child.finished and not child.suspended:
             draft.actions.append(SetSuspend(child.name, True))
+
+
+def _settle_clients(obs: Observation, draft: _Draft) -> None:
+    """Client phases once the job has ended: its pods are done or being stopped."""
+    for client in obs.spec.clients:
+        current = draft.client(client.name)
+        if current.phase in ("Dropped", "Succeeded", "Failed"):
+            continue
+        if draft.phase == "Succeeded":
+            draft.set_client(client.name, phase="Succeeded", message="")
+        else:
+            draft.set_client(client.name, phase="Failed", message="stopped: the job failed")
 
 
 def _set_phase_conditions(obs: Observation, draft: _Draft, old: Phase, creating: bool) -> None:

@@ -116,6 +116,7 @@ def test_final_record_and_completed_aggregator_make_it_succeed_with_the_model_ur
     )
 
     assert result.status.phase == "Succeeded"
+    assert {c.phase for c in result.status.clients.values()} == {"Succeeded"}
     assert result.status.model is not None
     assert result.status.model.uri.endswith("final/model.safetensors")
     assert result.status.completion_time == T0
