@@ -33,6 +33,7 @@ from fedcore.store import LocalStore
 from fedcore.tasks.base import TaskContext
 from fedcore.tasks.digits import DigitsTask
 from fedcore.weights import load_weights, sha256_file
+from tests.fixtures.minio import MinioServer
 
 REPO = Path(__file__).resolve().parents[2]
 RUN_SECONDS = 120.0
@@ -138,7 +139,7 @@ class Run:
         return self.run_dir / "store" / job_prefix(self.job) / layout.FINAL_MODEL_KEY
 
 
-def start_run(job_file: Path, run_dir: Path, *extra: str) -> Run:
+def start_run(job_file: Path, run_dir: Path, *extra: str, env: dict[str, str] | None = None) -> Run:
     out, err = run_dir.with_suffix(".out"), run_dir.with_suffix(".err")
     with open(out, "ab") as o, open(err, "ab") as e:
         proc = subprocess.Popen(
@@ -155,7 +156,7 @@ def start_run(job_file: Path, run_dir: Path, *extra: str) -> Run:
             cwd=REPO,
             stdout=o,
             stderr=e,
-            env={**os.environ, "PYTHONPATH": str(REPO)},
+            env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})},
         )
     return Run(job_file, run_dir, proc, out, err)
 
@@ -389,3 +390,35 @@ def test_bad_job_file_exits_2_naming_the_field_without_a_traceback(tmp: Path) ->
     assert "spec.clients[0].replicas" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp / "run").exists()
+
+
+# ---- S3 ------------------------------------------------------------------------------------------
+
+
+def test_job_naming_an_s3_endpoint_runs_on_it_and_fresh_starts_over(
+    undisturbed: Run, minio: MinioServer, tmp: Path
+) -> None:
+    gate = tmp / "gate"
+    gate.touch()  # same arithmetic as the undisturbed run, which used a local store
+    storage = {"endpoint": minio.endpoint, "bucket": minio.bucket, "prefix": "runs/s3-test/"}
+    job_file = write_job(tmp / "job.yaml", clients=gated_clients(gate), storage=storage)
+
+    run = start_run(job_file, tmp / "run", env=minio.env())
+    code = run.wait()
+
+    assert code == 0, run.stderr()
+    key = f"runs/s3-test/{layout.FINAL_MODEL_KEY}"
+    assert f"model: s3://{minio.bucket}/{key}" in run.stdout()
+    assert not (tmp / "run" / "store").exists()
+    model = tmp / "model.safetensors"
+    model.write_bytes(minio.client().get_object(Bucket=minio.bucket, Key=key)["Body"].read())
+    assert sha256_file(model) == sha256_file(undisturbed.final_model())
+
+    again = start_run(job_file, tmp / "run", "--fresh", env=minio.env())
+    wait_for(lambda: "--fresh: removed" in again.stdout(), "--fresh to wipe the store")
+    wait_for(lambda: "store:" in again.stdout(), "the new run to start")
+    again.proc.send_signal(signal.SIGINT)
+    assert again.wait(60) == 130
+    assert "finished" not in again.stdout().split("--fresh: removed")[1]
+    left = minio.client().list_objects_v2(Bucket=minio.bucket, Prefix="runs/s3-test/final/")
+    assert left.get("KeyCount", 0) == 0
