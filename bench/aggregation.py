@@ -275,7 +275,7 @@ def print_table(setup: dict[str, Any], runs: dict[str, dict[str, Any]]) -> None:
     print()
     print(
         f"aggregation: {setup['clients']} clients x {setup['params'] / 1e6:.1f}M float32 params "
-        f"({model / 2**20:.0f} MiB per model, {setup['layers']} layers of "
+        f"({model / 2**20:.1f} MiB per model, {setup['layers']} layers of "
         f"{setup['width']}x{setup['width']}), {setup['threads']} torch threads, warm page cache"
     )
     header = (
