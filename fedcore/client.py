@@ -190,9 +190,10 @@ class RoundWatcher:
 class Backoff:
     """Poll intervals: ``POLL_MIN_SECONDS`` growing by ``POLL_FACTOR`` to ``POLL_MAX_SECONDS``."""
 
-    def __init__(self, low: float = POLL_MIN_SECONDS, high: float = POLL_MAX_SECONDS) -> None:
-        self.low, self.high = low, high
-        self._next = low
+    def __init__(self, low: float | None = None, high: float | None = None) -> None:
+        self.low = POLL_MIN_SECONDS if low is None else low
+        self.high = POLL_MAX_SECONDS if high is None else high
+        self._next = self.low
 
     def next(self) -> float:
         value = self._next

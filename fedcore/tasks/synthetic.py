@@ -143,7 +143,9 @@ class SyntheticTask(SupervisedTask):
         self, ctx: TaskContext, cfg: SyntheticConfig, n: int, purpose: tuple[object, ...]
     ) -> TensorDataset:
         teacher_gen = torch.Generator().manual_seed(derive_seed(ctx.seed, "synthetic-teacher"))
+        # Scaled so scores (logits, regression targets) have unit variance at any width.
         teacher = torch.randn(cfg.features, cfg.outputs, generator=teacher_gen)
+        teacher /= math.sqrt(cfg.features)
         gen = torch.Generator().manual_seed(ctx.derive_seed(*purpose))
         inputs = torch.randn(n, cfg.features, generator=gen)
         scores = inputs @ teacher
