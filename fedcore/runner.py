@@ -533,6 +533,14 @@ class Runner:
             for group in clients:
                 if group.all_succeeded():
                     group.state = "succeeded"
+                elif (member := group.failed_member()) is not None:
+                    code = member.returncode()
+                    group.stop(grace=2.0)
+                    group.state = "stopped"
+                    self._say(
+                        f"note: client {group.name}: {member.name} "
+                        f"{describe_exit(code or 0)} after the job finished; log {member.log}"
+                    )
             if not any(g.state == "running" for g in clients):
                 return
             time.sleep(POLL_SECONDS)
