@@ -178,3 +178,20 @@ def keys_from_env(environ: Mapping[str, str] | None = None) -> dict[str, Signing
             "key to verify updates (the operator mounts them from the job's keys Secret)"
         )
     return load_keys_dir(path)
+
+
+__all__ = [
+    "MIN_KEY_BYTES",
+    "SIGNING_KEYS_DIR_ENV",
+    "SIGNING_KEY_FILE_ENV",
+    "SigningKey",
+    "canonical_bytes",
+    "generate_key",
+    "key_from_env",
+    "keys_from_env",
+    "load_key",
+    "load_keys_dir",
+    "sign_manifest",
+    "signature_of",
+    "verify",
+]

@@ -322,3 +322,6 @@ def _check_contents(
                     f"bool tensor {name!r} was changed (its delta is not all-False); bool "
                     "tensors are constants of the model and cannot be averaged",
                 )
+
+
+__all__ = ["REJECT_REASONS", "RejectReason", "validate_update"]

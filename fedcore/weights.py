@@ -501,3 +501,28 @@ def apply(base: Mapping[str, torch.Tensor], update: Mapping[str, torch.Tensor]) 
             _check_int_range(name, s, b.dtype, "the sum")
             out[name] = s.to(b.dtype)
     return out
+
+
+__all__ = [
+    "DTYPE_NAMES",
+    "FLOAT_DTYPES",
+    "INT_DTYPES",
+    "SUPPORTED_DTYPES",
+    "InMemoryWeights",
+    "Scratch",
+    "Template",
+    "TensorSource",
+    "TensorSpec",
+    "Tensors",
+    "WeightsReader",
+    "apply",
+    "check_same_structure",
+    "delta",
+    "dtype_name",
+    "load_weights",
+    "open_weights",
+    "save_weights",
+    "sha256_file",
+    "template_of",
+    "update_metadata",
+]
