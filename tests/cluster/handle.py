@@ -34,6 +34,7 @@ def make_pod(
     command: Sequence[str],
     *,
     restart_policy: str = "Never",
+    labels: dict[str, str] | None = None,
     container: dict[str, Any] | None = None,
     **spec: Any,
 ) -> dict[str, Any]:
@@ -43,7 +44,7 @@ def make_pod(
     return {
         "apiVersion": "v1",
         "kind": "Pod",
-        "metadata": {"name": name},
+        "metadata": {"name": name, "labels": dict(labels or {})},
         "spec": {
             "restartPolicy": restart_policy,
             "terminationGracePeriodSeconds": 5,
@@ -51,6 +52,27 @@ def make_pod(
             **spec,
         },
     }
+
+
+def _json(response: Any) -> dict[str, Any]:
+    """The body of a ``_preload_content=False`` call (typed as a model, really urllib3's)."""
+    body: dict[str, Any] = json.loads(response.data)
+    return body
+
+
+def phase(pod: dict[str, Any]) -> str:
+    return str(pod.get("status", {}).get("phase", ""))
+
+
+def container_status(pod: dict[str, Any], index: int = 0) -> dict[str, Any]:
+    """``status.containerStatuses[index]`` ({} until the kubelet reported it)."""
+    statuses = pod.get("status", {}).get("containerStatuses") or []
+    return dict(statuses[index]) if len(statuses) > index else {}
+
+
+def container_pid(pod: dict[str, Any], index: int = 0) -> int:
+    """The host PID of a running container (the process kubelet's container ID is its PID)."""
+    return int(str(container_status(pod, index).get("containerID", "")).rsplit("/", 1)[-1])
 
 
 class ClusterHandle:
@@ -61,8 +83,8 @@ class ClusterHandle:
         """This machine's address on the pod network: bind servers pods must reach here."""
         self.server: str = info.server
         self.bin_dirs: list[Path] = info.bin_dirs
-        self.kubectl_path: Path = info.kubectl
-        self.helm_path: Path = info.helm
+        self.kubectl: Path = info.kubectl
+        self.helm: Path = info.helm
         self.nodes: list[str] = info.nodes
         self.api_client: client.ApiClient = config.new_client_from_config(  # type: ignore[no-untyped-call]
             config_file=str(self.kubeconfig)
@@ -103,15 +125,17 @@ class ClusterHandle:
             )
         return result
 
-    def kubectl(
+    def run_kubectl(
         self, *args: str, input: str | None = None, check: bool = True, timeout: float = 60
     ) -> subprocess.CompletedProcess[str]:
-        return self._run(self.kubectl_path, args, input=input, check=check, timeout=timeout)
+        """``kubectl ARGS`` against this cluster; AssertionError with its output if it fails."""
+        return self._run(self.kubectl, args, input=input, check=check, timeout=timeout)
 
-    def helm(
+    def run_helm(
         self, *args: str, input: str | None = None, check: bool = True, timeout: float = 120
     ) -> subprocess.CompletedProcess[str]:
-        return self._run(self.helm_path, args, input=input, check=check, timeout=timeout)
+        """``helm ARGS`` against this cluster; AssertionError with its output if it fails."""
+        return self._run(self.helm, args, input=input, check=check, timeout=timeout)
 
     # -- namespaces and pods ------------------------------------------------------------------
 
@@ -137,59 +161,66 @@ class ClusterHandle:
             if e.status != 404:
                 raise
 
-    def create_pod(self, namespace: str, manifest: dict[str, Any]) -> client.V1Pod:
+    def create_pod(self, namespace: str, manifest: dict[str, Any]) -> dict[str, Any]:
         pod = client.V1Pod.from_dict(manifest)
         if pod is None:
             raise ValueError("empty pod manifest")
-        return self.core.create_namespaced_pod(namespace, pod)
+        resp = self.core.create_namespaced_pod(namespace, pod, _preload_content=False)
+        return _json(resp)
 
     def apply(self, namespace: str, *manifests: dict[str, Any]) -> None:
         """``kubectl apply`` any objects (Services, Jobs, RBAC, CRs) into ``namespace``."""
         items = {"apiVersion": "v1", "kind": "List", "items": list(manifests)}
-        self.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(items))
+        self.run_kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(items))
 
-    def pod(self, namespace: str, name: str) -> client.V1Pod | None:
+    def pod(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The pod as JSON (camelCase, as kubectl shows it), or None when it does not exist."""
         try:
-            return self.core.read_namespaced_pod(name, namespace)
+            resp = self.core.read_namespaced_pod(name, namespace, _preload_content=False)
         except client.ApiException as e:
             if e.status == 404:
                 return None
             raise
+        return _json(resp)
+
+    def pods(self, namespace: str, selector: str = "") -> list[dict[str, Any]]:
+        """Pods of ``namespace`` (optionally by label selector) as JSON."""
+        resp = self.core.list_namespaced_pod(
+            namespace, label_selector=selector or None, _preload_content=False
+        )
+        return list(_json(resp).get("items", []))
 
     def wait_for_pod(
         self,
         namespace: str,
         name: str,
-        condition: Callable[[client.V1Pod], bool],
+        condition: Callable[[dict[str, Any]], bool],
         what: str,
         timeout: float = 120,
-    ) -> client.V1Pod:
+    ) -> dict[str, Any]:
         """Poll the pod until ``condition(pod)``; the failure message shows its last status."""
-        last: list[client.V1Pod | None] = [None]
+        last: list[dict[str, Any] | None] = [None]
 
-        def check() -> client.V1Pod | None:
+        def check() -> dict[str, Any] | None:
             pod = self.pod(namespace, name)
             last[0] = pod
             return pod if pod is not None and condition(pod) else None
 
         try:
-            found = self.wait_for(check, timeout, f"pod {namespace}/{name} {what}")
+            return self.wait_for(check, timeout, f"pod {namespace}/{name} {what}")
         except AssertionError as e:
             pod = last[0]
-            status = pod.status.to_dict() if pod is not None and pod.status else "(no pod)"
+            status = json.dumps(pod.get("status"), indent=1) if pod else "(no pod)"
             logs = self.pod_logs(namespace, name)
             raise AssertionError(f"{e}\nlast status: {status}\nlogs:\n{logs}") from None
-        if found is None:  # wait_for only returns truthy values
-            raise AssertionError(f"pod {namespace}/{name} vanished")
-        return found
 
     def wait_for_phase(
         self, namespace: str, name: str, *phases: str, timeout: float = 120
-    ) -> client.V1Pod:
+    ) -> dict[str, Any]:
         return self.wait_for_pod(
             namespace,
             name,
-            lambda p: p.status is not None and p.status.phase in phases,
+            lambda p: phase(p) in phases,
             f"to reach phase {'/'.join(phases)}",
             timeout,
         )
@@ -210,7 +241,7 @@ class ClusterHandle:
     # -- waiting ------------------------------------------------------------------------------
 
     @staticmethod
-    def wait_for(fn: Callable[[], T], timeout: float, what: str, interval: float = 0.2) -> T:
+    def wait_for(fn: Callable[[], T | None], timeout: float, what: str, interval: float = 0.2) -> T:
         """Call ``fn`` until it returns something truthy; AssertionError naming ``what``."""
         deadline = time.monotonic() + timeout
         while True:

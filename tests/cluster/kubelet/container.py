@@ -33,41 +33,26 @@ def _tool(name: str) -> str:
 
 
 class MountPoints:
-    """Mount targets created on this machine's filesystem (bind mounts need an existing target).
+    """Mount targets created on this machine's filesystem (a bind mount needs one to exist).
 
     They stay empty on the host (the mounts live in each pod's private mount namespace) and are
-    removed when the kubelet stops, deepest first, if still empty.
+    left in place: another cluster on this machine may be starting a container on the same
+    path right now (e.g. /var/run/secrets/kubernetes.io/serviceaccount), and an empty folder
+    is harmless where removing it from under that container is not.
     """
 
     def __init__(self) -> None:
-        self._created: list[Path] = []
         self._lock = threading.Lock()
 
     def ensure(self, target: Path, is_dir: bool) -> None:
         with self._lock:
-            missing = []
-            p = target
-            while not p.exists() and not p.is_symlink():
-                missing.append(p)
-                p = p.parent
-            if not missing:
+            if target.exists() or target.is_symlink():
                 return
             target.parent.mkdir(parents=True, exist_ok=True)
             if is_dir:
                 target.mkdir(exist_ok=True)
             else:
                 target.touch()
-            self._created += reversed(missing)
-
-    def remove_created(self) -> None:
-        with self._lock:
-            for path in reversed(self._created):
-                with contextlib.suppress(OSError):
-                    if path.is_dir():
-                        path.rmdir()
-                    elif path.stat().st_size == 0:
-                        path.unlink()
-            self._created.clear()
 
 
 def launch_script(*, hostname: str, mounts: Sequence[Mount], workdir: str, header: str) -> str:

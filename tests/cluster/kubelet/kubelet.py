@@ -159,7 +159,6 @@ class Kubelet:
         for w in workers:
             w.join(timeout=self.settings.shutdown_grace_s + 10)
         self.log_server.stop()
-        self.mountpoints.remove_created()
         log.info("kubelet stopped (%d pods were running)", len(workers))
 
     # -- internals ----------------------------------------------------------------------------

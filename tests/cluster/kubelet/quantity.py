@@ -43,6 +43,6 @@ def parse(text: str) -> Decimal:
 def divide_ceil(value: str, divisor: str | None) -> str:
     """What the downward API exposes: ceil(value / divisor) as an integer string."""
     d = parse(divisor) if divisor else Decimal(1)
-    if d == 0:
-        raise ValueError("resourceFieldRef divisor must not be 0")
+    if d == 0:  # the API server defaults an unset divisor to "0"; the kubelet reads it as 1
+        d = Decimal(1)
     return str(math.ceil(parse(value) / d))
