@@ -59,12 +59,34 @@ def launch_script(*, hostname: str, mounts: Sequence[Mount], workdir: str, heade
     """The shell script that finishes the "container" and execs its command ("$@")."""
     q = shlex.quote
     lines = ["#!/bin/sh", f"# {header}", "set -e", f"hostname {q(hostname)}"]
-    for m in mounts:
+    for m in mount_order(mounts):
         lines.append(f"mount --bind {q(str(m.source))} {q(m.target)}")
         if m.read_only:
             lines.append(f"mount -o remount,bind,ro {q(m.target)}")
     lines += [f"mkdir -p {q(workdir)}", f"cd {q(workdir)}", 'exec "$@"', ""]
     return "\n".join(lines)
+
+
+def mount_order(mounts: Sequence[Mount]) -> list[Mount]:
+    """The order to bind-mount in: a target before the targets nested in it, and a mount whose
+    target would hide another mount's source after that mount.
+
+    The second rule matters because volume folders live in the cluster's state folder: with the
+    state under /tmp, an emptyDir mounted at /tmp first would hide every later source (e.g. the
+    service-account token). Where the rules contradict each other, the given order decides.
+    """
+
+    def before(a: Mount, b: Mount) -> bool:
+        nested = Path(b.target) != Path(a.target) and Path(b.target).is_relative_to(a.target)
+        return nested or Path(a.source).is_relative_to(b.target)
+
+    remaining, ordered = list(mounts), []
+    while remaining:
+        free = [m for m in remaining if not any(before(o, m) for o in remaining if o is not m)]
+        pick = free[0] if free else remaining[0]
+        ordered.append(pick)
+        remaining.remove(pick)
+    return ordered
 
 
 def host_mountpoints(mounts: Sequence[Mount], points: MountPoints) -> None:
