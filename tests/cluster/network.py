@@ -30,7 +30,7 @@ from pathlib import Path
 
 from tests.cluster.errors import NetworkError
 
-POD_SUPERNET = ipaddress.ip_network("198.18.0.0/16")
+POD_SUPERNET = ipaddress.IPv4Network("198.18.0.0/16")
 SERVICE_CIDR = "198.19.0.0/16"
 """Service ClusterIPs (the other half of the RFC 2544 range). Nothing routes them: there is no
 kube-proxy, so in-cluster clients use KUBERNETES_SERVICE_HOST (the bridge address) instead."""
