@@ -30,6 +30,7 @@ import math
 import os
 import random
 import signal
+import socket
 import sys
 import tempfile
 import time
@@ -602,8 +603,6 @@ class PodEnv:
 
 
 def _free_port() -> int:
-    import socket
-
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
@@ -636,6 +635,7 @@ def launch_client_group(job_path: str | os.PathLike[str], client: str) -> int:
         pod.master_addr,
         pod.master_port,
     )
+    _wait_for_host(pod.master_addr, RDZV_TIMEOUT_SECONDS)
     config = LaunchConfig(
         min_nodes=pod.nnodes,
         max_nodes=pod.nnodes,
@@ -659,6 +659,24 @@ def launch_client_group(job_path: str | os.PathLike[str], client: str) -> int:
         log.warning("client %r: stopped by signal %s", client, e.sigval.name)
         return 128 + int(e.sigval)
     return EXIT_OK
+
+
+def _wait_for_host(host: str, timeout: float) -> None:
+    """Wait until ``host`` resolves. In a cluster, rank 0's name (a headless Service record)
+    appears only once its pod has an address, possibly after this pod started."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.getaddrinfo(host, None)
+            return
+        except socket.gaierror as e:
+            if time.monotonic() > deadline:
+                raise LaunchError(
+                    f"PET_MASTER_ADDR={host!r} did not resolve within {timeout:.0f} s ({e}); "
+                    "is the client's headless Service there, and its first pod running?"
+                ) from e
+            log.info("waiting for %s to resolve (%s)", host, e)
+            time.sleep(1.0)
 
 
 def _configure_logging(who: str) -> None:

@@ -262,6 +262,15 @@ def test_pod_env_problems_are_named(env: dict[str, str], message: str) -> None:
         PodEnv.from_environ(env, pod_spec())
 
 
+def test_rendezvous_host_must_resolve() -> None:
+    client_module._wait_for_host("localhost", timeout=0)
+
+    with pytest.raises(
+        LaunchError, match=r"PET_MASTER_ADDR='no-such-pod\.invalid' did not resolve"
+    ):
+        client_module._wait_for_host("no-such-pod.invalid", timeout=0)
+
+
 def test_group_metrics_are_means_over_ranks_without_non_finite_values() -> None:
     per_rank = [
         {"train_loss": 1.0, "train_accuracy": 0.5, "only_here": 1.0},
