@@ -8,6 +8,7 @@ behind a headless Service.
 from __future__ import annotations
 
 import pytest
+from kubernetes import client
 
 from tests.cluster.handle import ClusterHandle, make_pod, phase
 
@@ -68,3 +69,29 @@ def test_two_pods_bind_the_same_port_and_reach_each_other_by_name(
         "listening on 8080",
         f"served {beta_ip}",
     ]
+
+
+def test_a_service_gets_endpoint_slices_with_its_running_pods(
+    cluster: ClusterHandle, namespace: str
+) -> None:
+    cluster.apply(namespace, {
+        "apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"},
+        "spec": {"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": 8080}]},
+    })  # fmt: skip
+    cluster.create_pod(namespace, make_pod("web-0", ["sleep", "600"], labels={"app": "web"}))
+    pod_ip = cluster.wait_for_phase(namespace, "web-0", "Running")["status"]["podIP"]
+    discovery = client.DiscoveryV1Api(cluster.api_client)
+
+    def ready_addresses() -> list[str]:
+        slices = discovery.list_namespaced_endpoint_slice(
+            namespace, label_selector="kubernetes.io/service-name=web"
+        ).items
+        return [
+            address
+            for s in slices
+            for e in s.endpoints or []
+            if e.conditions and e.conditions.ready
+            for address in e.addresses
+        ]
+
+    assert cluster.wait_for(ready_addresses, 60, "an EndpointSlice with the ready pod") == [pod_ip]
