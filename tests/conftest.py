@@ -3,4 +3,5 @@
 pytest_plugins = [
     "tests.fixtures.minio",
     "tests.fixtures.stores",
+    "tests.fixtures.operator",
 ]

@@ -206,9 +206,11 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
     # schema is the CRD's, and fedkube's own status is written by the operator alone.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="fedkube.io")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="fedkube.io")
-    # boto3 at DEBUG logs request signing details; kopf --verbose must not turn that on.
-    for noisy in ("boto3", "botocore", "s3transfer", "urllib3"):
+    # boto3 at DEBUG logs request signing details; kopf --verbose must not turn that on. kopf
+    # reports every watch event it handled ("Handler ... succeeded"): fedop logs what matters.
+    for noisy in ("boto3", "botocore", "s3transfer", "urllib3", "kopf.objects"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    settings.posting.level = logging.WARNING
     ours = OperatorSettings.from_env()
     kube = Kube.from_environment(ours)
     pool = ThreadPoolExecutor(max_workers=ours.api_concurrency, thread_name_prefix="fedop-api")
