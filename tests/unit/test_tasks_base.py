@@ -300,3 +300,17 @@ def test_a_task_without_data_says_which_method_to_override() -> None:
 
     with pytest.raises(NotImplementedError, match="must override train_dataset"):
         Bare().train_dataset(make_ctx())
+
+
+def test_the_public_task_api_is_pinned() -> None:
+    import fedcore.tasks
+
+    assert fedcore.tasks.__all__ == [
+        "SupervisedTask",
+        "Task",
+        "TaskContext",
+        "TrainConfig",
+        "derive_seed",
+        "load_task",
+        "seeded",
+    ]
