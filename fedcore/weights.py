@@ -162,10 +162,33 @@ def save_weights(
     os.close(fd)
     try:
         save_file(ready, tmp, metadata=header)
+        _sort_header_metadata(tmp)
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _sort_header_metadata(path: str) -> None:
+    """Rewrite the header's ``__metadata__`` with its keys sorted, in place.
+
+    safetensors serializes the metadata from a Rust HashMap, whose order changes from call
+    to call, so the same tensors and metadata would give different bytes (and sha256) each
+    time: a rerun round could not reproduce its global model's digest. Sorting the keys of
+    the same pairs keeps the header's length, so the data offsets stay valid.
+    """
+    with open(path, "r+b") as f:
+        size = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(size))
+        meta = header.get("__metadata__")
+        if not isinstance(meta, dict) or len(meta) < 2:
+            return
+        header["__metadata__"] = dict(sorted(meta.items()))
+        text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+        if len(text) > size:  # not a permutation of what safetensors wrote; leave it
+            return
+        f.seek(8)
+        f.write(text.ljust(size))
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:
