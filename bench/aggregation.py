@@ -199,6 +199,11 @@ def torch_zeros_like(t: Any) -> Any:
     return torch.zeros_like(t)
 
 
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)  # every thread of this process
+    return usage.ru_utime + usage.ru_stime
+
+
 def worker(method: str, workdir: Path) -> None:
     """Import, settle, then run one method and print its measurements as one JSON line."""
     import numpy as np
@@ -220,9 +225,11 @@ def worker(method: str, workdir: Path) -> None:
     runners[method](workdir / WARMUP)
     gc.collect()
     rss_baseline = psutil.Process().memory_info().rss
+    cpu_start = _cpu_seconds()
     start = time.perf_counter()
     result, extra = runners[method](workdir)
     seconds = time.perf_counter() - start
+    cpu_seconds = _cpu_seconds() - cpu_start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
     samples = {}
     for name, array in sorted(result.items()):
@@ -234,6 +241,7 @@ def worker(method: str, workdir: Path) -> None:
             {
                 "method": method,
                 "seconds": seconds,
+                "cpu_seconds": cpu_seconds,
                 "peak_rss": peak,
                 "rss_baseline": rss_baseline,
                 "peak_above_baseline": peak - rss_baseline,
@@ -276,18 +284,33 @@ def print_table(setup: dict[str, Any], runs: dict[str, dict[str, Any]]) -> None:
     print(
         f"aggregation: {setup['clients']} clients x {setup['params'] / 1e6:.1f}M float32 params "
         f"({model / 2**20:.1f} MiB per model, {setup['layers']} layers of "
-        f"{setup['width']}x{setup['width']}), {setup['threads']} torch threads, warm page cache"
+        f"{setup['width']}x{setup['width']}), {setup['threads']} torch threads, warm page cache, "
+        f"fastest of {setup['repeat']} run(s) per method"
     )
     header = (
-        f"{'method':<22}{'time s':>9}{'vs flower':>11}{'peak mem x model':>18}{'vs flower':>11}"
+        f"{'method':<20}{'wall s':>8}{'vs flower':>10}{'cpu s':>8}{'vs flower':>10}"
+        f"{'peak mem x model':>18}{'vs flower':>10}"
     )
     print(header)
     print("-" * len(header))
     for method, run in runs.items():
         mem = run["peak_above_baseline"] / model
         t_ratio = f"{run['seconds'] / ref['seconds']:.2f}x" if ref else "-"
+        c_ratio = f"{run['cpu_seconds'] / ref['cpu_seconds']:.2f}x" if ref else "-"
         m_ratio = f"{run['peak_above_baseline'] / ref['peak_above_baseline']:.2f}x" if ref else "-"
-        print(f"{method:<22}{run['seconds']:>9.2f}{t_ratio:>11}{mem:>18.2f}{m_ratio:>11}")
+        print(
+            f"{method:<20}{run['seconds']:>8.2f}{t_ratio:>10}{run['cpu_seconds']:>8.2f}"
+            f"{c_ratio:>10}{mem:>18.2f}{m_ratio:>10}"
+        )
+    load = setup["load_average"]
+    print(
+        f"load average {load[0]:.1f} / {load[1]:.1f} (1 / 5 min) on {setup['cpus']} CPUs"
+        + (
+            ": other work competed for the CPUs; cpu s compares more steadily than wall s"
+            if load[1] > 0.5 * setup["cpus"]
+            else ""
+        )
+    )
     if ref and "aggregate_only_s" in ref:
         print(
             f"(flower: {ref['aggregate_only_s']:.2f} s of its time is the aggregate() call "
@@ -308,23 +331,30 @@ def draw_chart(setup: dict[str, Any], runs: dict[str, dict[str, Any]], path: Pat
 
     methods = list(runs)
     model = setup["model_bytes"]
-    fig, (ax_time, ax_mem) = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, (ax_time, ax_mem) = plt.subplots(1, 2, figsize=(12, 4.4))
     colors = ["#2a7ab9" if m.startswith("fedkube") else "#999999" for m in methods]
-    times = [runs[m]["seconds"] for m in methods]
+    xs = list(range(len(methods)))
+    walls = [runs[m]["seconds"] for m in methods]
+    cpus = [runs[m]["cpu_seconds"] for m in methods]
     mems = [runs[m]["peak_above_baseline"] / model for m in methods]
-    ax_time.bar(methods, times, color=colors)
-    ax_time.set_ylabel("wall time, files to averaged model [s]")
-    ax_mem.bar(methods, mems, color=colors)
+    ax_time.bar([x - 0.2 for x in xs], walls, width=0.4, color=colors, label="wall")
+    ax_time.bar([x + 0.2 for x in xs], cpus, width=0.4, color=colors, alpha=0.45, label="cpu")
+    ax_time.set_ylabel("files to averaged model [s]")
+    ax_time.legend(title="time")
+    for x, wall, cpu in zip(xs, walls, cpus, strict=True):
+        ax_time.annotate(f"{wall:.1f}", (x - 0.2, wall), ha="center", va="bottom", fontsize=8)
+        ax_time.annotate(f"{cpu:.1f}", (x + 0.2, cpu), ha="center", va="bottom", fontsize=8)
+    ax_mem.bar(xs, mems, color=colors)
     ax_mem.set_ylabel("peak memory above baseline [x one model]")
     ax_mem.axhline(2.5, color="#c0392b", linestyle="--", linewidth=1, label="aim: 2.5x")
     ax_mem.legend()
-    for ax, values, fmt in ((ax_time, times, "{:.2f} s"), (ax_mem, mems, "{:.2f}x")):
-        for i, v in enumerate(values):
-            ax.annotate(fmt.format(v), (i, v), ha="center", va="bottom", fontsize=9)
-        ax.tick_params(axis="x", labelrotation=15)
+    for x, mem in zip(xs, mems, strict=True):
+        ax_mem.annotate(f"{mem:.2f}x", (x, mem), ha="center", va="bottom", fontsize=9)
+    for ax in (ax_time, ax_mem):
+        ax.set_xticks(xs, methods, rotation=15)
     fig.suptitle(
         f"FedAvg of {setup['clients']} updates of a {setup['params'] / 1e6:.0f}M-parameter "
-        "float32 model"
+        f"float32 model (load average {setup['load_average'][1]:.1f} on {setup['cpus']} CPUs)"
     )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -338,6 +368,9 @@ def main(argv: list[str] | None = None) -> int:
         "--params", type=int, default=100_000_000, help="float32 parameters per model (1e8)"
     )
     parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset")
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="runs per method; the fastest is reported (1)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workdir", type=Path, help="where the update files go (temporary)")
     parser.add_argument("--keep", action="store_true", help="keep the update files")
@@ -353,8 +386,8 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(methods) - set(METHODS))
     if unknown or not methods:
         parser.error(f"unknown methods {unknown}; choose from {', '.join(METHODS)}")
-    if args.clients < 1 or args.params < 16:
-        parser.error("--clients must be >= 1 and --params >= 16")
+    if args.clients < 1 or args.params < 16 or args.repeat < 1:
+        parser.error("--clients and --repeat must be >= 1, --params >= 16")
 
     import torch
 
@@ -368,7 +401,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         started = time.perf_counter()
         setup = make_files(workdir, args.clients, args.params, args.seed)
-        setup.update(clients=args.clients, threads=torch.get_num_threads())
+        setup.update(clients=args.clients, threads=torch.get_num_threads(), repeat=args.repeat)
         print(
             f"wrote {args.clients} updates of {setup['model_bytes'] / 2**20:.0f} MiB to "
             f"{workdir} in {time.perf_counter() - started:.1f} s",
@@ -378,13 +411,19 @@ def main(argv: list[str] | None = None) -> int:
         make_files(workdir / WARMUP, 2, 4096, args.seed)
         warm_page_cache(workdir)
         runs: dict[str, dict[str, Any]] = {}
-        for method in methods:
-            print(f"running {method} ...", flush=True)
-            runs[method] = run_method(method, workdir)
+        # Round-robin repeats: load from other processes on the machine then hits every
+        # method alike, and the fastest of each method's runs is the least disturbed one.
+        for attempt in range(1, args.repeat + 1):
+            for method in methods:
+                print(f"running {method} ({attempt}/{args.repeat}) ...", flush=True)
+                measured = run_method(method, workdir)
+                if method not in runs or measured["seconds"] < runs[method]["seconds"]:
+                    runs[method] = measured
     finally:
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
 
+    setup.update(load_average=os.getloadavg(), cpus=os.cpu_count() or 1)
     print_table(setup, runs)
     args.out.mkdir(parents=True, exist_ok=True)
     stem = f"aggregation-{args.clients}x{args.params}"
