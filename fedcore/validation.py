@@ -9,7 +9,8 @@ one of ``REJECT_REASONS``: the aggregator records it in ``round.json``
 (``RoundRecord.rejected``) and goes on without the update; the operator turns it into a
 Kubernetes Event.
 
-``reason`` codes, in the order they are checked:
+``reason`` codes, roughly in the order they are checked (cheapest first; bytes that do not
+match the signed sha256 outrank any problem found in them):
 
 ==================  ===========================================================================
 bad-manifest        the manifest is not valid JSON for ``UpdateManifest``, names another client,
