@@ -9,7 +9,7 @@ PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: help install demo test unit integration e2e lint verify bench clean
+.PHONY: help install demo test unit integration e2e lint clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_.-]+:.*## / {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -25,7 +25,7 @@ install: $(STAMP) ## create .venv and install fedkube with everything it needs t
 demo: install ## run the embedded default: a 3-client federated job on digits, on this machine
 	$(VENV)/bin/fedkube run examples/digits.yaml
 
-test: install binaries ## run every test: unit, integration (real MinIO), e2e (real Kubernetes)
+test: install binaries-optional ## run every test: unit, integration (real MinIO), e2e (real Kubernetes)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 unit: install ## run the unit tests only (no servers)
@@ -34,7 +34,7 @@ unit: install ## run the unit tests only (no servers)
 integration: install minio ## run the integration tests (real MinIO)
 	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
 
-e2e: install binaries ## run the end-to-end tests on the real control plane
+e2e: install binaries-optional ## run the end-to-end tests on the real control plane
 	$(PY) -m pytest tests/e2e $(PYTEST_ARGS)
 
 lint: install ## ruff, mypy (strict) and the import-layer contracts
