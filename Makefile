@@ -9,15 +9,15 @@ PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: help install demo test unit integration e2e lint clean
+.PHONY: help install demo test unit integration e2e lint constraints clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_.-]+:.*## / {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
-	$(PIP) install --progress-bar off -e '.[runtime,operator,plot,dev]'
+	$(PIP) install --progress-bar off -c constraints.txt -e '.[runtime,operator,plot,dev]'
 	@touch $(STAMP)
 
 install: $(STAMP) ## create .venv and install fedkube with everything it needs to run and test
@@ -42,6 +42,10 @@ lint: install ## ruff, mypy (strict) and the import-layer contracts
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
+
+constraints: install ## re-pin constraints.txt to what .venv holds now (after changing dependencies)
+	@{ sed -n '1,2p' constraints.txt; $(PIP) freeze --exclude-editable | grep -v '^-e'; } > constraints.txt.new
+	@mv constraints.txt.new constraints.txt
 
 clean: ## remove the virtual environment and local run state
 	rm -rf $(VENV) .cluster .fedkube runs .pytest_cache .mypy_cache .ruff_cache
