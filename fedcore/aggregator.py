@@ -21,10 +21,12 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import tempfile
 import threading
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
@@ -92,6 +94,44 @@ def open_job_store(job: FederatedJob, environ: Mapping[str, str] | None = None) 
 def store_location(store: ObjectStore) -> str:
     """The URI of the job's folder in the store (``file:///.../`` or ``s3://bucket/prefix/``)."""
     return store.uri(layout.JOB_KEY).removesuffix(layout.JOB_KEY)
+
+
+@dataclass
+class _OpenRound:
+    """What the aggregator tracks about the round it is aggregating."""
+
+    round: int
+    previous: layout.RoundRecord
+    """The newest committed round: its global model is this round's base."""
+    next: layout.NextRound
+    """What ``previous`` announced about this round: who was selected, the deadline."""
+    template: Template
+    strategy: Strategy
+    folded: dict[str, layout.UpdateManifest] = field(default_factory=dict)
+    rejected: dict[str, layout.RejectedUpdate] = field(default_factory=dict)
+    late: dict[str, layout.LateUpdate] = field(default_factory=dict)
+    """Updates for ``previous.round`` that arrived after it closed."""
+    seen: set[str] = field(default_factory=set)
+    """Manifest keys already handled (folded or rejected)."""
+
+    @property
+    def max_update_bytes(self) -> int:
+        """Largest update accepted: the model's tensor bytes plus header slack."""
+        tensor_bytes = sum(
+            spec.dtype.itemsize * math.prod(spec.shape) for spec in self.template.values()
+        )
+        return tensor_bytes + HEADER_ALLOWANCE_BYTES + 256 * len(self.template)
+
+    def state(self, min_clients: int, excluded: Mapping[str, str]) -> RoundState:
+        selected = self.next.selected
+        return RoundState(
+            selected=selected,
+            deadline=self.next.deadline,
+            min_clients=min_clients,
+            folded=frozenset(self.folded),
+            rejected=frozenset(c for c in self.rejected if c in selected),
+            excluded=frozenset(excluded),
+        )
 
 
 def _now() -> datetime:
@@ -172,10 +212,6 @@ class Aggregator:
             return ClientOptions.from_config(config).wire_dtype is not None
         except FedcoreError:
             return False
-
-    def _max_update_bytes(self, template: Template) -> int:
-        tensor_bytes = sum(spec.dtype.itemsize * _numel(spec.shape) for spec in template.values())
-        return tensor_bytes + HEADER_ALLOWANCE_BYTES + 256 * len(template)
 
     # -- job record ------------------------------------------------------------------------
 
@@ -321,6 +357,7 @@ class Aggregator:
         path.unlink()
 
     def run_round(self, r: int, previous: layout.RoundRecord) -> layout.RoundRecord:
+        """Aggregate round ``r`` from ``previous``'s global model and commit it."""
         nxt = previous.next
         if nxt is None or nxt.round != r:
             raise RoundProtocolError(
@@ -338,42 +375,11 @@ class Aggregator:
         with open_weights(base_path) as base:
             template = base.template()
         strategy.begin_round(template)
-        max_bytes = self._max_update_bytes(template)
+        open_round = _OpenRound(r, previous, nxt, template, strategy)
         log.info(
             "round %d open: selected %s, deadline %s", r, nxt.selected, nxt.deadline.isoformat()
         )
-
-        folded: dict[str, layout.UpdateManifest] = {}
-        rejected: dict[str, layout.RejectedUpdate] = {}
-        late: dict[str, layout.LateUpdate] = {}
-        seen: set[str] = set()
-        previous_answered = set(previous.participants) | {x.client for x in previous.rejected}
-        while True:
-            excluded = self._excluded()
-            for key in self._new_manifests(r, seen):
-                seen.add(key)
-                self._take(
-                    r, key, nxt.selected, previous, template, max_bytes, strategy, folded, rejected
-                )
-            if r > 1:
-                self._note_late(r - 1, previous_answered, late)
-            state = RoundState(
-                selected=nxt.selected,
-                deadline=nxt.deadline,
-                min_clients=self.spec.min_clients,
-                folded=frozenset(folded),
-                rejected=frozenset(c for c in rejected if c in nxt.selected),
-                excluded=frozenset(excluded),
-            )
-            decision = decide(state, _now())
-            if decision is Decision.UNREACHABLE:
-                reasons = {c: f"{x.reason}: {x.detail}" for c, x in rejected.items()}
-                reasons.update({c: f"excluded: {why}" for c, why in excluded.items()})
-                raise QuorumUnreachable(explain_unreachable(r, state, reasons))
-            if decision is not Decision.WAIT:
-                break
-            if self._stopping.wait(self.poll_seconds):
-                raise AggregatorStopped(f"stopped while round {r} was open")
+        decision = self._collect(open_round)
 
         with open_weights(base_path) as base:
             new = strategy.finalize(base)
@@ -383,15 +389,16 @@ class Aggregator:
         metrics = self._evaluate(new, r)
         del new
         base_path.unlink()
-        participants = sorted(folded, key=nxt.selected.index)
+        folded = open_round.folded
+        participants = [c for c in nxt.selected if c in folded]
         record = layout.RoundRecord(
             round=r,
             participants=participants,
             num_samples={c: folded[c].num_samples for c in participants},
             metrics=metrics,
             client_metrics={c: dict(folded[c].metrics) for c in participants},
-            rejected=list(rejected.values()),
-            late=list(late.values()),
+            rejected=list(open_round.rejected.values()),
+            late=list(open_round.late.values()),
             model_key=layout.global_key(r),
             model_sha256=sha256_file(path),
             started_at=previous.committed_at,
@@ -402,42 +409,53 @@ class Aggregator:
         path.rename(self.workdir / "last-global.safetensors")
         return committed
 
-    def _new_manifests(self, r: int, seen: set[str]) -> list[str]:
-        keys = self.store.list(layout.updates_prefix(r))
-        return sorted(k for k in keys if k.endswith(".json") and k not in seen)
+    def _collect(self, open_round: _OpenRound) -> Decision:
+        """Fold updates as they arrive until the round may close; how it closed."""
+        r = open_round.round
+        while True:
+            excluded = self._excluded()
+            listed = self.store.list(layout.updates_prefix(r))
+            for key in sorted(k for k in listed if k.endswith(".json")):
+                if key in open_round.seen:
+                    continue
+                open_round.seen.add(key)
+                client = _client_of(key)
+                if key != layout.manifest_key(r, client):
+                    log.warning("round %d: ignoring %s, not a manifest key", r, key)
+                    continue
+                self._take(open_round, client)
+            if r > 1:
+                self._note_late(open_round)
+            state = open_round.state(self.spec.min_clients, excluded)
+            decision = decide(state, _now())
+            if decision is Decision.UNREACHABLE:
+                reasons = {c: f"{x.reason}: {x.detail}" for c, x in open_round.rejected.items()}
+                reasons.update({c: f"excluded: {why}" for c, why in excluded.items()})
+                raise QuorumUnreachable(explain_unreachable(r, state, reasons))
+            if decision is not Decision.WAIT:
+                return decision
+            if self._stopping.wait(self.poll_seconds):
+                raise AggregatorStopped(f"stopped while round {r} was open")
 
-    def _take(
-        self,
-        r: int,
-        key: str,
-        selected: list[str],
-        previous: layout.RoundRecord,
-        template: Template,
-        max_bytes: int,
-        strategy: Strategy,
-        folded: dict[str, layout.UpdateManifest],
-        rejected: dict[str, layout.RejectedUpdate],
-    ) -> None:
-        """Validate one update and fold it, or record why it was rejected."""
-        client = _client_of(key)
+    def _take(self, open_round: _OpenRound, client: str) -> None:
+        """Validate one client's update and fold it, or record why it was rejected."""
+        r, selected = open_round.round, open_round.next.selected
+        update_key = layout.update_key(r, client)
         update_path = self.workdir / f"update-{r}.safetensors"
         try:
             if client not in selected:
-                known = {c.name for c in self.spec.clients}
                 why = (
-                    "is not a client of this job"
-                    if client not in known
-                    else (f"was not selected for round {r} (selected: {', '.join(selected)})")
+                    f"was not selected for round {r} (selected: {', '.join(selected)})"
+                    if client in {c.name for c in self.spec.clients}
+                    else "is not a client of this job"
                 )
                 raise UpdateRejected(client, "not-selected", f"client {client!r} {why}")
             try:
-                manifest_bytes = self.store.get_bytes(key)
-                self.store.get_file(layout.update_key(r, client), update_path)
+                manifest_bytes = self.store.get_bytes(layout.manifest_key(r, client))
+                self.store.get_file(update_key, update_path)
             except ObjectNotFound as e:
                 raise UpdateRejected(
-                    client,
-                    "malformed-update",
-                    f"the manifest exists but {layout.update_key(r, client)} does not",
+                    client, "malformed-update", f"the manifest exists but {update_key} does not"
                 ) from e
             except IntegrityError as e:  # bytes differ from the digest stored with them
                 raise UpdateRejected(client, "malformed-update", str(e)) from e
@@ -446,44 +464,43 @@ class Aggregator:
                 update_path,
                 client=client,
                 expected_round=r,
-                base_sha256=previous.model_sha256,
-                template=template,
-                max_bytes=max_bytes,
+                base_sha256=open_round.previous.model_sha256,
+                template=open_round.template,
+                max_bytes=open_round.max_update_bytes,
                 key=self.keys.get(client),
                 allow_low_precision=self._low_precision_allowed(client),
             )
             with open_weights(update_path) as update:
-                strategy.fold(update, manifest.num_samples)
+                open_round.strategy.fold(update, manifest.num_samples)
         except UpdateRejected as e:
-            rejected[client] = layout.RejectedUpdate(
+            open_round.rejected[client] = layout.RejectedUpdate(
                 client=client, reason=e.reason, detail=e.detail
             )
             log.warning("reject round %d %s: %s: %s", r, client, e.reason, e.detail)
             return
         finally:
             update_path.unlink(missing_ok=True)
-        folded[client] = manifest
+        open_round.folded[client] = manifest
         log.info(
             "fold round %d %s: %d samples, metrics %s (%d/%d folded)",
             r,
             client,
             manifest.num_samples,
             _fmt_metrics(manifest.metrics),
-            len(folded),
+            len(open_round.folded),
             len(selected),
         )
 
-    def _note_late(
-        self, closed: int, answered: set[str], late: dict[str, layout.LateUpdate]
-    ) -> None:
-        for key in self.store.list(layout.updates_prefix(closed)):
-            if not key.endswith(".json"):
-                continue
+    def _note_late(self, open_round: _OpenRound) -> None:
+        """Record manifests for the previous (closed) round that its record does not name."""
+        closed = open_round.previous
+        answered = set(closed.participants) | {x.client for x in closed.rejected}
+        for key in self.store.list(layout.updates_prefix(closed.round)):
             client = _client_of(key)
-            if client in answered or client in late:
+            if not key.endswith(".json") or client in answered or client in open_round.late:
                 continue
-            late[client] = layout.LateUpdate(client=client, round=closed)
-            log.warning("late update for closed round %d from %s: ignored", closed, client)
+            open_round.late[client] = layout.LateUpdate(client=client, round=closed.round)
+            log.warning("late update for closed round %d from %s: ignored", closed.round, client)
 
     def write_final(self, last: layout.RoundRecord) -> layout.FinalRecord:
         path = self.workdir / "last-global.safetensors"
@@ -511,13 +528,6 @@ class Aggregator:
             _fmt_metrics(final.metrics),
         )
         return final
-
-
-def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
 
 
 def _fmt_metrics(metrics: Mapping[str, float]) -> str:

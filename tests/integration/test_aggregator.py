@@ -329,12 +329,16 @@ def test_update_from_a_client_not_in_the_job_is_rejected(
     h.record(0)
 
     h.send(1, "mallory", deltas(100.0), 1000)
+    h.store.put_bytes(f"{layout.updates_prefix(1)}nested/a.json", b"{}")  # not a manifest key
     h.send(1, "a", deltas(1.0), 1)
     h.finish()
 
     r1 = h.record(1)
     assert r1.participants == ["a"]
     assert [(x.client, x.reason) for x in r1.rejected] == [("mallory", "not-selected")]
+    expected = fedavg(h.global_model(0), [(deltas(1.0), 1)])
+    got = h.global_model(1)
+    assert all(torch.equal(got[n], expected[n]) for n in expected)
 
 
 def test_round_that_can_never_reach_quorum_fails_naming_the_clients(
