@@ -338,8 +338,8 @@ class RunOptions:
     job_path: Path
     run_dir: Path | None = None
     fresh: bool = False
-    out: TextIO = sys.stdout
-    err: TextIO = sys.stderr
+    out: TextIO = field(default_factory=lambda: sys.stdout)
+    err: TextIO = field(default_factory=lambda: sys.stderr)
 
 
 class _Progress:
