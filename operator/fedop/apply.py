@@ -20,7 +20,7 @@ from fedcore import spec as fs
 from fedcore.signing import generate_key
 from fedop import events, reconcile, status
 from fedop.builders import names, secrets
-from fedop.errors import ApiError, FedopError
+from fedop.errors import ApiError, ChildRefused, FedopError
 from fedop.kube import Kube
 from fedop.store_view import Credentials, StoreView
 
@@ -63,13 +63,15 @@ class Executor:
         job, kube = target.job, self._kube
         match action:
             case reconcile.Create(obj=obj):
-                return lambda: _ignore(kube.create(obj, job))
+                return _refusals(lambda: _ignore(kube.create(obj, job)))
             case reconcile.CreateKeySecret(client=client):
-                return lambda: _ignore(
-                    kube.create(secrets.key_secret(job, client, generate_key()), job)
+                return _refusals(
+                    lambda: _ignore(
+                        kube.create(secrets.key_secret(job, client, generate_key()), job)
+                    )
                 )
             case reconcile.Replace(obj=obj):
-                return lambda: kube.merge_patch(obj, {"data": obj["data"]})
+                return _refusals(lambda: kube.merge_patch(obj, {"data": obj["data"]}))
             case reconcile.SetSuspend(name=name, suspend=suspend):
                 return lambda: kube.set_job_suspend(job.namespace, name, suspend)
             case reconcile.DeleteJob(name=name, propagation=propagation):
@@ -122,3 +124,17 @@ def _stage(action: reconcile.Action) -> int:
 
 def _ignore(_: object) -> None:
     return None
+
+
+def _refusals(step: Callable[[], None]) -> Callable[[], None]:
+    """``step``, with the API server's "invalid" answers raised as ``ChildRefused``."""
+
+    def run() -> None:
+        try:
+            step()
+        except ApiError as e:
+            if e.status in (400, 422):
+                raise ChildRefused(e.status, e.reason, str(e)) from e
+            raise
+
+    return run

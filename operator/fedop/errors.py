@@ -5,6 +5,7 @@
     FedopError
     ├── SettingsError      a FEDKUBE_* environment variable of the operator is malformed
     ├── ApiError           the Kubernetes API refused or failed a request (.status, .transient)
+    │   └── ChildRefused   the API server refused a child built from the spec (400/422)
     └── OwnershipConflict  a child's name is taken by an object this FederatedJob does not own
 
 Spec problems are ``fedcore.errors.SpecError`` (the same messages ``fedkube validate`` prints);
@@ -39,6 +40,14 @@ class ApiError(FedopError):
     @property
     def transient(self) -> bool:
         return self.status in (0, 408, 409, 429) or self.status >= 500
+
+
+class ChildRefused(ApiError):
+    """The API server refused to create a child object as invalid (HTTP 400/422).
+
+    The builders pass parts of the spec through verbatim (resources, volumes, tolerations), so
+    this is the spec's fault, not the cluster's: retrying cannot help, fixing the spec can.
+    """
 
 
 class OwnershipConflict(FedopError):

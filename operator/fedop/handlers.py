@@ -30,7 +30,7 @@ from fedop import reconcile, status
 from fedop.apply import Executor, Target
 from fedop.builders import names, pods
 from fedop.controller import Controller
-from fedop.errors import ApiError, OwnershipConflict
+from fedop.errors import ApiError, ChildRefused, OwnershipConflict
 from fedop.kube import Kube
 from fedop.observed import StoreSnapshot, children
 from fedop.settings import OperatorSettings
@@ -143,11 +143,8 @@ def _sync(rt: Runtime, namespace: str, name: str) -> None:
     target = Target(job=ref, parsed=job, credentials=credentials, old_status=old)
     try:
         rt.executor.apply(target, plan, now)
-    except ApiError as e:
-        if e.status not in (400, 422):
-            raise
-        # The API server refused an object built from the spec (a bad resources or volume
-        # entry passed through verbatim): the spec is at fault, not the cluster.
+    except ChildRefused as e:
+        # A resources, volume or toleration entry passed through verbatim was invalid.
         refused = SpecError([("spec", f"the API server refused a child object: {e}")])
         _refuse(rt, ref, generation, plan.status, refused, now)
         raise kopf.PermanentError(str(refused)) from e

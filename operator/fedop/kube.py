@@ -100,7 +100,7 @@ class Kube:
             )
         except ConfigException:
             k8s_config.load_kube_config(  # type: ignore[no-untyped-call]
-                client_configuration=configuration
+                config_file=settings.kubeconfig or None, client_configuration=configuration
             )
         # Enough pooled connections for the parallel writes of one pass per worker.
         configuration.connection_pool_maxsize = max(10, settings.api_concurrency * settings.workers)
@@ -204,10 +204,13 @@ class Kube:
 
     def create(self, obj: Mapping[str, Any], owner: names.JobRef) -> dict[str, Any]:
         """Create ``obj``; if its name is taken by an object ``owner`` controls, adopt that
-        one (an earlier pass, or the operator before a restart, made it)."""
+        one (an earlier pass, or the operator before a restart, made it). Strict field
+        validation, as kubectl's: a misspelt field passed through from the spec is refused,
+        not silently dropped."""
         collection, name = _path_of(obj)
+        query = {**self._manager(), "fieldValidation": "Strict"}
         try:
-            made: dict[str, Any] = self.request("POST", collection, body=obj, query=self._manager())
+            made: dict[str, Any] = self.request("POST", collection, body=obj, query=query)
             return made
         except ApiError as e:
             if e.status != 409:

@@ -42,6 +42,9 @@ class OperatorSettings:
     """Port of a client group's rendezvous (rank 0's c10d store); torchrun's default."""
     field_manager: str = "fedkube-operator"
     """Name the operator's writes are recorded under (``managedFields``)."""
+    kubeconfig: str = ""
+    """Outside a cluster: the kubeconfig to use, from ``KUBECONFIG`` (not ``FEDKUBE_*``: the
+    variable every Kubernetes tool reads). Empty: ``~/.kube/config``."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorSettings:
@@ -49,7 +52,7 @@ class OperatorSettings:
         env = os.environ if env is None else env
         values: dict[str, Any] = {}
         for field in fields(cls):
-            name = f"FEDKUBE_{field.name.upper()}"
+            name = "KUBECONFIG" if field.name == "kubeconfig" else f"FEDKUBE_{field.name.upper()}"
             raw = env.get(name)
             if raw is None or raw == "":
                 continue

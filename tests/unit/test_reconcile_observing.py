@@ -6,12 +6,13 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from fedop import status
-from fedop.errors import ApiError, SettingsError
-from fedop.observed import child_job, children
-from fedop.settings import OperatorSettings
 
 from fedcore import spec as fs
+from fedop import status
+from fedop.apply import _refusals
+from fedop.errors import ApiError, ChildRefused, SettingsError
+from fedop.observed import child_job, children
+from fedop.settings import OperatorSettings
 from tests.fixtures.fedjobs import JOB, T0
 
 
@@ -171,3 +172,22 @@ def test_bad_settings_are_refused(env: dict[str, str], words: str) -> None:
 )
 def test_api_errors_know_whether_a_retry_may_help(code: int, transient: bool) -> None:
     assert ApiError(code, "", "x").transient is transient
+
+
+@pytest.mark.parametrize(
+    ("code", "refused"),
+    [
+        pytest.param(422, True, id="an invalid child is the spec's fault"),
+        pytest.param(400, True, id="a strictly refused field is the spec's fault"),
+        pytest.param(503, False, id="a busy API server is not"),
+    ],
+)
+def test_api_refusals_of_children_are_told_apart(code: int, refused: bool) -> None:
+    def create() -> None:
+        raise ApiError(code, "Invalid", "spec.template.spec.containers[0].resources: bad")
+
+    with pytest.raises(ApiError) as caught:
+        _refusals(create)()
+
+    assert isinstance(caught.value, ChildRefused) is refused
+    assert "resources" in str(caught.value)
