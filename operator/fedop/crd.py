@@ -77,6 +77,18 @@ def _frozen(field: str, rule: str) -> Schema:
 _INDEX_DIGITS = "(c.replicas <= 10 ? 1 : c.replicas <= 100 ? 2 : c.replicas <= 1000 ? 3 : 4)"
 """Digits of the highest completion index, ``replicas - 1``; CEL's ``string(int)`` has no
 size bound, which would price the rule out of the cost budget."""
+
+
+def _same_optional(field: str) -> str:
+    """``spec.<field>`` unchanged, for an object the manifest may leave out: the schema has no
+    default for a whole sub-object, and CEL fails on a missing key ("no such key"), which would
+    refuse every status write of such a job."""
+    return (
+        f"has(self.spec.{field}) == has(oldSelf.spec.{field}) && "
+        f"(!has(self.spec.{field}) || self.spec.{field} == oldSelf.spec.{field})"
+    )
+
+
 _HOST_NAME_FITS = (
     f"size(self.metadata.name) + size(c.name) + 2 + {_INDEX_DIGITS} <= {MAX_HOST_NAME}"
 )
@@ -112,8 +124,8 @@ ROOT_RULES: list[Schema] = [
     _frozen("rounds", "self.spec.rounds == oldSelf.spec.rounds"),
     _frozen("seed", "self.spec.seed == oldSelf.spec.seed"),
     _frozen("task", "self.spec.task == oldSelf.spec.task"),
-    _frozen("storage", "self.spec.storage == oldSelf.spec.storage"),
-    _frozen("strategy", "self.spec.strategy == oldSelf.spec.strategy"),
+    _frozen("storage", _same_optional("storage")),
+    _frozen("strategy", _same_optional("strategy")),
     _frozen(
         "clients[]",
         "self.spec.clients.map(c, c.name) == oldSelf.spec.clients.map(c, c.name)"
