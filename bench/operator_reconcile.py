@@ -72,8 +72,6 @@ def federated_job(name: str, clients: int, replicas: int, endpoint: str) -> Obj:
             "storage": {"endpoint": endpoint, "secretRef": {"name": "s3-creds"}},
             "clients": [{"name": f"c{i:03d}", "replicas": replicas} for i in range(clients)],
             "runPolicy": {"suspend": True},
-            # The CRD's "frozen while running" rules read spec.strategy; see the report.
-            "strategy": {},
         },
     }
 
