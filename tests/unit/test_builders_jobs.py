@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from fedop.builders import jobs, names
 
+from fedop.builders import jobs, names
 from tests.fixtures.fedjobs import JOB, SETTINGS, make_spec
 
 

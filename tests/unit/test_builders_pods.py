@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from fedop.builders import pods
 
+from fedop.builders import pods
 from tests.fixtures.fedjobs import JOB, SETTINGS, make_spec
 
 

@@ -6,9 +6,9 @@ import base64
 import json
 
 import pytest
-from fedop.builders import configmap, names, secrets, services
 
 from fedcore.spec import ClientSpec, job_prefix, parse_job
+from fedop.builders import configmap, names, secrets, services
 from tests.fixtures.fedjobs import JOB, make_job, make_spec
 
 

@@ -7,6 +7,7 @@ import threading
 from collections.abc import Awaitable, Callable
 
 import kopf
+
 from fedop.controller import Controller, Key
 from fedop.settings import OperatorSettings
 

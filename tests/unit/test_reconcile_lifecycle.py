@@ -5,11 +5,11 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
+
+from fedcore import spec as fs
 from fedop import reconcile, status
 from fedop.observed import Children, StoreSnapshot
 from fedop.reconcile import plan
-
-from fedcore import spec as fs
 from tests.fixtures.fedjobs import (
     T0,
     child,

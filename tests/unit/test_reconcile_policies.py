@@ -5,9 +5,9 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
+
 from fedop import reconcile, status
 from fedop.reconcile import plan
-
 from tests.fixtures.fedjobs import (
     T0,
     child,

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
+
 from fedop import reconcile
 from fedop.reconcile import plan
-
 from tests.fixtures.fedjobs import (
     child,
     created,

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from fedop.reconcile import plan
-
 from fedcore import layout
 from fedcore import spec as fs
+from fedop.reconcile import plan
 from tests.fixtures.fedjobs import (
     make_spec,
     messages,

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fedop.store_view import Credentials, StoreView
-
 from fedcore import layout
 from fedcore import spec as fs
 from fedcore.errors import StoreUnavailable
 from fedcore.store import LocalStore, ObjectStore
+from fedop.store_view import Credentials, StoreView
 from tests.fixtures.fedjobs import final, make_job, record
 
 
