@@ -27,6 +27,9 @@ from fedop.observed import ChildJob, Children, StoreSnapshot
 from fedop.settings import OperatorSettings
 
 INVALID_SPEC = "InvalidSpec"
+HISTORY_PARTICIPANTS = 16
+"""History entries name their participants only up to this many: 50 rounds x 256 names would
+make the status half a megabyte, rewritten at every commit. ``lastRound`` always names them."""
 
 Phase = Literal["Pending", "Running", "Succeeded", "Failed", "Suspended"]
 ClientPhase = Literal["Pending", "Running", "Restarting", "Succeeded", "Failed", "Dropped"]
@@ -338,7 +341,10 @@ def _fold_rounds(obs: Observation, draft: _Draft) -> None:
             duration_seconds=round(record.duration_seconds, 3),
             rejected=len(record.rejected),
         )
-        draft.history = [*draft.history, summary][-fs.MAX_HISTORY :]
+        kept = summary
+        if len(summary.participants) > HISTORY_PARTICIPANTS:
+            kept = summary.model_copy(update={"participants": []})
+        draft.history = [*draft.history, kept][-fs.MAX_HISTORY :]
         draft.last_round = summary
         draft.current_round = record.round
         for name in record.participants:

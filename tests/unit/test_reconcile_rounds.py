@@ -95,3 +95,19 @@ def test_a_gap_in_the_records_stops_folding_until_it_fills() -> None:
 
     assert result.status.current_round == 0
     assert [h.round for h in result.status.history] == [0]
+
+
+def test_history_of_a_large_job_stays_small_but_the_last_round_names_everyone() -> None:
+    names = [f"c{i:03d}" for i in range(40)]
+    spec = make_spec(clients=[{"name": n} for n in names])
+
+    result = plan(
+        observe(
+            spec, status=status_of("Running"), snapshot=store([record(0, []), record(1, names)])
+        )
+    )
+
+    assert result.status.history[-1].participants == []
+    assert result.status.last_round is not None
+    assert result.status.last_round.participants == names
+    assert result.status.clients["c039"].last_round == 1
