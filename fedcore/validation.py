@@ -51,7 +51,7 @@ from pydantic import ValidationError
 from fedcore.errors import FedcoreError, UpdateRejected
 from fedcore.layout import UpdateManifest
 from fedcore.signing import SigningKey, verify
-from fedcore.strategies.base import MAX_NUM_SAMPLES
+from fedcore.strategies.base import MAX_NUM_SAMPLES, arithmetic_threads
 from fedcore.weights import (
     DTYPE_NAMES,
     FLOAT_DTYPES,
@@ -228,9 +228,10 @@ def validate_update(
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sha256") as pool:
         digest = pool.submit(sha256_file, path)
         try:
-            _check_contents(
-                path, m, template, reject, low_precision if allow_low_precision else None
-            )
+            with arithmetic_threads():
+                _check_contents(
+                    path, m, template, reject, low_precision if allow_low_precision else None
+                )
         except UpdateRejected as e:
             content_problem = e
         actual_sha256 = digest.result()

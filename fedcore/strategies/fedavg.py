@@ -22,9 +22,10 @@ clients:
 
 * accumulator: 8 bytes per float element, ``2M`` (``4M`` for a float16/bfloat16 model);
 * ``fold``: plus one read buffer reused for every tensor (``fedcore.weights.Scratch``), the
-  size of the largest tensor ``t_max``, plus an 8 MiB slice: PyTorch's CPU kernels copy a
+  size of the largest tensor ``t_max``, plus a 2 MiB slice: PyTorch's CPU kernels copy a
   float32 input to float64 before adding it into a float64 tensor, so ``add_chunked_`` adds
-  in 1 Mi-element slices;
+  in 256 Ki-element slices (which also keeps the temporary in cache: 2.5x faster than one
+  whole-tensor add, measured);
 * ``finalize``: for each tensor, the base tensor is read into the same buffer, ``acc`` is
   updated in place, cast to the model dtype (a new tensor, half its size) and the float64
   tensor is dropped. Memory goes from ``2M`` down to ``M`` (the result) and never exceeds
@@ -54,7 +55,7 @@ from typing import ClassVar
 import torch
 
 from fedcore.spec import StrategySpec
-from fedcore.strategies.base import Strategy, check_num_samples
+from fedcore.strategies.base import Strategy, arithmetic_threads, check_num_samples
 from fedcore.weights import (
     FLOAT_DTYPES,
     INT_DTYPES,
@@ -111,11 +112,12 @@ class FedAvg(Strategy):
                 )
         self._acc = {}  # drop the old round's buffers before allocating the new ones
         self._template = dict(sorted(spec_by_name.items()))
-        for name, spec in self._template.items():
-            if spec.dtype in FLOAT_DTYPES:
-                self._acc[name] = torch.zeros(spec.shape, dtype=torch.float64)
-            elif spec.dtype in INT_DTYPES:
-                self._acc[name] = torch.zeros(spec.shape, dtype=torch.int64)
+        with arithmetic_threads():
+            for name, spec in self._template.items():
+                if spec.dtype in FLOAT_DTYPES:
+                    self._acc[name] = torch.zeros(spec.shape, dtype=torch.float64)
+                elif spec.dtype in INT_DTYPES:
+                    self._acc[name] = torch.zeros(spec.shape, dtype=torch.int64)
         self._num_updates = 0
         self._num_samples = 0
         self._broken = False
@@ -156,8 +158,9 @@ class FedAvg(Strategy):
         check_num_samples(num_samples)
         self._check_update(template, update)
         self._broken = True  # until every tensor is in: an I/O error half-way spoils acc
-        for name, acc in self._acc.items():
-            add_chunked_(acc, update.get(name, self._scratch), alpha=num_samples)
+        with arithmetic_threads():
+            for name, acc in self._acc.items():
+                add_chunked_(acc, update.get(name, self._scratch), alpha=num_samples)
         self._broken = False
         self._num_updates += 1
         self._num_samples += num_samples
@@ -175,17 +178,18 @@ class FedAvg(Strategy):
         n = self._num_samples
         out: Tensors = {}
         self._broken = True
-        for name, spec in template.items():
-            b = base.get(name, self._scratch)  # read-only view, valid for this iteration
-            if spec.dtype in FLOAT_DTYPES:
-                acc = self._acc.pop(name)
-                acc.div_(n)
-                out[name] = self._server_step(name, acc, b)
-                del acc  # frees 8 bytes per element before the next tensor is read
-            elif spec.dtype in INT_DTYPES:
-                out[name] = _integer_mean_step(name, self._acc.pop(name), n, b)
-            else:
-                out[name] = b.clone()
+        with arithmetic_threads():
+            for name, spec in template.items():
+                b = base.get(name, self._scratch)  # read-only view, valid for this iteration
+                if spec.dtype in FLOAT_DTYPES:
+                    acc = self._acc.pop(name)
+                    acc.div_(n)
+                    out[name] = self._server_step(name, acc, b)
+                    del acc  # frees 8 bytes per element before the next tensor is read
+                elif spec.dtype in INT_DTYPES:
+                    out[name] = _integer_mean_step(name, self._acc.pop(name), n, b)
+                else:
+                    out[name] = b.clone()
         self._template = None
         self._scratch = Scratch()
         self._broken = False
@@ -201,8 +205,8 @@ class FedAvg(Strategy):
         return mean_delta.to(base.dtype)
 
 
-CHUNK_ELEMENTS = 1 << 20
-"""Elements per slice in ``add_chunked_``: bounds its float64 temporary to 8 MiB."""
+CHUNK_ELEMENTS = 1 << 18
+"""Elements per slice in ``add_chunked_``: bounds its float64 temporary to 2 MiB."""
 
 
 def add_chunked_(acc: torch.Tensor, other: torch.Tensor, alpha: int | float = 1) -> None:

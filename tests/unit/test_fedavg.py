@@ -8,7 +8,9 @@ import pytest
 import torch
 from torch import nn
 
+import fedcore.strategies.fedavg as fedavg_module
 from fedcore.strategies import FedAvg
+from fedcore.strategies.base import arithmetic_threads
 from fedcore.weights import (
     InMemoryWeights,
     Tensors,
@@ -312,3 +314,41 @@ def test_a_second_round_starts_from_a_clean_accumulator() -> None:
     result = fold_memory(strategy, base, [({"w": torch.ones(2)}, 1)])
 
     assert torch.equal(result["w"], torch.ones(2))
+
+
+def test_chunked_add_of_a_wider_accumulator_equals_a_whole_tensor_add(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(fedavg_module, "CHUNK_ELEMENTS", 7)  # slices that do not divide 5 x 9
+    g = torch.Generator().manual_seed(3)
+    acc = torch.randn(5, 9, generator=g, dtype=torch.float64)
+    other = torch.randn(5, 9, generator=g)
+    expected = acc + other.double() * 37
+
+    fedavg_module.add_chunked_(acc, other, alpha=37)
+
+    assert torch.equal(acc, expected)
+
+
+def test_sliced_folding_gives_the_same_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    base, updates = random_updates(3)
+    whole = fold_memory(FedAvg(), base, updates)
+
+    monkeypatch.setattr(fedavg_module, "CHUNK_ELEMENTS", 100)
+    sliced = fold_memory(FedAvg(), base, updates)
+
+    for name in base:
+        assert torch.equal(whole[name], sliced[name]), name
+
+
+def test_arithmetic_runs_on_one_thread_and_restores_the_callers_setting() -> None:
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with arithmetic_threads():
+            inside = torch.get_num_threads()
+        after = torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
+
+    assert (inside, after) == (1, 2)
