@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import tempfile
 import threading
 from collections.abc import Mapping
@@ -51,8 +50,8 @@ from fedcore.rounds import (
     training_differences,
 )
 from fedcore.signing import SigningKey, keys_from_env
-from fedcore.spec import FederatedJob, job_prefix, load_job, parse_job
-from fedcore.store import ObjectStore, open_store
+from fedcore.spec import FederatedJob, load_job, parse_job
+from fedcore.store import ObjectStore, open_job_store
 from fedcore.strategies import Strategy, build_strategy
 from fedcore.tasks.base import Task, TaskContext, load_task
 from fedcore.validation import validate_update
@@ -67,7 +66,6 @@ from fedcore.weights import (
 
 log = logging.getLogger("fedcore.aggregator")
 
-STORE_DIR_ENV = "FEDKUBE_STORE_DIR"
 """Root folder of the local store (jobs without ``spec.storage.endpoint``)."""
 POLL_SECONDS = 0.25
 """How often an open round lists its updates: a round closes at most this long after its
@@ -82,13 +80,6 @@ class QuorumUnreachable(RoundProtocolError):
 
 class AggregatorStopped(FedcoreError):
     """``Aggregator.stop()`` was called while a round was open (nothing was committed)."""
-
-
-def open_job_store(job: FederatedJob, environ: Mapping[str, str] | None = None) -> ObjectStore:
-    """The job's store: S3 when the spec names an endpoint, else ``$FEDKUBE_STORE_DIR``."""
-    env = os.environ if environ is None else environ
-    root = env.get(STORE_DIR_ENV)
-    return open_store(job.spec.storage, job_prefix(job), local_root=Path(root) if root else None)
 
 
 def store_location(store: ObjectStore) -> str:

@@ -63,8 +63,8 @@ from fedcore.errors import (
     TaskError,
 )
 from fedcore.signing import SigningKey, key_from_env, sign_manifest
-from fedcore.spec import ClientSpec, FederatedJob, job_prefix, load_job
-from fedcore.store import ObjectStore, open_store
+from fedcore.spec import ClientSpec, FederatedJob, load_job
+from fedcore.store import ObjectStore, open_job_store
 from fedcore.tasks.base import (
     Task,
     TaskContext,
@@ -88,7 +88,6 @@ log = logging.getLogger("fedcore.client")
 
 CLIENT_MODULE = "fedcore.client"
 """What the launcher runs per rank: ``python -m fedcore.client --job FILE --client NAME``."""
-STORE_DIR_ENV = "FEDKUBE_STORE_DIR"
 """Root folder of the local store (jobs without ``spec.storage.endpoint``); same variable as
 the aggregator's."""
 
@@ -686,11 +685,6 @@ def _configure_logging(who: str) -> None:
     )
 
 
-def _open_job_store(job: FederatedJob) -> ObjectStore:
-    root = os.environ.get(STORE_DIR_ENV)
-    return open_store(job.spec.storage, job_prefix(job), local_root=Path(root) if root else None)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m fedcore.client --job FILE --client NAME``: one rank, under the launcher."""
     parser = argparse.ArgumentParser(prog=f"python -m {CLIENT_MODULE}", description=__doc__)
@@ -705,7 +699,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         spec = job.spec.client(args.client)
         options = ClientOptions.from_config(job.spec.task_config_for(args.client))
         dist_ctx = init_distributed(want_gpu=spec.gpu, num_threads=options.num_threads)
-        store = _open_job_store(job) if dist_ctx.is_leader else None
+        store = open_job_store(job) if dist_ctx.is_leader else None
         key = key_from_env() if dist_ctx.is_leader else None
         run_client(job, args.client, store, key)
         return EXIT_OK

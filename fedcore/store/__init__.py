@@ -11,6 +11,8 @@ only when an ``S3Store`` is built, so a laptop run on a local directory never lo
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,10 +21,21 @@ from fedcore.store.base import ObjectStore
 from fedcore.store.local import LocalStore
 
 if TYPE_CHECKING:
-    from fedcore.spec import StorageSpec
+    from fedcore.spec import FederatedJob, StorageSpec
     from fedcore.store.s3 import S3Config, S3Store
 
-__all__ = ["LocalStore", "ObjectStore", "S3Config", "S3Store", "open_store"]
+__all__ = [
+    "STORE_DIR_ENV",
+    "LocalStore",
+    "ObjectStore",
+    "S3Config",
+    "S3Store",
+    "open_job_store",
+    "open_store",
+]
+
+STORE_DIR_ENV = "FEDKUBE_STORE_DIR"
+"""Root folder of a local store, for processes started by ``fedkube run``."""
 
 
 def open_store(
@@ -49,6 +62,16 @@ def open_store(
         endpoint=storage.endpoint, bucket=storage.bucket, prefix=prefix, region=storage.region
     )
     return S3Store(config)
+
+
+def open_job_store(job: FederatedJob, environ: Mapping[str, str] | None = None) -> ObjectStore:
+    """A job's store as its processes see it: S3 when the spec names an endpoint, else the
+    local folder in ``$FEDKUBE_STORE_DIR`` (the one place that variable is read)."""
+    from fedcore.spec import job_prefix
+
+    env = os.environ if environ is None else environ
+    root = env.get(STORE_DIR_ENV)
+    return open_store(job.spec.storage, job_prefix(job), local_root=Path(root) if root else None)
 
 
 def __getattr__(name: str) -> Any:

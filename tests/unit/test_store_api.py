@@ -21,12 +21,28 @@ FEDCORE = STORE_PACKAGE.parent
 
 def test_the_public_names_are_pinned() -> None:
     assert fedcore.store.__all__ == [
+        "STORE_DIR_ENV",
         "LocalStore",
         "ObjectStore",
         "S3Config",
         "S3Store",
+        "open_job_store",
         "open_store",
     ]
+
+
+def test_a_job_store_is_local_under_the_store_dir_variable(tmp_path: Path) -> None:
+    from fedcore.spec import parse_job
+    from fedcore.store import STORE_DIR_ENV, open_job_store
+
+    job = parse_job(
+        {"spec": {"rounds": 1, "task": {"entrypoint": "a:b"}, "clients": [{"name": "a"}]}}
+    )
+
+    store = open_job_store(job, {STORE_DIR_ENV: str(tmp_path)})
+
+    assert isinstance(store, LocalStore)
+    assert store.uri("job.json") == (tmp_path / "fedkube/local/job/job.json").as_uri()
 
 
 def test_both_stores_satisfy_the_protocol(tmp_path: Path) -> None:
