@@ -358,6 +358,61 @@ class FederatedJob(BaseModel):
         return self.model_dump(mode="json", by_alias=True, exclude_none=True, exclude={"status"})
 
 
+# ---- checks beyond one field
+
+RESERVED_ENV = frozenset(
+    {
+        "PET_NNODES",
+        "PET_NPROC_PER_NODE",
+        "PET_NODE_RANK",
+        "PET_MASTER_ADDR",
+        "PET_MASTER_PORT",
+        "MASTER_ADDR",
+        "MASTER_PORT",
+        "WORLD_SIZE",
+        "RANK",
+        "LOCAL_RANK",
+        "NODE_RANK",
+        "GROUP_RANK",
+        "LOCAL_WORLD_SIZE",
+        "FEDKUBE_SIGNING_KEY_FILE",
+        "FEDKUBE_SIGNING_KEYS_DIR",
+        "FEDKUBE_STORE_DIR",
+    }
+)
+"""Variables fedkube sets in pods (or torch's launcher derives): a user value would
+contradict them and, for the rendezvous ones, hang a DDP group silently."""
+RESERVED_ENV_PREFIXES = ("PET_", "TORCHELASTIC_")
+CREDENTIAL_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+"""Set from ``spec.storage.secretRef`` when it is given (and then reserved)."""
+
+
+def _reserved(name: str, spec: FederatedJobSpec) -> bool:
+    if name in RESERVED_ENV or name.startswith(RESERVED_ENV_PREFIXES):
+        return True
+    return spec.storage.secret_ref is not None and name in CREDENTIAL_ENV
+
+
+def env_problems(spec: FederatedJobSpec) -> list[tuple[str, str]]:
+    """Problems (field, message) with user env that would override the operator's."""
+    where: list[tuple[str, list[dict[str, Any]]]] = [("spec.aggregator.env", spec.aggregator.env)]
+    where += [(f"spec.clients[{i}].env", c.env) for i, c in enumerate(spec.clients)]
+    problems: list[tuple[str, str]] = []
+    for field, env in where:
+        for index, item in enumerate(env):
+            name = item.get("name")
+            if isinstance(name, str) and _reserved(name, spec):
+                source = "spec.storage.secretRef" if name in CREDENTIAL_ENV else "fedkube"
+                problems.append(
+                    (
+                        f"{field}[{index}].name",
+                        f"{name} is set by {source} (torchrun rendezvous, signing keys and store "
+                        "credentials are fedkube's); remove it from env",
+                    )
+                )
+    return problems
+
+
 # ---- loading and error reporting ---------------------------------------------------------------
 
 
@@ -440,17 +495,23 @@ def parse_job(obj: dict[str, Any], *, source: str | None = None) -> FederatedJob
         )
     obj = {k: v for k, v in obj.items() if not (k == "status" and v in (None, {}))}
     try:
-        return FederatedJob.model_validate(obj)
+        job = FederatedJob.model_validate(obj)
     except ValidationError as e:
         raise SpecError(_problems(e, root=""), source=source) from e
+    if problems := env_problems(job.spec):
+        raise SpecError(problems, source=source)
+    return job
 
 
 def parse_spec(spec: dict[str, Any], *, source: str | None = None) -> FederatedJobSpec:
     """Validate only a spec (what the operator's handlers receive)."""
     try:
-        return FederatedJobSpec.model_validate(spec)
+        parsed = FederatedJobSpec.model_validate(spec)
     except ValidationError as e:
         raise SpecError(_problems(e, root="spec"), source=source) from e
+    if problems := env_problems(parsed):
+        raise SpecError(problems, source=source)
+    return parsed
 
 
 def load_job(path: str | Path) -> FederatedJob:

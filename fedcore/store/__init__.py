@@ -39,7 +39,11 @@ STORE_DIR_ENV = "FEDKUBE_STORE_DIR"
 
 
 def open_store(
-    storage: StorageSpec | None, prefix: str, *, local_root: Path | None = None
+    storage: StorageSpec | None,
+    prefix: str,
+    *,
+    local_root: Path | None = None,
+    credentials: tuple[str, str] | None = None,
 ) -> ObjectStore:
     """The store holding a job's objects, rooted at the job's ``prefix``.
 
@@ -48,6 +52,7 @@ def open_store(
     ``storage.region``, credentials from the standard AWS environment variables. ``prefix``
     is the job's full key prefix (``fedcore.spec.job_prefix``, which already folds in
     ``storage.prefix``), so ``storage.prefix`` is not applied a second time here.
+    ``credentials`` (access key id, secret key) sign instead of the standard AWS chain.
     """
     if storage is None or storage.endpoint is None:
         if local_root is None:
@@ -61,6 +66,8 @@ def open_store(
     config = S3Config(
         endpoint=storage.endpoint, bucket=storage.bucket, prefix=prefix, region=storage.region
     )
+    if credentials is not None:
+        return S3Store.with_keys(config, *credentials)
     return S3Store(config)
 
 

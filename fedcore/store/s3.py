@@ -169,6 +169,15 @@ class S3Store:
     so one store may be shared by threads.
     """
 
+    @classmethod
+    def with_keys(cls, config: S3Config, access_key_id: str, secret_access_key: str) -> S3Store:
+        """A store signed with this key pair instead of the process's own credentials (the
+        operator reads each job's pair from that job's Secret)."""
+        session = boto3.session.Session(
+            aws_access_key_id=access_key_id, aws_secret_access_key=secret_access_key
+        )
+        return cls(config, session=session)
+
     def __init__(self, config: S3Config, *, session: boto3.session.Session | None = None) -> None:
         self.config = config
         session = session or boto3.session.Session()

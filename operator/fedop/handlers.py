@@ -28,7 +28,7 @@ from fedcore import spec as fs
 from fedcore.errors import SpecError
 from fedop import reconcile, status
 from fedop.apply import Executor, Target
-from fedop.builders import names, pods
+from fedop.builders import names
 from fedop.controller import Controller
 from fedop.errors import ApiError, ChildRefused, OwnershipConflict
 from fedop.kube import Kube
@@ -72,7 +72,7 @@ def parse_edge(body: dict[str, Any]) -> fs.FederatedJob:
     }
     job = fs.parse_job(obj)
     ref = names.JobRef(job.name, job.metadata.namespace or "default", job.metadata.uid or "")
-    problems = names.check_names(ref, job.spec) + pods.check_env(job.spec)
+    problems = names.check_names(ref, job.spec)
     if job.spec.storage.endpoint is None:
         problems.append(
             (

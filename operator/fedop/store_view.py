@@ -62,19 +62,8 @@ def open_job_store(
     """The job's S3 store, signed with ``credentials`` (else the operator's own environment)."""
     if credentials is None or storage.endpoint is None:
         return open_store(storage, prefix)
-    # The store takes credentials as a boto3 session; made here so fedop need not keep one.
-    import boto3.session
-
-    from fedcore.store.s3 import S3Config, S3Store
-
-    session = boto3.session.Session(
-        aws_access_key_id=credentials.access_key_id,
-        aws_secret_access_key=credentials.secret_access_key,
-    )
-    config = S3Config(
-        endpoint=storage.endpoint, bucket=storage.bucket, prefix=prefix, region=storage.region
-    )
-    return S3Store(config, session=session)
+    keys = (credentials.access_key_id, credentials.secret_access_key)
+    return open_store(storage, prefix, credentials=keys)
 
 
 @dataclass

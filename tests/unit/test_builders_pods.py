@@ -118,47 +118,6 @@ def test_user_env_follows_the_operators_so_it_can_refer_to_it() -> None:
     assert order.count("HOME") == 1  # the user's HOME replaces the default
 
 
-@pytest.mark.parametrize(
-    ("env_name", "where"),
-    [
-        pytest.param("PET_NODE_RANK", "clients", id="a client may not set its rank"),
-        pytest.param("MASTER_ADDR", "clients", id="a client may not move the rendezvous"),
-        pytest.param("WORLD_SIZE", "clients", id="a client may not change the world size"),
-        pytest.param(
-            "FEDKUBE_SIGNING_KEYS_DIR", "aggregator", id="the aggregator may not read other keys"
-        ),
-        pytest.param(
-            "AWS_SECRET_ACCESS_KEY",
-            "clients",
-            id="credentials come from secretRef when one is named",
-        ),
-    ],
-)
-def test_reserved_environment_is_refused_naming_the_field(env_name: str, where: str) -> None:
-    item = [{"name": "OK", "value": "1"}, {"name": env_name, "value": "x"}]
-    if where == "clients":
-        spec = make_spec(clients=[{"name": "a"}, {"name": "b", "env": item}])
-        field = "spec.clients[1].env[1].name"
-    else:
-        spec = make_spec(aggregator={"env": item})
-        field = "spec.aggregator.env[1].name"
-
-    problems = dict(pods.check_env(spec))
-
-    assert list(problems) == [field]
-    assert env_name in problems[field]
-    assert "remove it" in problems[field]
-
-
-def test_credentials_may_come_from_user_env_when_no_secret_is_named() -> None:
-    spec = make_spec(
-        storage={"endpoint": "http://s3:9000"},
-        clients=[{"name": "a", "env": [{"name": "AWS_ACCESS_KEY_ID", "value": "x"}]}],
-    )
-
-    assert pods.check_env(spec) == []
-
-
 @pytest.mark.parametrize("build", [client_pod, aggregator_pod], ids=["client", "aggregator"])
 def test_pods_run_hardened(build: Any) -> None:
     pod = build()

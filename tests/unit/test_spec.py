@@ -234,3 +234,45 @@ def test_models_are_immutable() -> None:
     with pytest.raises(Exception, match="frozen"):
         job.spec.rounds = 7  # type: ignore[misc]
     assert isinstance(job, FederatedJob)
+
+
+@pytest.mark.parametrize(
+    ("env_name", "where"),
+    [
+        pytest.param("PET_NODE_RANK", "clients", id="a client may not set its rank"),
+        pytest.param("MASTER_ADDR", "clients", id="a client may not move the rendezvous"),
+        pytest.param("WORLD_SIZE", "clients", id="a client may not change the world size"),
+        pytest.param(
+            "FEDKUBE_SIGNING_KEYS_DIR", "aggregator", id="the aggregator may not read other keys"
+        ),
+        pytest.param(
+            "AWS_SECRET_ACCESS_KEY",
+            "clients",
+            id="credentials come from secretRef when one is named",
+        ),
+    ],
+)
+def test_reserved_environment_is_refused_naming_the_field(env_name: str, where: str) -> None:
+    item = [{"name": "OK", "value": "1"}, {"name": env_name, "value": "x"}]
+    storage = {"endpoint": "http://s3:9000", "secretRef": {"name": "creds"}}
+    if where == "clients":
+        obj = make_job(clients=[{"name": "a"}, {"name": "b", "env": item}], storage=storage)
+        field = "spec.clients[1].env[1].name"
+    else:
+        obj = make_job(aggregator={"env": item}, storage=storage)
+        field = "spec.aggregator.env[1].name"
+
+    problems = problems_of(obj)
+
+    assert list(problems) == [field]
+    assert env_name in problems[field]
+    assert "remove it" in problems[field]
+
+
+def test_credentials_may_come_from_user_env_when_no_secret_is_named() -> None:
+    obj = make_job(
+        storage={"endpoint": "http://s3:9000"},
+        clients=[{"name": "a", "env": [{"name": "AWS_ACCESS_KEY_ID", "value": "x"}]}],
+    )
+
+    assert parse_job(obj).spec.clients[0].env[0]["name"] == "AWS_ACCESS_KEY_ID"

@@ -26,57 +26,6 @@ SIGNING_KEYS_DIR = "/var/run/secrets/fedkube/signing-keys"
 TMP_DIR = "/tmp"
 GPU_RESOURCE = "nvidia.com/gpu"
 
-RESERVED_ENV = frozenset(
-    {
-        "PET_NNODES",
-        "PET_NPROC_PER_NODE",
-        "PET_NODE_RANK",
-        "PET_MASTER_ADDR",
-        "PET_MASTER_PORT",
-        "MASTER_ADDR",
-        "MASTER_PORT",
-        "WORLD_SIZE",
-        "RANK",
-        "LOCAL_RANK",
-        "NODE_RANK",
-        "GROUP_RANK",
-        "LOCAL_WORLD_SIZE",
-        "FEDKUBE_SIGNING_KEY_FILE",
-        "FEDKUBE_SIGNING_KEYS_DIR",
-        "FEDKUBE_STORE_DIR",
-    }
-)
-"""Variables the operator sets (or the launcher derives): a user value would contradict them."""
-RESERVED_ENV_PREFIXES = ("PET_", "TORCHELASTIC_")
-CREDENTIAL_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
-"""Set from ``spec.storage.secretRef`` when it is given (and then reserved)."""
-
-
-def _reserved(name: str, spec: fs.FederatedJobSpec) -> bool:
-    if name in RESERVED_ENV or name.startswith(RESERVED_ENV_PREFIXES):
-        return True
-    return spec.storage.secret_ref is not None and name in CREDENTIAL_ENV
-
-
-def check_env(spec: fs.FederatedJobSpec) -> list[tuple[str, str]]:
-    """Problems (field, message) with user env that would override the operator's."""
-    where: list[tuple[str, list[dict[str, Any]]]] = [("spec.aggregator.env", spec.aggregator.env)]
-    where += [(f"spec.clients[{i}].env", c.env) for i, c in enumerate(spec.clients)]
-    problems: list[tuple[str, str]] = []
-    for field, env in where:
-        for index, item in enumerate(env):
-            name = item.get("name")
-            if isinstance(name, str) and _reserved(name, spec):
-                source = "spec.storage.secretRef" if name in CREDENTIAL_ENV else "the operator"
-                problems.append(
-                    (
-                        f"{field}[{index}].name",
-                        f"{name} is set by {source} (torchrun rendezvous, signing keys and store "
-                        "credentials are the operator's); remove it from env",
-                    )
-                )
-    return problems
-
 
 def _credentials_env(spec: fs.FederatedJobSpec) -> list[dict[str, Any]]:
     ref = spec.storage.secret_ref
