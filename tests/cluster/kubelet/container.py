@@ -55,12 +55,33 @@ class MountPoints:
                 target.touch()
 
 
-def launch_script(*, hostname: str, mounts: Sequence[Mount], workdir: str, header: str) -> str:
-    """The shell script that finishes the "container" and execs its command ("$@")."""
+def launch_script(
+    *,
+    hostname: str,
+    mounts: Sequence[Mount],
+    workdir: str,
+    header: str,
+    keep: Sequence[str] = (),
+) -> str:
+    """The shell script that finishes the "container" and execs its command ("$@").
+
+    ``keep`` are host folders the "image" consists of (the repository and its virtualenv):
+    a volume mounted over one of their ancestors (an emptyDir at /tmp while the checkout
+    lives under /tmp) must not hide them, so each is first bind-mounted into the volume's
+    source at the same relative place, and reappears at its own path once the volume is.
+    """
     q = shlex.quote
     lines = ["#!/bin/sh", f"# {header}", "set -e", f"hostname {q(hostname)}"]
     for m in mount_order(mounts):
-        lines.append(f"mount --bind {q(str(m.source))} {q(m.target)}")
+        bind = "--bind"
+        for path in keep:
+            inside = Path(path)
+            if inside != Path(m.target) and inside.is_relative_to(m.target) and m.source.is_dir():
+                hole = Path(m.source) / inside.relative_to(m.target)
+                lines.append(f"mkdir -p {q(str(hole))}")
+                lines.append(f"mount --bind {q(path)} {q(str(hole))}")
+                bind = "--rbind"  # carry the kept folder's mount along with the volume
+        lines.append(f"mount {bind} {q(str(m.source))} {q(m.target)}")
         if m.read_only:
             lines.append(f"mount -o remount,bind,ro {q(m.target)}")
     lines += [f"mkdir -p {q(workdir)}", f"cd {q(workdir)}", 'exec "$@"', ""]

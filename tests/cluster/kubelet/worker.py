@@ -241,6 +241,7 @@ class PodWorker(threading.Thread):
                 hostname=self.hostname,
                 mounts=mounts,
                 workdir=spec.get("workingDir") or self.ctx.settings.default_workdir,
+                keep=[str(self.ctx.settings.default_workdir)],
                 header=f"{self.namespace}/{self.pod_name} {rec.name} run {rec.restart_count}",
             )
         )
