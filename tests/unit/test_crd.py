@@ -14,11 +14,11 @@ from typing import Any
 
 import pytest
 import yaml
-from fedop import crd
 from pydantic import BaseModel, Field
 
 from fedcore import spec as fs
 from fedcore.errors import SpecError
+from fedop import crd
 
 REPO = Path(__file__).resolve().parents[2]
 Schema = dict[str, Any]

@@ -16,10 +16,10 @@ from importlib.metadata import entry_points
 from pathlib import Path
 
 import pytest
-from fedop.builders import names, pods
-from fedop.settings import OperatorSettings
 
 from fedcore import spec as fs
+from fedop.builders import names, pods
+from fedop.settings import OperatorSettings
 
 REPO = Path(__file__).resolve().parents[2]
 IMAGES = REPO / "images"
