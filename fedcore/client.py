@@ -52,6 +52,7 @@ from fedcore.distributed import (
     broadcast_object,
     broadcast_state_dict,
     init_distributed,
+    int_var,
     shutdown_distributed,
 )
 from fedcore.errors import (
@@ -572,13 +573,7 @@ class PodEnv:
                         "PET_MASTER_ADDR and PET_MASTER_PORT (rank 0's pod) on every pod"
                     )
                 return default
-            try:
-                value = int(raw)
-            except ValueError:
-                raise LaunchError(f"{name}={raw!r} is not an integer") from None
-            if value < low:
-                raise LaunchError(f"{name}={value} must be >= {low}")
-            return value
+            return int_var(environ, name, low=low)
 
         nnodes = number("PET_NNODES", client.replicas, 1)
         nproc = number("PET_NPROC_PER_NODE", client.procs_per_replica, 1)

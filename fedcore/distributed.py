@@ -83,15 +83,15 @@ class DistEnv:
                 f"{', '.join(present)}); start the client with `fedkube client` or torchrun, "
                 "which set all of " + ", ".join(REQUIRED_VARS)
             )
-        rank = _int_var(environ, "RANK", low=0)
-        world_size = _int_var(environ, "WORLD_SIZE", low=1)
-        local_rank = _int_var(environ, "LOCAL_RANK", low=0)
+        rank = int_var(environ, "RANK", low=0)
+        world_size = int_var(environ, "WORLD_SIZE", low=1)
+        local_rank = int_var(environ, "LOCAL_RANK", low=0)
         local_world_size = (
-            _int_var(environ, "LOCAL_WORLD_SIZE", low=1)
+            int_var(environ, "LOCAL_WORLD_SIZE", low=1)
             if environ.get("LOCAL_WORLD_SIZE")
             else world_size
         )
-        port = _int_var(environ, "MASTER_PORT", low=1)
+        port = int_var(environ, "MASTER_PORT", low=1)
         if rank >= world_size:
             raise LaunchError(
                 f"RANK={rank} is not below WORLD_SIZE={world_size}; ranks are 0..{world_size - 1}"
@@ -108,7 +108,8 @@ class DistEnv:
         return cls(rank, local_rank, world_size, local_world_size, addr, port, launched=True)
 
 
-def _int_var(environ: Mapping[str, str], name: str, *, low: int) -> int:
+def int_var(environ: Mapping[str, str], name: str, *, low: int) -> int:
+    """``environ[name]`` as an integer >= ``low``; ``LaunchError`` naming the variable."""
     raw = environ[name]
     try:
         value = int(raw)
@@ -160,7 +161,7 @@ def _read_overrides(environ: Mapping[str, str]) -> _Overrides:
             timeout = math.nan
         if not (math.isfinite(timeout) and timeout > 0):
             raise LaunchError(f"{ENV_TIMEOUT}={environ[ENV_TIMEOUT]!r} must be seconds > 0")
-    threads = _int_var(environ, ENV_THREADS, low=1) if environ.get(ENV_THREADS) else None
+    threads = int_var(environ, ENV_THREADS, low=1) if environ.get(ENV_THREADS) else None
     for name in (ENV_BACKEND, ENV_TIMEOUT, ENV_THREADS):
         if environ.get(name):
             log.info("environment override: %s=%s", name, environ[name])
