@@ -12,7 +12,7 @@ bench: ## run every benchmark (not a test) and print its figures
 	@$(MAKE) --no-print-directory $(BENCH_TARGETS)
 
 $(BENCH_STAMP): pyproject.toml | $(STAMP)
-	@$(PY) -c 'import flwr, psutil' 2>/dev/null || $(PIP) install --progress-bar off -e '.[bench]'
+	@$(PY) -c 'import flwr, psutil' 2>/dev/null || $(PIP) install --progress-bar off -c constraints.txt -e '.[bench]'
 	@touch $@
 
 bench-deps: $(BENCH_STAMP) ## install the `bench` extra (flwr, psutil) into .venv if missing
