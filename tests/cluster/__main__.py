@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from tests.cluster import launcher, network
+from tests.cluster import demo, launcher, network
 from tests.cluster.config import DEFAULT_NODES, REPO_ROOT, ClusterConfig, NodeSpec
 from tests.cluster.controlplane import Endpoints, health
 from tests.cluster.errors import ClusterError
@@ -60,6 +60,8 @@ def cmd_up(args: argparse.Namespace) -> int:
 def cmd_down(args: argparse.Namespace) -> int:
     state = Path(args.state_dir).resolve()
     t0 = time.monotonic()
+    if demo.stop_minio(state):
+        print("stopped the cluster-demo MinIO", file=sys.stderr)
     was = launcher.stop(state)
     what = "stopped" if was else "no cluster was running; cleaned up leftovers"
     print(f"test cluster {what} ({time.monotonic() - t0:.1f}s)", file=sys.stderr)
