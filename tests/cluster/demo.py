@@ -205,7 +205,7 @@ def cmd_up(state: Path) -> int:
     print(
         f"{_exports(info)}\n"
         f"kubectl apply -f {_rel(manifest)}\n"
-        "kubectl get fj -w                # Ctrl-C once PHASE is Succeeded (a few minutes)\n"
+        "kubectl get fj -w                # Ctrl-C once PHASE is Succeeded (about a minute)\n"
         "kubectl describe fj digits\n"
         "kubectl get events --sort-by=.lastTimestamp\n"
         "kubectl logs -l fedkube.io/role=aggregator --tail=20\n"
