@@ -327,6 +327,12 @@ def _finish(obs: Observation, draft: _Draft) -> None:
 # ---- store: committed rounds ------------------------------------------------------------------
 
 
+def _shown(value: float) -> float:
+    """A metric as status shows it: 4 significant digits, so `kubectl get fj` prints 0.9472
+    rather than 0.9472222222222222 (round.json in the store keeps the full value)."""
+    return float(f"{value:.4g}")
+
+
 def _fold_rounds(obs: Observation, draft: _Draft) -> None:
     expected = 0 if draft.last_round is None else draft.current_round + 1
     for record in obs.store.rounds:
@@ -337,7 +343,7 @@ def _fold_rounds(obs: Observation, draft: _Draft) -> None:
         summary = fs.RoundSummary(
             round=record.round,
             participants=sorted(record.participants),
-            metrics=dict(record.metrics),
+            metrics={k: _shown(v) for k, v in record.metrics.items()},
             duration_seconds=round(record.duration_seconds, 3),
             rejected=len(record.rejected),
         )

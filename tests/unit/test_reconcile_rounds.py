@@ -111,3 +111,12 @@ def test_history_of_a_large_job_stays_small_but_the_last_round_names_everyone() 
     assert result.status.last_round is not None
     assert result.status.last_round.participants == names
     assert result.status.clients["c039"].last_round == 1
+
+
+def test_status_metrics_are_short_enough_for_the_accuracy_column() -> None:
+    result = plan(
+        observe(status=status_of("Running"), snapshot=store([record(0, accuracy=0.947222222222)]))
+    )
+
+    assert result.status.last_round is not None
+    assert result.status.last_round.metrics["accuracy"] == 0.9472
