@@ -106,19 +106,10 @@ def start_minio(state: Path) -> dict[str, Any]:
     workdir = state / MINIO_DIR
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / MINIO_INFO).unlink(missing_ok=True)
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
     log_path = workdir / KEEPER_LOG
-    with log_path.open("ab") as log:
-        keeper = subprocess.Popen(
-            [sys.executable, "-m", "tests.cluster.demo", "minio-serve", "--state-dir", str(state)],
-            cwd=REPO_ROOT,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    keeper = launcher.spawn_detached(
+        ["tests.cluster.demo", "minio-serve", "--state-dir", str(state)], log_path
+    )
     deadline = time.monotonic() + START_TIMEOUT_S
     while (info := running_minio(state)) is None:
         if keeper.poll() is not None or time.monotonic() > deadline:

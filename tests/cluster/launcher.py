@@ -111,6 +111,23 @@ class Started:
         stop(self.info.state_dir, timeout_s=timeout_s, popen=self.popen)
 
 
+def spawn_detached(module_args: list[str], log_path: Path) -> subprocess.Popen[bytes]:
+    """``python -m <module_args>`` from the repo root in a new session (it outlives the
+    caller), output appended to ``log_path``."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
+    with log_path.open("ab") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", *module_args],
+            cwd=REPO_ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
 def start(
     config: ClusterConfig, *, timeout_s: float = 300.0, progress: TextIO | None = None
 ) -> Started:
@@ -133,18 +150,7 @@ def start(
     for name in (INFO_FILE, FAILED_FILE):
         (state / name).unlink(missing_ok=True)
     log_path = state / SERVE_LOG
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
-    with log_path.open("ab") as log:
-        popen = subprocess.Popen(
-            [sys.executable, "-m", "tests.cluster", "serve", "--state-dir", str(state)],
-            cwd=REPO_ROOT,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    popen = spawn_detached(["tests.cluster", "serve", "--state-dir", str(state)], log_path)
     deadline = time.monotonic() + timeout_s
     offset = log_path.stat().st_size if progress else 0
     while True:

@@ -205,13 +205,13 @@ def test_init_containers_run_to_completion_before_the_main_container(
 ) -> None:
     manifest = make_pod(
         "with-init",
-        ["cat", "/work/prepared"],
-        container={"volumeMounts": [{"name": "work", "mountPath": "/work"}]},
+        ["cat", "/shared/prepared"],
+        container={"volumeMounts": [{"name": "work", "mountPath": "/shared"}]},
         volumes=[{"name": "work", "emptyDir": {}}],
         initContainers=[{
             "name": "prepare", "image": "fedkube.local/host", "command":
-            ["sh", "-c", "echo prepared by init > /work/prepared"],
-            "volumeMounts": [{"name": "work", "mountPath": "/work"}],
+            ["sh", "-c", "echo prepared by init > /shared/prepared"],
+            "volumeMounts": [{"name": "work", "mountPath": "/shared"}],
         }],
     )  # fmt: skip
     cluster.create_pod(namespace, manifest)
