@@ -201,25 +201,29 @@ class FederatedJobSpec(_Model):
 
     @model_validator(mode="after")
     def _clients_are_consistent(self) -> FederatedJobSpec:
+        # Collected, not raised one by one: a user fixing a spec sees every problem at once.
+        problems: list[str] = []
         seen: dict[str, int] = {}
         for index, client in enumerate(self.clients):
             if client.name in RESERVED_CLIENT_NAMES:
-                raise ValueError(
+                problems.append(
                     f"clients[{index}].name: {client.name!r} is reserved (the aggregator Job is "
                     "named '<job>-aggregator'); rename the client"
                 )
-            if client.name in seen:
-                raise ValueError(
+            elif client.name in seen:
+                problems.append(
                     f"clients[{index}].name: duplicate client name {client.name!r} "
                     f"(also clients[{seen[client.name]}].name); give each client a unique name"
                 )
-            seen[client.name] = index
+            seen.setdefault(client.name, index)
         wanted = self.strategy.min_clients
         if wanted is not None and wanted > len(self.clients):
-            raise ValueError(
+            problems.append(
                 f"strategy.minClients: {wanted} is more than the {len(self.clients)} clients "
                 "listed in clients; lower minClients or add clients"
             )
+        if problems:
+            raise ValueError("\n".join(problems))
         return self
 
     @property
@@ -475,15 +479,17 @@ def _problems(error: ValidationError, root: str) -> list[tuple[str, str]]:
     for item in error.errors(include_url=False):
         loc = tuple(item["loc"])
         field = _field_path(loc, root)
-        if item["type"] == "value_error":
-            message = item["msg"].removeprefix("Value error, ")
-            # Cross-field validators name the sub-field themselves ("clients[2].name: ...").
-            if re.match(r"^[A-Za-z][\w.\[\]]*: ", message):
-                sub, _, message = message.partition(": ")
-                field = f"{field}.{sub}" if field else sub
-        else:
-            message = _explain(item)
-        problems.append((field or "<document>", message))
+        if item["type"] != "value_error":
+            problems.append((field or "<document>", _explain(item)))
+            continue
+        # Cross-field validators name the sub-field themselves ("clients[2].name: ..."), one
+        # problem a line.
+        for line in item["msg"].removeprefix("Value error, ").split("\n"):
+            where, message = field, line
+            if re.match(r"^[A-Za-z][\w.\[\]]*: ", line):
+                sub, _, message = line.partition(": ")
+                where = f"{field}.{sub}" if field else sub
+            problems.append((where or "<document>", message))
     return problems
 
 

@@ -144,6 +144,14 @@ def test_every_problem_is_reported_at_once() -> None:
     assert set(problems) == {"spec.rounds", "spec.bogus", "spec.strategy.name"}
 
 
+def test_cross_field_problems_are_reported_together() -> None:
+    problems = problems_of(
+        make_job(clients=[{"name": "a"}, {"name": "a"}], strategy={"minClients": 3})
+    )
+
+    assert set(problems) == {"spec.clients[1].name", "spec.strategy.minClients"}
+
+
 def test_parse_spec_reports_fields_under_spec() -> None:
     with pytest.raises(SpecError) as caught:
         parse_spec({"rounds": 0, "task": {"entrypoint": "a:b"}, "clients": [{"name": "a"}]})
