@@ -52,19 +52,19 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterHandle]:
     try:
         binaries.ensure()
-        missing_go = ""
+        reason = ""
     except GoToolchainMissing as e:
-        missing_go = str(e)
-    if not missing_go and (os.geteuid() != 0 or sys.platform != "linux"):
+        reason = str(e)
+    if not reason and (os.geteuid() != 0 or sys.platform != "linux"):
         # Pods get network and mount namespaces: Linux, as root (CI and the docs' VM are).
-        missing_go = (
+        reason = (
             "the test cluster needs Linux and root (each pod runs in its own network "
             "namespace); on a laptop run the e2e tests as root in a Linux VM"
         )
-    if missing_go and e2e_required():
-        pytest.fail(f"FEDKUBE_E2E=required, so this is a failure: {missing_go}", pytrace=False)
-    if missing_go:
-        pytest.skip(f"{missing_go} (skipped on laptops only; CI sets FEDKUBE_E2E=required)")
+    if reason and e2e_required():
+        pytest.fail(f"FEDKUBE_E2E=required, so this is a failure: {reason}", pytrace=False)
+    if reason:
+        pytest.skip(f"{reason} (skipped on laptops only; CI sets FEDKUBE_E2E=required)")
     state = tmp_path_factory.mktemp("cluster")
     started = start(ClusterConfig(state_dir=state, parent_pid=os.getpid()))
     handle = ClusterHandle(started.info)
