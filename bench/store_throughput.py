@@ -91,10 +91,15 @@ def main() -> None:
 
     print(f"\n{args.mib} MiB file, MinIO on loopback, median of {args.repeats} runs")
     print(f"(local sha256 alone: {size / MiB / sha_seconds:,.0f} MiB/s)\n")
-    print(f"{'mode':<30} {'direction':<9} {'seconds':>8} {'MiB/s':>8}")
+    # Baseline: a plain single-part transfer in the same direction, measured in this run.
+    base = {r["direction"]: r["seconds"] for r in rows if r["mode"] == "single-part"}
+    print(f"{'mode':<30} {'direction':<9} {'seconds':>8} {'MiB/s':>8} {'vs single-part':>15}")
     for row in rows:
+        ratio = row["seconds"] / base[row["direction"]] if row["direction"] in base else None
+        shown = f"{ratio:.2f}x time" if ratio is not None else "-"
         print(
-            f"{row['mode']:<30} {row['direction']:<9} {row['seconds']:>8.2f} {row['mib_s']:>8.0f}"
+            f"{row['mode']:<30} {row['direction']:<9} {row['seconds']:>8.2f} "
+            f"{row['mib_s']:>8.0f} {shown:>15}"
         )
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     out = RESULTS_DIR / "store_throughput.json"
