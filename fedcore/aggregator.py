@@ -160,14 +160,7 @@ class Aggregator:
     # -- helpers ---------------------------------------------------------------------------
 
     def _ctx(self, round_: int) -> TaskContext:
-        return TaskContext(
-            config=dict(self.spec.task.config),
-            seed=self.spec.seed,
-            round=round_,
-            client=None,
-            client_index=None,
-            num_clients=len(self.spec.clients),
-        )
+        return TaskContext.for_aggregator(self.spec, round_)
 
     def _evaluate(self, tensors: Tensors, round_: int) -> dict[str, float]:
         ctx = self._ctx(round_)

@@ -26,13 +26,16 @@ import math
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields, replace
-from typing import Any, ClassVar, Literal, Protocol, cast, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, cast, runtime_checkable
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from fedcore.errors import TaskError
+
+if TYPE_CHECKING:
+    from fedcore.spec import FederatedJobSpec
 
 REQUIRED_METHODS = ("build_model", "train_dataset", "train", "evaluate")
 """What every task object provides (see ``Task``)."""
@@ -65,6 +68,19 @@ class TaskContext:
     """Size of the client's DDP group: ``replicas * procsPerReplica``."""
     device: torch.device = field(default_factory=_cpu)
     """Where this process computes: ``cuda:<LOCAL_RANK>`` under NCCL, else the CPU."""
+
+    @classmethod
+    def for_aggregator(cls, spec: FederatedJobSpec, round_: int) -> TaskContext:
+        """The context the aggregator builds and scores models in: the job's task config,
+        no client."""
+        return cls(
+            config=dict(spec.task.config),
+            seed=spec.seed,
+            round=round_,
+            client=None,
+            client_index=None,
+            num_clients=len(spec.clients),
+        )
 
     def derive_seed(self, *parts: object) -> int:
         """A seed for one purpose, e.g. ``ctx.derive_seed("split")``: stable across runs and

@@ -94,14 +94,7 @@ def commit_round_zero(
 ) -> layout.RoundRecord:
     """What the aggregator's first commit looks like: the initial model, alpha selected."""
     task = load_task(entrypoint or job.spec.task.entrypoint)
-    ctx = TaskContext(
-        config=job.spec.task.config,
-        seed=job.spec.seed,
-        round=0,
-        client=None,
-        client_index=None,
-        num_clients=len(job.spec.clients),
-    )
+    ctx = TaskContext.for_aggregator(job.spec, 0)
     tensors = dict(task.build_model(ctx).state_dict())
     path = folder / "global-0.safetensors"
     save_weights(path, tensors, {"kind": "global", "round": 0})

@@ -219,14 +219,7 @@ def test_run_shows_every_round_and_ends_with_a_model_that_loads(undisturbed: Run
 
 
 def _ctx(job: FederatedJob) -> TaskContext:
-    return TaskContext(
-        config=job.spec.task.config,
-        seed=job.spec.seed,
-        round=0,
-        client=None,
-        client_index=None,
-        num_clients=len(job.spec.clients),
-    )
+    return TaskContext.for_aggregator(job.spec, 0)
 
 
 def test_run_dir_holds_job_logs_and_private_keys(undisturbed: Run) -> None:

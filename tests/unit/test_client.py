@@ -91,14 +91,7 @@ def commit(
 
 def initial_weights(job: FederatedJob) -> dict[str, torch.Tensor]:
     task = load_task(job.spec.task.entrypoint)
-    ctx = TaskContext(
-        config=job.spec.task.config,
-        seed=job.spec.seed,
-        round=0,
-        client=None,
-        client_index=None,
-        num_clients=len(job.spec.clients),
-    )
+    ctx = TaskContext.for_aggregator(job.spec, 0)
     return dict(task.build_model(ctx).state_dict())
 
 
