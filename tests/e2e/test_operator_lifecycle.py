@@ -1,0 +1,134 @@
+"""The run policy on the real cluster: suspend and resume mid-job, a client dropped after its
+restart budget while the job goes on, and a job that fails when too few clients remain."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+
+import pytest
+
+from fedcore import layout
+from tests.fixtures.operator import FedJobs, Obj
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(900)]
+
+BROKEN_ENV = {"name": "PYTHONHOME", "value": "/nonexistent"}
+"""A client whose pods cannot start Python, as with a broken image: every attempt fails."""
+
+
+def committed_rounds(fedjobs: FedJobs, name: str) -> list[int]:
+    """Rounds whose commit record is in the store, read from MinIO rather than the status."""
+    prefix = f"fedkube/{fedjobs.namespace}/{name}-"
+    keys = [k.split("/", 3)[3] for k in fedjobs.store_keys(prefix)]
+    return layout.committed_rounds(keys)
+
+
+def job_uids(fedjobs: FedJobs, name: str) -> dict[str, str]:
+    items = json.loads(
+        fedjobs.kubectl("get", "jobs", "-l", f"fedkube.io/job={name}", "-o", "json")
+    )["items"]
+    return {j["metadata"]["name"]: j["metadata"]["uid"] for j in items}
+
+
+def wait_for_no_pods(fedjobs: FedJobs, name: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while pods := fedjobs.owned(name)["pods"]:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{name}: pods still there after {timeout:.0f}s: {pods}")
+        time.sleep(1.0)
+
+
+def break_clients(*names: str, backoff_limit: int = 1) -> Callable[[Obj], None]:
+    def edit(obj: Obj) -> None:
+        obj["spec"]["runPolicy"]["backoffLimit"] = backoff_limit
+        for client in obj["spec"]["clients"]:
+            if client["name"] in names:
+                client["env"] = [BROKEN_ENV]
+
+    return edit
+
+
+def test_suspending_mid_job_stops_every_pod_and_resuming_goes_on_from_the_last_commit(
+    fedjobs: FedJobs,
+) -> None:
+    name = "pausable"
+    fedjobs.apply(fedjobs.example(name=name, rounds=200))
+    fedjobs.wait_for_round(name, 2)
+    uids = job_uids(fedjobs, name)
+
+    fedjobs.patch_spec(name, {"runPolicy": {"suspend": True}})
+    suspended = fedjobs.wait_for_phase(name, "Suspended", timeout=120)
+    wait_for_no_pods(fedjobs, name)
+
+    # Suspended means nothing runs: no pod, no new round, and the Jobs are kept, not deleted.
+    frozen = committed_rounds(fedjobs, name)
+    assert 2 <= frozen[-1] < 200
+    assert frozen == list(range(frozen[-1] + 1))
+    time.sleep(5)
+    assert committed_rounds(fedjobs, name) == frozen
+    assert fedjobs.owned(name)["pods"] == []
+    assert job_uids(fedjobs, name) == uids
+    assert any(c["type"] == "Suspended" and c["status"] == "True" for c in suspended["conditions"])
+
+    fedjobs.patch_spec(name, {"runPolicy": {"suspend": False}})
+    resumed = fedjobs.wait_for_round(name, frozen[-1] + 2)
+
+    # The same Jobs, resumed; rounds go on from the last commit, none run twice; a
+    # suspension is not a failure, so no restart is counted.
+    assert resumed["phase"] == "Running"
+    assert job_uids(fedjobs, name) == uids
+    rounds = committed_rounds(fedjobs, name)
+    assert rounds == list(range(rounds[-1] + 1))
+    assert {c["restarts"] for c in resumed["clients"].values()} == {0}
+    reasons = [r for r, _ in fedjobs.events(name)]
+    assert "Suspended" in reasons
+    assert "Resumed" in reasons
+    assert "ClientRestarted" not in reasons
+    fedjobs.kubectl("delete", "fj", name, "--wait=true", "--timeout=60s")
+
+
+def test_a_client_past_its_restart_budget_is_dropped_and_the_job_goes_on(
+    fedjobs: FedJobs,
+) -> None:
+    name = "one-broken"
+    fedjobs.apply(fedjobs.example(name=name, rounds=4, edit=break_clients("hospital-c")))
+
+    status = fedjobs.wait_for_phase(name, "Succeeded", "Failed", timeout=600)
+
+    assert status["phase"] == "Succeeded", fedjobs.explain(name)
+    broken = status["clients"]["hospital-c"]
+    assert broken["phase"] == "Dropped"
+    assert broken["restarts"] == 1
+    assert "spec.runPolicy.backoffLimit=1" in broken["message"]
+    # The aggregator stopped waiting for it: every round closed with the two healthy clients.
+    assert [h["round"] for h in status["history"]] == list(range(5))
+    for entry in status["history"][1:]:
+        assert entry["participants"] == ["hospital-a", "hospital-b"]
+    reasons = [r for r, _ in fedjobs.events(name)]
+    assert reasons.count("ClientRestarted") == 1
+    assert reasons.count("ClientDropped") == 1
+
+
+def test_a_job_fails_with_the_reason_when_fewer_than_min_clients_remain(
+    fedjobs: FedJobs,
+) -> None:
+    name = "two-broken"
+    fedjobs.apply(
+        fedjobs.example(name=name, rounds=4, edit=break_clients("hospital-b", "hospital-c"))
+    )
+
+    status = fedjobs.wait_for_phase(name, "Succeeded", "Failed", timeout=600)
+
+    assert status["phase"] == "Failed", fedjobs.explain(name)
+    failed = next(c for c in status["conditions"] if c["type"] == "Failed")
+    assert failed["reason"] == "TooFewClients"
+    assert "spec.strategy.minClients" in failed["message"]
+    assert "hospital-b, hospital-c" in failed["message"]
+    # cleanPodPolicy (default Running): the healthy client's and the aggregator's pods are
+    # stopped, so a failed job holds no GPUs.
+    wait_for_no_pods(fedjobs, name)
+    reasons = [r for r, _ in fedjobs.events(name)]
+    assert reasons.count("ClientDropped") == 2
+    assert reasons.count("TooFewClients") == 1
