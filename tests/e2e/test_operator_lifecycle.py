@@ -9,20 +9,12 @@ from collections.abc import Callable
 
 import pytest
 
-from fedcore import layout
 from tests.fixtures.operator import FedJobs, Obj
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(900)]
 
 BROKEN_ENV = {"name": "PYTHONHOME", "value": "/nonexistent"}
 """A client whose pods cannot start Python, as with a broken image: every attempt fails."""
-
-
-def committed_rounds(fedjobs: FedJobs, name: str) -> list[int]:
-    """Rounds whose commit record is in the store, read from MinIO rather than the status."""
-    prefix = f"fedkube/{fedjobs.namespace}/{name}-"
-    keys = [k.split("/", 3)[3] for k in fedjobs.store_keys(prefix)]
-    return layout.committed_rounds(keys)
 
 
 def job_uids(fedjobs: FedJobs, name: str) -> dict[str, str]:
@@ -63,11 +55,11 @@ def test_suspending_mid_job_stops_every_pod_and_resuming_goes_on_from_the_last_c
     wait_for_no_pods(fedjobs, name)
 
     # Suspended means nothing runs: no pod, no new round, and the Jobs are kept, not deleted.
-    frozen = committed_rounds(fedjobs, name)
+    frozen = fedjobs.committed_rounds(name)
     assert 2 <= frozen[-1] < 200
     assert frozen == list(range(frozen[-1] + 1))
     time.sleep(5)
-    assert committed_rounds(fedjobs, name) == frozen
+    assert fedjobs.committed_rounds(name) == frozen
     assert fedjobs.owned(name)["pods"] == []
     assert job_uids(fedjobs, name) == uids
     assert any(c["type"] == "Suspended" and c["status"] == "True" for c in suspended["conditions"])
@@ -79,7 +71,7 @@ def test_suspending_mid_job_stops_every_pod_and_resuming_goes_on_from_the_last_c
     # suspension is not a failure, so no restart is counted.
     assert resumed["phase"] == "Running"
     assert job_uids(fedjobs, name) == uids
-    rounds = committed_rounds(fedjobs, name)
+    rounds = fedjobs.committed_rounds(name)
     assert rounds == list(range(rounds[-1] + 1))
     assert {c["restarts"] for c in resumed["clients"].values()} == {0}
     reasons = [r for r, _ in fedjobs.events(name)]

@@ -4,6 +4,7 @@ with no duplicate Jobs, no round committed (or announced) twice, and the restart
 from __future__ import annotations
 
 import json
+import signal
 from collections import Counter
 from typing import Any
 
@@ -36,18 +37,24 @@ def operator_pods(fedjobs: FedJobs) -> list[dict[str, Any]]:
 
 def test_killing_a_client_pod_and_the_operator_mid_job_still_succeeds(fedjobs: FedJobs) -> None:
     fedjobs.apply(fedjobs.example(name=NAME, rounds=ROUNDS))
-    fedjobs.wait_for_round(NAME, 1)
+    fedjobs.wait_for_commit(NAME, 1)
+    # Hold the killed client's group in place (SIGSTOP) so that the job cannot finish while
+    # the test acts, however fast its rounds are: the round in progress waits for that client
+    # (its deadline is minutes away), so at most the round it already sent its update for
+    # can still be committed.
+    assert fedjobs.signal_client(NAME, KILLED_CLIENT, signal.SIGSTOP) >= 2
+    held = fedjobs.committed_rounds(NAME)
+    assert held[-1] < ROUNDS, f"the job got to round {held[-1]} before the client was held"
     before = jobs_by_name(fedjobs)
     assert sorted(before) == sorted(
         [f"{NAME}-aggregator", *(f"{NAME}-hospital-{c}" for c in "abc")]
     )
 
     # The operator dies (no graceful shutdown) and, before its Deployment has brought up a
-    # fresh one, a client group loses a member. DDP cannot go on without it, and the round
-    # in progress waits for that client (its deadline is minutes away), so the job cannot
-    # finish until an operator restarts the whole group: whichever one sees the failure
-    # first, the restart must happen and be counted exactly once. Nothing here depends on
-    # how fast rounds are.
+    # fresh one, a member of the held group is deleted; then the group goes on (SIGCONT).
+    # DDP cannot go on without the member, so the job can only finish once an operator
+    # restarts the whole group: whichever one sees the failure first, the restart must
+    # happen and be counted exactly once.
     (old_operator,) = operator_pods(fedjobs)
     fedjobs.cluster.run_kubectl(
         "delete", "pod", old_operator["metadata"]["name"], "-n", fedjobs.operator.namespace,
@@ -56,6 +63,7 @@ def test_killing_a_client_pod_and_the_operator_mid_job_still_succeeds(fedjobs: F
         "get", "pods", "-o", "json",
         "-l", f"fedkube.io/job={NAME},fedkube.io/client={KILLED_CLIENT}"))["items"][0]  # fmt: skip
     fedjobs.kubectl("delete", "pod", victim["metadata"]["name"], "--wait=false")
+    fedjobs.signal_client(NAME, KILLED_CLIENT, signal.SIGCONT)
 
     status = fedjobs.wait_for_phase(NAME, "Succeeded", "Failed", timeout=600)
 
