@@ -4,14 +4,16 @@ People use ``run``, ``validate`` and ``status``; pods run ``aggregator`` and ``c
 (the operator puts exactly ``fedkube aggregator --job FILE`` and
 ``fedkube client --job FILE --client NAME`` into them). Every deliberate failure is a
 ``FedcoreError``: it becomes a short message on stderr and exit code 2 for mistakes the
-user can fix in the job file or command line, 1 for failures at run time; never a
-traceback for a user error. Heavy imports (torch) happen inside the subcommands that need
-them, so ``fedkube validate`` stays quick.
+user can fix in the job file, the task or the command line (nobody retries those; see
+``fedcore.exitcodes``), 1 for failures at run time; never a traceback for a user error.
+Heavy imports (torch) happen inside the subcommands that need them, so ``fedkube validate``
+stays quick.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import sys
 from collections.abc import Sequence
@@ -19,11 +21,7 @@ from pathlib import Path
 
 from fedcore import __version__
 from fedcore.errors import FedcoreError, SpecError, TaskError
-
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
-EXIT_INTERRUPTED = 130
+from fedcore.exitcodes import EXIT_INTERRUPTED, EXIT_OK, exit_code_for
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -84,13 +82,40 @@ def _cmd_validate(args: argparse.Namespace) -> int:
         raise SpecError([("<command line>", "give a job file, or --schema")])
     job = load_job(args.job)
     spec = job.spec
+    task_note = _check_task(spec.task.entrypoint, str(args.job))
     procs = sum(c.world_size for c in spec.clients)
     print(
         f"{args.job}: ok: FederatedJob {job.name!r}, {spec.rounds} rounds, "
         f"{len(spec.clients)} clients ({procs} training processes), strategy "
         f"{spec.strategy.name} with minClients {spec.min_clients}, task {spec.task.entrypoint}"
+        f" ({task_note})"
     )
     return EXIT_OK
+
+
+def _check_task(entrypoint: str, source: str) -> str:
+    """Load the task where it can be loaded here; a note on what was checked.
+
+    A typo in the entrypoint would otherwise surface only once pods start. The task's module
+    may live only in the runtime image, and an operator-only install has no torch: then the
+    entrypoint is not loaded, and the note says so instead of failing a good job.
+    """
+    module = entrypoint.partition(":")[0]
+    try:
+        importable = importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a parent package is missing, or a malformed name
+        importable = False
+    if not importable:
+        return f"not loaded: module {module!r} is not importable here; the runtime image needs it"
+    if importlib.util.find_spec("torch") is None:
+        return "not loaded: the runtime (torch) is not installed here"
+    from fedcore.tasks import load_task
+
+    try:
+        load_task(entrypoint)
+    except TaskError as e:
+        raise SpecError([("spec.task.entrypoint", str(e))], source=source) from e
+    return "loads"
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -126,11 +151,6 @@ _COMMANDS = {
     "aggregator": _cmd_aggregator,
     "client": _cmd_client,
 }
-
-
-def exit_code_for(error: FedcoreError) -> int:
-    """2 for what the user fixes in the job file or the command line, 1 for the rest."""
-    return EXIT_USAGE if isinstance(error, SpecError | TaskError) else EXIT_FAILED
 
 
 def main(argv: Sequence[str] | None = None) -> int:

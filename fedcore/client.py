@@ -63,6 +63,7 @@ from fedcore.errors import (
     StoreUnavailable,
     TaskError,
 )
+from fedcore.exitcodes import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, exit_code_for
 from fedcore.signing import SigningKey, key_from_env, sign_manifest
 from fedcore.spec import ClientSpec, FederatedJob, load_job
 from fedcore.store import ObjectStore, open_job_store
@@ -102,9 +103,6 @@ POLL_FACTOR = 1.5
 RDZV_TIMEOUT_SECONDS = 900
 """How long the group's first pod waits for the others at rendezvous (pods of one client
 may be scheduled minutes apart)."""
-
-EXIT_OK = 0
-EXIT_FAILED = 1
 
 
 # ---- what rank 0 decides on every poll --------------------------------------------------------
@@ -609,7 +607,7 @@ def launch_client_group(job_path: str | os.PathLike[str], client: str) -> int:
     Starts ``PET_NPROC_PER_NODE`` processes of ``python -m fedcore.client`` with torch's
     elastic launcher (static rendezvous at ``PET_MASTER_ADDR:PET_MASTER_PORT``, this pod as
     node ``PET_NODE_RANK`` of ``PET_NNODES``; no restarts: the operator restarts the whole
-    group). Returns 0 when every process finished the job, 1 when any failed.
+    group). Returns 0 when every process finished the job, else ``group_exit_code``.
     """
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
@@ -648,11 +646,20 @@ def launch_client_group(job_path: str | os.PathLike[str], client: str) -> int:
         elastic_launch(config, sys.executable)(*argv)
     except ChildFailedError as e:
         log.error("client %r: a process of the group failed:\n%s", client, e.format_msg())  # type: ignore[no-untyped-call]
-        return EXIT_FAILED
+        return group_exit_code([f.exitcode for f in e.failures.values()])
     except SignalException as e:
         log.warning("client %r: stopped by signal %s", client, e.sigval.name)
         return 128 + int(e.sigval)
     return EXIT_OK
+
+
+def group_exit_code(failures: Sequence[int]) -> int:
+    """The pod's exit code from its failed processes' codes: ``EXIT_CONFIG`` when one of them
+    stopped on a configuration error (the same job fails the same way again, so no restart can
+    help; the others may just have been stopped by the launcher), else ``EXIT_FAILED``."""
+    if EXIT_CONFIG in failures:
+        return EXIT_CONFIG
+    return EXIT_FAILED
 
 
 def _wait_for_host(host: str, timeout: float) -> None:
@@ -700,7 +707,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_OK
     except FedcoreError as e:
         log.error("%s", e)
-        return EXIT_FAILED
+        return exit_code_for(e)
     except Exception:
         log.exception("client %r failed", args.client)
         return EXIT_FAILED

@@ -42,15 +42,11 @@ import psutil
 from fedcore import layout
 from fedcore.aggregator import store_location
 from fedcore.errors import FedcoreError, ObjectNotFound, RoundProtocolError, SpecError
+from fedcore.exitcodes import EXIT_CONFIG, EXIT_INTERRUPTED, EXIT_OK
 from fedcore.progress import header_lines, round_line, summary_lines, write_plot
 from fedcore.rounds import training_differences
 from fedcore.spec import FederatedJob, job_prefix, parse_job
 from fedcore.store import ObjectStore, open_store
-
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
-EXIT_INTERRUPTED = 130
 
 POLL_SECONDS = 0.2
 """Supervision tick: how often exits are noticed and the store is checked for commits."""
@@ -430,22 +426,32 @@ class Runner:
         print(text, file=self.opts.out, flush=True)
 
     def _exclude(self, group: Group, member: Member, code: int) -> None:
-        reason = (
-            f"failed {group.restarts} times (runPolicy.backoffLimit "
-            f"{self.job.spec.run_policy.backoff_limit}); last {describe_exit(code)}, "
-            f"log {member.log}"
-        )
+        if code == EXIT_CONFIG:
+            why = "stopped on a configuration error (not restarted: the same job fails again)"
+        else:
+            why = (
+                f"failed {group.restarts + 1} times (runPolicy.backoffLimit "
+                f"{self.job.spec.run_policy.backoff_limit})"
+            )
+        reason = f"{why}; last {describe_exit(code)}, log {member.log}"
         self.excluded[group.name] = reason
         record = layout.ExcludedClients(clients=dict(self.excluded))
         self.store.put_bytes(layout.EXCLUDED_KEY, record.to_json())
         group.state = "excluded"
 
     def _failure(self, what: str, member: Member, code: int, budget: int) -> str:
-        return (
-            f"{what} failed: {describe_exit(code)} after {budget} restart(s) "
-            f"(runPolicy.backoffLimit {self.job.spec.run_policy.backoff_limit}).\n"
-            f"  log: {member.log}\n  last lines:\n{log_tail(member.log)}"
-        )
+        if code == EXIT_CONFIG:
+            headline = (
+                f"{what} stopped on a configuration error ({describe_exit(code)}); it was not "
+                "restarted, since the same job fails the same way: fix the job file or its "
+                "task (the log says what is wrong) and rerun."
+            )
+        else:
+            headline = (
+                f"{what} failed: {describe_exit(code)} after {budget} restart(s) "
+                f"(runPolicy.backoffLimit {self.job.spec.run_policy.backoff_limit})."
+            )
+        return f"{headline}\n  log: {member.log}\n  last lines:\n{log_tail(member.log)}"
 
     def _check_client(self, group: Group) -> None:
         if group.state != "running":
@@ -460,9 +466,9 @@ class Runner:
         assert code is not None  # failed_member only returns exited members
         group.stop()
         self._reap_orphans()
-        group.restarts += 1
         limit = self.job.spec.run_policy.backoff_limit
-        if group.restarts <= limit:
+        if code != EXIT_CONFIG and group.restarts < limit:
+            group.restarts += 1
             self._say(
                 f"client {group.name}: {member.name} {describe_exit(code)}; restarting the "
                 f"group ({group.restarts}/{limit}), log {member.log}"
@@ -492,10 +498,10 @@ class Runner:
             group.state = "succeeded"
             return True
         group.stop()
-        group.restarts += 1
         limit = self.job.spec.run_policy.backoff_limit
-        if group.restarts > limit:
+        if code == EXIT_CONFIG or group.restarts >= limit:
             raise RunFailed(self._failure("the aggregator", member, code, limit))
+        group.restarts += 1
         self._say(
             f"aggregator {describe_exit(code)}; restarting it ({group.restarts}/{limit}), "
             f"log {member.log}"

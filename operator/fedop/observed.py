@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fedcore.layout import FinalRecord, RoundRecord
-from fedop.builders import names
+from fedop.builders import jobs, names
 
 
 @dataclass(frozen=True)
@@ -28,6 +28,9 @@ class ChildJob:
     """The Job failed, or is about to (``FailureTarget``: its pods are being stopped)."""
     failure: str = ""
     """The Job controller's reason and message for the failure."""
+    config_error: bool = False
+    """Failed by the ``podFailurePolicy`` rule: a pod exited ``EXIT_CONFIG`` (the job or its
+    task is wrong), so no restart can help."""
     active: int = 0
     ready: int | None = None
     """Pods ready; None when the Job controller does not report it."""
@@ -92,7 +95,7 @@ def child_job(obj: Mapping[str, Any]) -> ChildJob:
     meta = obj.get("metadata", {})
     spec = obj.get("spec", {})
     status = obj.get("status") or {}
-    complete = failed = False
+    complete = failed = config_error = False
     failure = ""
     for cond in status.get("conditions") or ():
         if cond.get("status") != "True":
@@ -103,6 +106,7 @@ def child_job(obj: Mapping[str, Any]) -> ChildJob:
         elif kind in ("Failed", "FailureTarget"):
             failed = True
             failure = ": ".join(p for p in (cond.get("reason"), cond.get("message")) if p)
+            config_error = cond.get("reason") == jobs.CONFIG_ERROR_REASON
     ready = status.get("ready")
     return ChildJob(
         name=meta.get("name", ""),
@@ -111,6 +115,7 @@ def child_job(obj: Mapping[str, Any]) -> ChildJob:
         complete=complete,
         failed=failed and not complete,
         failure=failure,
+        config_error=failed and not complete and config_error,
         active=_int(status.get("active")),
         ready=None if ready is None else _int(ready),
         restarts=max(0, _int((meta.get("annotations") or {}).get(names.ANNOTATION_RESTARTS))),

@@ -20,6 +20,7 @@ from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from fedcore import spec as fs
+from fedcore.exitcodes import EXIT_CONFIG
 from fedop import events, status
 from fedop.builders import configmap, jobs, names, services
 from fedop.events import Announcement
@@ -449,11 +450,19 @@ def _restart_or_drop(
     current = draft.client(name)
     attempt = child.restarts + 1
     why = child.failure or "a pod of the group failed"
-    if attempt > budget:
-        message = (
-            f"dropped: its group failed {attempt} times (restart budget "
-            f"spec.runPolicy.backoffLimit={budget}); last failure: {why}"
-        )
+    if child.config_error or attempt > budget:
+        if child.config_error:
+            message = (
+                f"dropped: its group stopped on a configuration error (exit code "
+                f"{EXIT_CONFIG}), so it was not restarted: fix spec.task or this client's "
+                f"taskConfig, env or volumes (`kubectl logs job/{child.name}` says what is "
+                f"wrong); {why}"
+            )
+        else:
+            message = (
+                f"dropped: its group failed {attempt} times (restart budget "
+                f"spec.runPolicy.backoffLimit={budget}); last failure: {why}"
+            )
         draft.set_client(name, phase="Dropped", message=status.truncate(message))
         draft.announcements.append(events.warning("ClientDropped", f"client {name} {message}"))
         return
@@ -510,6 +519,13 @@ def _failure(
 ) -> tuple[str, str] | None:
     """(reason, message) when the job has failed, else None."""
     spec = obs.spec
+    if aggregator is not None and aggregator.config_error:
+        return (
+            "ConfigurationError",
+            f"the aggregator stopped on a configuration error (exit code {EXIT_CONFIG}), so it "
+            f"was not retried: fix spec.task (`kubectl logs job/{aggregator.name}` says what "
+            f"is wrong); {aggregator.failure}",
+        )
     if aggregator is not None and aggregator.failed:
         why = aggregator.failure or "its pod failed"
         return (
@@ -532,7 +548,7 @@ def _failure(
         dropped = sorted(c.name for c in spec.clients if c.name not in remaining)
         return (
             "TooFewClients",
-            f"clients {', '.join(dropped)} were dropped after exhausting their restarts; "
+            f"clients {', '.join(dropped)} were dropped (status.clients says why); "
             f"{len(remaining)} remain but the job needs at least {spec.min_clients} "
             "(spec.strategy.minClients)",
         )

@@ -124,3 +124,39 @@ def test_a_job_fails_with_the_reason_when_fewer_than_min_clients_remain(
     reasons = [r for r, _ in fedjobs.events(name)]
     assert reasons.count("ClientDropped") == 2
     assert reasons.count("TooFewClients") == 1
+
+
+def test_a_client_whose_task_config_is_wrong_is_dropped_at_once_and_the_job_goes_on(
+    fedjobs: FedJobs,
+) -> None:
+    name = "misconfigured"
+
+    def edit(obj: Obj) -> None:
+        obj["spec"]["runPolicy"]["backoffLimit"] = 3
+        for client in obj["spec"]["clients"]:
+            if client["name"] == "hospital-c":
+                client["taskConfig"] = {"optimizer": "sgdd"}
+
+    fedjobs.apply(fedjobs.example(name=name, rounds=3, edit=edit))
+
+    status = fedjobs.wait_for_phase(name, "Succeeded", "Failed", timeout=600)
+
+    # Its pods exit with the configuration-error code, the Job's podFailurePolicy fails the
+    # Job at once, and the operator drops the client without spending its restart budget.
+    assert status["phase"] == "Succeeded", fedjobs.explain(name)
+    broken = status["clients"]["hospital-c"]
+    assert broken["phase"] == "Dropped"
+    assert broken["restarts"] == 0
+    assert "configuration error (exit code 2)" in broken["message"]
+    assert f"kubectl logs job/{name}-hospital-c" in broken["message"]
+    for entry in status["history"][1:]:
+        assert entry["participants"] == ["hospital-a", "hospital-b"]
+    reasons = [r for r, _ in fedjobs.events(name)]
+    assert "ClientRestarted" not in reasons
+    assert reasons.count("ClientDropped") == 1
+    # What `kubectl logs` shows the user names the field and what it must be.
+    pods = fedjobs.cluster.pods(
+        fedjobs.namespace, f"fedkube.io/job={name},fedkube.io/client=hospital-c"
+    )
+    logs = "".join(fedjobs.cluster.pod_logs(fedjobs.namespace, p["metadata"]["name"]) for p in pods)
+    assert "task.config.optimizer: must be one of 'sgd', 'adam', 'adamw'" in logs

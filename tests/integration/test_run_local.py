@@ -367,6 +367,52 @@ def test_client_failing_past_its_retries_is_excluded_while_quorum_remains(tmp: P
     assert last.participants == ["a", "b"]
 
 
+def test_a_task_that_does_not_load_stops_the_run_at_once_without_restarts(tmp: Path) -> None:
+    job_file = write_job(tmp / "job.yaml", runPolicy={"backoffLimit": 3})
+    obj = yaml.safe_load(job_file.read_text())
+    obj["spec"]["task"]["entrypoint"] = "tests.integration.test_run_local:no_such_task"
+    job_file.write_text(yaml.safe_dump(obj))
+
+    run = start_run(job_file, tmp / "run")
+    code = run.wait()
+
+    err = run.stderr()
+    assert code == 1
+    assert "stopped on a configuration error (exit code 2); it was not restarted" in err
+    assert "has no attribute 'no_such_task'" in err  # the log's tail says what is wrong
+    assert "restarting" not in run.stdout()
+
+
+def test_a_client_with_a_wrong_task_config_is_excluded_at_once_and_the_run_goes_on(
+    tmp: Path,
+) -> None:
+    clients: list[dict[str, Any]] = [
+        {"name": "a"},
+        {"name": "b"},
+        {"name": "c", "taskConfig": {"optimizer": "sgdd"}},
+    ]
+    job_file = write_job(
+        tmp / "job.yaml",
+        clients=clients,
+        rounds=2,
+        strategy={"minClients": 2},
+        runPolicy={"backoffLimit": 3},
+    )
+
+    run = start_run(job_file, tmp / "run")
+    code = run.wait()
+
+    out = run.stdout()
+    assert code == 0, run.stderr()
+    assert "client 'c' stopped on a configuration error (exit code 2)" in out
+    assert "task.config.optimizer: must be one of 'sgd', 'adam', 'adamw'" in out
+    assert "restarting the group" not in out
+    excluded = layout.ExcludedClients.model_validate_json(run.store.get_bytes(layout.EXCLUDED_KEY))
+    assert "configuration error" in excluded.clients["c"]
+    last = layout.RoundRecord.model_validate_json(run.store.get_bytes(layout.round_record_key(2)))
+    assert last.participants == ["a", "b"]
+
+
 def test_bad_job_file_exits_2_naming_the_field_without_a_traceback(tmp: Path) -> None:
     job_file = write_job(tmp / "job.yaml", clients=[{"name": "a", "replicas": 0}])
 

@@ -102,6 +102,28 @@ def test_aggregator_job_retries_within_the_jobs_backoff_limit_one_pod_at_a_time(
     ]
 
 
+def test_a_pod_exiting_with_a_configuration_error_fails_its_job_without_a_retry() -> None:
+    spec = make_spec()
+
+    built = [
+        jobs.client_job(JOB, spec, spec.clients[0], SETTINGS),
+        jobs.aggregator_job(JOB, spec, SETTINGS),
+    ]
+
+    for job in built:
+        container = job["spec"]["template"]["spec"]["containers"][0]["name"]
+        assert job["spec"]["podFailurePolicy"] == {
+            "rules": [
+                {
+                    "action": "FailJob",
+                    "onExitCodes": {"containerName": container, "operator": "In", "values": [2]},
+                }
+            ]
+        }
+        # The Job API allows podFailurePolicy only with restartPolicy Never.
+        assert job["spec"]["template"]["spec"]["restartPolicy"] == "Never"
+
+
 def test_every_job_is_owned_by_the_federated_job_and_labelled_for_its_role() -> None:
     spec = make_spec()
 

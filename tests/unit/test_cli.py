@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from fedcore import layout
-from fedcore.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, exit_code_for, main
+from fedcore.cli import main
 from fedcore.errors import FedcoreError, ObjectNotFound, RoundProtocolError, SpecError, TaskError
+from fedcore.exitcodes import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, exit_code_for
 from fedcore.spec import job_prefix, load_job
 from fedcore.store import LocalStore
 
@@ -40,6 +41,7 @@ def test_validate_accepts_the_example_job(capsys: pytest.CaptureFixture[str]) ->
     assert "ok" in out
     assert "3 clients" in out
     assert "10 rounds" in out
+    assert "fedcore.tasks.digits:task (loads)" in out
 
 
 def test_validate_names_every_bad_field_and_exits_2(
@@ -50,10 +52,50 @@ def test_validate_names_every_bad_field_and_exits_2(
     code = main(["validate", str(write(tmp_path, bad))])
 
     err = capsys.readouterr().err
-    assert code == EXIT_USAGE
+    assert code == EXIT_CONFIG
     assert "spec.rounds" in err
     assert "spec.clients[1].name" in err
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("entrypoint", "words"),
+    [
+        pytest.param(
+            "fedcore.tasks.digits:tsak",
+            "'fedcore.tasks.digits' has no attribute 'tsak'",
+            id="a misspelt attribute",
+        ),
+        pytest.param(
+            "fedcore.tasks.digits:NUM_CLASSES",
+            "which lacks",
+            id="an object that is no task",
+        ),
+    ],
+)
+def test_validate_loads_the_task_and_names_what_is_wrong_with_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], entrypoint: str, words: str
+) -> None:
+    job = GOOD_JOB.replace("fedcore.tasks.digits:task", entrypoint)
+
+    code = main(["validate", str(write(tmp_path, job))])
+
+    err = capsys.readouterr().err
+    assert code == EXIT_CONFIG
+    assert "spec.task.entrypoint" in err
+    assert words in err
+
+
+def test_validate_accepts_a_task_whose_module_only_the_runtime_image_has(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    job = GOOD_JOB.replace("fedcore.tasks.digits:task", "hospital_models.xray:task")
+
+    code = main(["validate", str(write(tmp_path, job))])
+
+    out = capsys.readouterr().out
+    assert code == EXIT_OK
+    assert "not loaded: module 'hospital_models.xray' is not importable here" in out
 
 
 def test_validate_of_a_missing_file_says_so(
@@ -61,14 +103,14 @@ def test_validate_of_a_missing_file_says_so(
 ) -> None:
     code = main(["validate", str(tmp_path / "nope.yaml")])
 
-    assert code == EXIT_USAGE
+    assert code == EXIT_CONFIG
     assert "cannot read" in capsys.readouterr().err
 
 
 def test_validate_without_a_file_or_schema_is_a_usage_error(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    assert main(["validate"]) == EXIT_USAGE
+    assert main(["validate"]) == EXIT_CONFIG
     assert "--schema" in capsys.readouterr().err
 
 
@@ -88,7 +130,7 @@ def test_run_with_an_invalid_job_exits_2_before_starting_anything(
     code = main(["run", str(write(tmp_path, bad)), "--store", str(tmp_path / "run")])
 
     err = capsys.readouterr().err
-    assert code == EXIT_USAGE
+    assert code == EXIT_CONFIG
     assert "spec.task.entrypont" in err
     assert not (tmp_path / "run").exists()
 
@@ -98,7 +140,7 @@ def test_status_of_a_folder_that_is_no_run_is_a_usage_error(
 ) -> None:
     code = main(["status", "--store", str(tmp_path)])
 
-    assert code == EXIT_USAGE
+    assert code == EXIT_CONFIG
     assert "not a run directory" in capsys.readouterr().err
 
 
@@ -132,8 +174,8 @@ def test_status_lists_committed_rounds(tmp_path: Path, capsys: pytest.CaptureFix
 @pytest.mark.parametrize(
     ("error", "code"),
     [
-        pytest.param(SpecError([("spec.rounds", "bad")]), EXIT_USAGE, id="spec error"),
-        pytest.param(TaskError("no module"), EXIT_USAGE, id="task error"),
+        pytest.param(SpecError([("spec.rounds", "bad")]), EXIT_CONFIG, id="spec error"),
+        pytest.param(TaskError("no module"), EXIT_CONFIG, id="task error"),
         pytest.param(RoundProtocolError("two commits"), EXIT_FAILED, id="protocol error"),
         pytest.param(ObjectNotFound("gone"), EXIT_FAILED, id="store error"),
     ],

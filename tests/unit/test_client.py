@@ -26,6 +26,7 @@ from fedcore.client import (
     RoundWatcher,
     Work,
     _mean_metrics,
+    group_exit_code,
     run_client,
 )
 from fedcore.distributed import LaunchError, shutdown_distributed
@@ -367,3 +368,19 @@ def test_a_global_model_that_does_not_fit_the_task_is_a_task_error(
 
     with pytest.raises(TaskError, match="does not fit the model"):
         run_client(job, "a", store, None)
+
+
+@pytest.mark.parametrize(
+    ("failures", "code"),
+    [
+        pytest.param([2], 2, id="a configuration error is the pod's exit code"),
+        pytest.param([2, -15], 2, id="a rank stopped by the launcher does not hide it"),
+        pytest.param([1], 1, id="a failure at run time may be retried"),
+        pytest.param([-9, 1], 1, id="a killed rank may be retried"),
+        pytest.param([], 1, id="no codes at all is a failure"),
+    ],
+)
+def test_the_group_exits_with_a_configuration_error_when_a_rank_did(
+    failures: list[int], code: int
+) -> None:
+    assert group_exit_code(failures) == code

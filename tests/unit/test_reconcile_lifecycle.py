@@ -161,6 +161,29 @@ def test_aggregator_past_its_backoff_fails_the_job_with_the_reason() -> None:
     assert "AggregatorFailed" in reasons(result)
 
 
+def test_aggregator_stopped_by_a_configuration_error_fails_the_job_at_once() -> None:
+    spec = make_spec(runPolicy={"backoffLimit": 5})
+    broken = child(
+        "aggregator",
+        failed=True,
+        config_error=True,
+        failure="PodFailurePolicy: Container aggregator for pod ns/digits-aggregator-x failed "
+        "with exit code 2 matching FailJob rule at index 0",
+    )
+
+    result = plan(
+        observe(spec, status=status_of("Running"), jobs=running_jobs(spec, aggregator=broken))
+    )
+
+    failed = status.condition(result.status, "Failed")
+    assert result.status.phase == "Failed"
+    assert failed is not None
+    assert failed.reason == "ConfigurationError"
+    assert "fix spec.task" in failed.message
+    assert "kubectl logs job/digits-aggregator" in failed.message
+    assert "ConfigurationError" in reasons(result)
+
+
 def test_unreachable_store_is_shown_but_does_not_stop_the_children() -> None:
     result = plan(
         observe(

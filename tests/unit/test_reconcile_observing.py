@@ -61,6 +61,28 @@ def job_obj(name: str = "digits-a", owner: str = JOB.uid, **state: Any) -> dict[
             id="a Job about to fail counts as failed",
         ),
         pytest.param(
+            job_obj(
+                conditions=[
+                    {
+                        "type": "Failed",
+                        "status": "True",
+                        "reason": "PodFailurePolicy",
+                        "message": "Container client for pod ns/digits-a-0-x failed with exit "
+                        "code 2 matching FailJob rule at index 0",
+                    }
+                ]
+            ),
+            {"failed": True, "config_error": True},
+            id="a Job failed by the exit-code rule is a configuration error",
+        ),
+        pytest.param(
+            job_obj(
+                conditions=[{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}]
+            ),
+            {"failed": True, "config_error": False},
+            id="a Job failed past its backoff is no configuration error",
+        ),
+        pytest.param(
             job_obj(conditions=[{"type": "Complete", "status": "True"}]),
             {"complete": True, "failed": False, "finished": True},
             id="a complete Job is finished",

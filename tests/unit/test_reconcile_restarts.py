@@ -123,7 +123,7 @@ def test_too_few_clients_names_them_and_the_quorum() -> None:
 
     assert result.status.phase == "Failed"
     assert messages(result, "TooFewClients") == [
-        "clients a were dropped after exhausting their restarts; 2 remain but the job needs "
+        "clients a were dropped (status.clients says why); 2 remain but the job needs "
         "at least 3 (spec.strategy.minClients)"
     ]
 
@@ -149,3 +149,31 @@ def test_drop_is_written_to_the_store_once_it_is_reachable_again() -> None:
     writes = [a for a in result.actions if isinstance(a, reconcile.WriteExcluded)]
     assert [dict(w.clients) for w in writes] == [{"a": "gone"}]
     assert isinstance(result.actions[0], reconcile.WriteExcluded)  # before any API write
+
+
+def test_group_stopped_by_a_configuration_error_is_dropped_at_once_without_a_restart() -> None:
+    spec = make_spec(strategy={"minClients": 2}, runPolicy={"backoffLimit": 3})
+    broken = child(
+        "a",
+        failed=True,
+        config_error=True,
+        failure="PodFailurePolicy: Container client for pod ns/digits-a-0-x failed with exit "
+        "code 2 matching FailJob rule at index 0",
+    )
+
+    result = plan(
+        observe(
+            spec, status=status_of("Running"), jobs=running_jobs(spec, a=broken), snapshot=store()
+        )
+    )
+
+    a = result.status.clients["a"]
+    assert a.phase == "Dropped"
+    assert a.restarts == 0
+    assert "configuration error (exit code 2)" in a.message
+    assert "kubectl logs job/digits-a" in a.message
+    assert "ClientRestarted" not in reasons(result)
+    assert "ClientDropped" in reasons(result)
+    assert deleted(result) == {}
+    assert created(result) == set()
+    assert result.status.phase == "Running"

@@ -7,6 +7,11 @@ same name) within the job's restart budget. The restart count rides along as an 
 The aggregator is one process that resumes from the store, so its own Job retries it
 (``backoffLimit`` = ``spec.runPolicy.backoffLimit``), replacing a pod only after the old one
 is gone (``podReplacementPolicy: Failed``) so two aggregators never overlap.
+
+Both fail at once, without a retry, when a pod exits with ``EXIT_CONFIG`` (the job or its task
+is wrong: the same pod would fail the same way again): the ``podFailurePolicy`` rule gives the
+Job a ``Failed`` condition with reason ``PodFailurePolicy``, which the operator reports as a
+configuration error instead of spending the restart budget on it.
 """
 
 from __future__ import annotations
@@ -14,8 +19,18 @@ from __future__ import annotations
 from typing import Any
 
 from fedcore import spec as fs
+from fedcore.exitcodes import EXIT_CONFIG
 from fedop.builders import names, pods
 from fedop.settings import OperatorSettings
+
+CONFIG_ERROR_REASON = "PodFailurePolicy"
+"""The reason of a Job's ``Failed`` condition set by the rule of ``fail_on_config_error``."""
+
+
+def fail_on_config_error(container: str) -> dict[str, Any]:
+    """``podFailurePolicy``: a pod whose ``container`` exits ``EXIT_CONFIG`` fails the Job."""
+    rule = {"containerName": container, "operator": "In", "values": [EXIT_CONFIG]}
+    return {"rules": [{"action": "FailJob", "onExitCodes": rule}]}
 
 
 def client_job(
@@ -38,6 +53,7 @@ def client_job(
             "completions": client.replicas,
             "parallelism": client.replicas,
             "backoffLimit": 0,
+            "podFailurePolicy": fail_on_config_error(pods.CLIENT_CONTAINER),
             "suspend": suspend,
             "template": pods.client_pod_template(job, spec, client, settings),
         },
@@ -60,6 +76,7 @@ def aggregator_job(
             "parallelism": 1,
             "backoffLimit": spec.run_policy.backoff_limit,
             "podReplacementPolicy": "Failed",
+            "podFailurePolicy": fail_on_config_error(pods.AGGREGATOR_CONTAINER),
             "suspend": suspend,
             "template": pods.aggregator_pod_template(job, spec, settings),
         },

@@ -24,6 +24,8 @@ SIGNING_KEY_DIR = "/var/run/secrets/fedkube/signing-key"
 SIGNING_KEYS_DIR = "/var/run/secrets/fedkube/signing-keys"
 """Where the aggregator finds every client's key (one file per client name)."""
 TMP_DIR = "/tmp"
+CLIENT_CONTAINER = "client"
+AGGREGATOR_CONTAINER = "aggregator"
 GPU_RESOURCE = "nvidia.com/gpu"
 
 
@@ -201,7 +203,7 @@ def client_pod_template(
     mounts += [dict(m) for m in client.volume_mounts]
     command = ["fedkube", "client", "--job", configmap.JOB_FILE, "--client", client.name]
     container = _container(
-        "client",
+        CLIENT_CONTAINER,
         spec,
         settings,
         command,
@@ -240,7 +242,7 @@ def aggregator_pod_template(
     keys_mount = {"name": "fedkube-signing-keys", "mountPath": SIGNING_KEYS_DIR, "readOnly": True}
     command = ["fedkube", "aggregator", "--job", configmap.JOB_FILE]
     container = _container(
-        "aggregator",
+        AGGREGATOR_CONTAINER,
         spec,
         settings,
         command,

@@ -1,0 +1,28 @@
+"""Process exit codes: the contract between fedkube's processes and whoever restarts them.
+
+``fedkube run``'s supervisor and the operator (through each Job's ``podFailurePolicy``) read a
+pod's or process's exit code to decide whether a restart can help. It cannot help when the job
+itself is wrong (a task entrypoint that does not import, a spec the runtime refuses, a task that
+breaks its contract): those exit with ``EXIT_CONFIG`` and are reported at once, naming the
+problem, instead of being retried until the restart budget is spent.
+
+The module needs nothing but ``fedcore.errors``, so the operator (which carries no torch)
+shares the numbers.
+"""
+
+from __future__ import annotations
+
+from fedcore.errors import FedcoreError, SpecError, TaskError
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+"""A failure at run time (store trouble, a lost peer, a crash): a restart may help."""
+EXIT_CONFIG = 2
+"""The job file, the command line or the task is wrong: fix it; a restart cannot help."""
+EXIT_INTERRUPTED = 130
+"""Stopped by Ctrl-C (128 + SIGINT)."""
+
+
+def exit_code_for(error: FedcoreError) -> int:
+    """``EXIT_CONFIG`` for what the user fixes in the job or the task, ``EXIT_FAILED`` else."""
+    return EXIT_CONFIG if isinstance(error, SpecError | TaskError) else EXIT_FAILED
