@@ -32,6 +32,16 @@ def wait_for_no_pods(fedjobs: FedJobs, name: str, timeout: float = 120) -> None:
         time.sleep(1.0)
 
 
+def active_pods(fedjobs: FedJobs, name: str) -> list[str]:
+    """The job's pods that are not finished (Pending or Running): those hold resources."""
+    out = fedjobs.kubectl("get", "pods", "-l", f"fedkube.io/job={name}", "-o", "json")
+    return [
+        p["metadata"]["name"]
+        for p in json.loads(out)["items"]
+        if p["status"].get("phase") not in ("Succeeded", "Failed")
+    ]
+
+
 def break_clients(*names: str, backoff_limit: int = 1) -> Callable[[Obj], None]:
     def edit(obj: Obj) -> None:
         obj["spec"]["runPolicy"]["backoffLimit"] = backoff_limit
@@ -119,8 +129,11 @@ def test_a_job_fails_with_the_reason_when_fewer_than_min_clients_remain(
     assert "spec.strategy.minClients" in failed["message"]
     assert "hospital-b, hospital-c" in failed["message"]
     # cleanPodPolicy (default Running): the healthy client's and the aggregator's pods are
-    # stopped, so a failed job holds no GPUs.
-    wait_for_no_pods(fedjobs, name)
+    # stopped, so a failed job holds no GPUs; the failed pods stay, for `kubectl logs`.
+    fedjobs.cluster.wait_for(
+        lambda: not active_pods(fedjobs, name) or None, 120, f"{name}'s pods to stop"
+    )
+    assert any(p.startswith(f"{name}-hospital-b-") for p in fedjobs.owned(name)["pods"])
     reasons = [r for r, _ in fedjobs.events(name)]
     assert reasons.count("ClientDropped") == 2
     assert reasons.count("TooFewClients") == 1
