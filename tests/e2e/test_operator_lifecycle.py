@@ -42,14 +42,21 @@ def active_pods(fedjobs: FedJobs, name: str) -> list[str]:
     ]
 
 
-def break_clients(*names: str, backoff_limit: int = 1) -> Callable[[Obj], None]:
+def change_clients(*names: str, backoff_limit: int = 1, **fields: object) -> Callable[[Obj], None]:
+    """A manifest edit: ``runPolicy.backoffLimit`` and ``fields`` set on the named clients."""
+
     def edit(obj: Obj) -> None:
         obj["spec"]["runPolicy"]["backoffLimit"] = backoff_limit
         for client in obj["spec"]["clients"]:
             if client["name"] in names:
-                client["env"] = [BROKEN_ENV]
+                client.update(fields)
 
     return edit
+
+
+def break_clients(*names: str) -> Callable[[Obj], None]:
+    """Clients whose every attempt fails, as with a broken image (restart budget 1)."""
+    return change_clients(*names, env=[BROKEN_ENV])
 
 
 def test_suspending_mid_job_stops_every_pod_and_resuming_goes_on_from_the_last_commit(
@@ -143,12 +150,7 @@ def test_a_client_whose_task_config_is_wrong_is_dropped_at_once_and_the_job_goes
     fedjobs: FedJobs,
 ) -> None:
     name = "misconfigured"
-
-    def edit(obj: Obj) -> None:
-        obj["spec"]["runPolicy"]["backoffLimit"] = 3
-        for client in obj["spec"]["clients"]:
-            if client["name"] == "hospital-c":
-                client["taskConfig"] = {"optimizer": "sgdd"}
+    edit = change_clients("hospital-c", backoff_limit=3, taskConfig={"optimizer": "sgdd"})
 
     fedjobs.apply(fedjobs.example(name=name, rounds=3, edit=edit))
 
