@@ -115,7 +115,7 @@ def child_job(obj: Mapping[str, Any]) -> ChildJob:
         complete=complete,
         failed=failed and not complete,
         failure=failure,
-        config_error=failed and not complete and config_error,
+        config_error=config_error and not complete,
         active=_int(status.get("active")),
         ready=None if ready is None else _int(ready),
         restarts=max(0, _int((meta.get("annotations") or {}).get(names.ANNOTATION_RESTARTS))),

@@ -450,19 +450,19 @@ def _restart_or_drop(
     current = draft.client(name)
     attempt = child.restarts + 1
     why = child.failure or "a pod of the group failed"
-    if child.config_error or attempt > budget:
-        if child.config_error:
-            message = (
-                f"dropped: its group stopped on a configuration error (exit code "
-                f"{EXIT_CONFIG}), so it was not restarted: fix spec.task or this client's "
-                f"taskConfig, env or volumes (`kubectl logs job/{child.name}` says what is "
-                f"wrong); {why}"
-            )
-        else:
-            message = (
-                f"dropped: its group failed {attempt} times (restart budget "
-                f"spec.runPolicy.backoffLimit={budget}); last failure: {why}"
-            )
+    message = None
+    if child.config_error:
+        message = (
+            f"dropped: its group stopped on a configuration error (exit code {EXIT_CONFIG}), "
+            "so it was not restarted: fix spec.task or this client's taskConfig, env or "
+            f"volumes (`kubectl logs job/{child.name}` says what is wrong); {why}"
+        )
+    elif attempt > budget:
+        message = (
+            f"dropped: its group failed {attempt} times (restart budget "
+            f"spec.runPolicy.backoffLimit={budget}); last failure: {why}"
+        )
+    if message is not None:
         draft.set_client(name, phase="Dropped", message=status.truncate(message))
         draft.announcements.append(events.warning("ClientDropped", f"client {name} {message}"))
         return
