@@ -13,14 +13,13 @@ stays quick.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from fedcore import __version__
-from fedcore.errors import FedcoreError, SpecError, TaskError
+from fedcore.errors import FedcoreError, SpecError
 from fedcore.exitcodes import EXIT_INTERRUPTED, EXIT_OK, exit_code_for
 
 
@@ -72,7 +71,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from fedcore.spec import FederatedJob, load_job
+    from fedcore.jobfile import check_job_file
+    from fedcore.spec import FederatedJob
 
     if args.schema:
         schema = FederatedJob.model_json_schema(by_alias=True)
@@ -80,42 +80,18 @@ def _cmd_validate(args: argparse.Namespace) -> int:
         return EXIT_OK
     if args.job is None:
         raise SpecError([("<command line>", "give a job file, or --schema")])
-    job = load_job(args.job)
-    spec = job.spec
-    task_note = _check_task(spec.task.entrypoint, str(args.job))
-    procs = sum(c.world_size for c in spec.clients)
-    print(
-        f"{args.job}: ok: FederatedJob {job.name!r}, {spec.rounds} rounds, "
-        f"{len(spec.clients)} clients ({procs} training processes), strategy "
-        f"{spec.strategy.name} with minClients {spec.min_clients}, task {spec.task.entrypoint}"
-        f" ({task_note})"
-    )
+    checked = check_job_file(args.job)
+    for one in checked:
+        job, spec = one.job, one.job.spec
+        where = f"{args.job} (document {one.document})" if len(checked) > 1 else str(args.job)
+        procs = sum(c.world_size for c in spec.clients)
+        print(
+            f"{where}: ok: FederatedJob {job.name!r}, {spec.rounds} rounds, "
+            f"{len(spec.clients)} clients ({procs} training processes), strategy "
+            f"{spec.strategy.name} with minClients {spec.min_clients}, task "
+            f"{spec.task.entrypoint} ({one.task_note})"
+        )
     return EXIT_OK
-
-
-def _check_task(entrypoint: str, source: str) -> str:
-    """Load the task where it can be loaded here; a note on what was checked.
-
-    A typo in the entrypoint would otherwise surface only once pods start. The task's module
-    may live only in the runtime image, and an operator-only install has no torch: then the
-    entrypoint is not loaded, and the note says so instead of failing a good job.
-    """
-    module = entrypoint.partition(":")[0]
-    try:
-        importable = importlib.util.find_spec(module) is not None
-    except (ImportError, ValueError):  # a parent package is missing, or a malformed name
-        importable = False
-    if not importable:
-        return f"not loaded: module {module!r} is not importable here; the runtime image needs it"
-    if importlib.util.find_spec("torch") is None:
-        return "not loaded: the runtime (torch) is not installed here"
-    from fedcore.tasks import load_task
-
-    try:
-        load_task(entrypoint)
-    except TaskError as e:
-        raise SpecError([("spec.task.entrypoint", str(e))], source=source) from e
-    return "loads"
 
 
 def _cmd_run(args: argparse.Namespace) -> int:

@@ -28,14 +28,25 @@ class SpecError(FedcoreError):
     """A FederatedJob spec is invalid.
 
     ``problems`` holds one ``(field, message)`` pair per problem so callers (the operator,
-    ``fedkube validate``) can list them all instead of stopping at the first.
+    ``fedkube validate``) can list them all instead of stopping at the first. ``places``, when
+    given, says where in the source each problem is (``line 7``, ``document 2, line 31``).
     """
 
-    def __init__(self, problems: list[tuple[str, str]], *, source: str | None = None) -> None:
+    def __init__(
+        self,
+        problems: list[tuple[str, str]],
+        *,
+        source: str | None = None,
+        places: list[str] | None = None,
+    ) -> None:
         self.problems = problems
         self.source = source
+        self.places = places or [""] * len(problems)
         where = f"{source}: " if source else ""
-        lines = "\n".join(f"  - {field}: {message}" for field, message in problems)
+        lines = "\n".join(
+            f"  - {field}{f' ({place})' if place else ''}: {message}"
+            for (field, message), place in zip(problems, self.places, strict=True)
+        )
         noun = "problem" if len(problems) == 1 else "problems"
         super().__init__(f"{where}invalid FederatedJob ({len(problems)} {noun}):\n{lines}")
 

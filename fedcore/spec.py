@@ -10,17 +10,16 @@ whose lines name the field (``spec.clients[1].name``), the offending value and t
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic.alias_generators import to_camel
 
+from fedcore import spec_messages, spec_objects
 from fedcore.errors import SpecError
 
 API_GROUP = "fedkube.io"
@@ -29,9 +28,15 @@ KIND = "FederatedJob"
 PLURAL = "federatedjobs"
 
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+JOB_NAME = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+"""A DNS-1035 label: the job's name prefixes Service names, which must start with a letter."""
 ENTRYPOINT = r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$"
 ENDPOINT = r"^https?://[^\s/]+(/.*)?$"
 BUCKET = r"^[a-z0-9][a-z0-9.-]*[a-z0-9]$"
+_SEGMENT = r"(?:[^/.][^/]*|\.[^/.][^/]*|\.\.[^/]+)"
+PREFIX = rf"^(?:{_SEGMENT}(?:/{_SEGMENT})*/?)?$"
+"""A relative key path: no leading '/', no empty, '.' or '..' segment (one trailing '/' is fine).
+A pattern rather than a validator, so the CRD carries the very same rule."""
 MAX_CLIENT_NAME = 40
 """Client names become parts of Service, Job and pod host names (63-character DNS labels)."""
 MAX_HOST_NAME = 63
@@ -50,8 +55,22 @@ LabelValue = Annotated[str, Field(max_length=63)]
 K8sObject = Annotated[
     dict[str, Any], Field(json_schema_extra={"x-kubernetes-preserve-unknown-fields": True})
 ]
-"""A Kubernetes sub-object passed through verbatim (resources, tolerations, volumes ...);
-the API server validates it when the operator puts it into a pod template."""
+"""A Kubernetes sub-object passed through verbatim (tolerations, volumes ...); the API server
+validates it when the operator puts it into a pod template."""
+EnvVar = Annotated[
+    dict[str, Any],
+    AfterValidator(spec_objects.check_env_var),
+    Field(json_schema_extra=spec_objects.ENV_VAR_SCHEMA),
+]
+"""A container env entry (name, value or valueFrom): name and value are checked here (and in
+the CRD) because the operator refuses reserved names and a pod refuses a numeric value."""
+Resources = Annotated[
+    dict[str, Any],
+    AfterValidator(spec_objects.check_resources),
+    Field(json_schema_extra=spec_objects.RESOURCES_SCHEMA),
+]
+"""Container resources; ``limits``/``requests`` must be mappings (the GPU limit is compared
+with ``procsPerReplica``), the quantities pass through."""
 
 
 class _Model(BaseModel):
@@ -88,19 +107,12 @@ class StorageSpec(_Model):
     """S3 endpoint URL (MinIO, Ceph RGW, AWS). Unset: ``fedkube run`` uses a local directory."""
     bucket: Annotated[str, Field(min_length=3, max_length=63, pattern=BUCKET)] = "fedkube"
     """Bucket holding every round of the job; must exist."""
-    prefix: Annotated[str, Field(max_length=512)] = ""
+    prefix: Annotated[str, Field(max_length=512, pattern=PREFIX)] = ""
     """Key prefix for this job. Empty: ``fedkube/<namespace>/<name>-<uid8>/``, unique per job."""
     region: Annotated[str, Field(min_length=1, max_length=64)] = "us-east-1"
     """Signing region; S3-compatible stores accept any value."""
     secret_ref: SecretRef | None = None
     """Credentials Secret (cluster runs). Unset: the standard AWS environment variables."""
-
-    @field_validator("prefix")
-    @classmethod
-    def _prefix_is_a_key_path(cls, value: str) -> str:
-        if value.startswith("/") or ".." in value.split("/"):
-            raise ValueError("must be a relative key path without '..' segments, e.g. 'teams/a/'")
-        return value
 
 
 class StrategySpec(_Model):
@@ -129,11 +141,11 @@ class StrategySpec(_Model):
 
 
 class AggregatorSpec(_Model):
-    resources: K8sObject = Field(default_factory=dict)
+    resources: Resources = Field(default_factory=dict)
     """Pod resources of the aggregator (it needs about 2x the model's size in memory)."""
     node_selector: dict[str, LabelValue] = Field(default_factory=dict)
     tolerations: list[K8sObject] = Field(default_factory=list, max_length=64)
-    env: list[K8sObject] = Field(default_factory=list, max_length=128)
+    env: list[EnvVar] = Field(default_factory=list, max_length=128)
 
 
 class ClientSpec(_Model):
@@ -147,10 +159,10 @@ class ClientSpec(_Model):
     """Request one ``nvidia.com/gpu`` per process and train with NCCL; false: CPU and gloo."""
     task_config: K8sObject = Field(default_factory=dict)
     """Overrides merged over ``task.config`` for this client (e.g. where its data lives)."""
-    resources: K8sObject = Field(default_factory=dict)
+    resources: Resources = Field(default_factory=dict)
     node_selector: dict[str, LabelValue] = Field(default_factory=dict)
     tolerations: list[K8sObject] = Field(default_factory=list, max_length=64)
-    env: list[K8sObject] = Field(default_factory=list, max_length=128)
+    env: list[EnvVar] = Field(default_factory=list, max_length=128)
     volumes: list[K8sObject] = Field(default_factory=list, max_length=64)
     """Pod volumes, typically the client's private data (a PVC or hostPath)."""
     volume_mounts: list[K8sObject] = Field(default_factory=list, max_length=64)
@@ -254,7 +266,7 @@ class ObjectMeta(BaseModel):
 
     model_config = ConfigDict(extra="allow", frozen=True)
 
-    name: Annotated[str, Field(min_length=1, max_length=253, pattern=DNS_LABEL)] = "job"
+    name: Annotated[str, Field(min_length=1, max_length=253, pattern=JOB_NAME)] = "job"
     namespace: str | None = None
     uid: str | None = None
     generation: int | None = None
@@ -419,89 +431,37 @@ def env_problems(spec: FederatedJobSpec) -> list[tuple[str, str]]:
 
 # ---- loading and error reporting ---------------------------------------------------------------
 
-
-def _field_path(loc: tuple[int | str, ...], root: str) -> str:
-    path = root
-    for part in loc:
-        if isinstance(part, int):
-            path += f"[{part}]"
-        else:
-            path += f".{part}" if path else str(part)
-    return path
-
-
 _PATTERN_HINTS: dict[str, str] = {
     DNS_LABEL: "a DNS label: lowercase letters, digits and '-', alphanumeric at both ends "
     "(e.g. 'hospital-a')",
+    JOB_NAME: "a DNS-1035 label: lowercase letters, digits and '-', starting with a letter and "
+    "ending alphanumeric (e.g. 'digits-2'); it prefixes Service names",
     ENTRYPOINT: "'module:attribute', importable in the runtime (e.g. 'fedcore.tasks.digits:task')",
     ENDPOINT: "an http(s) URL (e.g. 'http://minio.minio:9000')",
     BUCKET: "an S3 bucket name: 3-63 lowercase letters, digits, '.' or '-'",
+    PREFIX: "a relative key path without a leading '/', empty ('//'), '.' or '..' segments "
+    "(e.g. 'teams/a/')",
 }
 
 
-def _shown(value: Any) -> str:
-    return json.dumps(value, default=str)[:80]
-
-
-def _explain(item: Any) -> str:
-    """One sentence for one pydantic error: what is wrong, the value, and the fix."""
-    kind, ctx, got = item["type"], item.get("ctx") or {}, item.get("input")
-    if kind == "missing":
-        return "required field is missing; add it"
-    if kind == "extra_forbidden":
-        return "unknown field; remove it or fix its spelling (see `fedkube validate --schema`)"
-    if kind in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
-        op = {
-            "greater_than_equal": ">=",
-            "greater_than": ">",
-            "less_than_equal": "<=",
-            "less_than": "<",
-        }
-        bound = next(iter(ctx.values()), "?")
-        return f"must be {op[kind]} {bound} (got {_shown(got)})"
-    if kind == "literal_error":
-        return f"must be one of {ctx.get('expected', '?')} (got {_shown(got)})"
-    if kind == "string_pattern_mismatch":
-        pattern = ctx.get("pattern", "")
-        return (
-            f"must be {_PATTERN_HINTS.get(pattern, 'of the form ' + pattern)} (got {_shown(got)})"
-        )
-    if kind in ("too_short", "too_long"):
-        actual = ctx.get("actual_length", "?")
-        if kind == "too_short":
-            return f"needs at least {ctx.get('min_length', '?')} entries (got {actual})"
-        return f"allows at most {ctx.get('max_length', '?')} entries (got {actual})"
-    return f"{item['msg']} (got {_shown(got)})"
-
-
 def _problems(error: ValidationError, root: str) -> list[tuple[str, str]]:
-    problems: list[tuple[str, str]] = []
-    for item in error.errors(include_url=False):
-        loc = tuple(item["loc"])
-        field = _field_path(loc, root)
-        if item["type"] != "value_error":
-            problems.append((field or "<document>", _explain(item)))
-            continue
-        # Cross-field validators name the sub-field themselves ("clients[2].name: ..."), one
-        # problem a line.
-        for line in item["msg"].removeprefix("Value error, ").split("\n"):
-            where, message = field, line
-            if re.match(r"^[A-Za-z][\w.\[\]]*: ", line):
-                sub, _, message = line.partition(": ")
-                where = f"{field}.{sub}" if field else sub
-            problems.append((where or "<document>", message))
-    return problems
+    return spec_messages.problems(error, root, _PATTERN_HINTS)
 
 
 def parse_job(obj: dict[str, Any], *, source: str | None = None) -> FederatedJob:
-    """Validate a FederatedJob object (manifest or API object); raise ``SpecError``."""
+    """Validate a FederatedJob object (manifest or API object); raise ``SpecError``.
+
+    As strict as the API server's schema: no type coercion (``rounds: "10"`` is an error) and
+    camelCase field names only. ``status`` is not read: the API server ignores it in a
+    manifest, and the operator reads it on its own (``FederatedJobStatus``).
+    """
     if not isinstance(obj, dict):
         raise SpecError(
             [("<document>", "expected a mapping (a FederatedJob object)")], source=source
         )
-    obj = {k: v for k, v in obj.items() if not (k == "status" and v in (None, {}))}
+    obj = {k: v for k, v in obj.items() if k != "status"}
     try:
-        job = FederatedJob.model_validate(obj)
+        job = FederatedJob.model_validate(obj, strict=True, by_alias=True, by_name=False)
     except ValidationError as e:
         raise SpecError(_problems(e, root=""), source=source) from e
     if problems := env_problems(job.spec):
@@ -510,9 +470,10 @@ def parse_job(obj: dict[str, Any], *, source: str | None = None) -> FederatedJob
 
 
 def parse_spec(spec: dict[str, Any], *, source: str | None = None) -> FederatedJobSpec:
-    """Validate only a spec (what the operator's handlers receive)."""
+    """Validate only a spec (what the operator's handlers receive), as strictly as
+    ``parse_job``."""
     try:
-        parsed = FederatedJobSpec.model_validate(spec)
+        parsed = FederatedJobSpec.model_validate(spec, strict=True, by_alias=True, by_name=False)
     except ValidationError as e:
         raise SpecError(_problems(e, root="spec"), source=source) from e
     if problems := env_problems(parsed):
@@ -521,28 +482,11 @@ def parse_spec(spec: dict[str, Any], *, source: str | None = None) -> FederatedJ
 
 
 def load_job(path: str | Path) -> FederatedJob:
-    """Read a FederatedJob from a YAML or JSON file (the first FederatedJob document)."""
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as e:
-        raise SpecError([("<file>", f"cannot read {path}: {e.strerror}")], source=str(path)) from e
-    try:
-        docs = [d for d in yaml.safe_load_all(text) if d is not None]
-    except yaml.YAMLError as e:
-        raise SpecError([("<file>", f"not valid YAML: {e}")], source=str(path)) from e
-    jobs = [d for d in docs if isinstance(d, dict) and d.get("kind", KIND) == KIND]
-    if not jobs:
-        raise SpecError([("kind", f"no {KIND} document in the file")], source=str(path))
-    job = jobs[0]
-    if "metadata" not in job:
-        job = {**job, "metadata": {"name": _name_from_path(path)}}
-    return parse_job(job, source=str(path))
+    """Read a FederatedJob from a YAML or JSON file: every document is checked, the first
+    FederatedJob is returned (see ``fedcore.jobfile``)."""
+    from fedcore.jobfile import load_job_file
 
-
-def _name_from_path(path: Path) -> str:
-    name = re.sub(r"[^a-z0-9-]+", "-", path.stem.lower()).strip("-")
-    return name[:MAX_JOB_NAME].strip("-") or "job"
+    return load_job_file(path)
 
 
 def job_prefix(job: FederatedJob) -> str:

@@ -33,12 +33,11 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from fedcore.errors import TaskError
+from fedcore.taskcheck import REQUIRED_METHODS  # what every task provides (see ``Task``)
 
 if TYPE_CHECKING:
     from fedcore.spec import FederatedJobSpec
 
-REQUIRED_METHODS = ("build_model", "train_dataset", "train", "evaluate")
-"""What every task object provides (see ``Task``)."""
 
 
 def _cpu() -> torch.device:
@@ -146,10 +145,11 @@ def seeded(seed: int) -> Iterator[None]:
 def load_task(entrypoint: str) -> Task:
     """Import ``module:attr`` and return the task object it names.
 
-    ``attr`` may be dotted (``module:Class.factory``). It may name a task instance, or a class
-    or factory that is called with no arguments to make one. ``TaskError`` says what is wrong:
-    a malformed entrypoint, a module that fails to import, a missing attribute, or an object
-    that lacks one of the task methods.
+    ``attr`` may be dotted (``module:tasks.small``). It may name a task instance, or a task
+    class, which is called with no arguments to make one; no other callable is called (so
+    ``fedkube validate`` can check the same thing without running user code, see
+    ``fedcore.taskcheck``). ``TaskError`` says what is wrong: a malformed entrypoint, a module
+    that fails to import, a missing attribute, or an object that lacks one of the task methods.
     """
     module_name, sep, attr_path = entrypoint.partition(":")
     if not sep or not module_name or not attr_path:
@@ -174,12 +174,12 @@ def load_task(entrypoint: str) -> Task:
                 f"task entrypoint {entrypoint!r}: {module_name!r} has no attribute "
                 f"{attr_path!r} (missing {part!r})"
             ) from e
-    if isinstance(obj, type) or (callable(obj) and _missing_methods(obj)):
+    if isinstance(obj, type) and not _missing_methods(obj):
         try:
             obj = obj()
         except Exception as e:
             raise TaskError(
-                f"task entrypoint {entrypoint!r} is a class or factory, and calling it with no "
+                f"task entrypoint {entrypoint!r} is a class, and calling it with no "
                 f"arguments failed: {type(e).__name__}: {e}"
             ) from e
     missing = _missing_methods(obj)

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -104,7 +104,7 @@ ROOT_RULES: list[Schema] = [
         "reason": "FieldValueInvalid",
     },
     {
-        "rule": "self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')",
+        "rule": f"self.metadata.name.matches('{fs.JOB_NAME}')",
         "message": (
             "must start with a lowercase letter and hold only lowercase letters, digits and '-' "
             "(it prefixes Service names, which are DNS-1035 labels)"
@@ -137,9 +137,54 @@ ROOT_RULES: list[Schema] = [
 ]
 """Rules at the object root: only there can CEL see ``metadata.name`` and ``oldSelf.status``."""
 
+def _cel_list(values: Iterable[str]) -> str:
+    return "[" + ", ".join(f"'{v}'" for v in sorted(values)) + "]"
+
+
+_ENV_NAME_FREE = " && ".join(
+    [f"!(self.name in {_cel_list(fs.RESERVED_ENV)})"]
+    + [f"!self.name.startsWith('{p}')" for p in fs.RESERVED_ENV_PREFIXES]
+)
+ENV_RULES: list[Schema] = [
+    {
+        "rule": _ENV_NAME_FREE,
+        "message": (
+            "reserved: fedkube sets this variable in the pods (torchrun rendezvous, signing keys,"
+            " the store); remove it from env"
+        ),
+        "fieldPath": ".name",
+        "reason": "FieldValueForbidden",
+    },
+]
+"""Rules of one env entry (``spec.env_problems``): the names fedkube sets itself."""
+
+_CREDENTIALS = _cel_list(fs.CREDENTIAL_ENV)
+_NO_CREDENTIALS_ENV = (
+    "!has(self.storage) || !has(self.storage.secretRef) || ("
+    "(!has(self.aggregator) || !has(self.aggregator.env)"
+    f" || self.aggregator.env.all(e, !(e.name in {_CREDENTIALS})))"
+    f" && self.clients.all(c, !has(c.env) || c.env.all(e, !(e.name in {_CREDENTIALS}))))"
+)
+_GPU = "nvidia__dot__com__slash__gpu"  # CEL's escaped form of the property 'nvidia.com/gpu'
+_GPU_LIMIT_AGREES = (
+    "!self.gpu || !has(self.resources) || !has(self.resources.limits)"
+    f" || !has(self.resources.limits.{_GPU})"
+    f" || string(self.resources.limits.{_GPU}) == string(self.procsPerReplica)"
+)
+
 EXTRAS: dict[str, Schema] = {
     "spec": {
         "x-kubernetes-validations": [
+            {
+                "rule": _NO_CREDENTIALS_ENV,
+                "message": (
+                    f"env sets {' or '.join(sorted(fs.CREDENTIAL_ENV))}, which come from "
+                    "spec.storage.secretRef; remove them from the aggregator's and the "
+                    "clients' env"
+                ),
+                "fieldPath": ".storage.secretRef",
+                "reason": "FieldValueForbidden",
+            },
             {
                 "rule": "!has(self.strategy) || !has(self.strategy.minClients)"
                 " || self.strategy.minClients <= size(self.clients)",
@@ -172,8 +217,19 @@ EXTRAS: dict[str, Schema] = {
         "x-kubernetes-list-type": "map",
         "x-kubernetes-list-map-keys": ["name"],
     },
+    "spec.aggregator.env[]": {"x-kubernetes-validations": ENV_RULES},
+    "spec.clients[].env[]": {"x-kubernetes-validations": ENV_RULES},
     "spec.clients[]": {
         "x-kubernetes-validations": [
+            {
+                "rule": _GPU_LIMIT_AGREES,
+                "message": (
+                    "resources.limits['nvidia.com/gpu'] disagrees with procsPerReplica (one GPU "
+                    "per process); remove the limit (gpu: true sets it) or make them equal"
+                ),
+                "fieldPath": ".resources.limits",
+                "reason": "FieldValueInvalid",
+            },
             {
                 "rule": " && ".join(
                     f"self.name != '{n}'" for n in sorted(fs.RESERVED_CLIENT_NAMES)
@@ -224,7 +280,7 @@ _KEY_ORDER = [
     "minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum",
     "minLength", "maxLength", "pattern", "minItems", "maxItems", "maxProperties",
     "required", "properties", "additionalProperties", "items",
-    "x-kubernetes-preserve-unknown-fields", "x-kubernetes-list-type",
+    "x-kubernetes-preserve-unknown-fields", "x-kubernetes-int-or-string", "x-kubernetes-list-type",
     "x-kubernetes-list-map-keys", "x-kubernetes-validations",
 ]  # fmt: skip
 _DROPPED = {"title", "$defs"}
@@ -286,6 +342,8 @@ def _convert(node: Schema, defs: Schema, path: str) -> Schema:
             out[key] = value
 
     kind = out.get("type")
+    if out.get("x-kubernetes-int-or-string"):
+        return _ordered(out)  # structural schemas give int-or-string no type
     if out.get("x-kubernetes-preserve-unknown-fields"):
         out["type"] = kind = "object"
     if kind is None:
