@@ -26,6 +26,7 @@ import yaml
 
 from fedcore import spec as fs
 from fedcore.errors import SpecError
+from fedcore.spec_messages import kind_of as _kind_of
 from fedcore.taskcheck import check_entrypoint
 
 Path_ = tuple[int | str, ...]
@@ -136,6 +137,18 @@ def _yaml_problem(error: yaml.YAMLError) -> tuple[str, int | None]:
     return f"not valid YAML: {text} (column {mark.column + 1})", mark.line + 1
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 as PyYAML reads it, plus floats without a dot (``1e3``), which the API
+    server's YAML reader takes as numbers too."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
 def read_documents(path: str | Path) -> list[Document]:
     """The file's non-empty documents; ``SpecError`` for unreadable files, YAML syntax
     errors and duplicate keys, each naming the file and the line."""
@@ -149,7 +162,7 @@ def read_documents(path: str | Path) -> list[Document]:
         report.raise_if_any()
     documents: list[Document] = []
     duplicates: list[_Duplicate] = []
-    loader = yaml.SafeLoader(text)
+    loader = _Loader(text)
     try:
         index = 0
         while loader.check_node():
@@ -224,9 +237,7 @@ def check_job_file(path: str | Path) -> list[CheckedJob]:
 
 
 def _kind(doc: Document) -> str:
-    from fedcore.spec_messages import kind_of
-
-    return kind_of(doc.data)
+    return _kind_of(doc.data)
 
 
 def _manifest_problems(obj: dict[str, Any]) -> list[tuple[str, str]]:
@@ -246,7 +257,34 @@ def _manifest_problems(obj: dict[str, Any]) -> list[tuple[str, str]]:
     metadata = obj.get("metadata")
     if not isinstance(metadata, dict) or "name" not in metadata:
         problems.append(("metadata.name", "required field is missing; name the job"))
+    if not isinstance(metadata, dict):
+        return problems
+    for key in metadata:
+        if key not in OBJECT_META_FIELDS:
+            problems.append(
+                (f"metadata.{key}", "unknown field; metadata holds name, namespace, labels, "
+                 "annotations and the fields the API server sets")
+            )  # fmt: skip
+    for key in ("labels", "annotations"):
+        given = metadata.get(key)
+        if given is not None and not isinstance(given, dict):
+            problems.append((f"metadata.{key}", f"must be a mapping (got {_kind_of(given)})"))
+        for name, value in (given or {}).items() if isinstance(given, dict) else ():
+            if not isinstance(value, str):
+                problems.append(
+                    (f"metadata.{key}.{name}", f"must be a string (got {_kind_of(value)}); quote it")
+                )
     return problems
+
+
+OBJECT_META_FIELDS = frozenset(
+    {
+        "name", "generateName", "namespace", "selfLink", "uid", "resourceVersion",
+        "generation", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds",
+        "labels", "annotations", "ownerReferences", "finalizers", "managedFields",
+    }
+)  # fmt: skip
+"""Kubernetes' ObjectMeta: the API server refuses other keys under ``metadata``."""
 
 
 def load_job_file(path: str | Path) -> fs.FederatedJob:

@@ -19,7 +19,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic.alias_generators import to_camel
 
-from fedcore import spec_messages, spec_objects
+from fedcore import spec_messages, spec_objects, spec_wire
 from fedcore.errors import SpecError
 
 API_GROUP = "fedkube.io"
@@ -452,14 +452,17 @@ def parse_job(obj: dict[str, Any], *, source: str | None = None) -> FederatedJob
     """Validate a FederatedJob object (manifest or API object); raise ``SpecError``.
 
     As strict as the API server's schema: no type coercion (``rounds: "10"`` is an error) and
-    camelCase field names only. ``status`` is not read: the API server ignores it in a
+    camelCase field names only; nulls and whole floats are read as the API server reads them
+    (``fedcore.spec_wire``). ``status`` is not read: the API server ignores it in a
     manifest, and the operator reads it on its own (``FederatedJobStatus``).
     """
     if not isinstance(obj, dict):
         raise SpecError(
             [("<document>", "expected a mapping (a FederatedJob object)")], source=source
         )
-    obj = {k: v for k, v in obj.items() if k != "status"}
+    obj = spec_wire.as_read_by_the_api_server(
+        {k: v for k, v in obj.items() if k != "status"}, FederatedJob
+    )
     try:
         job = FederatedJob.model_validate(obj, strict=True, by_alias=True, by_name=False)
     except ValidationError as e:
@@ -472,6 +475,7 @@ def parse_job(obj: dict[str, Any], *, source: str | None = None) -> FederatedJob
 def parse_spec(spec: dict[str, Any], *, source: str | None = None) -> FederatedJobSpec:
     """Validate only a spec (what the operator's handlers receive), as strictly as
     ``parse_job``."""
+    spec = spec_wire.as_read_by_the_api_server(spec, FederatedJobSpec)
     try:
         parsed = FederatedJobSpec.model_validate(spec, strict=True, by_alias=True, by_name=False)
     except ValidationError as e:

@@ -20,6 +20,8 @@ MAX_ENV_NAME = 256
 MAX_ENV_VALUE = 32768
 """Longest literal env value (the job's spec is copied into a ConfigMap, 1 MiB in all)."""
 GPU_RESOURCE = "nvidia.com/gpu"
+MAX_GPU_QUANTITY = 8
+"""Longest GPU quantity string: bounds the CRD's GPU rule within the CEL cost budget."""
 
 ENV_VAR_SCHEMA: dict[str, Any] = {
     "x-kubernetes-preserve-unknown-fields": True,
@@ -32,7 +34,7 @@ ENV_VAR_SCHEMA: dict[str, Any] = {
 _QUANTITIES: dict[str, Any] = {
     "type": "object",
     "x-kubernetes-preserve-unknown-fields": True,
-    "properties": {GPU_RESOURCE: {"x-kubernetes-int-or-string": True}},
+    "properties": {GPU_RESOURCE: {"x-kubernetes-int-or-string": True, "maxLength": MAX_GPU_QUANTITY}},
 }
 RESOURCES_SCHEMA: dict[str, Any] = {
     "x-kubernetes-preserve-unknown-fields": True,
@@ -41,7 +43,9 @@ RESOURCES_SCHEMA: dict[str, Any] = {
 
 
 def check_env_var(entry: dict[str, Any]) -> dict[str, Any]:
-    """An env entry with a non-empty string name and, when given, a string value."""
+    """An env entry with a non-empty string name and, when given, a string value (a null
+    name or value is absent, as the API server prunes it)."""
+    entry = {k: v for k, v in entry.items() if not (k in ("name", "value") and v is None)}
     problems: list[str] = []
     name = entry.get("name")
     if "name" not in entry:
@@ -82,6 +86,11 @@ def check_resources(resources: dict[str, Any]) -> dict[str, Any]:
             problems.append(
                 f"{part}['{GPU_RESOURCE}']: must be a whole number or a quantity string "
                 f"(got {shown(gpus)}, {kind_of(gpus)})"
+            )
+        elif isinstance(gpus, str) and len(gpus) > MAX_GPU_QUANTITY:
+            problems.append(
+                f"{part}['{GPU_RESOURCE}']: allows at most {MAX_GPU_QUANTITY} characters "
+                f"(got {shown(gpus)}); write the number of GPUs"
             )
     if problems:
         raise ValueError("\n".join(problems))

@@ -86,7 +86,7 @@ def server_refuses(kubectl: Kubectl, files: list[CorpusFile]) -> dict[Path, tupl
     errors = result.stderr.splitlines()
     outcome: dict[Path, tuple[bool, str]] = {}
     for f in files:
-        said = [line for line in errors if f'"{f.path}"' in line]
+        said = [line for line in errors if f'"{f.path}"' in line or f" {f.path}:" in line]
         if said:
             outcome[f.path] = (True, " ".join(said))
     created = result.stdout.count("created (server dry run)")

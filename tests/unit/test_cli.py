@@ -68,8 +68,15 @@ def test_validate_names_every_bad_field_and_exits_2(
         ),
         pytest.param(
             "fedcore.tasks.digits:NUM_CLASSES",
-            "which lacks",
+            "not a task",
             id="an object that is no task",
+        ),
+        pytest.param("sys:exit", "names a function that is not a task", id="sys.exit"),
+        pytest.param("os:abort", "names a function that is not a task", id="os.abort"),
+        pytest.param(
+            "fedcore.tasks.digits:DigitsTask.evaluate",
+            "names a function that is not a task",
+            id="a method",
         ),
     ],
 )
@@ -83,6 +90,36 @@ def test_validate_loads_the_task_and_names_what_is_wrong_with_it(
     err = capsys.readouterr().err
     assert code == EXIT_CONFIG
     assert "spec.task.entrypoint" in err
+    assert words in err
+
+
+@pytest.mark.parametrize(
+    ("module_code", "words"),
+    [
+        pytest.param("import sys\nsys.exit(3)\n", "it called sys.exit(3)", id="SystemExit"),
+        pytest.param("raise RuntimeError('no GPU here')\n", "RuntimeError: no GPU here", id="error"),
+        pytest.param("import nonexistent_dependency\n", "ModuleNotFoundError", id="missing import"),
+        pytest.param("class Evil(BaseException):\n    pass\nraise Evil('x')\n", "Evil: x",
+                     id="a BaseException of its own"),
+    ],
+)  # fmt: skip
+def test_anything_a_task_module_raises_at_import_becomes_a_message(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    module_code: str,
+    words: str,
+) -> None:
+    module = f"broken_{tmp_path.name.replace('-', '_')}"  # a fresh module for each case
+    (tmp_path / f"{module}.py").write_text(module_code)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    job = GOOD_JOB.replace("fedcore.tasks.digits:task", f"{module}:task")
+
+    code = main(["validate", str(write(tmp_path, job))])
+
+    err = capsys.readouterr().err
+    assert code == EXIT_CONFIG
+    assert f"spec.task.entrypoint (line 6): '{module}:task': importing module" in err
     assert words in err
 
 
@@ -182,3 +219,39 @@ def test_status_lists_committed_rounds(tmp_path: Path, capsys: pytest.CaptureFix
 )
 def test_user_errors_exit_2_and_runtime_failures_exit_1(error: FedcoreError, code: int) -> None:
     assert exit_code_for(error) == code
+
+
+def test_validate_checks_every_document_naming_its_index(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    second = GOOD_JOB.replace("name: tiny", "name: tiny-b").replace("rounds: 2", "rounds: 0")
+
+    code = main(["validate", str(write(tmp_path, GOOD_JOB + "---\n" + second))])
+
+    err = capsys.readouterr().err
+    assert code == EXIT_CONFIG
+    assert "  - spec.rounds (document 1, line 13): must be >= 1 (got 0)" in err
+
+
+def test_validate_refuses_duplicate_keys_naming_both_lines(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(["validate", str(write(tmp_path, GOOD_JOB + "  rounds: 5\n"))])
+
+    err = capsys.readouterr().err
+    assert code == EXIT_CONFIG
+    assert "spec.rounds (line 8): duplicate key 'rounds' (lines 5 and 8)" in err
+
+
+def test_yaml_errors_name_the_file_and_the_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write(tmp_path, GOOD_JOB.replace("rounds: 2", "rounds: [2"))
+
+    code = main(["validate", str(path)])
+
+    err = capsys.readouterr().err
+    assert code == EXIT_CONFIG
+    assert f"{path}: invalid FederatedJob" in err
+    assert "<file> (line 6): not valid YAML" in err
+    assert "<unicode string>" not in err

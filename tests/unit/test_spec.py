@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from fedcore.errors import SpecError
-from fedcore.spec import FederatedJob, job_prefix, load_job, parse_job, parse_spec
+from fedcore.spec import ClientSpec, FederatedJob, job_prefix, load_job, parse_job, parse_spec
 
 
 def make_job(**spec_overrides: Any) -> dict[str, Any]:
@@ -284,3 +284,105 @@ def test_credentials_may_come_from_user_env_when_no_secret_is_named() -> None:
     )
 
     assert parse_job(obj).spec.clients[0].env[0]["name"] == "AWS_ACCESS_KEY_ID"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field", "words"),
+    [
+        pytest.param({"rounds": "10"}, "spec.rounds", "must be an integer", id="quoted number"),
+        pytest.param({"rounds": True}, "spec.rounds", "a boolean", id="boolean as number"),
+        pytest.param({"rounds": 2.0}, "spec.rounds", "must be an integer", id="float as integer"),
+        pytest.param(
+            {"clients": [{"name": "a", "gpu": "yes"}]},
+            "spec.clients[0].gpu",
+            "must be true or false",
+            id="string as boolean",
+        ),
+        pytest.param(
+            {"strategy": {"fractionFit": "0.5"}},
+            "spec.strategy.fractionFit",
+            "without quotes",
+            id="quoted float",
+        ),
+    ],
+)
+def test_types_are_not_coerced(overrides: dict[str, Any], field: str, words: str) -> None:
+    problems = problems_of(make_job(**overrides))
+
+    assert words in problems[field]
+
+
+def test_snake_case_field_names_are_unknown_and_the_message_gives_the_camel_case_one() -> None:
+    problems = problems_of(make_job(clients=[{"name": "a", "procs_per_replica": 2}]))
+
+    assert problems == {
+        "spec.clients[0].procs_per_replica": (
+            "unknown field; field names are camelCase: write procsPerReplica"
+        )
+    }
+
+
+def test_python_code_still_builds_models_by_attribute_name() -> None:
+    client = ClientSpec(name="a", procs_per_replica=2)
+
+    assert client.world_size == 2
+
+
+def test_api_objects_with_defaults_filled_in_parse_again() -> None:
+    wire = parse_job(make_job()).model_dump(mode="json", by_alias=True)
+
+    assert parse_job(wire).spec == parse_job(make_job()).spec
+
+
+@pytest.mark.parametrize("name", ["1digits", "Digits", "digits-", "dig.its"])
+def test_job_names_follow_the_crd_rule(name: str) -> None:
+    obj = make_job()
+    obj["metadata"]["name"] = name
+
+    assert "DNS-1035 label" in problems_of(obj)["metadata.name"]
+
+
+@pytest.mark.parametrize(
+    ("prefix", "ok"),
+    [
+        ("", True),
+        ("teams/a/", True),
+        ("teams/.hidden/.../v1.2", True),
+        ("/teams", False),
+        ("teams//a", False),
+        ("teams/./a", False),
+        ("..", False),
+        ("a/../b/", False),
+    ],
+)
+def test_storage_prefix_is_a_relative_key_path(prefix: str, ok: bool) -> None:
+    obj = make_job(storage={"prefix": prefix})
+
+    if ok:
+        assert parse_job(obj).spec.storage.prefix == prefix
+    else:
+        assert "relative key path" in problems_of(obj)["spec.storage.prefix"]
+
+
+@pytest.mark.parametrize(
+    ("env", "field", "words"),
+    [
+        ([{"value": "x"}], "spec.clients[0].env[0].name", "required"),
+        ([{"name": "EPOCHS", "value": 5}], "spec.clients[0].env[0].value", 'value: "5"'),
+        ([{"name": 5}], "spec.clients[0].env[0].name", "must be a string"),
+    ],
+)
+def test_env_entries_need_a_string_name_and_value(
+    env: list[dict[str, Any]], field: str, words: str
+) -> None:
+    problems = problems_of(make_job(clients=[{"name": "a", "env": env}]))
+
+    assert words in problems[field]
+
+
+def test_gpu_limit_must_be_a_whole_number_or_a_quantity_string() -> None:
+    client = {"name": "a", "resources": {"limits": {"nvidia.com/gpu": True}}}
+
+    problems = problems_of(make_job(clients=[client]))
+
+    assert "whole number" in problems["spec.clients[0].resources.limits['nvidia.com/gpu']"]
