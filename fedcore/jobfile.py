@@ -167,6 +167,8 @@ def read_documents(path: str | Path) -> list[Document]:
         index = 0
         while loader.check_node():
             node = loader.get_node()
+            if node is None:  # the end of the stream
+                break
             doc = Document(index=index, data=None, line=node.start_mark.line + 1)
             index += 1
             _walk(node, (), doc, duplicates)
@@ -271,9 +273,8 @@ def _manifest_problems(obj: dict[str, Any]) -> list[tuple[str, str]]:
             problems.append((f"metadata.{key}", f"must be a mapping (got {_kind_of(given)})"))
         for name, value in (given or {}).items() if isinstance(given, dict) else ():
             if not isinstance(value, str):
-                problems.append(
-                    (f"metadata.{key}.{name}", f"must be a string (got {_kind_of(value)}); quote it")
-                )
+                message = f"must be a string (got {_kind_of(value)}); quote it"
+                problems.append((f"metadata.{key}.{name}", message))
     return problems
 
 

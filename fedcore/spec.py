@@ -11,7 +11,6 @@ whose lines name the field (``spec.clients[1].name``), the offending value and t
 from __future__ import annotations
 
 import math
-import re
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal

@@ -34,7 +34,9 @@ ENV_VAR_SCHEMA: dict[str, Any] = {
 _QUANTITIES: dict[str, Any] = {
     "type": "object",
     "x-kubernetes-preserve-unknown-fields": True,
-    "properties": {GPU_RESOURCE: {"x-kubernetes-int-or-string": True, "maxLength": MAX_GPU_QUANTITY}},
+    "properties": {
+        GPU_RESOURCE: {"x-kubernetes-int-or-string": True, "maxLength": MAX_GPU_QUANTITY}
+    },
 }
 RESOURCES_SCHEMA: dict[str, Any] = {
     "x-kubernetes-preserve-unknown-fields": True,

@@ -50,8 +50,7 @@ def check_entrypoint(entrypoint: str, *, source: str | None = None) -> str:
         importable = False
     if not importable:
         return (
-            f"not loaded: module {module_name!r} is not importable here; "
-            "the runtime image needs it"
+            f"not loaded: module {module_name!r} is not importable here; the runtime image needs it"
         )
     if importlib.util.find_spec("torch") is None:
         return "not loaded: the runtime (torch) is not installed here"

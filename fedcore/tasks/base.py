@@ -39,7 +39,6 @@ if TYPE_CHECKING:
     from fedcore.spec import FederatedJobSpec
 
 
-
 def _cpu() -> torch.device:
     return torch.device("cpu")
 

@@ -137,6 +137,7 @@ ROOT_RULES: list[Schema] = [
 ]
 """Rules at the object root: only there can CEL see ``metadata.name`` and ``oldSelf.status``."""
 
+
 def _cel_list(values: Iterable[str]) -> str:
     return "[" + ", ".join(f"'{v}'" for v in sorted(values)) + "]"
 

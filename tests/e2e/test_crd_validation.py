@@ -173,8 +173,42 @@ INVALID = [
     pytest.param(
         _with(_set("metadata.name", "1digits")),
         "metadata.name",
-        False,  # fedkube run accepts it: only Service names need a leading letter
+        True,
         id="job name starting with a digit",
+    ),
+    pytest.param(
+        _with(_set("spec.clients.0.env", [{"name": "PET_NODE_RANK", "value": "0"}])),
+        "spec.clients[0].env[0].name",
+        True,
+        id="reserved env name",
+    ),
+    pytest.param(
+        _with(_set("spec.aggregator", {"env": [{"name": "AWS_ACCESS_KEY_ID", "value": "x"}]})),
+        "spec.storage.secretRef",
+        True,
+        id="credentials in env next to a secretRef",
+    ),
+    pytest.param(
+        _with(_set("spec.storage.prefix", "teams/../other/")),
+        "spec.storage.prefix",
+        True,
+        id="prefix with a '..' segment",
+    ),
+    pytest.param(
+        _with(
+            _set(
+                "spec.clients.0",
+                {
+                    "name": "hospital-a",
+                    "gpu": True,
+                    "procsPerReplica": 2,
+                    "resources": {"limits": {"nvidia.com/gpu": 1}},
+                },
+            )
+        ),
+        "spec.clients[0].resources.limits",
+        True,
+        id="GPU limit disagreeing with procsPerReplica",
     ),
 ]
 

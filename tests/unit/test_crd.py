@@ -349,6 +349,35 @@ def test_cross_field_rules_are_cel_validations(schema: Schema) -> None:
     assert any("self.metadata.name.matches('^[a-z]" in r for r in root)
 
 
+def test_every_reserved_env_name_is_refused_by_a_cel_rule_in_each_env_list(schema: Schema) -> None:
+    for path in ("spec.aggregator.env[]", "spec.clients[].env[]"):
+        entry = at(schema, path)
+        (rule,) = rules(entry)
+        assert entry["required"] == ["name"], path
+        assert all(f"'{name}'" in rule for name in fs.RESERVED_ENV), path
+        assert all(f"startsWith('{p}')" in rule for p in fs.RESERVED_ENV_PREFIXES), path
+
+
+def test_credential_env_next_to_a_secret_ref_is_refused(schema: Schema) -> None:
+    (rule,) = [r for r in rules(schema["properties"]["spec"]) if "secretRef" in r]
+
+    assert all(f"'{name}'" in rule for name in fs.CREDENTIAL_ENV)
+    assert "self.aggregator.env.all(" in rule
+    assert "c.env.all(" in rule
+
+
+def test_gpu_limit_rule_compares_with_procs_per_replica(schema: Schema) -> None:
+    limits = at(schema, "spec.clients[].resources.limits")
+    (rule,) = [r for r in rules(at(schema, "spec.clients[]")) if "gpu" in r]
+
+    assert limits["properties"]["nvidia.com/gpu"]["x-kubernetes-int-or-string"] is True
+    assert "string(self.procsPerReplica)" in rule
+
+
+def test_storage_prefix_carries_the_models_pattern(schema: Schema) -> None:
+    assert at(schema, "spec.storage.prefix")["pattern"] == fs.PREFIX
+
+
 @pytest.mark.parametrize("field", ["rounds", "seed", "task", "storage", "strategy", "clients"])
 def test_training_fields_are_frozen_while_running_or_suspended(schema: Schema, field: str) -> None:
     frozen = [

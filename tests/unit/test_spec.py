@@ -291,7 +291,7 @@ def test_credentials_may_come_from_user_env_when_no_secret_is_named() -> None:
     [
         pytest.param({"rounds": "10"}, "spec.rounds", "must be an integer", id="quoted number"),
         pytest.param({"rounds": True}, "spec.rounds", "a boolean", id="boolean as number"),
-        pytest.param({"rounds": 2.0}, "spec.rounds", "must be an integer", id="float as integer"),
+        pytest.param({"rounds": 2.5}, "spec.rounds", "must be an integer", id="fraction"),
         pytest.param(
             {"clients": [{"name": "a", "gpu": "yes"}]},
             "spec.clients[0].gpu",
@@ -386,3 +386,12 @@ def test_gpu_limit_must_be_a_whole_number_or_a_quantity_string() -> None:
     problems = problems_of(make_job(clients=[client]))
 
     assert "whole number" in problems["spec.clients[0].resources.limits['nvidia.com/gpu']"]
+
+
+def test_nulls_and_whole_floats_read_as_the_api_server_reads_them() -> None:
+    job = parse_job(make_job(rounds=10.0, seed=None, strategy=None, image=None))
+
+    assert job.spec.rounds == 10
+    assert isinstance(job.spec.rounds, int)
+    assert job.spec.seed == 0
+    assert job.spec.strategy.name == "fedavg"
