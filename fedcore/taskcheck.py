@@ -12,7 +12,8 @@ Importing a module runs its top-level code, so anything it raises is caught and 
 that ends the process outright at import (``os._exit``) cannot be caught in-process.
 
 This module does not import torch: it works where only the operator's dependencies are
-installed, and says when the module cannot be imported here (the runtime image needs it then).
+installed, and says when the task's module, or torch it needs, cannot be imported here (the
+runtime image needs them then) instead of failing a good job.
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ from typing import Any
 from fedcore.errors import SpecError
 
 FIELD = "spec.task.entrypoint"
+RUNTIME_ONLY = frozenset({"torch"})
+"""Packages of the runtime image an operator-only install lacks: a task module that needs them
+is not loaded here, and that is no error."""
 REQUIRED_METHODS = ("build_model", "train_dataset", "train", "evaluate")
 """The task contract (``fedcore.tasks.base.REQUIRED_METHODS``, repeated here without torch)."""
 
@@ -52,12 +56,19 @@ def check_entrypoint(entrypoint: str, *, source: str | None = None) -> str:
         return (
             f"not loaded: module {module_name!r} is not importable here; the runtime image needs it"
         )
-    if importlib.util.find_spec("torch") is None:
-        return "not loaded: the runtime (torch) is not installed here"
     try:
         obj: Any = importlib.import_module(module_name)
     except KeyboardInterrupt:
         raise
+    except ModuleNotFoundError as e:
+        if e.name in RUNTIME_ONLY:
+            return f"not loaded: the runtime ({e.name}) is not installed here"
+        raise _refuse(
+            entrypoint,
+            f"importing module {module_name!r} failed: {_describe(e)}; install it in the "
+            "runtime image (and here, to check it), or fix the entrypoint",
+            source,
+        ) from e
     except BaseException as e:  # user code at import may raise anything, SystemExit too
         raise _refuse(
             entrypoint,

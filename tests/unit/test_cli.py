@@ -123,6 +123,21 @@ def test_anything_a_task_module_raises_at_import_becomes_a_message(
     assert words in err
 
 
+def test_validate_accepts_a_task_that_needs_torch_where_torch_is_not_installed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    module = f"needs_torch_{tmp_path.name.replace('-', '_')}"
+    missing = "raise ModuleNotFoundError(\"No module named 'torch'\", name='torch')\n"
+    (tmp_path / f"{module}.py").write_text(missing)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    job = GOOD_JOB.replace("fedcore.tasks.digits:task", f"{module}:task")
+
+    code = main(["validate", str(write(tmp_path, job))])
+
+    assert code == EXIT_OK
+    assert "not loaded: the runtime (torch) is not installed here" in capsys.readouterr().out
+
+
 def test_validate_accepts_a_task_whose_module_only_the_runtime_image_has(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

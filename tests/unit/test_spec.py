@@ -395,3 +395,26 @@ def test_nulls_and_whole_floats_read_as_the_api_server_reads_them() -> None:
     assert isinstance(job.spec.rounds, int)
     assert job.spec.seed == 0
     assert job.spec.strategy.name == "fedavg"
+
+
+def test_free_form_objects_keep_their_nulls_and_floats() -> None:
+    job = parse_job(make_job(task={"entrypoint": "a:b", "config": {"lr": 1.0, "extra": None}}))
+
+    assert job.spec.task.config == {"lr": 1.0, "extra": None}
+    assert isinstance(job.spec.task.config["lr"], float)
+
+
+def test_load_job_checks_every_document_and_returns_the_first(tmp_path: Path) -> None:
+    job = "kind: FederatedJob\nmetadata: {name: NAME}\nspec:\n  rounds: ROUNDS\n"
+    job += "  task: {entrypoint: 'a:b'}\n  clients: [{name: a}]\n"
+    path = tmp_path / "jobs.yaml"
+    first = job.replace("NAME", "first").replace("ROUNDS", "1")
+    path.write_text(first + "---\n" + job.replace("NAME", "second").replace("ROUNDS", "0"))
+
+    with pytest.raises(SpecError) as caught:
+        load_job(path)
+    path.write_text(first + "---\n" + job.replace("NAME", "second").replace("ROUNDS", "2"))
+
+    assert caught.value.problems == [("spec.rounds", "must be >= 1 (got 0)")]
+    assert caught.value.places == ["document 1, line 11"]
+    assert load_job(path).name == "first"
