@@ -218,8 +218,9 @@ EXTRAS: dict[str, Schema] = {
         "x-kubernetes-list-type": "map",
         "x-kubernetes-list-map-keys": ["name"],
     },
-    "spec.aggregator.env[]": {"x-kubernetes-validations": ENV_RULES},
-    "spec.clients[].env[]": {"x-kubernetes-validations": ENV_RULES},
+    # Copies, so the YAML holds the rules twice rather than an anchor and an alias.
+    "spec.aggregator.env[]": {"x-kubernetes-validations": [dict(r) for r in ENV_RULES]},
+    "spec.clients[].env[]": {"x-kubernetes-validations": [dict(r) for r in ENV_RULES]},
     "spec.clients[]": {
         "x-kubernetes-validations": [
             {
