@@ -29,7 +29,7 @@ from fedcore.errors import SpecError
 from fedcore.spec_messages import kind_of as _kind_of
 from fedcore.taskcheck import check_entrypoint
 
-Path_ = tuple[int | str, ...]
+KeyPath = tuple[int | str, ...]
 
 
 @dataclass
@@ -40,9 +40,9 @@ class Document:
     """0-based position in the file (what ``document N`` in messages counts)."""
     data: Any
     line: int
-    lines: dict[Path_, int] = field(default_factory=dict)
+    lines: dict[KeyPath, int] = field(default_factory=dict)
 
-    def line_of(self, path: Path_) -> int:
+    def line_of(self, path: KeyPath) -> int:
         """The line of ``path``, or of its nearest ancestor found in the file."""
         for end in range(len(path), 0, -1):
             if path[:end] in self.lines:
@@ -78,7 +78,7 @@ class _Report:
 _PART = re.compile(r"\[(\d+)\]|\['([^']*)'\]|\.?([^.\[]+)")
 
 
-def field_parts(field_: str) -> Path_:
+def field_parts(field_: str) -> KeyPath:
     """``spec.clients[1].resources.limits['nvidia.com/gpu']`` as a path of keys and indices."""
     parts: list[int | str] = []
     for index, quoted, name in _PART.findall(field_):
@@ -96,8 +96,17 @@ def _key_text(node: yaml.Node) -> str:
 _Duplicate = tuple[Document, str, str, int]
 
 
-def _walk(node: yaml.Node, path: Path_, doc: Document, found: list[_Duplicate]) -> None:
-    """Record the line of every key and item under ``node``; report duplicate keys."""
+def _walk(
+    node: yaml.Node, path: KeyPath, doc: Document, found: list[_Duplicate], seen: set[int]
+) -> None:
+    """Record the line of every key and item under ``node``; report duplicate keys.
+
+    A node reached again through an alias is not walked again: nested aliases would make the
+    walk exponential (a "billion laughs" file).
+    """
+    if id(node) in seen:
+        return
+    seen.add(id(node))
     if isinstance(node, yaml.MappingNode):
         first: dict[str, int] = {}
         for key, value in node.value:
@@ -113,14 +122,14 @@ def _walk(node: yaml.Node, path: Path_, doc: Document, found: list[_Duplicate]) 
                 found.append((doc, _shown_path((*path, name)), message, line))
             first.setdefault(name, line)
             doc.lines.setdefault((*path, name), line)
-            _walk(value, (*path, name), doc, found)
+            _walk(value, (*path, name), doc, found, seen)
     elif isinstance(node, yaml.SequenceNode):
         for index, item in enumerate(node.value):
             doc.lines[(*path, index)] = item.start_mark.line + 1
-            _walk(item, (*path, index), doc, found)
+            _walk(item, (*path, index), doc, found, seen)
 
 
-def _shown_path(path: Path_) -> str:
+def _shown_path(path: KeyPath) -> str:
     out = ""
     for part in path:
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
@@ -171,7 +180,7 @@ def read_documents(path: str | Path) -> list[Document]:
                 break
             doc = Document(index=index, data=None, line=node.start_mark.line + 1)
             index += 1
-            _walk(node, (), doc, duplicates)
+            _walk(node, (), doc, duplicates, set())
             doc.data = loader.construct_document(node)
             if doc.data is not None:
                 documents.append(doc)
