@@ -117,8 +117,17 @@ def rank0_log(jobs: FedJobs, client: str) -> str:
 
 
 def public_key_fingerprint(jobs: FedJobs) -> str:
-    cm = json.loads(jobs.kubectl("get", "configmap", f"{NAME}-spec", "-o", "json"))
-    return verifier_from_pem(cm["data"]["commit-public-key.pem"].encode()).fingerprint
+    """The job's commit key, as its ConfigMap publishes it (made in the operator's 2nd pass)."""
+    found: list[str] = []
+
+    def published(_: dict[str, Any]) -> bool:
+        out = jobs.kubectl("get", "configmap", f"{NAME}-spec", "-o", "json", check=False)
+        if out:
+            found.append(json.loads(out)["data"]["commit-public-key.pem"])
+        return bool(found)
+
+    jobs.wait_until(NAME, published, "to publish its commit public key", WAIT_SECONDS)
+    return verifier_from_pem(found[0].encode()).fingerprint
 
 
 def test_every_client_refuses_the_forged_record_and_trains_nothing(attacked: Attacked) -> None:
