@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from fedcore import spec as fs
+from fedcore.commit_signing import generate_key_pair
 from fedcore.signing import generate_key
 from fedop import events, reconcile, status
 from fedop.builders import names, secrets
@@ -70,6 +71,12 @@ class Executor:
                         kube.create(secrets.key_secret(job, client, generate_key()), job)
                     )
                 )
+            case reconcile.CreateCommitKey():
+                return _refusals(
+                    lambda: _ignore(
+                        kube.create(secrets.commit_key_secret(job, *generate_key_pair()), job)
+                    )
+                )
             case reconcile.Replace(obj=obj):
                 return _refusals(lambda: kube.merge_patch(obj, {"data": obj["data"]}))
             case reconcile.SetSuspend(name=name, suspend=suspend):
@@ -113,7 +120,12 @@ def _stage(action: reconcile.Action) -> int:
             return 0
         case reconcile.Create(obj=obj) if obj.get("kind") == "Job":
             return 2
-        case reconcile.Create() | reconcile.CreateKeySecret() | reconcile.Replace():
+        case (
+            reconcile.Create()
+            | reconcile.CreateKeySecret()
+            | reconcile.CreateCommitKey()
+            | reconcile.Replace()
+        ):
             return 1
         case reconcile.SetSuspend() | reconcile.DeleteJob():
             return 2

@@ -19,13 +19,14 @@ from fedcore import spec as fs
 
 log = logging.getLogger(__name__)
 
-ConditionType = Literal["Created", "Running", "Suspended", "Succeeded", "Failed"]
+ConditionType = Literal["Created", "Running", "Suspended", "Succeeded", "Failed", "CommitsVerified"]
 CONDITION_ORDER: tuple[ConditionType, ...] = (
     "Created",
     "Running",
     "Suspended",
     "Succeeded",
     "Failed",
+    "CommitsVerified",
 )
 TERMINAL_PHASES = frozenset({"Succeeded", "Failed"})
 

@@ -137,8 +137,17 @@ def test_one_job_per_client_plus_the_aggregator_and_no_more(digits: Run) -> None
         "digits-hospital-c",
     ]
     assert owned["services"] == ["digits-hospital-a", "digits-hospital-b", "digits-hospital-c"]
-    assert owned["secrets"] == [f"digits-hospital-{c}-key" for c in "abc"]
+    assert owned["secrets"] == [
+        "digits-commit-key",
+        *(f"digits-hospital-{c}-key" for c in "abc"),
+    ]
     assert owned["configmaps"] == ["digits-spec"]
+    assert owned["networkpolicies"] == [
+        "digits-aggregator",
+        "digits-hospital-a",
+        "digits-hospital-b",
+        "digits-hospital-c",
+    ]
 
 
 def test_still_running_client_pods_are_cleaned_up_when_the_job_ends(digits: Run) -> None:
