@@ -7,10 +7,22 @@ protocol"). A round ``r``:
 1. starts from round ``r-1``'s record: its global model, and ``next`` (the clients selected
    for ``r`` and the deadline);
 2. folds each update as its manifest appears (sorted by name within one listing), after
-   ``fedcore.validation`` accepted it; a rejected one is recorded with its reason;
+   ``fedcore.intake`` read it (sizes first) and ``fedcore.validation`` accepted it; a
+   rejected one is recorded with its reason;
 3. closes when the pure rules of ``fedcore.rounds.decide`` say so;
-4. writes the new global model (and the strategy's state), then ``round.json`` with a
+4. checks that the new global model and the strategy's state are finite, recomputing the
+   round without the updates that made them not (``fedcore.guard``);
+5. writes the new global model (and the strategy's state), then ``round.json`` with a
    create-if-absent put: a round is committed exactly once, and the record is written last.
+
+No bytes in the store end the process. What clients (or anyone with write access to their
+slots) put there ends as a rejection with a reason code: an unexpected exception while one
+update is handled rejects that update (``internal-error``) and the round goes on; trouble
+reaching the store is retried at the next poll. The drop list (``control/excluded.json``) is
+read the same way: garbage there is logged and the last good list kept. What only the
+aggregator writes (round records, global models, strategy state) is checked on resume, and
+a mismatch is a ``RoundProtocolError`` naming the object and the fix: no rejection can route
+around a broken commit.
 
 Updates for the previous round that show up after it closed are recorded as late in the
 next record. Memory stays O(model): the strategy streams, and an update is held on disk,
@@ -30,16 +42,21 @@ from datetime import datetime
 from pathlib import Path
 
 import torch
+from pydantic import ValidationError
 
 from fedcore import layout
 from fedcore.errors import (
     FedcoreError,
-    IntegrityError,
     ObjectExists,
     ObjectNotFound,
     RoundProtocolError,
+    StoreError,
+    StoreUnavailable,
+    TaskError,
     UpdateRejected,
 )
+from fedcore.guard import largest_magnitude, non_finite_tensors
+from fedcore.intake import fetch_update
 from fedcore.rounds import (
     Decision,
     RoundState,
@@ -53,6 +70,7 @@ from fedcore.signing import SigningKey, keys_from_env
 from fedcore.spec import FederatedJob, load_job, parse_job
 from fedcore.store import ObjectStore, open_job_store
 from fedcore.strategies import Strategy, build_strategy
+from fedcore.strategies.base import OutOfRange
 from fedcore.tasks.base import Task, TaskContext, load_task
 from fedcore.validation import validate_update
 from fedcore.weights import (
@@ -98,12 +116,19 @@ class _OpenRound:
     """What ``previous`` announced about this round: who was selected, the deadline."""
     template: Template
     strategy: Strategy
+    base_path: Path
+    """This round's base global model, downloaded and checked against ``previous``."""
     folded: dict[str, layout.UpdateManifest] = field(default_factory=dict)
     rejected: dict[str, layout.RejectedUpdate] = field(default_factory=dict)
     late: dict[str, layout.LateUpdate] = field(default_factory=dict)
     """Updates for ``previous.round`` that arrived after it closed."""
     seen: set[str] = field(default_factory=set)
     """Manifest keys already handled (folded or rejected)."""
+    refold: bool = False
+    """A fold failed half-way: the strategy must be rebuilt from the folded updates."""
+    magnitudes: dict[str, float] = field(default_factory=dict)
+    """Largest absolute value of each folded update, measured while recomputing a round
+    whose aggregate was not finite (``fedcore.guard``)."""
 
     @property
     def max_update_bytes(self) -> int:
@@ -133,6 +158,17 @@ def _client_of(manifest_key: str) -> str:
     return manifest_key.rsplit("/", 1)[-1].removesuffix(".json")
 
 
+MAX_CLIENT_NAME_CHARS = 253
+"""Longest name in a manifest key that a rejection is recorded for (a DNS subdomain; job
+clients' names are far shorter). Longer ones are only logged."""
+
+
+def _recordable(client: str) -> bool:
+    """Whether a name read from a key can go into a record as is: printable text of
+    reasonable length (a store may list keys no record should repeat)."""
+    return 0 < len(client) <= MAX_CLIENT_NAME_CHARS and client.isprintable()
+
+
 class Aggregator:
     def __init__(
         self,
@@ -152,6 +188,8 @@ class Aggregator:
         self.poll_seconds = poll_seconds
         self.task = task if task is not None else load_task(self.spec.task.entrypoint)
         self._stopping = threading.Event()
+        self._last_excluded: dict[str, str] = {}
+        self._excluded_problem: str | None = None
 
     def stop(self) -> None:
         """Make the loop raise ``AggregatorStopped`` at its next wait (thread-safe)."""
@@ -171,15 +209,45 @@ class Aggregator:
         return {str(k): float(v) for k, v in metrics.items()}
 
     def _excluded(self) -> dict[str, str]:
+        """The drop list; unreadable or invalid content keeps the last good one (logged)."""
         try:
             data = self.store.get_bytes(layout.EXCLUDED_KEY)
+            clients = dict(layout.ExcludedClients.model_validate_json(data).clients)
         except ObjectNotFound:
-            return {}
-        return dict(layout.ExcludedClients.model_validate_json(data).clients)
+            clients = {}
+        except (StoreError, ValidationError, ValueError) as e:
+            problem = f"{type(e).__name__}: {e}".splitlines()[0]
+            if problem != self._excluded_problem:
+                self._excluded_problem = problem
+                log.warning(
+                    "cannot read %s (%s); keeping the last list read (%s)",
+                    layout.EXCLUDED_KEY,
+                    problem,
+                    ", ".join(sorted(self._last_excluded)) or "none",
+                )
+            return dict(self._last_excluded)
+        self._excluded_problem = None
+        self._last_excluded = clients
+        return dict(clients)
 
     def _record(self, round_: int) -> layout.RoundRecord:
-        data = self.store.get_bytes(layout.round_record_key(round_))
-        return layout.RoundRecord.model_validate_json(data)
+        key = layout.round_record_key(round_)
+        data = self.store.get_bytes(key)
+        try:
+            record = layout.RoundRecord.model_validate_json(data)
+        except ValidationError as e:
+            raise RoundProtocolError(
+                f"{self.store.uri(key)} is not a valid round record ({e.error_count()} "
+                f"problems, first: {e.errors()[0]['msg']}); only the aggregator writes it, so "
+                "the store was altered: restore the object, or start the job under a new "
+                "storage prefix"
+            ) from e
+        if record.round != round_:
+            raise RoundProtocolError(
+                f"{self.store.uri(key)} holds the record of round {record.round}, not round "
+                f"{round_}; the store was altered"
+            )
+        return record
 
     def _download(self, key: str, name: str) -> Path:
         path = self.workdir / name
@@ -232,6 +300,12 @@ class Aggregator:
             return final
         except ObjectNotFound:
             pass
+        except ValidationError as e:
+            raise RoundProtocolError(
+                f"{self.store.uri(layout.FINAL_RECORD_KEY)} is not a valid final record "
+                f"({e.error_count()} problems); only the aggregator writes it, so the store "
+                "was altered: restore it, or delete it to write it again"
+            ) from e
         committed = layout.committed_rounds(self.store.list(layout.ROUNDS_PREFIX))
         if committed != list(range(len(committed))):
             raise RoundProtocolError(
@@ -252,6 +326,12 @@ class Aggregator:
         ctx = self._ctx(0)
         model = self.task.build_model(ctx)
         tensors = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        bad = non_finite_tensors(tensors)
+        if bad:
+            raise TaskError(
+                f"the task's initial model holds NaN or inf in {', '.join(bad[:5])}; fix "
+                "build_model (its initialization) in spec.task.entrypoint"
+            )
         path = self.workdir / "global-0.safetensors"
         save_weights(path, tensors, {"kind": "global", "round": 0})
         metrics = self._evaluate(tensors, 0)
@@ -337,8 +417,33 @@ class Aggregator:
             strategy.load_state_dict({})
             return
         path = self._download(key, f"state-{round_}.safetensors")
-        strategy.load_state_dict(load_weights(path))
-        path.unlink()
+        try:
+            state = load_weights(path)
+            bad = non_finite_tensors(state)
+            if bad:
+                raise ValueError(f"it holds NaN or inf in {', '.join(bad[:5])}")
+            strategy.load_state_dict(state)
+        except (FedcoreError, ValueError) as e:
+            raise RoundProtocolError(
+                f"{self.store.uri(key)} is not a usable {strategy.name} state: {e}. Only the "
+                "aggregator writes it, so the store was altered: restore it, or delete it to "
+                "restart the server optimizer's state from zero"
+            ) from e
+        finally:
+            path.unlink(missing_ok=True)
+
+    def _fresh_strategy(self, r: int, template: Template) -> Strategy:
+        """The job's strategy with the state round ``r - 1`` committed, ready for round ``r``."""
+        strategy = build_strategy(self.spec.strategy)
+        self._load_state(strategy, r - 1)
+        try:
+            strategy.begin_round(template)
+        except ValueError as e:
+            raise RoundProtocolError(
+                f"{self.store.uri(layout.strategy_state_key(r - 1))} does not fit the model: "
+                f"{e}. Delete it to restart the server optimizer's state from zero"
+            ) from e
+        return strategy
 
     def run_round(self, r: int, previous: layout.RoundRecord) -> layout.RoundRecord:
         """Aggregate round ``r`` from ``previous``'s global model and commit it."""
@@ -354,20 +459,23 @@ class Aggregator:
                 f"{self.store.uri(layout.global_key(r - 1))} does not match the sha256 its "
                 f"round record {previous.round} committed; the store was altered"
             )
-        strategy = build_strategy(self.spec.strategy)
-        self._load_state(strategy, r - 1)
         with open_weights(base_path) as base:
             template = base.template()
-        strategy.begin_round(template)
-        open_round = _OpenRound(r, previous, nxt, template, strategy)
+        strategy = self._fresh_strategy(r, template)
+        open_round = _OpenRound(r, previous, nxt, template, strategy, base_path)
         log.info(
             "round %d open: selected %s, deadline %s", r, nxt.selected, nxt.deadline.isoformat()
         )
-        decision = self._collect(open_round)
-
-        with open_weights(base_path) as base:
-            new = strategy.finalize(base)
-        state_tensors = strategy.state_dict()
+        while True:
+            decision = self._collect(open_round)
+            with open_weights(base_path) as base:
+                new = open_round.strategy.finalize(base)
+            state_tensors = open_round.strategy.state_dict()
+            bad = non_finite_tensors(new) + non_finite_tensors(state_tensors, "state ")
+            if not bad:
+                break
+            del new, state_tensors
+            self._guard(open_round, bad)
         path = self.workdir / f"global-{r}.safetensors"
         save_weights(path, new, {"kind": "global", "round": r})
         metrics = self._evaluate(new, r)
@@ -404,10 +512,12 @@ class Aggregator:
                     continue
                 open_round.seen.add(key)
                 client = _client_of(key)
-                if key != layout.manifest_key(r, client):
-                    log.warning("round %d: ignoring %s, not a manifest key", r, key)
+                if key != layout.manifest_key(r, client) or not _recordable(client):
+                    log.warning("round %d: ignoring %r, not a manifest key", r, key)
                     continue
                 self._take(open_round, client)
+                while open_round.refold:
+                    self._refold(open_round)
             if r > 1:
                 self._note_late(open_round)
             state = open_round.state(self.spec.min_clients, excluded)
@@ -421,11 +531,15 @@ class Aggregator:
             if self._stopping.wait(self.poll_seconds):
                 raise AggregatorStopped(f"stopped while round {r} was open")
 
-    def _take(self, open_round: _OpenRound, client: str) -> None:
-        """Validate one client's update and fold it, or record why it was rejected."""
+    def _take(self, open_round: _OpenRound, client: str, *, alone: bool = False) -> None:
+        """Validate one client's update and fold it, or record why it was rejected.
+
+        With ``alone`` (recomputing a round whose aggregate was not finite) the update is
+        first checked on its own (``fedcore.guard``) and its magnitude noted.
+        """
         r, selected = open_round.round, open_round.next.selected
-        update_key = layout.update_key(r, client)
         update_path = self.workdir / f"update-{r}.safetensors"
+        folding = False
         try:
             if client not in selected:
                 why = (
@@ -434,33 +548,54 @@ class Aggregator:
                     else "is not a client of this job"
                 )
                 raise UpdateRejected(client, "not-selected", f"client {client!r} {why}")
-            try:
-                manifest_bytes = self.store.get_bytes(layout.manifest_key(r, client))
-                self.store.get_file(update_key, update_path)
-            except ObjectNotFound as e:
-                raise UpdateRejected(
-                    client, "malformed-update", f"the manifest exists but {update_key} does not"
-                ) from e
-            except IntegrityError as e:  # bytes differ from the digest stored with them
-                raise UpdateRejected(client, "malformed-update", str(e)) from e
-            manifest = validate_update(
-                manifest_bytes,
-                update_path,
-                client=client,
-                expected_round=r,
-                base_sha256=open_round.previous.model_sha256,
-                template=open_round.template,
-                max_bytes=open_round.max_update_bytes,
-                key=self.keys.get(client),
-                allow_low_precision=self._low_precision_allowed(client),
+            manifest_bytes = fetch_update(
+                self.store, r, client, update_path, max_update_bytes=open_round.max_update_bytes
             )
-            with open_weights(update_path) as update:
-                open_round.strategy.fold(update, manifest.num_samples)
+            with open_weights(open_round.base_path) as base:
+                manifest = validate_update(
+                    manifest_bytes,
+                    update_path,
+                    client=client,
+                    expected_round=r,
+                    base_sha256=open_round.previous.model_sha256,
+                    template=open_round.template,
+                    max_bytes=open_round.max_update_bytes,
+                    key=self.keys.get(client),
+                    base=base,
+                    allow_low_precision=self._low_precision_allowed(client),
+                )
+                with open_weights(update_path) as update:
+                    if alone:
+                        open_round.magnitudes[client] = largest_magnitude(update)
+                        if not open_round.strategy.alone_is_finite(update, base):
+                            raise UpdateRejected(
+                                client,
+                                "non-finite-aggregate",
+                                "the round's new global model (or server state) came out "
+                                "holding NaN or inf, and this update alone would make it so; "
+                                "the round was recomputed without it",
+                            )
+                    folding = True
+                    try:
+                        open_round.strategy.fold(update, manifest.num_samples)
+                    except OutOfRange as e:
+                        folding = False  # refused before anything was added
+                        raise UpdateRejected(client, "out-of-range", str(e)) from e
         except UpdateRejected as e:
-            open_round.rejected[client] = layout.RejectedUpdate(
-                client=client, reason=e.reason, detail=e.detail
-            )
-            log.warning("reject round %d %s: %s: %s", r, client, e.reason, e.detail)
+            self._reject(open_round, client, e.reason, e.detail)
+            return
+        except StoreUnavailable as e:
+            # Not the update's fault: forget the key so the next poll reads it again.
+            open_round.seen.discard(layout.manifest_key(r, client))
+            log.warning("round %d %s: store unavailable, will read it again: %s", r, client, e)
+            if folding:
+                open_round.refold = True
+            return
+        except Exception as e:  # any bytes in the store must not end the process
+            log.exception("round %d %s: unexpected error while handling the update", r, client)
+            self._reject(open_round, client, "internal-error", f"{type(e).__name__}: {e}")
+            if folding:  # the accumulator may hold part of this update
+                open_round.refold = True
             return
         finally:
             update_path.unlink(missing_ok=True)
@@ -475,13 +610,72 @@ class Aggregator:
             len(selected),
         )
 
+    def _reject(self, open_round: _OpenRound, client: str, reason: str, detail: str) -> None:
+        open_round.rejected[client] = layout.RejectedUpdate(
+            client=client, reason=reason, detail=detail
+        )
+        log.warning("reject round %d %s: %s: %s", open_round.round, client, reason, detail)
+
+    def _refold(self, open_round: _OpenRound, *, alone: bool = False) -> None:
+        """Rebuild the strategy and fold the round's folded updates again, read anew from
+        the store (validated again: a client may have replaced its files meanwhile)."""
+        open_round.refold = False
+        clients = list(open_round.folded)
+        log.warning(
+            "round %d: recomputing from %d folded updates%s",
+            open_round.round,
+            len(clients),
+            ", each checked alone" if alone else "",
+        )
+        open_round.folded = {}
+        open_round.magnitudes = {}
+        open_round.strategy = self._fresh_strategy(open_round.round, open_round.template)
+        for client in clients:
+            self._take(open_round, client, alone=alone)
+            if open_round.refold:
+                return  # another fold failed half-way: the caller starts over
+
+    def _guard(self, open_round: _OpenRound, bad: list[str]) -> None:
+        """The aggregate is not finite: reject the updates at fault (see ``fedcore.guard``)."""
+        r = open_round.round
+        log.warning(
+            "round %d: the new global model holds NaN or inf (%s); not committing it",
+            r,
+            ", ".join(bad[:5]),
+        )
+        before = set(open_round.rejected)
+        self._refold(open_round, alone=True)
+        while open_round.refold:
+            self._refold(open_round)
+        if set(open_round.rejected) - before or not open_round.magnitudes:
+            return
+        worst = max(open_round.magnitudes, key=lambda c: (open_round.magnitudes[c], c))
+        del open_round.folded[worst]
+        self._reject(
+            open_round,
+            worst,
+            "non-finite-aggregate",
+            "the round's new global model (or server state) came out holding NaN or inf; no "
+            "update alone makes it so, and this one has the largest values "
+            f"({open_round.magnitudes[worst]:.4g}), so the round was recomputed without it",
+        )
+        self._refold(open_round)
+        while open_round.refold:
+            self._refold(open_round)
+
     def _note_late(self, open_round: _OpenRound) -> None:
         """Record manifests for the previous (closed) round that its record does not name."""
         closed = open_round.previous
         answered = set(closed.participants) | {x.client for x in closed.rejected}
+        clients = {c.name for c in self.spec.clients}
         for key in self.store.list(layout.updates_prefix(closed.round)):
             client = _client_of(key)
-            if not key.endswith(".json") or client in answered or client in open_round.late:
+            if (
+                key != layout.manifest_key(closed.round, client)
+                or client not in clients
+                or client in answered
+                or client in open_round.late
+            ):
                 continue
             open_round.late[client] = layout.LateUpdate(client=client, round=closed.round)
             log.warning("late update for closed round %d from %s: ignored", closed.round, client)

@@ -14,16 +14,26 @@ layout is the protocol (see DESIGN.md, "The round protocol")::
     control/excluded.json                       clients dropped by the operator (or runner)
 
 A round is committed exactly when its ``round.json`` exists. Records are immutable once
-written, which lets readers (the operator) cache them forever.
+written, which lets readers (the operator) cache them forever. What a record may hold (finite
+metrics, encodable text, bounded manifests) is ``fedcore.records``' business: whatever one
+part writes, every other part reads back.
 """
 
 from __future__ import annotations
 
 import re
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from fedcore.records import (
+    MAX_DETAIL_CHARS,
+    Int64,
+    ManifestMetrics,
+    move_non_finite,
+    safe_text,
+)
 
 JOB_KEY = "job.json"
 FINAL_MODEL_KEY = "final/model.safetensors"
@@ -84,19 +94,24 @@ class _Record(BaseModel):
 
 
 class UpdateManifest(_Record):
-    """A client's statement about its update; its signature covers every other field."""
+    """A client's statement about its update; its signature covers every other field.
+
+    Untrusted input: numbers must be finite and integers within int64, metrics at most
+    ``fedcore.records.MAX_METRICS`` under short names (a manifest breaking these does not
+    parse, and the aggregator rejects it as ``bad-manifest``).
+    """
 
     client: str
-    round: int = Field(ge=1)
+    round: Int64 = Field(ge=1)
     """The round this update is for."""
-    base_round: int = Field(ge=0)
+    base_round: Int64 = Field(ge=0)
     """Round of the global model the client trained from (``round - 1``)."""
     base_sha256: str
-    num_samples: int
+    num_samples: Int64
     """Samples the whole DDP group trained on (all ranks), the FedAvg weight."""
-    metrics: dict[str, float] = Field(default_factory=dict)
+    metrics: ManifestMetrics = Field(default_factory=dict)
     update_sha256: str
-    update_bytes: int
+    update_bytes: Int64
     dtype: str
     """Wire dtype of the floating-point tensors (e.g. ``float32``, ``bfloat16``)."""
     created_at: datetime = Field(default_factory=utcnow)
@@ -107,14 +122,30 @@ class UpdateManifest(_Record):
 class RejectedUpdate(_Record):
     client: str
     reason: str
-    """Stable short code: bad-signature, shape-mismatch, non-finite, ..."""
+    """Stable short code (``fedcore.validation.REJECT_REASONS``): bad-signature, ..."""
     detail: str
+    """What exactly was wrong, one paragraph (at most ``MAX_DETAIL_CHARS``)."""
+
+    @field_validator("client", "reason", mode="before")
+    @classmethod
+    def _encodable(cls, value: Any) -> Any:
+        return safe_text(value) if isinstance(value, str) else value
+
+    @field_validator("detail", mode="before")
+    @classmethod
+    def _short_detail(cls, value: Any) -> Any:
+        return safe_text(value, MAX_DETAIL_CHARS) if isinstance(value, str) else value
 
 
 class LateUpdate(_Record):
     client: str
     round: int
     """The already-closed round the update was meant for."""
+
+    @field_validator("client", mode="before")
+    @classmethod
+    def _encodable(cls, value: Any) -> Any:
+        return safe_text(value) if isinstance(value, str) else value
 
 
 class NextRound(_Record):
@@ -134,8 +165,11 @@ class RoundRecord(_Record):
     """Clients whose update was folded into this round's global model."""
     num_samples: dict[str, int] = Field(default_factory=dict)
     metrics: dict[str, float] = Field(default_factory=dict)
-    """Evaluation of this round's global model (loss, accuracy, ...)."""
+    """Evaluation of this round's global model (loss, accuracy, ...); finite values only."""
     client_metrics: dict[str, dict[str, float]] = Field(default_factory=dict)
+    dropped_metrics: dict[str, str] = Field(default_factory=dict)
+    """Metrics left out because JSON cannot hold them: name (``<client>/<name>`` for a
+    client's) -> ``"nan"``, ``"inf"``, ``"-inf"`` or ``"null"`` (see ``fedcore.records``)."""
     rejected: list[RejectedUpdate] = Field(default_factory=list)
     late: list[LateUpdate] = Field(default_factory=list)
     model_key: str
@@ -145,6 +179,11 @@ class RoundRecord(_Record):
     next: NextRound | None = None
     """None on the last round."""
     closed_by: Literal["initial", "all-reported", "deadline"] = "all-reported"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _finite_metrics(cls, data: Any) -> Any:
+        return move_non_finite(data, client_field="client_metrics")
 
     @property
     def duration_seconds(self) -> float:
@@ -158,7 +197,15 @@ class FinalRecord(_Record):
     model_key: str = FINAL_MODEL_KEY
     model_sha256: str
     metrics: dict[str, float] = Field(default_factory=dict)
+    """The last round's metrics; finite values only."""
+    dropped_metrics: dict[str, str] = Field(default_factory=dict)
+    """As ``RoundRecord.dropped_metrics``."""
     committed_at: datetime = Field(default_factory=utcnow)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _finite_metrics(cls, data: Any) -> Any:
+        return move_non_finite(data)
 
 
 class ExcludedClients(_Record):
@@ -166,3 +213,13 @@ class ExcludedClients(_Record):
 
     clients: dict[str, str] = Field(default_factory=dict)
     """Client name -> why it was dropped."""
+
+    @field_validator("clients", mode="before")
+    @classmethod
+    def _encodable(cls, value: Any) -> Any:
+        if not isinstance(value, dict):
+            return value
+        return {
+            safe_text(k) if isinstance(k, str) else k: safe_text(v) if isinstance(v, str) else v
+            for k, v in value.items()
+        }
