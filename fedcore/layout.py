@@ -31,6 +31,7 @@ from fedcore.records import (
     MAX_DETAIL_CHARS,
     Int64,
     ManifestMetrics,
+    encodable,
     move_non_finite,
     safe_text,
 )
@@ -89,6 +90,11 @@ def utcnow() -> datetime:
 class _Record(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _encodable_text(cls, data: Any) -> Any:
+        return encodable(data)
+
     def to_json(self) -> bytes:
         return self.model_dump_json(indent=2).encode()
 
@@ -126,11 +132,6 @@ class RejectedUpdate(_Record):
     detail: str
     """What exactly was wrong, one paragraph (at most ``MAX_DETAIL_CHARS``)."""
 
-    @field_validator("client", "reason", mode="before")
-    @classmethod
-    def _encodable(cls, value: Any) -> Any:
-        return safe_text(value) if isinstance(value, str) else value
-
     @field_validator("detail", mode="before")
     @classmethod
     def _short_detail(cls, value: Any) -> Any:
@@ -141,11 +142,6 @@ class LateUpdate(_Record):
     client: str
     round: int
     """The already-closed round the update was meant for."""
-
-    @field_validator("client", mode="before")
-    @classmethod
-    def _encodable(cls, value: Any) -> Any:
-        return safe_text(value) if isinstance(value, str) else value
 
 
 class NextRound(_Record):
@@ -213,13 +209,3 @@ class ExcludedClients(_Record):
 
     clients: dict[str, str] = Field(default_factory=dict)
     """Client name -> why it was dropped."""
-
-    @field_validator("clients", mode="before")
-    @classmethod
-    def _encodable(cls, value: Any) -> Any:
-        if not isinstance(value, dict):
-            return value
-        return {
-            safe_text(k) if isinstance(k, str) else k: safe_text(v) if isinstance(v, str) else v
-            for k, v in value.items()
-        }

@@ -13,9 +13,9 @@ of values broke that promise:
   ``null`` reads back the same way (``"null"``). Client metrics are listed there as
   ``<client>/<metric>``.
 * **Text that JSON cannot carry.** A lone surrogate (a file name the OS could not decode,
-  echoed in an error message) makes serialization fail. Free text in records passes through
-  ``safe_text``: unencodable characters are written as backslash escapes, and a detail is
-  cut to ``MAX_DETAIL_CHARS``.
+  echoed in an error message) makes serialization fail. Every string a record is built from
+  passes through ``encodable``: unencodable characters become backslash escapes; a rejection's
+  detail is also cut to ``MAX_DETAIL_CHARS``.
 
 An ``UpdateManifest`` is the opposite case: it comes from a client and is untrusted input, so
 a non-finite number, an integer outside int64, too many metrics or too long a name is refused
@@ -73,6 +73,18 @@ def safe_text(text: str, limit: int | None = None) -> str:
     if limit is not None and len(clean) > limit:
         clean = clean[: max(0, limit - 3)] + "..."
     return clean
+
+
+def encodable(value: Any) -> Any:
+    """``value`` (a record's raw fields) with every string, key or value at any depth, made
+    encodable by ``safe_text``; other values are returned as they are."""
+    if isinstance(value, str):
+        return safe_text(value)
+    if isinstance(value, Mapping):
+        return {encodable(k): encodable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [encodable(v) for v in value]
+    return value
 
 
 def non_finite_spelling(value: Any) -> str | None:
@@ -134,18 +146,19 @@ def move_non_finite(data: Any, *, client_field: str | None = None) -> Any:
         return data
     fields = dict(data)
     dropped: dict[str, str] = {}
-    previous = fields.get(DROPPED_FIELD)
-    if isinstance(previous, Mapping):
-        dropped.update(previous)
-    fields["metrics"] = _split(fields.get("metrics", {}), "", dropped)
+    if "metrics" in fields:
+        fields["metrics"] = _split(fields["metrics"], "", dropped)
     if client_field is not None and isinstance(fields.get(client_field), Mapping):
         fields[client_field] = {
             client: _split(values, f"{safe_text(str(client))}/", dropped)
             for client, values in fields[client_field].items()
         }
     if dropped:
-        fields[DROPPED_FIELD] = dropped
         log.warning("metrics that JSON cannot hold were left out of a record: %s", dropped)
+        previous = fields.get(DROPPED_FIELD)
+        if isinstance(previous, Mapping):
+            dropped = {**previous, **dropped}
+        fields[DROPPED_FIELD] = dropped
     return fields
 
 
@@ -182,6 +195,7 @@ __all__ = [
     "Int64",
     "ManifestMetrics",
     "MetricName",
+    "encodable",
     "fit_metrics",
     "move_non_finite",
     "non_finite_spelling",
