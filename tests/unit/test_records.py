@@ -50,7 +50,10 @@ rejected = st.builds(
 )
 late = st.builds(layout.LateUpdate, client=hostile_text, round=int64)
 next_round = st.builds(
-    layout.NextRound, round=int64, selected=st.lists(hostile_text, max_size=4), deadline=st.just(WHEN)
+    layout.NextRound,
+    round=int64,
+    selected=st.lists(hostile_text, max_size=4),
+    deadline=st.just(WHEN),
 )
 
 

@@ -14,8 +14,8 @@ import torch
 
 from fedcore.errors import UpdateRejected
 from fedcore.layout import UpdateManifest
-from fedcore.signing import SigningKey, sign_manifest
 from fedcore.records import MAX_MANIFEST_BYTES, MAX_METRIC_NAME_CHARS, MAX_METRICS
+from fedcore.signing import SigningKey, sign_manifest
 from fedcore.strategies.base import MAX_INT_ACCUMULATOR
 from fedcore.validation import REJECT_REASONS, VALIDATION_REASONS, validate_update
 from fedcore.weights import (
