@@ -468,3 +468,14 @@ def test_bytes_changed_after_signing_outrank_what_they_contain(tmp_path: Path) -
         Case(after_signing=poison).run(tmp_path)
 
     assert caught.value.reason == "bad-signature"
+
+
+def test_every_reason_code_is_in_the_docs_tables() -> None:
+    import fedcore.validation
+
+    design = (Path(__file__).parents[2] / "docs" / "design.md").read_text()
+    docstring = fedcore.validation.__doc__ or ""
+
+    for reason in REJECT_REASONS:
+        assert f"| `{reason}` |" in design, reason
+        assert re.search(rf"^{re.escape(reason)}\s", docstring, re.MULTILINE), reason
