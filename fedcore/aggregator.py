@@ -276,10 +276,18 @@ class Aggregator:
             return
         except ObjectExists:
             pass
-        started = parse_job(
-            json.loads(self.store.get_bytes(layout.JOB_KEY)),
-            source=self.store.uri(layout.JOB_KEY),
-        )
+        try:
+            started = parse_job(
+                json.loads(self.store.get_bytes(layout.JOB_KEY)),
+                source=self.store.uri(layout.JOB_KEY),
+            )
+        except (ValueError, FedcoreError) as e:
+            raise RoundProtocolError(
+                f"{self.store.uri(layout.JOB_KEY)} does not hold the spec this run was started "
+                f"with ({type(e).__name__}: {str(e).splitlines()[0]}); only the aggregator writes "
+                "it, so the store was altered: restore it, or start the job under a new name or "
+                "storage prefix"
+            ) from e
         diff = training_differences(started.spec, self.spec)
         if diff:
             raise RoundProtocolError(

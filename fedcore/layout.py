@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -90,13 +90,18 @@ def utcnow() -> datetime:
 class _Record(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    OMITTED_WHEN_EMPTY: ClassVar[tuple[str, ...]] = ()
+    """Fields left out of the JSON while empty: added after records were first written, so
+    the common record stays byte-identical and readable by an older fedkube."""
+
     @model_validator(mode="before")
     @classmethod
     def _encodable_text(cls, data: Any) -> Any:
         return encodable(data)
 
     def to_json(self) -> bytes:
-        return self.model_dump_json(indent=2).encode()
+        empty = {name for name in self.OMITTED_WHEN_EMPTY if not getattr(self, name)}
+        return self.model_dump_json(indent=2, exclude=empty or None).encode()
 
 
 class UpdateManifest(_Record):
@@ -156,6 +161,8 @@ class NextRound(_Record):
 class RoundRecord(_Record):
     """``rounds/NNNNNN/round.json``: written last, it commits the round."""
 
+    OMITTED_WHEN_EMPTY = ("dropped_metrics",)
+
     round: int
     participants: list[str] = Field(default_factory=list)
     """Clients whose update was folded into this round's global model."""
@@ -188,6 +195,8 @@ class RoundRecord(_Record):
 
 class FinalRecord(_Record):
     """``final/round.json``: the job is done."""
+
+    OMITTED_WHEN_EMPTY = ("dropped_metrics",)
 
     rounds: int
     model_key: str = FINAL_MODEL_KEY

@@ -236,3 +236,13 @@ def test_fit_metrics_keeps_what_a_manifest_can_carry(
         assert list(fitted) == sorted(metrics)[:kept]
     else:
         assert fitted == kept
+
+
+def test_records_without_dropped_metrics_keep_the_json_older_readers_know() -> None:
+    record = layout.RoundRecord(
+        round=1, metrics={"loss": 0.25}, model_key="k", model_sha256="0" * 64, started_at=WHEN
+    )
+    final = layout.FinalRecord(rounds=1, model_sha256="0" * 64, metrics={"loss": 0.25})
+
+    assert "dropped_metrics" not in json.loads(record.to_json())
+    assert "dropped_metrics" not in json.loads(final.to_json())
