@@ -126,6 +126,8 @@ class _OpenRound:
     """Manifest keys already handled (folded or rejected)."""
     refold: bool = False
     """A fold failed half-way: the strategy must be rebuilt from the folded updates."""
+    strangers: int = 0
+    """Rejections recorded for names that are not clients of the job."""
     magnitudes: dict[str, float] = field(default_factory=dict)
     """Largest absolute value of each folded update, measured while recomputing a round
     whose aggregate was not finite (``fedcore.guard``)."""
@@ -161,6 +163,12 @@ def _client_of(manifest_key: str) -> str:
 MAX_CLIENT_NAME_CHARS = 253
 """Longest name in a manifest key that a rejection is recorded for (a DNS subdomain; job
 clients' names are far shorter). Longer ones are only logged."""
+
+
+MAX_STRANGERS_RECORDED = 16
+"""Rejections recorded per round for names that are not clients of the job: enough to see
+what is going on, few enough that junk keys cannot grow ``round.json`` (or the Events the
+operator makes of it) without bound. Further ones are only logged."""
 
 
 def _recordable(client: str) -> bool:
@@ -550,9 +558,14 @@ class Aggregator:
         folding = False
         try:
             if client not in selected:
+                known = client in {c.name for c in self.spec.clients}
+                if not known and open_round.strangers >= MAX_STRANGERS_RECORDED:
+                    log.warning("round %d: ignoring %r, not a client of this job", r, client)
+                    return
+                open_round.strangers += 0 if known else 1
                 why = (
                     f"was not selected for round {r} (selected: {', '.join(selected)})"
-                    if client in {c.name for c in self.spec.clients}
+                    if known
                     else "is not a client of this job"
                 )
                 raise UpdateRejected(client, "not-selected", f"client {client!r} {why}")

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from fedcore import layout
-from fedcore.aggregator import Aggregator, QuorumUnreachable
+from fedcore.aggregator import MAX_STRANGERS_RECORDED, Aggregator, QuorumUnreachable
 from fedcore.client import RoundWatcher
 from fedcore.records import MAX_MANIFEST_BYTES
 from fedcore.runner import RunDir, read_final, read_records, show_status
@@ -492,6 +492,21 @@ def test_junk_among_the_previous_rounds_updates_is_not_taken_for_late_updates(
 
     assert scene.record(2).late == []  # b answered round 1; the rest are not clients
     assert scene.record(2).participants == ["a", "b"]
+
+
+def test_junk_manifests_of_strangers_are_recorded_up_to_a_bound(tmp_path: Path) -> None:
+    scene = Scene(tmp_path, make_job(("a", "b")))
+    for i in range(MAX_STRANGERS_RECORDED + 10):
+        scene.store.put_bytes(layout.manifest_key(1, f"stranger-{i:03d}"), b"junk")
+    scene.send("a", delta(1.0), 1)
+    scene.send("b", delta(2.0), 1)
+
+    scene.finish()
+
+    reasons = scene.reasons()
+    assert len(reasons) == MAX_STRANGERS_RECORDED
+    assert set(reasons.values()) == {"not-selected"}
+    assert scene.record(1).participants == ["a", "b"]
 
 
 def _fetch(scene: Scene, key: str) -> Path:
