@@ -8,7 +8,7 @@ protocol"). A round ``r``:
    for ``r`` and the deadline);
 2. folds each update as its manifest appears (sorted by name within one listing), after
    ``fedcore.intake`` read it (sizes first) and ``fedcore.validation`` accepted it; a
-   rejected one is recorded with its reason;
+   rejected one is recorded with its reason (``fedcore.folding``);
 3. closes when the pure rules of ``fedcore.rounds.decide`` say so;
 4. checks that the new global model and the strategy's state are finite, recomputing the
    round without the updates that made them not (``fedcore.guard``);
@@ -33,11 +33,9 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import tempfile
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
@@ -51,15 +49,12 @@ from fedcore.errors import (
     ObjectNotFound,
     RoundProtocolError,
     StoreError,
-    StoreUnavailable,
     TaskError,
-    UpdateRejected,
 )
-from fedcore.guard import largest_magnitude, non_finite_tensors
-from fedcore.intake import fetch_update
+from fedcore.folding import OpenRound, RoundInputs, fmt_metrics, recordable
+from fedcore.guard import non_finite_tensors
 from fedcore.rounds import (
     Decision,
-    RoundState,
     decide,
     explain_unreachable,
     round_deadline,
@@ -70,9 +65,7 @@ from fedcore.signing import SigningKey, keys_from_env
 from fedcore.spec import FederatedJob, load_job, parse_job
 from fedcore.store import ObjectStore, open_job_store
 from fedcore.strategies import Strategy, build_strategy
-from fedcore.strategies.base import OutOfRange
 from fedcore.tasks.base import Task, TaskContext, load_task
-from fedcore.validation import validate_update
 from fedcore.weights import (
     Template,
     Tensors,
@@ -88,8 +81,6 @@ log = logging.getLogger("fedcore.aggregator")
 POLL_SECONDS = 0.25
 """How often an open round lists its updates: a round closes at most this long after its
 last update arrived. A listing is one cheap request, even on S3."""
-HEADER_ALLOWANCE_BYTES = 1 << 20
-"""Slack over the model's tensor bytes allowed in an update (safetensors header, metadata)."""
 
 
 class QuorumUnreachable(RoundProtocolError):
@@ -105,76 +96,12 @@ def store_location(store: ObjectStore) -> str:
     return store.uri(layout.JOB_KEY).removesuffix(layout.JOB_KEY)
 
 
-@dataclass
-class _OpenRound:
-    """What the aggregator tracks about the round it is aggregating."""
-
-    round: int
-    previous: layout.RoundRecord
-    """The newest committed round: its global model is this round's base."""
-    next: layout.NextRound
-    """What ``previous`` announced about this round: who was selected, the deadline."""
-    template: Template
-    strategy: Strategy
-    base_path: Path
-    """This round's base global model, downloaded and checked against ``previous``."""
-    folded: dict[str, layout.UpdateManifest] = field(default_factory=dict)
-    rejected: dict[str, layout.RejectedUpdate] = field(default_factory=dict)
-    late: dict[str, layout.LateUpdate] = field(default_factory=dict)
-    """Updates for ``previous.round`` that arrived after it closed."""
-    seen: set[str] = field(default_factory=set)
-    """Manifest keys already handled (folded or rejected)."""
-    refold: bool = False
-    """A fold failed half-way: the strategy must be rebuilt from the folded updates."""
-    strangers: int = 0
-    """Rejections recorded for names that are not clients of the job."""
-    magnitudes: dict[str, float] = field(default_factory=dict)
-    """Largest absolute value of each folded update, measured while recomputing a round
-    whose aggregate was not finite (``fedcore.guard``)."""
-
-    @property
-    def max_update_bytes(self) -> int:
-        """Largest update accepted: the model's tensor bytes plus header slack."""
-        tensor_bytes = sum(
-            spec.dtype.itemsize * math.prod(spec.shape) for spec in self.template.values()
-        )
-        return tensor_bytes + HEADER_ALLOWANCE_BYTES + 256 * len(self.template)
-
-    def state(self, min_clients: int, excluded: Mapping[str, str]) -> RoundState:
-        selected = self.next.selected
-        return RoundState(
-            selected=selected,
-            deadline=self.next.deadline,
-            min_clients=min_clients,
-            folded=frozenset(self.folded),
-            rejected=frozenset(c for c in self.rejected if c in selected),
-            excluded=frozenset(excluded),
-        )
-
-
 def _now() -> datetime:
     return layout.utcnow()
 
 
 def _client_of(manifest_key: str) -> str:
     return manifest_key.rsplit("/", 1)[-1].removesuffix(".json")
-
-
-MAX_CLIENT_NAME_CHARS = 253
-"""Longest name in a manifest key that a rejection is recorded for (a DNS subdomain; job
-clients' names are far shorter). Longer ones are only logged."""
-
-
-MAX_STRANGERS_RECORDED = 16
-"""Rejections recorded per round for names that are not clients of the job: enough to see
-what is going on, few enough that junk keys cannot grow ``round.json`` (or the Events the
-operator makes of it) without bound. Further ones are only logged."""
-
-
-def _recordable(client: str) -> bool:
-    """Whether a name read from a key can go into a record as is: printable text of
-    reasonable length (a store may list keys no record should repeat)."""
-    return 0 < len(client) <= MAX_CLIENT_NAME_CHARS and client.isprintable()
 
 
 class Aggregator:
@@ -261,17 +188,6 @@ class Aggregator:
         path = self.workdir / name
         self.store.get_file(key, path)
         return path
-
-    def _low_precision_allowed(self, client: str) -> bool:
-        """Whether the job lets ``client`` upload float deltas narrower than the model's
-        (``updateDtype`` in its task config; read the way the client reads it)."""
-        from fedcore.client import ClientOptions
-
-        config = self.spec.task_config_for(client)
-        try:
-            return ClientOptions.from_config(config).wire_dtype is not None
-        except FedcoreError:
-            return False
 
     # -- job record ------------------------------------------------------------------------
 
@@ -405,7 +321,7 @@ class Aggregator:
             "commit round %d: %d participants, metrics %s, sha256 %s, closed by %s",
             r,
             len(record.participants),
-            _fmt_metrics(record.metrics),
+            fmt_metrics(record.metrics),
             record.model_sha256[:12],
             record.closed_by,
         )
@@ -477,8 +393,15 @@ class Aggregator:
             )
         with open_weights(base_path) as base:
             template = base.template()
-        strategy = self._fresh_strategy(r, template)
-        open_round = _OpenRound(r, previous, nxt, template, strategy, base_path)
+        inputs = RoundInputs(
+            spec=self.spec,
+            store=self.store,
+            keys=self.keys,
+            workdir=self.workdir,
+            fresh_strategy=lambda: self._fresh_strategy(r, template),
+        )
+        strategy = inputs.fresh_strategy()
+        open_round = OpenRound(r, previous, nxt, template, base_path, inputs, strategy)
         log.info(
             "round %d open: selected %s, deadline %s", r, nxt.selected, nxt.deadline.isoformat()
         )
@@ -491,7 +414,7 @@ class Aggregator:
             if not bad:
                 break
             del new, state_tensors
-            self._guard(open_round, bad)
+            open_round.guard(bad)
         path = self.workdir / f"global-{r}.safetensors"
         save_weights(path, new, {"kind": "global", "round": r})
         metrics = self._evaluate(new, r)
@@ -517,7 +440,7 @@ class Aggregator:
         path.rename(self.workdir / "last-global.safetensors")
         return committed
 
-    def _collect(self, open_round: _OpenRound) -> Decision:
+    def _collect(self, open_round: OpenRound) -> Decision:
         """Fold updates as they arrive until the round may close; how it closed."""
         r = open_round.round
         while True:
@@ -528,12 +451,11 @@ class Aggregator:
                     continue
                 open_round.seen.add(key)
                 client = _client_of(key)
-                if key != layout.manifest_key(r, client) or not _recordable(client):
+                if key != layout.manifest_key(r, client) or not recordable(client):
                     log.warning("round %d: ignoring %r, not a manifest key", r, key)
                     continue
-                self._take(open_round, client)
-                while open_round.refold:
-                    self._refold(open_round)
+                open_round.take(client)
+                open_round.settle()
             if r > 1:
                 self._note_late(open_round)
             state = open_round.state(self.spec.min_clients, excluded)
@@ -547,144 +469,7 @@ class Aggregator:
             if self._stopping.wait(self.poll_seconds):
                 raise AggregatorStopped(f"stopped while round {r} was open")
 
-    def _take(self, open_round: _OpenRound, client: str, *, alone: bool = False) -> None:
-        """Validate one client's update and fold it, or record why it was rejected.
-
-        With ``alone`` (recomputing a round whose aggregate was not finite) the update is
-        first checked on its own (``fedcore.guard``) and its magnitude noted.
-        """
-        r, selected = open_round.round, open_round.next.selected
-        update_path = self.workdir / f"update-{r}.safetensors"
-        folding = False
-        try:
-            if client not in selected:
-                known = client in {c.name for c in self.spec.clients}
-                if not known and open_round.strangers >= MAX_STRANGERS_RECORDED:
-                    log.warning("round %d: ignoring %r, not a client of this job", r, client)
-                    return
-                open_round.strangers += 0 if known else 1
-                why = (
-                    f"was not selected for round {r} (selected: {', '.join(selected)})"
-                    if known
-                    else "is not a client of this job"
-                )
-                raise UpdateRejected(client, "not-selected", f"client {client!r} {why}")
-            manifest_bytes = fetch_update(
-                self.store, r, client, update_path, max_update_bytes=open_round.max_update_bytes
-            )
-            with open_weights(open_round.base_path) as base:
-                manifest = validate_update(
-                    manifest_bytes,
-                    update_path,
-                    client=client,
-                    expected_round=r,
-                    base_sha256=open_round.previous.model_sha256,
-                    template=open_round.template,
-                    max_bytes=open_round.max_update_bytes,
-                    key=self.keys.get(client),
-                    base=base,
-                    allow_low_precision=self._low_precision_allowed(client),
-                )
-                with open_weights(update_path) as update:
-                    if alone:
-                        open_round.magnitudes[client] = largest_magnitude(update)
-                        if not open_round.strategy.alone_is_finite(update, base):
-                            raise UpdateRejected(
-                                client,
-                                "non-finite-aggregate",
-                                "the round's new global model (or server state) came out "
-                                "holding NaN or inf, and this update alone would make it so; "
-                                "the round was recomputed without it",
-                            )
-                    folding = True
-                    try:
-                        open_round.strategy.fold(update, manifest.num_samples)
-                    except OutOfRange as e:
-                        folding = False  # refused before anything was added
-                        raise UpdateRejected(client, "out-of-range", str(e)) from e
-        except UpdateRejected as e:
-            self._reject(open_round, client, e.reason, e.detail)
-            return
-        except StoreUnavailable as e:
-            # Not the update's fault: forget the key so the next poll reads it again.
-            open_round.seen.discard(layout.manifest_key(r, client))
-            log.warning("round %d %s: store unavailable, will read it again: %s", r, client, e)
-            if folding:
-                open_round.refold = True
-            return
-        except Exception as e:  # any bytes in the store must not end the process
-            log.exception("round %d %s: unexpected error while handling the update", r, client)
-            self._reject(open_round, client, "internal-error", f"{type(e).__name__}: {e}")
-            if folding:  # the accumulator may hold part of this update
-                open_round.refold = True
-            return
-        finally:
-            update_path.unlink(missing_ok=True)
-        open_round.folded[client] = manifest
-        log.info(
-            "fold round %d %s: %d samples, metrics %s (%d/%d folded)",
-            r,
-            client,
-            manifest.num_samples,
-            _fmt_metrics(manifest.metrics),
-            len(open_round.folded),
-            len(selected),
-        )
-
-    def _reject(self, open_round: _OpenRound, client: str, reason: str, detail: str) -> None:
-        open_round.rejected[client] = layout.RejectedUpdate(
-            client=client, reason=reason, detail=detail
-        )
-        log.warning("reject round %d %s: %s: %s", open_round.round, client, reason, detail)
-
-    def _refold(self, open_round: _OpenRound, *, alone: bool = False) -> None:
-        """Rebuild the strategy and fold the round's folded updates again, read anew from
-        the store (validated again: a client may have replaced its files meanwhile)."""
-        open_round.refold = False
-        clients = list(open_round.folded)
-        log.warning(
-            "round %d: recomputing from %d folded updates%s",
-            open_round.round,
-            len(clients),
-            ", each checked alone" if alone else "",
-        )
-        open_round.folded = {}
-        open_round.magnitudes = {}
-        open_round.strategy = self._fresh_strategy(open_round.round, open_round.template)
-        for client in clients:
-            self._take(open_round, client, alone=alone)
-            if open_round.refold:
-                return  # another fold failed half-way: the caller starts over
-
-    def _guard(self, open_round: _OpenRound, bad: list[str]) -> None:
-        """The aggregate is not finite: reject the updates at fault (see ``fedcore.guard``)."""
-        r = open_round.round
-        log.warning(
-            "round %d: the new global model holds NaN or inf (%s); not committing it",
-            r,
-            ", ".join(bad[:5]),
-        )
-        before = set(open_round.rejected)
-        self._refold(open_round, alone=True)
-        while open_round.refold:
-            self._refold(open_round)
-        if set(open_round.rejected) - before or not open_round.magnitudes:
-            return
-        worst = max(open_round.magnitudes, key=lambda c: (open_round.magnitudes[c], c))
-        del open_round.folded[worst]
-        self._reject(
-            open_round,
-            worst,
-            "non-finite-aggregate",
-            "the round's new global model (or server state) came out holding NaN or inf; no "
-            "update alone makes it so, and this one has the largest values "
-            f"({open_round.magnitudes[worst]:.4g}), so the round was recomputed without it",
-        )
-        self._refold(open_round)
-        while open_round.refold:
-            self._refold(open_round)
-
-    def _note_late(self, open_round: _OpenRound) -> None:
+    def _note_late(self, open_round: OpenRound) -> None:
         """Record manifests for the previous (closed) round that its record does not name."""
         closed = open_round.previous
         answered = set(closed.participants) | {x.client for x in closed.rejected}
@@ -724,13 +509,9 @@ class Aggregator:
             "final model %s (sha256 %s), metrics %s",
             self.store.uri(layout.FINAL_MODEL_KEY),
             final.model_sha256[:12],
-            _fmt_metrics(final.metrics),
+            fmt_metrics(final.metrics),
         )
         return final
-
-
-def _fmt_metrics(metrics: Mapping[str, float]) -> str:
-    return " ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items())) or "-"
 
 
 def configure_logging() -> None:

@@ -28,8 +28,9 @@ import torch
 from torch import nn
 
 from fedcore import layout
-from fedcore.aggregator import MAX_STRANGERS_RECORDED, Aggregator, QuorumUnreachable
+from fedcore.aggregator import Aggregator, QuorumUnreachable
 from fedcore.client import RoundWatcher
+from fedcore.folding import MAX_STRANGERS_RECORDED
 from fedcore.records import MAX_MANIFEST_BYTES
 from fedcore.runner import RunDir, read_final, read_records, show_status
 from fedcore.signing import SigningKey, generate_key, sign_manifest
