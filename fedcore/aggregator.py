@@ -51,7 +51,8 @@ from fedcore.errors import (
     StoreError,
     TaskError,
 )
-from fedcore.folding import OpenRound, RoundInputs, fmt_metrics, recordable
+from fedcore.folding import OpenRound, RoundInputs, recordable
+from fedcore.folding import fmt_metrics as _fmt_metrics
 from fedcore.guard import non_finite_tensors
 from fedcore.rounds import (
     Decision,
@@ -321,7 +322,7 @@ class Aggregator:
             "commit round %d: %d participants, metrics %s, sha256 %s, closed by %s",
             r,
             len(record.participants),
-            fmt_metrics(record.metrics),
+            _fmt_metrics(record.metrics),
             record.model_sha256[:12],
             record.closed_by,
         )
@@ -509,7 +510,7 @@ class Aggregator:
             "final model %s (sha256 %s), metrics %s",
             self.store.uri(layout.FINAL_MODEL_KEY),
             final.model_sha256[:12],
-            fmt_metrics(final.metrics),
+            _fmt_metrics(final.metrics),
         )
         return final
 
