@@ -101,9 +101,11 @@ def non_finite_spelling(value: Any) -> str | None:
         return None
     number: float
     if isinstance(value, int):
-        if abs(value) <= 2**1023:
-            return None
-        return "inf" if value > 0 else "-inf"
+        try:
+            float(value)
+        except OverflowError:
+            return "inf" if value > 0 else "-inf"
+        return None
     if isinstance(value, float):
         number = value
     elif isinstance(value, str):

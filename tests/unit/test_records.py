@@ -246,3 +246,29 @@ def test_records_without_dropped_metrics_keep_the_json_older_readers_know() -> N
 
     assert "dropped_metrics" not in json.loads(record.to_json())
     assert "dropped_metrics" not in json.loads(final.to_json())
+
+
+@pytest.mark.parametrize(
+    ("spelled", "dropped"),
+    [
+        ("NaN", "nan"),
+        ("1e999", "inf"),
+        ("-Infinity", "-inf"),
+        ('"nan"', "nan"),
+        ("1" + "0" * 400, "inf"),
+        ("null", "null"),
+    ],
+)
+def test_a_record_file_holding_a_metric_json_cannot_carry_reads_with_it_dropped(
+    spelled: str, dropped: str
+) -> None:
+    text = (
+        '{"round": 1, "metrics": {"loss": ' + spelled + ', "accuracy": 0.5}, '
+        '"model_key": "k", "model_sha256": "s", "started_at": "2026-01-01T00:00:00Z"}'
+    )
+
+    record = layout.RoundRecord.model_validate_json(text)
+
+    assert record.metrics == {"accuracy": 0.5}
+    assert record.dropped_metrics == {"loss": dropped}
+    assert read_back(record) == record
