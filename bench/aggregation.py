@@ -145,16 +145,18 @@ def run_fedkube(workdir: Path, validate: bool) -> tuple[dict[str, Any], dict[str
     strategy.begin_round(template)
     for path, n in client_files(workdir):
         if validate:
-            manifest = validate_update(
-                (path.with_suffix(".json")).read_bytes(),
-                path,
-                client=path.stem,
-                expected_round=ROUND,
-                base_sha256=base_sha,
-                template=template,
-                max_bytes=1 << 40,
-                key=key,
-            )
+            with open_weights(base_path) as base:
+                manifest = validate_update(
+                    (path.with_suffix(".json")).read_bytes(),
+                    path,
+                    client=path.stem,
+                    expected_round=ROUND,
+                    base_sha256=base_sha,
+                    template=template,
+                    max_bytes=1 << 40,
+                    key=key,
+                    base=base,
+                )
             n = manifest.num_samples
         with open_weights(path) as update:
             strategy.fold(update, n)

@@ -7,9 +7,12 @@ protocol"). A round ``r``:
 1. starts from round ``r-1``'s record: its global model, and ``next`` (the clients selected
    for ``r`` and the deadline);
 2. folds each update as its manifest appears (sorted by name within one listing), after
-   ``fedcore.validation`` accepted it; a rejected one is recorded with its reason;
+   ``fedcore.intake`` read it (sizes first) and ``fedcore.validation`` accepted it; a
+   rejected one is recorded with its reason (``fedcore.folding``);
 3. closes when the pure rules of ``fedcore.rounds.decide`` say so;
-4. writes the new global model (and the strategy's state), then ``round.json`` with a
+4. checks that the new global model and the strategy's state are finite, recomputing the
+   round without the updates that made them not (``fedcore.guard``);
+5. writes the new global model (and the strategy's state), then ``round.json`` with a
    create-if-absent put: a round is committed exactly once, and the record is written last.
    Every record (and the final one) is signed with the job's Ed25519 key
    (``fedcore.commit_signing``); records read back (on resume, or a slot found taken) must
@@ -21,6 +24,15 @@ aggregator cannot replace it (create-if-absent; it may not delete), and overwrit
 race the forger forever. So it stops with ``UnverifiedRecord``, naming the round and the
 key: honest clients never trained on the forgery, and the operator reports it.
 
+No bytes in the store end the process. What clients (or anyone with write access to their
+slots) put there ends as a rejection with a reason code: an unexpected exception while one
+update is handled rejects that update (``internal-error``) and the round goes on; trouble
+reaching the store is retried at the next poll. The drop list (``control/excluded.json``) is
+read the same way: garbage there is logged and the last good list kept. What only the
+aggregator writes (round records, global models, strategy state) is checked on resume, and
+a mismatch is a ``RoundProtocolError`` naming the object and the fix: no rejection can route
+around a broken commit.
+
 Updates for the previous round that show up after it closed are recorded as late in the
 next record. Memory stays O(model): the strategy streams, and an update is held on disk,
 never in memory as a whole. Each fold, rejection and commit is one log line.
@@ -30,15 +42,14 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import tempfile
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
 import torch
+from pydantic import ValidationError
 
 from fedcore import layout
 from fedcore.commit_signing import (
@@ -50,15 +61,17 @@ from fedcore.commit_signing import (
 )
 from fedcore.errors import (
     FedcoreError,
-    IntegrityError,
     ObjectExists,
     ObjectNotFound,
     RoundProtocolError,
-    UpdateRejected,
+    StoreError,
+    TaskError,
 )
+from fedcore.folding import OpenRound, RoundInputs, recordable
+from fedcore.folding import fmt_metrics as _fmt_metrics
+from fedcore.guard import non_finite_tensors
 from fedcore.rounds import (
     Decision,
-    RoundState,
     decide,
     explain_unreachable,
     round_deadline,
@@ -70,7 +83,6 @@ from fedcore.spec import FederatedJob, load_job, parse_job
 from fedcore.store import ObjectStore, open_job_store
 from fedcore.strategies import Strategy, build_strategy
 from fedcore.tasks.base import Task, TaskContext, load_task
-from fedcore.validation import validate_update
 from fedcore.weights import (
     Template,
     Tensors,
@@ -86,8 +98,6 @@ log = logging.getLogger("fedcore.aggregator")
 POLL_SECONDS = 0.25
 """How often an open round lists its updates: a round closes at most this long after its
 last update arrived. A listing is one cheap request, even on S3."""
-HEADER_ALLOWANCE_BYTES = 1 << 20
-"""Slack over the model's tensor bytes allowed in an update (safetensors header, metadata)."""
 
 
 class QuorumUnreachable(RoundProtocolError):
@@ -101,44 +111,6 @@ class AggregatorStopped(FedcoreError):
 def store_location(store: ObjectStore) -> str:
     """The URI of the job's folder in the store (``file:///.../`` or ``s3://bucket/prefix/``)."""
     return store.uri(layout.JOB_KEY).removesuffix(layout.JOB_KEY)
-
-
-@dataclass
-class _OpenRound:
-    """What the aggregator tracks about the round it is aggregating."""
-
-    round: int
-    previous: layout.RoundRecord
-    """The newest committed round: its global model is this round's base."""
-    next: layout.NextRound
-    """What ``previous`` announced about this round: who was selected, the deadline."""
-    template: Template
-    strategy: Strategy
-    folded: dict[str, layout.UpdateManifest] = field(default_factory=dict)
-    rejected: dict[str, layout.RejectedUpdate] = field(default_factory=dict)
-    late: dict[str, layout.LateUpdate] = field(default_factory=dict)
-    """Updates for ``previous.round`` that arrived after it closed."""
-    seen: set[str] = field(default_factory=set)
-    """Manifest keys already handled (folded or rejected)."""
-
-    @property
-    def max_update_bytes(self) -> int:
-        """Largest update accepted: the model's tensor bytes plus header slack."""
-        tensor_bytes = sum(
-            spec.dtype.itemsize * math.prod(spec.shape) for spec in self.template.values()
-        )
-        return tensor_bytes + HEADER_ALLOWANCE_BYTES + 256 * len(self.template)
-
-    def state(self, min_clients: int, excluded: Mapping[str, str]) -> RoundState:
-        selected = self.next.selected
-        return RoundState(
-            selected=selected,
-            deadline=self.next.deadline,
-            min_clients=min_clients,
-            folded=frozenset(self.folded),
-            rejected=frozenset(c for c in self.rejected if c in selected),
-            excluded=frozenset(excluded),
-        )
 
 
 def _now() -> datetime:
@@ -170,6 +142,8 @@ class Aggregator:
         self.poll_seconds = poll_seconds
         self.task = task if task is not None else load_task(self.spec.task.entrypoint)
         self._stopping = threading.Event()
+        self._last_excluded: dict[str, str] = {}
+        self._excluded_problem: str | None = None
 
     def stop(self) -> None:
         """Make the loop raise ``AggregatorStopped`` at its next wait (thread-safe)."""
@@ -189,11 +163,26 @@ class Aggregator:
         return {str(k): float(v) for k, v in metrics.items()}
 
     def _excluded(self) -> dict[str, str]:
+        """The drop list; unreadable or invalid content keeps the last good one (logged)."""
         try:
             data = self.store.get_bytes(layout.EXCLUDED_KEY)
+            clients = dict(layout.ExcludedClients.model_validate_json(data).clients)
         except ObjectNotFound:
-            return {}
-        return dict(layout.ExcludedClients.model_validate_json(data).clients)
+            clients = {}
+        except (StoreError, ValidationError, ValueError) as e:
+            problem = f"{type(e).__name__}: {e}".splitlines()[0]
+            if problem != self._excluded_problem:
+                self._excluded_problem = problem
+                log.warning(
+                    "cannot read %s (%s); keeping the last list read (%s)",
+                    layout.EXCLUDED_KEY,
+                    problem,
+                    ", ".join(sorted(self._last_excluded)) or "none",
+                )
+            return dict(self._last_excluded)
+        self._excluded_problem = None
+        self._last_excluded = clients
+        return dict(clients)
 
     def _record(self, round_: int) -> layout.RoundRecord:
         """Round ``round_``'s record, verified with the job's key (``UnverifiedRecord``)."""
@@ -204,17 +193,6 @@ class Aggregator:
         path = self.workdir / name
         self.store.get_file(key, path)
         return path
-
-    def _low_precision_allowed(self, client: str) -> bool:
-        """Whether the job lets ``client`` upload float deltas narrower than the model's
-        (``updateDtype`` in its task config; read the way the client reads it)."""
-        from fedcore.client import ClientOptions
-
-        config = self.spec.task_config_for(client)
-        try:
-            return ClientOptions.from_config(config).wire_dtype is not None
-        except FedcoreError:
-            return False
 
     # -- job record ------------------------------------------------------------------------
 
@@ -227,10 +205,18 @@ class Aggregator:
             return
         except ObjectExists:
             pass
-        started = parse_job(
-            json.loads(self.store.get_bytes(layout.JOB_KEY)),
-            source=self.store.uri(layout.JOB_KEY),
-        )
+        try:
+            started = parse_job(
+                json.loads(self.store.get_bytes(layout.JOB_KEY)),
+                source=self.store.uri(layout.JOB_KEY),
+            )
+        except (ValueError, FedcoreError) as e:
+            raise RoundProtocolError(
+                f"{self.store.uri(layout.JOB_KEY)} does not hold the spec this run was started "
+                f"with ({type(e).__name__}: {str(e).splitlines()[0]}); only the aggregator writes "
+                "it, so the store was altered: restore it, or start the job under a new name or "
+                "storage prefix"
+            ) from e
         diff = training_differences(started.spec, self.spec)
         if diff:
             raise RoundProtocolError(
@@ -272,6 +258,12 @@ class Aggregator:
         ctx = self._ctx(0)
         model = self.task.build_model(ctx)
         tensors = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        bad = non_finite_tensors(tensors)
+        if bad:
+            raise TaskError(
+                f"the task's initial model holds NaN or inf in {', '.join(bad[:5])}; fix "
+                "build_model (its initialization) in spec.task.entrypoint"
+            )
         path = self.workdir / "global-0.safetensors"
         save_weights(path, tensors, {"kind": "global", "round": 0})
         metrics = self._evaluate(tensors, 0)
@@ -367,8 +359,33 @@ class Aggregator:
             strategy.load_state_dict({})
             return
         path = self._download(key, f"state-{round_}.safetensors")
-        strategy.load_state_dict(load_weights(path))
-        path.unlink()
+        try:
+            state = load_weights(path)
+            bad = non_finite_tensors(state)
+            if bad:
+                raise ValueError(f"it holds NaN or inf in {', '.join(bad[:5])}")
+            strategy.load_state_dict(state)
+        except (FedcoreError, ValueError) as e:
+            raise RoundProtocolError(
+                f"{self.store.uri(key)} is not a usable {strategy.name} state: {e}. Only the "
+                "aggregator writes it, so the store was altered: restore it, or delete it to "
+                "restart the server optimizer's state from zero"
+            ) from e
+        finally:
+            path.unlink(missing_ok=True)
+
+    def _fresh_strategy(self, r: int, template: Template) -> Strategy:
+        """The job's strategy with the state round ``r - 1`` committed, ready for round ``r``."""
+        strategy = build_strategy(self.spec.strategy)
+        self._load_state(strategy, r - 1)
+        try:
+            strategy.begin_round(template)
+        except ValueError as e:
+            raise RoundProtocolError(
+                f"{self.store.uri(layout.strategy_state_key(r - 1))} does not fit the model: "
+                f"{e}. Delete it to restart the server optimizer's state from zero"
+            ) from e
+        return strategy
 
     def run_round(self, r: int, previous: layout.RoundRecord) -> layout.RoundRecord:
         """Aggregate round ``r`` from ``previous``'s global model and commit it."""
@@ -384,20 +401,30 @@ class Aggregator:
                 f"{self.store.uri(layout.global_key(r - 1))} does not match the sha256 its "
                 f"round record {previous.round} committed; the store was altered"
             )
-        strategy = build_strategy(self.spec.strategy)
-        self._load_state(strategy, r - 1)
         with open_weights(base_path) as base:
             template = base.template()
-        strategy.begin_round(template)
-        open_round = _OpenRound(r, previous, nxt, template, strategy)
+        inputs = RoundInputs(
+            spec=self.spec,
+            store=self.store,
+            keys=self.keys,
+            workdir=self.workdir,
+            fresh_strategy=lambda: self._fresh_strategy(r, template),
+        )
+        strategy = inputs.fresh_strategy()
+        open_round = OpenRound(r, previous, nxt, template, base_path, inputs, strategy)
         log.info(
             "round %d open: selected %s, deadline %s", r, nxt.selected, nxt.deadline.isoformat()
         )
-        decision = self._collect(open_round)
-
-        with open_weights(base_path) as base:
-            new = strategy.finalize(base)
-        state_tensors = strategy.state_dict()
+        while True:
+            decision = self._collect(open_round)
+            with open_weights(base_path) as base:
+                new = open_round.strategy.finalize(base)
+            state_tensors = open_round.strategy.state_dict()
+            bad = non_finite_tensors(new) + non_finite_tensors(state_tensors, "state ")
+            if not bad:
+                break
+            del new, state_tensors
+            open_round.guard(bad)
         path = self.workdir / f"global-{r}.safetensors"
         save_weights(path, new, {"kind": "global", "round": r})
         metrics = self._evaluate(new, r)
@@ -423,7 +450,7 @@ class Aggregator:
         path.rename(self.workdir / "last-global.safetensors")
         return committed
 
-    def _collect(self, open_round: _OpenRound) -> Decision:
+    def _collect(self, open_round: OpenRound) -> Decision:
         """Fold updates as they arrive until the round may close; how it closed."""
         r = open_round.round
         while True:
@@ -434,10 +461,11 @@ class Aggregator:
                     continue
                 open_round.seen.add(key)
                 client = _client_of(key)
-                if key != layout.manifest_key(r, client):
-                    log.warning("round %d: ignoring %s, not a manifest key", r, key)
+                if key != layout.manifest_key(r, client) or not recordable(client):
+                    log.warning("round %d: ignoring %r, not a manifest key", r, key)
                     continue
-                self._take(open_round, client)
+                open_round.take(client)
+                open_round.settle()
             if r > 1:
                 self._note_late(open_round)
             state = open_round.state(self.spec.min_clients, excluded)
@@ -451,67 +479,19 @@ class Aggregator:
             if self._stopping.wait(self.poll_seconds):
                 raise AggregatorStopped(f"stopped while round {r} was open")
 
-    def _take(self, open_round: _OpenRound, client: str) -> None:
-        """Validate one client's update and fold it, or record why it was rejected."""
-        r, selected = open_round.round, open_round.next.selected
-        update_key = layout.update_key(r, client)
-        update_path = self.workdir / f"update-{r}.safetensors"
-        try:
-            if client not in selected:
-                why = (
-                    f"was not selected for round {r} (selected: {', '.join(selected)})"
-                    if client in {c.name for c in self.spec.clients}
-                    else "is not a client of this job"
-                )
-                raise UpdateRejected(client, "not-selected", f"client {client!r} {why}")
-            try:
-                manifest_bytes = self.store.get_bytes(layout.manifest_key(r, client))
-                self.store.get_file(update_key, update_path)
-            except ObjectNotFound as e:
-                raise UpdateRejected(
-                    client, "malformed-update", f"the manifest exists but {update_key} does not"
-                ) from e
-            except IntegrityError as e:  # bytes differ from the digest stored with them
-                raise UpdateRejected(client, "malformed-update", str(e)) from e
-            manifest = validate_update(
-                manifest_bytes,
-                update_path,
-                client=client,
-                expected_round=r,
-                base_sha256=open_round.previous.model_sha256,
-                template=open_round.template,
-                max_bytes=open_round.max_update_bytes,
-                key=self.keys.get(client),
-                allow_low_precision=self._low_precision_allowed(client),
-            )
-            with open_weights(update_path) as update:
-                open_round.strategy.fold(update, manifest.num_samples)
-        except UpdateRejected as e:
-            open_round.rejected[client] = layout.RejectedUpdate(
-                client=client, reason=e.reason, detail=e.detail
-            )
-            log.warning("reject round %d %s: %s: %s", r, client, e.reason, e.detail)
-            return
-        finally:
-            update_path.unlink(missing_ok=True)
-        open_round.folded[client] = manifest
-        log.info(
-            "fold round %d %s: %d samples, metrics %s (%d/%d folded)",
-            r,
-            client,
-            manifest.num_samples,
-            _fmt_metrics(manifest.metrics),
-            len(open_round.folded),
-            len(selected),
-        )
-
-    def _note_late(self, open_round: _OpenRound) -> None:
+    def _note_late(self, open_round: OpenRound) -> None:
         """Record manifests for the previous (closed) round that its record does not name."""
         closed = open_round.previous
         answered = set(closed.participants) | {x.client for x in closed.rejected}
+        clients = {c.name for c in self.spec.clients}
         for key in self.store.list(layout.updates_prefix(closed.round)):
             client = _client_of(key)
-            if not key.endswith(".json") or client in answered or client in open_round.late:
+            if (
+                key != layout.manifest_key(closed.round, client)
+                or client not in clients
+                or client in answered
+                or client in open_round.late
+            ):
                 continue
             open_round.late[client] = layout.LateUpdate(client=client, round=closed.round)
             log.warning("late update for closed round %d from %s: ignored", closed.round, client)
@@ -545,10 +525,6 @@ class Aggregator:
             _fmt_metrics(final.metrics),
         )
         return final
-
-
-def _fmt_metrics(metrics: Mapping[str, float]) -> str:
-    return " ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items())) or "-"
 
 
 def configure_logging() -> None:

@@ -66,6 +66,7 @@ from fedcore.errors import (
     TaskError,
 )
 from fedcore.exitcodes import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, exit_code_for
+from fedcore.records import fit_metrics
 from fedcore.round_watch import WAIT, RoundWatcher, Work
 from fedcore.signing import SigningKey, key_from_env, sign_manifest
 from fedcore.spec import ClientSpec, FederatedJob, load_job
@@ -327,7 +328,9 @@ class ClientRank:
             base_round=work.base_round,
             base_sha256=work.base_sha256,
             num_samples=num_samples,
-            metrics={**metrics, "samples": float(num_samples), "train_seconds": seconds},
+            metrics=fit_metrics(
+                {**metrics, "samples": float(num_samples), "train_seconds": seconds}
+            ),
             update_sha256=sha256_file(path),
             update_bytes=path.stat().st_size,
             dtype=dtype_name(wire),

@@ -14,16 +14,27 @@ layout is the protocol (see DESIGN.md, "The round protocol")::
     control/excluded.json                       clients dropped by the operator (or runner)
 
 A round is committed exactly when its ``round.json`` exists. Records are immutable once
-written, which lets readers (the operator) cache them forever.
+written, which lets readers (the operator) cache them forever. What a record may hold (finite
+metrics, encodable text, bounded manifests) is ``fedcore.records``' business: whatever one
+part writes, every other part reads back.
 """
 
 from __future__ import annotations
 
 import re
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from fedcore.records import (
+    MAX_DETAIL_CHARS,
+    Int64,
+    ManifestMetrics,
+    encodable,
+    move_non_finite,
+    safe_text,
+)
 
 JOB_KEY = "job.json"
 FINAL_MODEL_KEY = "final/model.safetensors"
@@ -79,24 +90,39 @@ def utcnow() -> datetime:
 class _Record(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    OMITTED_WHEN_EMPTY: ClassVar[tuple[str, ...]] = ()
+    """Fields left out of the JSON while empty: added after records were first written, so
+    the common record stays byte-identical and readable by an older fedkube."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _encodable_text(cls, data: Any) -> Any:
+        return encodable(data)
+
     def to_json(self) -> bytes:
-        return self.model_dump_json(indent=2).encode()
+        empty = {name for name in self.OMITTED_WHEN_EMPTY if not getattr(self, name)}
+        return self.model_dump_json(indent=2, exclude=empty or None).encode()
 
 
 class UpdateManifest(_Record):
-    """A client's statement about its update; its signature covers every other field."""
+    """A client's statement about its update; its signature covers every other field.
+
+    Untrusted input: numbers must be finite and integers within int64, metrics at most
+    ``fedcore.records.MAX_METRICS`` under short names (a manifest breaking these does not
+    parse, and the aggregator rejects it as ``bad-manifest``).
+    """
 
     client: str
-    round: int = Field(ge=1)
+    round: Int64 = Field(ge=1)
     """The round this update is for."""
-    base_round: int = Field(ge=0)
+    base_round: Int64 = Field(ge=0)
     """Round of the global model the client trained from (``round - 1``)."""
     base_sha256: str
-    num_samples: int
+    num_samples: Int64
     """Samples the whole DDP group trained on (all ranks), the FedAvg weight."""
-    metrics: dict[str, float] = Field(default_factory=dict)
+    metrics: ManifestMetrics = Field(default_factory=dict)
     update_sha256: str
-    update_bytes: int
+    update_bytes: Int64
     dtype: str
     """Wire dtype of the floating-point tensors (e.g. ``float32``, ``bfloat16``)."""
     created_at: datetime = Field(default_factory=utcnow)
@@ -107,8 +133,14 @@ class UpdateManifest(_Record):
 class RejectedUpdate(_Record):
     client: str
     reason: str
-    """Stable short code: bad-signature, shape-mismatch, non-finite, ..."""
+    """Stable short code (``fedcore.validation.REJECT_REASONS``): bad-signature, ..."""
     detail: str
+    """What exactly was wrong, one paragraph (at most ``MAX_DETAIL_CHARS``)."""
+
+    @field_validator("detail", mode="before")
+    @classmethod
+    def _short_detail(cls, value: Any) -> Any:
+        return safe_text(value, MAX_DETAIL_CHARS) if isinstance(value, str) else value
 
 
 class LateUpdate(_Record):
@@ -129,13 +161,18 @@ class NextRound(_Record):
 class RoundRecord(_Record):
     """``rounds/NNNNNN/round.json``: written last, it commits the round."""
 
+    OMITTED_WHEN_EMPTY = ("dropped_metrics",)
+
     round: int
     participants: list[str] = Field(default_factory=list)
     """Clients whose update was folded into this round's global model."""
     num_samples: dict[str, int] = Field(default_factory=dict)
     metrics: dict[str, float] = Field(default_factory=dict)
-    """Evaluation of this round's global model (loss, accuracy, ...)."""
+    """Evaluation of this round's global model (loss, accuracy, ...); finite values only."""
     client_metrics: dict[str, dict[str, float]] = Field(default_factory=dict)
+    dropped_metrics: dict[str, str] = Field(default_factory=dict)
+    """Metrics left out because JSON cannot hold them: name (``<client>/<name>`` for a
+    client's) -> ``"nan"``, ``"inf"``, ``"-inf"`` or ``"null"`` (see ``fedcore.records``)."""
     rejected: list[RejectedUpdate] = Field(default_factory=list)
     late: list[LateUpdate] = Field(default_factory=list)
     model_key: str
@@ -149,6 +186,11 @@ class RoundRecord(_Record):
     """Hex Ed25519 signature of every other field by the job's aggregator key
     (``fedcore.commit_signing``); readers refuse a record without a valid one."""
 
+    @model_validator(mode="before")
+    @classmethod
+    def _finite_metrics(cls, data: Any) -> Any:
+        return move_non_finite(data, client_field="client_metrics")
+
     @property
     def duration_seconds(self) -> float:
         return (self.committed_at - self.started_at).total_seconds()
@@ -157,13 +199,23 @@ class RoundRecord(_Record):
 class FinalRecord(_Record):
     """``final/round.json``: the job is done."""
 
+    OMITTED_WHEN_EMPTY = ("dropped_metrics",)
+
     rounds: int
     model_key: str = FINAL_MODEL_KEY
     model_sha256: str
     metrics: dict[str, float] = Field(default_factory=dict)
+    """The last round's metrics; finite values only."""
+    dropped_metrics: dict[str, str] = Field(default_factory=dict)
+    """As ``RoundRecord.dropped_metrics``."""
     committed_at: datetime = Field(default_factory=utcnow)
     signature: str = ""
     """Hex Ed25519 signature by the job's aggregator key, as on ``RoundRecord``."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _finite_metrics(cls, data: Any) -> Any:
+        return move_non_finite(data)
 
 
 class ExcludedClients(_Record):

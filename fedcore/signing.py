@@ -25,6 +25,7 @@ import hashlib
 import hmac
 import json
 import os
+import re
 import secrets
 from collections.abc import Mapping
 from pathlib import Path
@@ -38,6 +39,7 @@ SIGNING_KEYS_DIR_ENV = "FEDKUBE_SIGNING_KEYS_DIR"
 MIN_KEY_BYTES = 32
 """HMAC-SHA256 keys shorter than its 32-byte output weaken it (RFC 2104, section 3)."""
 SIGNATURE_FIELD = "signature"
+_SIGNATURE = re.compile(r"[0-9a-f]{64}")
 
 
 class SigningKey:
@@ -113,12 +115,19 @@ def sign_manifest(manifest: UpdateManifest, key: SigningKey) -> UpdateManifest:
 
 
 def verify(manifest: Any, key: SigningKey) -> bool:
-    """Whether the manifest's ``signature`` field is the one ``key`` makes (constant-time)."""
+    """Whether the manifest's ``signature`` field is the one ``key`` makes (constant-time).
+
+    Never raises on hostile content: a signature that is not 64 hex digits, or fields that
+    cannot be signed (a NaN), simply do not verify.
+    """
     claimed = _manifest_fields(manifest).get(SIGNATURE_FIELD)
-    if not isinstance(claimed, str) or not claimed:
+    if not isinstance(claimed, str) or not _SIGNATURE.fullmatch(claimed):
         return False
-    expected = signature_of(manifest, key)
-    return hmac.compare_digest(expected.encode("ascii"), claimed.encode("utf-8"))
+    try:
+        expected = signature_of(manifest, key)
+    except ValueError:  # no one can have signed what has no canonical form
+        return False
+    return hmac.compare_digest(expected.encode("ascii"), claimed.encode("ascii"))
 
 
 def load_key(path: str | os.PathLike[str]) -> SigningKey:

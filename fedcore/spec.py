@@ -11,9 +11,11 @@ whose lines name the field (``spec.clients[1].name``), the offending value and t
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from types import MappingProxyType
+from typing import Annotated, Any, Final, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic.alias_generators import to_camel
@@ -44,8 +46,13 @@ MAX_JOB_NAME = MAX_HOST_NAME - len("-aggregator")
 """Longest job name (``metadata.name``) whose aggregator Job name still fits in a DNS label."""
 MAX_MESSAGE = 32768
 """Bound of free-text status messages (as metav1.Condition's); writers truncate longer text."""
-RESERVED_CLIENT_NAMES = frozenset({"aggregator"})
-"""Client names that would collide with the aggregator's object names."""
+RESERVED_CLIENT_NAMES: Final[Mapping[str, str]] = MappingProxyType(
+    {
+        "aggregator": "the aggregator Job is named '<job>-aggregator'",
+        "commit": "the commit signing key Secret is named '<job>-commit-key'",
+    }
+)
+"""Client names whose objects would take another child's name (value: whose)."""
 MAX_CLIENTS = 256
 MAX_HISTORY = 50
 """Rounds kept in ``status.history``: enough for a plot, small enough for an etcd object."""
@@ -218,8 +225,8 @@ class FederatedJobSpec(_Model):
         for index, client in enumerate(self.clients):
             if client.name in RESERVED_CLIENT_NAMES:
                 problems.append(
-                    f"clients[{index}].name: {client.name!r} is reserved (the aggregator Job is "
-                    "named '<job>-aggregator'); rename the client"
+                    f"clients[{index}].name: {client.name!r} is reserved "
+                    f"({RESERVED_CLIENT_NAMES[client.name]}); rename the client"
                 )
             elif client.name in seen:
                 problems.append(

@@ -10,25 +10,41 @@ one of ``REJECT_REASONS``: the aggregator records it in ``round.json``
 Kubernetes Event.
 
 ``reason`` codes, roughly in the order they are checked (cheapest first; bytes that do not
-match the signed sha256 outrank any problem found in them):
+match the signed sha256 outrank any problem found in them). The last four are raised by the
+aggregator itself, around this gate (``fedcore.aggregator``); ``REJECT_REASONS`` lists all:
 
-==================  ===========================================================================
-bad-manifest        the manifest is not valid JSON for ``UpdateManifest``, names another client,
-                    or holds an impossible value (``num_samples``, ``dtype``, sizes)
-bad-signature       no key for the client, the HMAC does not verify, or the file's size or
-                    sha256 differs from the signed manifest's (the bytes changed after signing)
-wrong-base-round    the update is for another round, or trained from another round's model
-wrong-base-model    trained from a model whose sha256 is not this round's global
-too-large           the file (or its declared size) exceeds ``max_bytes``
-malformed-update    the file is not safetensors, or its header metadata disagrees with the
-                    manifest (``kind``/``round``/``client``)
-missing-tensor      a model tensor is absent
-unknown-tensor      a tensor the model does not have is present
-shape-mismatch      a tensor has another shape than the model's
-dtype-mismatch      a tensor has a dtype the model and job do not allow
-non-finite          a float tensor holds NaN or +-inf
-constant-changed    a bool tensor (a constant of the model, such as a mask) was changed
-==================  ===========================================================================
+====================  =========================================================================
+bad-manifest          the manifest is larger than ``MAX_MANIFEST_BYTES`` (checked from the
+                      store's metadata before it is read), not valid JSON for
+                      ``UpdateManifest`` (a NaN or infinite number anywhere, an integer outside
+                      int64, more than ``MAX_METRICS`` metrics or a name longer than
+                      ``MAX_METRIC_NAME_CHARS``), names another client, or holds an impossible
+                      value (``num_samples``, ``dtype``, sizes)
+bad-signature         no key for the client, the HMAC does not verify, or the file's size or
+                      sha256 differs from the signed manifest's (the bytes changed after signing)
+wrong-base-round      the update is for another round, or trained from another round's model
+wrong-base-model      trained from a model whose sha256 is not this round's global
+too-large             the file (its size in the store, checked before any download, or its
+                      declared size) exceeds ``max_bytes``
+malformed-update      the file is not safetensors, or its header metadata disagrees with the
+                      manifest (``kind``/``round``/``client``), or it is missing from the store
+missing-tensor        a model tensor is absent
+unknown-tensor        a tensor the model does not have is present
+shape-mismatch        a tensor has another shape than the model's
+dtype-mismatch        a tensor has a dtype the model and job do not allow
+non-finite            a float tensor holds NaN or +-inf
+constant-changed      a bool tensor (a constant of the model, such as a mask) was changed
+out-of-range          an integer tensor's base + delta leaves its dtype's range, or its weighted
+                      delta (``num_samples x delta``) would leave the exact int64 accumulator's
+                      range (``MAX_INT_ACCUMULATOR``), alone or with the updates folded before it
+not-selected          (aggregator) the client was not selected for the round, or is not a
+                      client of the job
+non-finite-aggregate  (aggregator) the round's new global model (or server state) would hold
+                      NaN or inf; updates that alone would make it non-finite are rejected and
+                      the round is recomputed without them (``fedcore.guard``)
+internal-error        (aggregator) handling the update raised an unexpected exception (its
+                      message is the detail); the update is left out and the round goes on
+====================  =========================================================================
 
 Values are checked one tensor at a time (the file is never loaded whole), so validation's
 memory is one tensor. A float tensor may travel in a lower-precision float dtype than the
@@ -50,20 +66,23 @@ from pydantic import ValidationError
 
 from fedcore.errors import FedcoreError, UpdateRejected
 from fedcore.layout import UpdateManifest
+from fedcore.records import MAX_MANIFEST_BYTES
 from fedcore.signing import SigningKey, verify
-from fedcore.strategies.base import MAX_NUM_SAMPLES, arithmetic_threads
+from fedcore.strategies.base import MAX_INT_ACCUMULATOR, MAX_NUM_SAMPLES, arithmetic_threads
 from fedcore.weights import (
     DTYPE_NAMES,
     FLOAT_DTYPES,
+    INT_DTYPES,
     Scratch,
     Template,
+    TensorSource,
     TensorSpec,
     dtype_name,
     open_weights,
     sha256_file,
 )
 
-RejectReason = Literal[
+ValidationReason = Literal[
     "bad-manifest",
     "bad-signature",
     "wrong-base-round",
@@ -76,9 +95,15 @@ RejectReason = Literal[
     "dtype-mismatch",
     "non-finite",
     "constant-changed",
+    "out-of-range",
 ]
-REJECT_REASONS: Final[tuple[str, ...]] = get_args(RejectReason)
-"""Every ``UpdateRejected.reason`` this module raises (stable: Events and records use them)."""
+RoundReason = Literal["not-selected", "non-finite-aggregate", "internal-error"]
+RejectReason = ValidationReason | RoundReason
+VALIDATION_REASONS: Final[tuple[str, ...]] = get_args(ValidationReason)
+"""Every ``UpdateRejected.reason`` ``validate_update`` raises."""
+REJECT_REASONS: Final[tuple[str, ...]] = VALIDATION_REASONS + get_args(RoundReason)
+"""Every reason an update is rejected for, here or by the aggregator (stable: Events and
+records use them)."""
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _LISTED = 5
@@ -91,7 +116,7 @@ class _Rejector:
     def __init__(self, client: str) -> None:
         self.client = client
 
-    def __call__(self, reason: RejectReason, detail: str) -> UpdateRejected:
+    def __call__(self, reason: ValidationReason, detail: str) -> UpdateRejected:
         return UpdateRejected(self.client, reason, detail)
 
 
@@ -100,6 +125,11 @@ def _parse_manifest(
 ) -> UpdateManifest:
     if isinstance(raw, UpdateManifest):
         return raw
+    if isinstance(raw, bytes | str) and len(raw) > MAX_MANIFEST_BYTES:
+        raise reject(
+            "bad-manifest",
+            f"the manifest is {len(raw)} bytes, more than the {MAX_MANIFEST_BYTES} allowed",
+        )
     try:
         if isinstance(raw, bytes | str):
             return UpdateManifest.model_validate_json(raw)
@@ -143,6 +173,7 @@ def validate_update(
     template: Template,
     max_bytes: int,
     key: SigningKey | None,
+    base: TensorSource,
     allow_low_precision: bool = False,
 ) -> UpdateManifest:
     """Check one update end to end; return its parsed manifest or raise ``UpdateRejected``.
@@ -150,7 +181,8 @@ def validate_update(
     ``client`` is the update slot it was read from (``rounds/NNNNNN/updates/<client>.*``) and
     ``key`` that client's signing key (``None``: no key is known, a ``bad-signature``).
     ``template`` is the model's name -> (shape, dtype); ``base_sha256`` the sha256 of the
-    round's base global model (round ``expected_round - 1``). ``allow_low_precision`` lets
+    round's base global model (round ``expected_round - 1``) and ``base`` that model itself:
+    an integer delta must keep ``base + delta`` inside its dtype. ``allow_low_precision`` lets
     float tensors travel in the narrower float dtype named by the manifest's ``dtype``.
     """
     reject = _Rejector(client)
@@ -230,7 +262,7 @@ def validate_update(
         try:
             with arithmetic_threads():
                 _check_contents(
-                    path, m, template, reject, low_precision if allow_low_precision else None
+                    path, m, template, base, reject, low_precision if allow_low_precision else None
                 )
         except UpdateRejected as e:
             content_problem = e
@@ -258,10 +290,42 @@ def _all_finite(tensor: torch.Tensor) -> bool:
     return bool(torch.isfinite(tensor).all())
 
 
+def _int_range_problem(
+    base: torch.Tensor, delta: torch.Tensor, dtype: torch.dtype, num_samples: int
+) -> str | None:
+    """Why integer ``delta`` cannot be folded onto ``base`` (None when it can).
+
+    ``base + delta`` must fit ``dtype``, checked without computing the sum (which could wrap
+    in int64): against ``max - base`` where base >= 0 and ``min - base`` where base < 0,
+    neither of which can overflow. And ``num_samples x |delta|`` must stay within
+    ``MAX_INT_ACCUMULATOR`` so the exact int64 sum cannot wrap. Together they make the
+    aggregate fit: a weighted mean of deltas lies between the smallest and largest of them.
+    """
+    info = torch.iinfo(dtype)
+    b, d = base.to(torch.int64), delta.to(torch.int64)
+    above = d > info.max - b.clamp(min=0)
+    below = d < info.min - b.clamp(max=0)
+    outside = int((above | below).sum())
+    if outside:
+        return (
+            f"base + delta leaves {dtype_name(dtype)} [{info.min}, {info.max}] in {outside} of "
+            f"{d.numel()} elements"
+        )
+    if d.numel():
+        largest = max(int(d.max()), -int(d.min()))
+        if num_samples * largest > MAX_INT_ACCUMULATOR:
+            return (
+                f"its largest delta {largest} weighted by num_samples {num_samples} exceeds "
+                f"{MAX_INT_ACCUMULATOR}, beyond what the aggregate can sum exactly"
+            )
+    return None
+
+
 def _check_contents(
     path: Path,
     m: UpdateManifest,
     template: Template,
+    base: TensorSource,
     reject: _Rejector,
     low_precision: torch.dtype | None,
 ) -> None:
@@ -307,7 +371,7 @@ def _check_contents(
                     f"tensor {name!r} has dtype {dtype_name(got.dtype)}; allowed: {allowed}",
                 )
 
-        scratch = Scratch()
+        scratch, base_scratch = Scratch(), Scratch()
         for name in sorted(template):
             dtype = wire[name].dtype
             if dtype in FLOAT_DTYPES:
@@ -318,6 +382,12 @@ def _check_contents(
                         "non-finite",
                         f"tensor {name!r} holds {bad} NaN or infinite values of {tensor.numel()}",
                     )
+            elif dtype in INT_DTYPES:
+                problem = _int_range_problem(
+                    base.get(name, base_scratch), reader.get(name, scratch), dtype, m.num_samples
+                )
+                if problem is not None:
+                    raise reject("out-of-range", f"integer tensor {name!r}: {problem}")
             elif dtype == torch.bool and bool(reader.get(name, scratch).any()):
                 raise reject(
                     "constant-changed",
@@ -326,4 +396,11 @@ def _check_contents(
                 )
 
 
-__all__ = ["REJECT_REASONS", "RejectReason", "validate_update"]
+__all__ = [
+    "REJECT_REASONS",
+    "VALIDATION_REASONS",
+    "RejectReason",
+    "RoundReason",
+    "ValidationReason",
+    "validate_update",
+]

@@ -71,6 +71,12 @@ class ObjectStore(Protocol):
         """Whether an object is stored at ``key``."""
         ...
 
+    def size(self, key: str) -> int:
+        """The object's size in bytes, from its metadata (a HEAD on S3, a ``stat`` locally):
+        no byte of it is read, so a caller can refuse an object too large to download.
+        ``ObjectNotFound`` when there is none."""
+        ...
+
     def list(self, prefix: str = "") -> list[str]:
         """Sorted keys starting with ``prefix`` (a plain string prefix, as in S3)."""
         ...

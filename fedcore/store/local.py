@@ -30,6 +30,7 @@ import errno
 import fcntl
 import os
 import secrets
+import stat
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -209,6 +210,18 @@ class LocalStore:
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
+
+    def size(self, key: str) -> int:
+        path = self._path(key)
+        try:
+            st = path.stat()
+        except (FileNotFoundError, NotADirectoryError) as e:
+            raise ObjectNotFound(f"{self.uri(key)} does not exist") from e
+        except OSError as e:
+            raise _os_error(e, f"cannot read {self.uri(key)}") from e
+        if not stat.S_ISREG(st.st_mode):
+            raise ObjectNotFound(f"{self.uri(key)} does not exist")
+        return st.st_size
 
     def list(self, prefix: str = "") -> list[str]:
         validate_list_prefix(prefix)

@@ -373,6 +373,12 @@ class S3Store:
     def exists(self, key: str) -> bool:
         return self._head(key, self._key(key)) is not None
 
+    def size(self, key: str) -> int:
+        head = self._head(key, self._key(key))
+        if head is None:
+            raise ObjectNotFound(f"{self.uri(key)} does not exist")
+        return int(head["ContentLength"])
+
     def list(self, prefix: str = "") -> list[str]:
         validate_list_prefix(prefix)
         own = self.config.prefix

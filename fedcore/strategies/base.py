@@ -30,6 +30,20 @@ MAX_NUM_SAMPLES = 10**12
 """Largest accepted FedAvg weight of one update. Far above any real dataset, low enough that
 ``num_samples x integer delta`` sums stay exact in int64 and float64."""
 
+MAX_INT_ACCUMULATOR = 2**61
+"""Largest ``|Σ n_k Δ_k|`` an integer tensor's exact int64 accumulator may reach. Below
+``2**62`` the mean's ``2 acc + n`` cannot wrap; ``2**61`` leaves the sample counts room.
+``fedcore.validation`` rejects one update beyond it (``out-of-range``) and ``fold`` refuses
+one that would take the running sum beyond it (``OutOfRange``)."""
+
+
+class OutOfRange(ValueError):
+    """Folding this update would take an integer accumulator past ``MAX_INT_ACCUMULATOR``.
+
+    Raised before anything is added: the strategy is left as it was, and the aggregator
+    rejects the update (``out-of-range``) and goes on.
+    """
+
 
 ARITHMETIC_THREADS = 1
 """Intra-op threads for folding, finalizing and value checks. One, because this arithmetic is
@@ -87,6 +101,13 @@ class Strategy(ABC):
 
         Consumes the round: call ``begin_round`` before folding again.
         """
+
+    @abstractmethod
+    def alone_is_finite(self, update: TensorSource, base: TensorSource) -> bool:
+        """Whether ``update``, were it the round's only one, would give a finite model and
+        finite server state. Reads the state as it is now (call it before ``finalize``) and
+        changes nothing. The aggregate is a weighted mean of these single-update results,
+        so when every folded update passes, the round's result is finite too."""
 
     @property
     @abstractmethod

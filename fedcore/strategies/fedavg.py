@@ -39,9 +39,13 @@ Non-float tensors:
 
 * Integer tensors (``num_batches_tracked`` and other counters) accumulate exactly in int64;
   the result is ``base + round(Σ n_k Δ_k / n)``, rounded to nearest with ties toward +inf,
-  cast back to the tensor's dtype (``ValueError`` if it does not fit). For BatchNorm's step
-  counter that is the sample-weighted mean number of local steps. ``η`` does not apply to
-  them. Exactness holds while ``|Σ n_k Δ_k| < 2**62``.
+  cast back to the tensor's dtype. For BatchNorm's step counter that is the sample-weighted
+  mean number of local steps. ``η`` does not apply to them. Exactness holds while
+  ``|Σ n_k Δ_k| < 2**62``: ``fold`` refuses (``OutOfRange``, before adding anything) an update
+  that would take the sum past ``MAX_INT_ACCUMULATOR``, and validation already checked that
+  ``base + Δ_k`` fits the dtype for every update, so the rounded mean fits too (it lies
+  between the smallest and largest delta); the ``ValueError`` of ``finalize`` for a result
+  that does not fit is a last line that validated input never reaches.
 * Bool tensors (masks) are constants of the model: every update's delta must be all-False
   (``fedcore.validation`` rejects others with ``constant-changed``; ``fold`` refuses them
   before any arithmetic) and the result is the base tensor.
@@ -55,7 +59,13 @@ from typing import ClassVar
 import torch
 
 from fedcore.spec import StrategySpec
-from fedcore.strategies.base import Strategy, arithmetic_threads, check_num_samples
+from fedcore.strategies.base import (
+    MAX_INT_ACCUMULATOR,
+    OutOfRange,
+    Strategy,
+    arithmetic_threads,
+    check_num_samples,
+)
 from fedcore.weights import (
     FLOAT_DTYPES,
     INT_DTYPES,
@@ -153,10 +163,31 @@ class FedAvg(Strategy):
                     "bool tensors are constants of the model and cannot be averaged"
                 )
 
+    def _check_int_headroom(
+        self, template: dict[str, TensorSpec], update: TensorSource, num_samples: int
+    ) -> None:
+        """Raise ``OutOfRange`` if adding ``num_samples x update`` could wrap an integer
+        accumulator (exact bounds, in Python integers)."""
+        for name, spec in template.items():
+            if spec.dtype not in INT_DTYPES:
+                continue
+            acc, d = self._acc[name], update.get(name, self._scratch)
+            if not d.numel():
+                continue
+            largest_delta = max(int(d.max()), -int(d.min()))
+            largest_sum = max(int(acc.max()), -int(acc.min()))
+            if largest_sum + num_samples * largest_delta > MAX_INT_ACCUMULATOR:
+                raise OutOfRange(
+                    f"integer tensor {name!r}: with this update the weighted sum of deltas "
+                    f"could reach {largest_sum + num_samples * largest_delta}, past the "
+                    f"{MAX_INT_ACCUMULATOR} the aggregate sums exactly"
+                )
+
     def fold(self, update: TensorSource, num_samples: int) -> None:
         template = self._round_template("fold an update")
         check_num_samples(num_samples)
         self._check_update(template, update)
+        self._check_int_headroom(template, update, num_samples)
         self._broken = True  # until every tensor is in: an I/O error half-way spoils acc
         with arithmetic_threads():
             for name, acc in self._acc.items():
@@ -196,6 +227,25 @@ class FedAvg(Strategy):
         self._num_updates = 0
         self._num_samples = 0
         return out
+
+    def alone_is_finite(self, update: TensorSource, base: TensorSource) -> bool:
+        template = self._round_template("check an update")
+        scratch = Scratch()
+        with arithmetic_threads():
+            for name, spec in template.items():
+                if spec.dtype not in FLOAT_DTYPES:
+                    continue
+                delta = update.get(name, self._scratch).to(torch.float64)
+                if not self._step_is_finite(name, delta, base.get(name, scratch)):
+                    return False
+        return True
+
+    def _step_is_finite(self, name: str, delta: torch.Tensor, base: torch.Tensor) -> bool:
+        """Whether ``_server_step`` with ``delta`` (float64, may be reused) as the mean delta
+        gives finite values in the model's dtype, without changing any state."""
+        delta.mul_(self.server_learning_rate)
+        add_chunked_(delta, base)
+        return bool(torch.isfinite(delta.to(base.dtype)).all())
 
     def _server_step(self, name: str, mean_delta: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
         """The new value of float tensor ``name``; ``mean_delta`` is float64 and may be reused."""

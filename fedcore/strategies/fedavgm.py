@@ -86,6 +86,14 @@ class FedAvgM(FedAvg):
         self._momentum[name] = mean_delta.to(_momentum_dtype(base.dtype), copy=True)
         return super()._server_step(name, mean_delta, base)
 
+    def _step_is_finite(self, name: str, delta: torch.Tensor, base: torch.Tensor) -> bool:
+        previous = self._momentum.get(name)
+        if previous is not None:
+            add_chunked_(delta, previous, alpha=self.server_momentum)
+        if not bool(torch.isfinite(delta.to(_momentum_dtype(base.dtype))).all()):
+            return False  # the momentum kept for the next round would hold inf
+        return super()._step_is_finite(name, delta, base)
+
     def state_dict(self) -> Tensors:
         """``momentum/<name>`` per float tensor (empty before the first finalize)."""
         return {MOMENTUM_PREFIX + name: m for name, m in sorted(self._momentum.items())}

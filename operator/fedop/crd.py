@@ -237,7 +237,9 @@ EXTRAS: dict[str, Schema] = {
                     f"self.name != '{n}'" for n in sorted(fs.RESERVED_CLIENT_NAMES)
                 ),
                 "message": (
-                    "reserved: the aggregator Job is named <job>-aggregator; rename the client"
+                    "reserved: "
+                    + "; ".join(why for _, why in sorted(fs.RESERVED_CLIENT_NAMES.items()))
+                    + "; rename the client"
                 ),
                 "fieldPath": ".name",
                 "reason": "FieldValueInvalid",

@@ -292,6 +292,40 @@ def test_exists_tells_stored_from_missing_keys(store: ObjectStore) -> None:
     assert not store.exists("rounds/000001/updates")  # a "folder" is not an object
 
 
+@pytest.mark.parametrize("length", [0, 1234, BIG], ids=["empty", "small", "multipart"])
+def test_size_is_the_stored_length_read_from_metadata(store: ObjectStore, length: int) -> None:
+    data = bytes(range(256)) * (length // 256) + b"x" * (length % 256)
+    store.put_bytes("rounds/000001/updates/a.safetensors", data)
+
+    assert store.size("rounds/000001/updates/a.safetensors") == length
+
+
+def test_size_of_a_replaced_object_is_its_new_length(store: ObjectStore) -> None:
+    store.put_bytes("control/excluded.json", b"a much longer first version")
+    store.put_bytes("control/excluded.json", b"short")
+
+    assert store.size("control/excluded.json") == 5
+
+
+def test_size_of_a_missing_key_or_a_folder_raises_object_not_found(store: ObjectStore) -> None:
+    store.put_bytes("rounds/000001/updates/a.json", b"{}")
+
+    with pytest.raises(ObjectNotFound, match=r"b\.json does not exist"):
+        store.size("rounds/000001/updates/b.json")
+    with pytest.raises(ObjectNotFound):
+        store.size("rounds/000001/updates")  # a "folder" is not an object
+
+
+def test_size_reads_no_byte_of_the_object(harness: Harness) -> None:
+    # Bytes that no longer match their recorded digest cannot be read, but their size is
+    # metadata: a caller learns it without downloading (and verifying) anything.
+    harness.write_raw("rounds/000001/updates/a.safetensors", b"x" * 4096, "0" * 64)
+
+    assert harness.store.size("rounds/000001/updates/a.safetensors") == 4096
+    with pytest.raises(IntegrityError):
+        harness.store.get_bytes("rounds/000001/updates/a.safetensors")
+
+
 def test_put_file_of_a_missing_source_raises_file_not_found(
     store: ObjectStore, tmp_path: Path
 ) -> None:
@@ -436,6 +470,7 @@ def test_every_operation_rejects_an_invalid_key_with_a_store_error(
         lambda: store.get_bytes(key),
         lambda: store.get_file(key, tmp_path / "out"),
         lambda: store.exists(key),
+        lambda: store.size(key),
         lambda: store.delete(key),
         lambda: store.uri(key),
     ]

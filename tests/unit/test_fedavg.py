@@ -10,7 +10,7 @@ from torch import nn
 
 import fedcore.strategies.fedavg as fedavg_module
 from fedcore.strategies import FedAvg
-from fedcore.strategies.base import arithmetic_threads
+from fedcore.strategies.base import OutOfRange, arithmetic_threads
 from fedcore.weights import (
     InMemoryWeights,
     Tensors,
@@ -352,3 +352,32 @@ def test_arithmetic_runs_on_one_thread_and_restores_the_callers_setting() -> Non
         torch.set_num_threads(before)
 
     assert (inside, after) == (1, 2)
+
+
+def test_fold_refuses_an_integer_sum_past_the_exact_range_and_changes_nothing() -> None:
+    base = {"w": torch.zeros(2), "steps": torch.tensor(0)}
+    big = {"w": torch.ones(2), "steps": torch.tensor(2**60)}
+    strategy = FedAvg()
+    strategy.begin_round(template_of(base))
+    strategy.fold(InMemoryWeights(big), 1)
+    strategy.fold(InMemoryWeights(big), 1)
+
+    with pytest.raises(OutOfRange, match=r"'steps'.*past the 2305843009213693952"):
+        strategy.fold(InMemoryWeights(big), 1)
+
+    assert strategy.num_updates == 2
+    result = strategy.finalize(InMemoryWeights(base))
+    assert int(result["steps"]) == 2**60
+    assert torch.equal(result["w"], torch.ones(2))
+
+
+def test_an_update_alone_is_finite_unless_the_server_step_overflows_the_model() -> None:
+    base = {"w": torch.zeros(2), "steps": torch.tensor(0)}
+    huge = {"w": torch.full((2,), 3e38), "steps": torch.tensor(1)}
+    plain, scaled = FedAvg(), FedAvg(server_learning_rate=10.0)
+    for strategy in (plain, scaled):
+        strategy.begin_round(template_of(base))
+
+    assert plain.alone_is_finite(InMemoryWeights(huge), InMemoryWeights(base))
+    assert not scaled.alone_is_finite(InMemoryWeights(huge), InMemoryWeights(base))
+    assert scaled.num_updates == 0

@@ -130,3 +130,16 @@ def test_state_of_another_strategy_is_refused() -> None:
 def test_momentum_outside_zero_to_one_is_refused(momentum: float) -> None:
     with pytest.raises(ValueError, match="server_momentum"):
         FedAvgM(server_momentum=momentum)
+
+
+def test_an_update_alone_is_not_finite_when_the_momentum_it_leaves_would_overflow() -> None:
+    base = {"w": torch.zeros(2)}
+    half_max = {"w": torch.full((2,), 2e38)}
+    strategy = FedAvgM(server_learning_rate=0.01, server_momentum=0.9)
+    one_round(strategy, base, [(half_max, 1)])  # momentum 2e38 kept, model 2e36: finite
+    strategy.begin_round(template_of(base))
+
+    # 0.9 * 2e38 + 2e38 = 3.8e38 > float32 max: the model would stay finite (x 0.01), the
+    # momentum kept for the next round would not.
+    assert not strategy.alone_is_finite(InMemoryWeights(half_max), InMemoryWeights(base))
+    assert strategy.alone_is_finite(InMemoryWeights(base), InMemoryWeights(base))

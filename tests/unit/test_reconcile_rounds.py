@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fedcore import layout
 from fedcore import spec as fs
+from fedcore.validation import REJECT_REASONS
 from fedop.reconcile import plan
 from tests.fixtures.fedjobs import (
     make_spec,
@@ -32,6 +33,25 @@ def test_new_rounds_fill_status_and_are_announced_with_their_accuracy() -> None:
     assert s.last_round.duration_seconds == 5.0
     assert messages(result, "RoundCommitted") == [
         "round 1/3 committed: 3 participants, accuracy 0.91, loss 0.09"
+    ]
+
+
+def test_every_rejection_reason_code_reaches_an_event_as_is() -> None:
+    rejected = [
+        layout.RejectedUpdate(client=f"c{i}", reason=reason, detail=f"why {reason}")
+        for i, reason in enumerate(REJECT_REASONS)
+    ]
+
+    result = plan(
+        observe(
+            status=status_of("Running"),
+            snapshot=store([record(0), record(1, ["a"], rejected=rejected)]),
+        )
+    )
+
+    assert messages(result, "UpdateRejected") == [
+        f"round 1: update from client c{i} rejected ({reason}): why {reason}"
+        for i, reason in enumerate(REJECT_REASONS)
     ]
 
 

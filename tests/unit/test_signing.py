@@ -100,9 +100,33 @@ def test_canonical_bytes_are_sorted_compact_json_without_the_signature() -> None
     assert fields["update_sha256"] == "2" * 64
 
 
-def test_a_nan_metric_cannot_be_signed() -> None:
+def test_a_nan_metric_cannot_be_put_in_a_manifest_nor_signed() -> None:
+    with pytest.raises(ValueError, match="finite number"):
+        make_manifest(metrics={"loss": float("nan")})
+    fields = json.loads(make_manifest().to_json())
+    fields["metrics"]["loss"] = float("inf")
+
     with pytest.raises(ValueError, match="NaN or infinite"):
-        sign_manifest(make_manifest(metrics={"loss": float("nan")}), KEY_A)
+        canonical_bytes(fields)
+
+
+@pytest.mark.parametrize(
+    "signature",
+    ["\ud800" * 64, "Z" * 64, "a" * 63, "A" * 64, 12, None, ["a" * 64]],
+    ids=["lone surrogates", "not hex", "too short", "upper case", "a number", "null", "a list"],
+)
+def test_hostile_signatures_do_not_verify_and_never_raise(signature: Any) -> None:
+    fields = json.loads(sign_manifest(make_manifest(), KEY_A).to_json())
+    fields["signature"] = signature
+
+    assert not verify(fields, KEY_A)
+
+
+def test_fields_that_cannot_be_signed_do_not_verify() -> None:
+    fields = json.loads(sign_manifest(make_manifest(), KEY_A).to_json())
+    fields["metrics"]["loss"] = float("nan")
+
+    assert not verify(fields, KEY_A)
 
 
 def test_keys_never_show_their_bytes() -> None:

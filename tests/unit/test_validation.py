@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -13,9 +14,12 @@ import torch
 
 from fedcore.errors import UpdateRejected
 from fedcore.layout import UpdateManifest
+from fedcore.records import MAX_MANIFEST_BYTES, MAX_METRIC_NAME_CHARS, MAX_METRICS
 from fedcore.signing import SigningKey, sign_manifest
-from fedcore.validation import REJECT_REASONS, validate_update
+from fedcore.strategies.base import MAX_INT_ACCUMULATOR
+from fedcore.validation import REJECT_REASONS, VALIDATION_REASONS, validate_update
 from fedcore.weights import (
+    InMemoryWeights,
     Tensors,
     save_weights,
     sha256_file,
@@ -94,6 +98,7 @@ class Case:
             "template": template_of(model()),
             "max_bytes": MAX_BYTES,
             "key": KEY,
+            "base": InMemoryWeights(model()),
         }
         kwargs.update(self.check)
         return validate_update(sent, path, **kwargs)
@@ -109,6 +114,23 @@ def flip_last_byte(path: Path, manifest: UpdateManifest) -> UpdateManifest:
 def append_bytes(path: Path, manifest: UpdateManifest) -> UpdateManifest:
     path.write_bytes(path.read_bytes() + b"  ")
     return manifest
+
+
+def edit_json(**changes: Any) -> Callable[[Path, UpdateManifest], bytes]:
+    """The signed manifest as JSON with fields replaced (no model would hold them)."""
+
+    def edit(path: Path, manifest: UpdateManifest) -> bytes:
+        fields = json.loads(manifest.to_json())
+        fields.update(changes)
+        return json.dumps(fields).encode()
+
+    return edit
+
+
+def base_with(**changes: torch.Tensor) -> InMemoryWeights:
+    tensors = model()
+    tensors.update(changes)
+    return InMemoryWeights(tensors)
 
 
 def with_delta(**changes: torch.Tensor) -> Tensors:
@@ -295,6 +317,91 @@ REJECTIONS = [
         "bool tensor 'mask'",
         id="a bool constant was changed",
     ),
+    pytest.param(
+        Case(after_signing=lambda p, m: m.to_json().replace(b'"loss": 0.5', b'"loss": NaN')),
+        "bad-manifest",
+        "metrics.loss",
+        id="a metric is NaN",
+    ),
+    pytest.param(
+        Case(after_signing=lambda p, m: m.to_json().replace(b'"loss": 0.5', b'"loss": 1e999')),
+        "bad-manifest",
+        "metrics.loss",
+        id="a metric is 1e999, an infinity once parsed",
+    ),
+    pytest.param(
+        Case(after_signing=lambda p, m: m.to_json().replace(b'"loss": 0.5', b'"loss": Infinity')),
+        "bad-manifest",
+        "metrics.loss",
+        id="a metric is Infinity",
+    ),
+    pytest.param(
+        Case(after_signing=lambda p, m: m.to_json() + b" " * MAX_MANIFEST_BYTES),
+        "bad-manifest",
+        f"more than the {MAX_MANIFEST_BYTES} allowed",
+        id="the manifest is larger than the cap",
+    ),
+    pytest.param(
+        Case(after_signing=edit_json(metrics={f"m{i}": 1.0 for i in range(MAX_METRICS + 1)})),
+        "bad-manifest",
+        f"at most {MAX_METRICS} items",
+        id="the manifest holds too many metrics",
+    ),
+    pytest.param(
+        Case(after_signing=edit_json(metrics={"x" * (MAX_METRIC_NAME_CHARS + 1): 1.0})),
+        "bad-manifest",
+        f"at most {MAX_METRIC_NAME_CHARS} characters",
+        id="a metric name is too long",
+    ),
+    pytest.param(
+        Case(
+            after_signing=lambda p, m: m.to_json().replace(
+                b'"num_samples": 64', b'"num_samples": ' + b"9" * 5000
+            )
+        ),
+        "bad-manifest",
+        "not a valid UpdateManifest",
+        id="an integer is thousands of digits long",
+    ),
+    pytest.param(
+        Case(after_signing=edit_json(update_bytes=2**64)),
+        "bad-manifest",
+        "update_bytes: Input should be less than or equal to 9223372036854775807",
+        id="an integer is beyond int64",
+    ),
+    pytest.param(
+        Case(after_signing=lambda p, m: m.model_copy(update={"signature": "\ud800" * 64})),
+        "bad-signature",
+        "does not verify",
+        id="the signature is not hex",
+    ),
+    pytest.param(
+        Case(
+            tensors=with_delta(**{"bn.num_batches_tracked": torch.tensor(2**63 - 8)}),
+            manifest={"num_samples": 1},
+            check={"base": base_with(**{"bn.num_batches_tracked": torch.tensor(10)})},
+        ),
+        "out-of-range",
+        r"'bn.num_batches_tracked': base \+ delta leaves int64 .* in 1 of 1 elements",
+        id="an int64 delta overflows its base",
+    ),
+    pytest.param(
+        Case(
+            tensors=with_delta(**{"bn.num_batches_tracked": torch.tensor(-5)}),
+            check={"base": base_with(**{"bn.num_batches_tracked": torch.tensor(-(2**63) + 4)})},
+        ),
+        "out-of-range",
+        "leaves int64",
+        id="a negative int64 delta underflows its base",
+    ),
+    pytest.param(
+        Case(
+            tensors=with_delta(**{"bn.num_batches_tracked": torch.tensor(MAX_INT_ACCUMULATOR)}),
+        ),
+        "out-of-range",
+        "weighted by num_samples 64 exceeds",
+        id="an integer delta weighted by its samples exceeds the exact accumulator",
+    ),
 ]
 
 
@@ -315,7 +422,8 @@ def test_bad_update_is_rejected_with_its_reason(
 def test_every_reason_code_has_a_rejection_case() -> None:
     exercised = {param.values[1] for param in REJECTIONS}
 
-    assert exercised == set(REJECT_REASONS)
+    assert exercised == set(VALIDATION_REASONS)
+    assert set(VALIDATION_REASONS) < set(REJECT_REASONS)
 
 
 def test_good_update_passes_and_returns_its_manifest(tmp_path: Path) -> None:
@@ -360,3 +468,14 @@ def test_bytes_changed_after_signing_outrank_what_they_contain(tmp_path: Path) -
         Case(after_signing=poison).run(tmp_path)
 
     assert caught.value.reason == "bad-signature"
+
+
+def test_every_reason_code_is_in_the_docs_tables() -> None:
+    import fedcore.validation
+
+    design = (Path(__file__).parents[2] / "docs" / "design.md").read_text()
+    docstring = fedcore.validation.__doc__ or ""
+
+    for reason in REJECT_REASONS:
+        assert f"| `{reason}` |" in design, reason
+        assert re.search(rf"^{re.escape(reason)}\s", docstring, re.MULTILINE), reason

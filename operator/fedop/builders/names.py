@@ -26,10 +26,7 @@ ANNOTATION_RESTARTS = "fedkube.io/restarts"
 """On a client Job: how many times the operator has restarted this client's group before it
 (the Job carries it so a restarted operator counts on, even without the status)."""
 COMPLETION_INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
-RESERVED_CLIENT_NAMES = {
-    "aggregator": "the aggregator Job is '<job>-aggregator'",
-    "commit": "the commit signing key Secret is '<job>-commit-key'",
-}
+RESERVED_CLIENT_NAMES = fs.RESERVED_CLIENT_NAMES
 """A client of such a name would take another child's name (value: whose)."""
 
 Role = Literal["aggregator", "client"]
