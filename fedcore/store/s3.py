@@ -39,8 +39,8 @@ read, and a plain ``AccessDenied`` on one of those keys is ``ObjectNotFound`` (H
 carry no error code, so a 403 HEAD is confirmed with a one-byte GET, whose reply does). A
 denial of any other key stays an access error, and so do expired or wrong keys (their codes
 differ). The bucket check that tells "no such bucket" from "no such key" after a 404 needs
-ListBucket as well; a scoped reader that is refused it takes the bucket as existing (a
-missing bucket then shows as ``NoSuchBucket`` on the next GET).
+ListBucket on the whole bucket; a credential refused it (every role's) takes the bucket as
+existing (a missing bucket then shows as ``NoSuchBucket`` on the next GET).
 """
 
 from __future__ import annotations
@@ -484,10 +484,10 @@ class S3Store:
             except botocore.exceptions.ClientError as e:
                 if _code(e) in ("404", "NoSuchBucket", "NotFound"):
                     raise self._no_bucket() from e
-                if not (_status(e) == 403 and self.config.denied_is_missing):
+                if _status(e) != 403:
                     raise
-                # A scoped reader may not list, so it may not HEAD the bucket either; a
-                # missing bucket still shows as NoSuchBucket on its next GET.
+                # A scoped credential (a role's: no ListBucket, or only under its prefix) may
+                # not HEAD the bucket; a missing bucket still shows as NoSuchBucket on a GET.
         self._bucket_seen = True
 
     def _no_bucket(self) -> StoreError:
@@ -551,7 +551,7 @@ class S3Store:
         message = e.response.get("Error", {}).get("Message", "")
         if code == "NoSuchBucket":
             raise self._no_bucket() from e
-        if code == "AccessDenied" and key is not None and self._hides_missing(key):
+        if code == "AccessDenied" and action == "read" and key and self._hides_missing(key):
             raise ObjectNotFound(f"{where} does not exist (or is hidden from this role)") from e
         if code in ("NoSuchKey", "404", "NotFound") or (status == 404 and code != "NoSuchUpload"):
             raise ObjectNotFound(f"{where} does not exist") from e
