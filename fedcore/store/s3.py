@@ -225,7 +225,9 @@ class S3Store:
         provider.load()
         botocore_session = botocore.session.Session()
         botocore_session.get_component("credential_provider").insert_before("env", provider)
-        return cls(config, session=boto3.session.Session(botocore_session=botocore_session))
+        store = cls(config, session=boto3.session.Session(botocore_session=botocore_session))
+        store._credentials_file = provider.path
+        return store
 
     def __init__(self, config: S3Config, *, session: boto3.session.Session | None = None) -> None:
         self.config = config
@@ -249,6 +251,8 @@ class S3Store:
             use_threads=True,
         )
         self._bucket_seen = False
+        self._credentials_file: Path | None = None
+        """Where a role's scoped credentials come from (``from_credentials_file``)."""
 
     def __repr__(self) -> str:
         c = self.config
@@ -563,6 +567,13 @@ class S3Store:
             raise StoreUnavailable(
                 f"cannot {action} {where}: the server kept failing after "
                 f"{self.config.max_attempts} attempts ({code or status}: {message}); retry later"
+            ) from e
+        if self._credentials_file is not None and (code in _ACCESS_CODES or status == 403):
+            raise StoreError(
+                f"cannot {action} {where}: access denied ({code}) to the scoped credentials in "
+                f"{self._credentials_file}: this process's role may not do that (a client "
+                "reads the job's public keys and writes only its own update; see "
+                "fedcore.credentials), or the credentials were revoked"
             ) from e
         if code in _ACCESS_CODES or status == 403:
             raise StoreError(
