@@ -615,7 +615,7 @@ class _FileCredentialProvider(botocore.credentials.CredentialProvider):  # type:
         """The file's identity when it was last read successfully."""
 
     def load(self) -> _FileCredentials:
-        creds = _FileCredentials.create_from_metadata(
+        creds: _FileCredentials = _FileCredentials.create_from_metadata(
             metadata=self._read(),
             refresh_using=self._refresh,
             method=self.METHOD,
