@@ -9,6 +9,7 @@ the store's own answer, ``AccessDenied``, is what is checked), the allowed paths
 from __future__ import annotations
 
 import contextlib
+import io
 import secrets
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -26,13 +27,16 @@ from fedcore.credentials import (
     CREDENTIALS_FILE_ENV,
     Role,
     ScopedCredentials,
+    read_credentials_file,
     session_policy,
     unlisted_readable_keys,
     write_credentials_file,
 )
 from fedcore.errors import ObjectNotFound, StoreError, StoreUnavailable, StsUnavailable
 from fedcore.exitcodes import EXIT_CONFIG
-from fedcore.local_credentials import SHARED_WARNING
+from fedcore.local_credentials import SHARED_WARNING, LocalCredentials
+from fedcore.spec import load_job
+from fedcore.store import open_job_store
 from fedcore.store.s3 import MIN_PART_BYTES, S3Config, S3Store
 from fedcore.store.sts import assume_role
 from tests.fixtures.minio import MinioServer
@@ -578,3 +582,33 @@ def test_fedkube_run_on_a_store_that_cannot_mint_fails_at_once_naming_the_opt_ou
     assert "spec.storage.credentials: shared" in run.stderr()
     assert "Traceback" not in run.stderr()
     assert not (tmp / "run" / "logs").exists()  # no process was started
+
+
+def test_the_runner_renews_every_file_and_a_process_store_follows_without_reopening(
+    minio: MinioServer, prefix: str, tmp_path: Path
+) -> None:
+    job_file = write_job(
+        tmp_path / "job.yaml",
+        storage={"endpoint": minio.endpoint, "bucket": minio.bucket, "prefix": prefix},
+    )
+    job = load_job(job_file)
+    creds = LocalCredentials.for_run(job, minio.env(), io.StringIO())
+    assert creds is not None
+    try:
+        role = Role.for_client("a")
+        env = creds.environment(role, minio.env())
+        store = open_job_store(job, env, role=role)
+        first = {r: read_credentials_file(creds.file(r)) for r in creds.roles}
+        assert store.get_bytes(layout.JOB_KEY) == b"seed job.json"
+
+        creds.refresh()
+
+        second = {r: read_credentials_file(creds.file(r)) for r in creds.roles}
+        assert all(first[r].access_key_id != second[r].access_key_id for r in creds.roles)
+        assert store.get_bytes(layout.JOB_KEY) == b"seed job.json"
+        assert creds.next_refresh() == min(c.expiration for c in second.values()) - timedelta(
+            seconds=creds.lifetime_seconds / 2
+        )
+    finally:
+        creds.close()
+    assert not creds.folder.exists()
