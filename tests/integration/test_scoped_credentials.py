@@ -27,9 +27,9 @@ from fedcore.credentials import (
     CREDENTIALS_FILE_ENV,
     Role,
     ScopedCredentials,
+    denied_is_missing_keys,
     read_credentials_file,
     session_policy,
-    unlisted_readable_keys,
     write_credentials_file,
 )
 from fedcore.errors import ObjectNotFound, StoreError, StoreUnavailable, StsUnavailable
@@ -91,7 +91,7 @@ def file_store(minio: MinioServer, prefix: str, path: Path, role: Role | None = 
         max_attempts=2,
         multipart_threshold=MIN_PART_BYTES,
         multipart_chunksize=MIN_PART_BYTES,
-        denied_is_missing=unlisted_readable_keys(role),
+        denied_is_missing=denied_is_missing_keys(role),
     )
     return S3Store.from_credentials_file(config, path)
 
