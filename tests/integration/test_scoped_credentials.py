@@ -353,28 +353,41 @@ def test_minio_answers_a_scoped_reader_404_for_a_missing_key_it_may_read(
     assert caught.value.response["Error"]["Code"] == "NoSuchKey"
 
 
-def test_a_store_told_a_key_hides_its_absence_reads_access_denied_there_as_missing(
+def test_on_minio_a_refused_read_stays_an_access_error_even_where_absence_may_be_hidden(
     minio: MinioServer, prefix: str, tmp_path: Path
 ) -> None:
-    # MinIO answers a missing key with 404 even without ListBucket; AWS and Ceph answer 403.
-    # A key this client may *not* read gets MinIO's real 403, which stands in for AWS's here.
+    # AWS and Ceph answer a missing key 403 to a reader that may not list, so the store
+    # reads AccessDenied on the role's readable keys as "missing"; MinIO answers 404, so its
+    # 403 is a real refusal (another client's update here) and must stay one.
     path = tmp_path / "creds.json"
     write_credentials_file(path, mint(minio, prefix, Role.for_client(ME)))
     hidden = layout.update_key(2, OTHER)
     config = S3Config(
         endpoint=minio.endpoint, bucket=minio.bucket, prefix=prefix, denied_is_missing=(hidden,)
     )
-    told = S3Store.from_credentials_file(config, path)
-    untold = file_store(minio, prefix, path, Role.for_client(ME))
+    store = S3Store.from_credentials_file(config, path)
 
-    assert not told.exists(hidden)
-    with pytest.raises(ObjectNotFound):
-        told.get_bytes(hidden)
     with pytest.raises(StoreError, match="access denied") as caught:
-        untold.get_bytes(hidden)
+        store.get_bytes(hidden)
     assert not isinstance(caught.value, ObjectNotFound)
     with pytest.raises(StoreError, match="access denied"):
-        untold.exists(hidden)
+        store.exists(hidden)
+
+
+def test_a_revoked_client_credential_fails_its_round_probe_instead_of_waiting(
+    minio: MinioServer, mc_executable: Path, prefix: str, tmp_path: Path
+) -> None:
+    user, secret = f"rev-{secrets.token_hex(4)}", secrets.token_hex(12)
+    minio.add_user(user, secret, bucket_policy(minio.bucket))
+    path = tmp_path / "credentials.json"
+    write_credentials_file(path, mint(minio, prefix, Role.for_client(ME), keys=(user, secret)))
+    store = file_store(minio, prefix, path, Role.for_client(ME))
+    assert not store.exists(layout.round_record_key(2))
+
+    minio.set_user_enabled(user, False)
+
+    with pytest.raises(StoreError, match=r"access denied.*revoked"):
+        store.exists(layout.round_record_key(2))
 
 
 def test_a_client_store_cannot_write_outside_its_slot(
