@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import secrets
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -28,6 +29,7 @@ from fedcore.credentials import (
     Role,
     ScopedCredentials,
     denied_is_missing_keys,
+    dump_credentials,
     read_credentials_file,
     session_policy,
     write_credentials_file,
@@ -37,7 +39,7 @@ from fedcore.exitcodes import EXIT_CONFIG
 from fedcore.local_credentials import SHARED_WARNING, LocalCredentials
 from fedcore.spec import load_job
 from fedcore.store import open_job_store
-from fedcore.store.s3 import MIN_PART_BYTES, S3Config, S3Store
+from fedcore.store.s3 import CREDENTIALS_ADVISORY_REFRESH_S, MIN_PART_BYTES, S3Config, S3Store
 from fedcore.store.sts import assume_role
 from tests.fixtures.minio import MinioServer
 from tests.integration.test_run_local import (
@@ -475,6 +477,33 @@ def test_a_store_opened_from_a_file_keeps_working_after_the_file_is_rotated_and_
     assert store.get_bytes(layout.JOB_KEY) == b"seed job.json"
     store.put_bytes(layout.manifest_key(5, ME), b"{}")
     assert store.exists(layout.manifest_key(5, ME))
+
+
+def test_a_store_rereads_its_file_near_expiry_even_when_the_file_looks_unchanged(
+    minio: MinioServer, mc_executable: Path, prefix: str, tmp_path: Path
+) -> None:
+    user, secret = f"exp-{secrets.token_hex(4)}", secrets.token_hex(12)
+    minio.add_user(user, secret, bucket_policy(minio.bucket))
+    role = Role.for_client(ME)
+    minted = mint(minio, prefix, role, keys=(user, secret))
+    soon = datetime.now(UTC) + timedelta(seconds=CREDENTIALS_ADVISORY_REFRESH_S - 30)
+    old = ScopedCredentials(
+        minted.access_key_id, minted.secret_access_key, minted.session_token, soon
+    )
+    path = tmp_path / "credentials.json"
+    path.write_bytes(dump_credentials(old).ljust(4096))
+    store = file_store(minio, prefix, path, role)
+    assert store.get_bytes(layout.JOB_KEY) == b"seed job.json"
+    before = path.stat()
+
+    # Same file, same size, same modification time: only the content says it changed.
+    with path.open("r+b") as f:
+        f.write(dump_credentials(mint(minio, prefix, role)).ljust(4096))
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert (path.stat().st_ino, path.stat().st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+    minio.set_user_enabled(user, False)  # the credential in hand no longer works
+
+    assert store.get_bytes(layout.JOB_KEY) == b"seed job.json"
 
 
 def test_a_file_left_expired_fails_requests_until_it_is_replaced(
