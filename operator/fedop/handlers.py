@@ -25,7 +25,7 @@ from typing import Any
 import kopf
 
 from fedcore import spec as fs
-from fedcore.errors import SpecError
+from fedcore.errors import CredentialsError, SpecError, StoreError, StsUnavailable
 from fedop import reconcile, status
 from fedop.apply import Executor, Target
 from fedop.builders import names
@@ -53,7 +53,12 @@ class Runtime:
     task: asyncio.Task[None] | None = None
 
     def __post_init__(self) -> None:
-        self.executor = Executor(self.kube, self.store, self.pool)
+        self.executor = Executor(
+            self.kube,
+            self.store,
+            self.pool,
+            credential_lifetime_seconds=self.settings.credential_lifetime_seconds,
+        )
         self.controller = Controller(lambda ns, name: sync_job(self, ns, name), self.settings)
 
 
@@ -148,6 +153,28 @@ def _sync(rt: Runtime, namespace: str, name: str) -> None:
         refused = SpecError([("spec", f"the API server refused a child object: {e}")])
         _refuse(rt, ref, generation, plan.status, refused, now)
         raise kopf.PermanentError(str(refused)) from e
+    except StsUnavailable as e:
+        problem = SpecError([("spec.storage.credentials", _no_sts_message(job, e))])
+        _refuse(rt, ref, generation, plan.status, problem, now, reconcile.STORE_WITHOUT_STS)
+        raise kopf.PermanentError(str(problem)) from e
+    except CredentialsError as e:
+        # The job's names cannot make a store policy (wildcards, too long): the spec's fault.
+        problem = SpecError([("spec.storage", str(e))])
+        _refuse(rt, ref, generation, plan.status, problem, now)
+        raise kopf.PermanentError(str(problem)) from e
+    except StoreError as e:
+        raise kopf.TemporaryError(
+            f"could not mint store credentials: {e}", delay=rt.settings.retry_seconds
+        ) from e
+
+
+def _no_sts_message(job: fs.FederatedJob, error: StsUnavailable) -> str:
+    return (
+        f"the store {job.spec.storage.endpoint} cannot mint per-role credentials ({error}); "
+        "scoped (the default) needs the store's STS AssumeRole. Use a store with STS, or set "
+        "spec.storage.credentials: shared to give every pod the job's own credential "
+        "(participants can then read and overwrite each other's updates)"
+    )
 
 
 def _refuse(
@@ -157,8 +184,9 @@ def _refuse(
     old: fs.FederatedJobStatus,
     error: SpecError,
     now: datetime,
+    reason: str = reconcile.INVALID_SPEC,
 ) -> None:
-    plan = reconcile.refuse(old, generation, str(error), now)
+    plan = reconcile.refuse(old, generation, str(error), now, reason)
     target = Target(job=ref, parsed=None, credentials=None, old_status=old)
     rt.executor.apply(target, plan, now)
 

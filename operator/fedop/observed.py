@@ -55,6 +55,8 @@ class Children:
     jobs: Mapping[str, ChildJob] = field(default_factory=dict)
     services: frozenset[str] = frozenset()
     secrets: frozenset[str] = frozenset()
+    secret_annotations: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    """Secret name -> its annotations (when store credentials were minted and expire)."""
     configmaps: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     """ConfigMap name -> its data."""
     foreign: tuple[str, ...] = ()
@@ -142,10 +144,15 @@ def children(
         return kept
 
     own_jobs = [child_job(j) for j in ours("Job", jobs)]
+    own_secrets = ours("Secret", secrets)
     return Children(
         jobs={j.name: j for j in own_jobs},
         services=frozenset(s["metadata"]["name"] for s in ours("Service", services)),
-        secrets=frozenset(s["metadata"]["name"] for s in ours("Secret", secrets)),
+        secrets=frozenset(s["metadata"]["name"] for s in own_secrets),
+        secret_annotations={
+            s["metadata"]["name"]: dict(s["metadata"].get("annotations") or {})
+            for s in own_secrets
+        },
         configmaps={
             c["metadata"]["name"]: dict(c.get("data") or {}) for c in ours("ConfigMap", configmaps)
         },

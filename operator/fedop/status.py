@@ -19,13 +19,16 @@ from fedcore import spec as fs
 
 log = logging.getLogger(__name__)
 
-ConditionType = Literal["Created", "Running", "Suspended", "Succeeded", "Failed"]
+ConditionType = Literal[
+    "Created", "Running", "Suspended", "Succeeded", "Failed", "SharedCredentials"
+]
 CONDITION_ORDER: tuple[ConditionType, ...] = (
     "Created",
     "Running",
     "Suspended",
     "Succeeded",
     "Failed",
+    "SharedCredentials",
 )
 TERMINAL_PHASES = frozenset({"Succeeded", "Failed"})
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from fedcore import spec as fs
-from fedop.builders import configmap, names, secrets
+from fedop.builders import configmap, credentials, names, secrets
 from fedop.settings import OperatorSettings
 
 SIGNING_KEY_DIR = "/var/run/secrets/fedkube/signing-key"
@@ -27,22 +27,6 @@ TMP_DIR = "/tmp"
 CLIENT_CONTAINER = "client"
 AGGREGATOR_CONTAINER = "aggregator"
 GPU_RESOURCE = "nvidia.com/gpu"
-
-
-def _credentials_env(spec: fs.FederatedJobSpec) -> list[dict[str, Any]]:
-    ref = spec.storage.secret_ref
-    if ref is None:
-        return []
-    return [
-        {
-            "name": "AWS_ACCESS_KEY_ID",
-            "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.access_key_id_key}},
-        },
-        {
-            "name": "AWS_SECRET_ACCESS_KEY",
-            "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.secret_access_key_key}},
-        },
-    ]
 
 
 def _with_defaults(own: list[dict[str, Any]], user: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -67,13 +51,16 @@ def client_env(
         {"name": "PET_MASTER_ADDR", "value": names.master_addr(job, client.name)},
         {"name": "PET_MASTER_PORT", "value": str(settings.master_port)},
         {"name": "FEDKUBE_SIGNING_KEY_FILE", "value": f"{SIGNING_KEY_DIR}/{secrets.KEY}"},
-        *_credentials_env(spec),
+        *credentials.pod_credentials(job, spec, credentials.client_role(client.name)).env,
     ]
     return _with_defaults(own, client.env)
 
 
-def aggregator_env(spec: fs.FederatedJobSpec) -> list[dict[str, Any]]:
-    own = [{"name": "FEDKUBE_SIGNING_KEYS_DIR", "value": SIGNING_KEYS_DIR}, *_credentials_env(spec)]
+def aggregator_env(job: names.JobRef, spec: fs.FederatedJobSpec) -> list[dict[str, Any]]:
+    own = [
+        {"name": "FEDKUBE_SIGNING_KEYS_DIR", "value": SIGNING_KEYS_DIR},
+        *credentials.pod_credentials(job, spec, credentials.AGGREGATOR).env,
+    ]
     return _with_defaults(own, spec.aggregator.env)
 
 
@@ -193,8 +180,9 @@ def client_pod_template(
         "secret": {"secretName": names.key_secret(job, client.name), "defaultMode": 0o440},
     }
     key_mount = {"name": "fedkube-signing-key", "mountPath": SIGNING_KEY_DIR, "readOnly": True}
-    volumes = [spec_volume, key_volume, tmp_volume]
-    mounts = [spec_mount, key_mount, tmp_mount]
+    store = credentials.pod_credentials(job, spec, credentials.client_role(client.name))
+    volumes = [spec_volume, key_volume, *store.volumes, tmp_volume]
+    mounts = [spec_mount, key_mount, *store.mounts, tmp_mount]
     if client.gpu:
         shm_volume, shm_mount = _shm_volume()
         volumes.append(shm_volume)
@@ -240,20 +228,21 @@ def aggregator_pod_template(
         },
     }
     keys_mount = {"name": "fedkube-signing-keys", "mountPath": SIGNING_KEYS_DIR, "readOnly": True}
+    store = credentials.pod_credentials(job, spec, credentials.AGGREGATOR)
     command = ["fedkube", "aggregator", "--job", configmap.JOB_FILE]
     container = _container(
         AGGREGATOR_CONTAINER,
         spec,
         settings,
         command,
-        aggregator_env(spec),
+        aggregator_env(job, spec),
         dict(spec.aggregator.resources),
-        [spec_mount, keys_mount, tmp_mount],
+        [spec_mount, keys_mount, *store.mounts, tmp_mount],
     )
     pod = _pod_spec(
         settings,
         container,
-        [spec_volume, keys_volume, tmp_volume],
+        [spec_volume, keys_volume, *store.volumes, tmp_volume],
         _scheduling(spec.aggregator.node_selector, spec.aggregator.tolerations),
     )
     return {"metadata": {"labels": names.labels(job, "aggregator")}, "spec": pod}
