@@ -64,11 +64,9 @@ def slot_writer(record_round: int, client: str, credentials: Literal["scoped", "
     """
     slot = f"rounds/{record_round:06d}/updates/{client}.*"
     if credentials == "scoped":
-        return (
-            f"written with client {client}'s own store credential (only it may write {slot})"
-        )
+        return f"written with client {client}'s own store credential: only it may write {slot}"
     return (
-        f"writer of {slot} unknown: every pod holds the job's store credential "
+        f"who wrote {slot} is unknown: every pod holds the job's store credential "
         "(spec.storage.credentials: shared)"
     )
 
@@ -79,8 +77,8 @@ def round_problems(
     out = [
         warning(
             "UpdateRejected",
-            f"round {record.round}: update from client {r.client} rejected ({r.reason}; "
-            f"{slot_writer(record.round, r.client, credentials)}): {r.detail}",
+            f"round {record.round}: update from client {r.client} rejected ({r.reason}): "
+            f"{r.detail} ({slot_writer(record.round, r.client, credentials)})",
         )
         for r in record.rejected
     ]

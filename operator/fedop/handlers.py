@@ -26,9 +26,10 @@ import kopf
 
 from fedcore import spec as fs
 from fedcore.errors import CredentialsError, SpecError, StoreError, StsUnavailable
-from fedop import reconcile, status
+from fedop import minting, reconcile, status
 from fedop.apply import Executor, Target
 from fedop.builders import names
+from fedop.builders.credentials import roles
 from fedop.controller import Controller
 from fedop.errors import ApiError, ChildRefused, OwnershipConflict
 from fedop.kube import Kube
@@ -86,9 +87,32 @@ def parse_edge(body: dict[str, Any]) -> fs.FederatedJob:
                 "endpoint, e.g. http://minio.minio:9000",
             )
         )
+    problems += credentials_problems(job)
     if problems:
         raise SpecError(problems)
     return job
+
+
+def credentials_problems(job: fs.FederatedJob) -> list[tuple[str, str]]:
+    """What keeps a scoped job from getting per-role credentials, found before anything is
+    made: no credential to mint with, or names a store policy cannot hold."""
+    storage = job.spec.storage
+    if storage.credentials != "scoped":
+        return []
+    if storage.secret_ref is None:
+        return [
+            (
+                "spec.storage.secretRef",
+                "required with spec.storage.credentials: scoped (the default): the operator "
+                "mints each role's credentials with the job's own; name the Secret holding it",
+            )
+        ]
+    try:
+        for role in roles(job.spec):
+            minting.policy(job, role)
+    except CredentialsError as e:
+        return [("spec.storage", str(e))]
+    return []
 
 
 def sync_job(rt: Runtime, namespace: str, name: str) -> None:
@@ -154,14 +178,15 @@ def _sync(rt: Runtime, namespace: str, name: str) -> None:
         _refuse(rt, ref, generation, plan.status, refused, now)
         raise kopf.PermanentError(str(refused)) from e
     except StsUnavailable as e:
-        problem = SpecError([("spec.storage.credentials", _no_sts_message(job, e))])
-        _refuse(rt, ref, generation, plan.status, problem, now, reconcile.STORE_WITHOUT_STS)
-        raise kopf.PermanentError(str(problem)) from e
+        no_sts = SpecError([("spec.storage.credentials", _no_sts_message(job, e))])
+        _refuse(rt, ref, generation, plan.status, no_sts, now, reconcile.STORE_WITHOUT_STS)
+        raise kopf.PermanentError(str(no_sts)) from e
     except CredentialsError as e:
-        # The job's names cannot make a store policy (wildcards, too long): the spec's fault.
-        problem = SpecError([("spec.storage", str(e))])
-        _refuse(rt, ref, generation, plan.status, problem, now)
-        raise kopf.PermanentError(str(problem)) from e
+        # Refused (a wrong key pair in the job's Secret, a role it may not assume): fixing
+        # the Secret or the store needs no spec change, so keep trying, unhurried.
+        raise kopf.TemporaryError(
+            f"could not mint store credentials: {e}", delay=rt.settings.retry_seconds * 6
+        ) from e
     except StoreError as e:
         raise kopf.TemporaryError(
             f"could not mint store credentials: {e}", delay=rt.settings.retry_seconds

@@ -1,16 +1,18 @@
 """Minting one role's store credentials: the I/O half of per-role credentials.
 
 The operator signs an STS ``AssumeRole`` call with the job's own credential
-(``spec.storage.secretRef``, else its own environment) and the role's session policy
+(``spec.storage.secretRef``, which a scoped job must name) and the role's session policy
 (``fedcore.credentials.session_policy``: a client reaches only its own update slot and what
 every participant may read; the aggregator never deletes and never writes updates), and gets
 temporary credentials back in the ``credentials.json`` format the S3 store reads.
 
 What can go wrong, and what the caller does with it:
 
-- the store has no STS (``fedcore.errors.StsUnavailable``): a scoped job cannot run there; the handler fails
-  it at once, naming ``spec.storage.credentials: shared`` as the opt-out;
-- anything transient (``StoreError``): the pass is retried later.
+- the store has no STS (``fedcore.errors.StsUnavailable``): a scoped job cannot run there;
+  the handler fails it at once, naming ``spec.storage.credentials: shared`` as the opt-out;
+- the store refuses the call (``CredentialsError``: a wrong key pair in the job's Secret, a
+  role it may not assume) or cannot be reached (``StoreError``): the pass is retried later,
+  so fixing the Secret is enough.
 
 Nothing here logs or formats a credential; ``MintedCredentials`` hides its text from ``repr``.
 """
@@ -20,9 +22,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from fedcore import credentials as fc
 from fedcore import spec as fs
+from fedcore.errors import CredentialsError
 from fedcore.store import sts
 from fedop.builders.credentials import StoreRole
 from fedop.store_view import Credentials
@@ -61,15 +65,27 @@ def mint_with_sts(
 ) -> MintedCredentials:
     """AssumeRole on the job's store for ``role``; see the module docstring for errors."""
     storage = job.spec.storage
-    policy = fc.session_policy(storage.bucket, fs.job_prefix(job), policy_role(role))
-    keys = None if credentials is None else (credentials.access_key_id, credentials.secret_access_key)
+    if credentials is None:
+        raise CredentialsError(
+            "scoped store credentials are minted with the job's own credential, and the job "
+            "names none: set spec.storage.secretRef (or spec.storage.credentials: shared)"
+        )
     minted = sts.assume_role(
-        storage,
-        policy=policy,
-        duration_seconds=lifetime,
+        storage.endpoint,
+        credentials.access_key_id,
+        credentials.secret_access_key,
+        policy(job, role),
+        lifetime,
+        role_arn=storage.role_arn,
+        region=storage.region,
         session_name=session_name(job, role),
-        credentials=keys,
     )
     return MintedCredentials(
         text=fc.dump_credentials(minted).decode(), expiration=minted.expiration
     )
+
+
+def policy(job: fs.FederatedJob, role: StoreRole) -> dict[str, Any]:
+    """The session policy of ``role`` in ``job`` (``CredentialsError`` when the job's bucket
+    or prefix cannot make one: the edge checks this before anything is created)."""
+    return fc.session_policy(job.spec.storage.bucket, fs.job_prefix(job), policy_role(role))

@@ -150,8 +150,7 @@ def children(
         services=frozenset(s["metadata"]["name"] for s in ours("Service", services)),
         secrets=frozenset(s["metadata"]["name"] for s in own_secrets),
         secret_annotations={
-            s["metadata"]["name"]: dict(s["metadata"].get("annotations") or {})
-            for s in own_secrets
+            s["metadata"]["name"]: dict(s["metadata"].get("annotations") or {}) for s in own_secrets
         },
         configmaps={
             c["metadata"]["name"]: dict(c.get("data") or {}) for c in ours("ConfigMap", configmaps)

@@ -31,7 +31,7 @@ INVALID_SPEC = "InvalidSpec"
 STORE_WITHOUT_STS = "StoreWithoutSTS"
 REFUSED_FOR_SPEC = frozenset({INVALID_SPEC, STORE_WITHOUT_STS})
 """Failure reasons a spec change can cure: the job starts again when the spec changes."""
-SHARED_CREDENTIALS = "SharedCredentials"
+SHARED_CREDENTIALS: status.ConditionType = "SharedCredentials"
 HISTORY_PARTICIPANTS = 16
 """History entries name their participants only up to this many: 50 rounds x 256 names would
 make the status half a megabyte, rewritten at every commit. ``lastRound`` always names them."""
@@ -374,9 +374,7 @@ def _fold_rounds(obs: Observation, draft: _Draft) -> None:
                 )
         if record.round >= 1:
             draft.announcements.append(events.round_committed(record, obs.spec.rounds))
-        draft.announcements.extend(
-            events.round_problems(record, credentials.mode(obs.spec))
-        )
+        draft.announcements.extend(events.round_problems(record, credentials.mode(obs.spec)))
         expected += 1
 
 

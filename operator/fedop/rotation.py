@@ -48,9 +48,7 @@ def _count(text: str | None) -> int:
         return 0
 
 
-def due(
-    annotations: Mapping[str, str], now: datetime, settings: OperatorSettings
-) -> bool:
+def due(annotations: Mapping[str, str], now: datetime, settings: OperatorSettings) -> bool:
     """Whether a Secret with these annotations must be replaced now."""
     minted = parse_time(annotations.get(credentials.ANNOTATION_MINTED_AT))
     expires = parse_time(annotations.get(credentials.ANNOTATION_EXPIRES_AT))

@@ -51,9 +51,7 @@ def test_scoped_client_pod_mounts_only_its_own_store_credentials() -> None:
     assert secrets_used(pod) == {"digits-b-key", "digits-b-store"}
     assert env(pod)["FEDKUBE_STORE_CREDENTIALS_FILE"] == "/var/run/fedkube/store/credentials.json"
     assert not [name for name in env(pod) if name.startswith("AWS_")]
-    mount = next(
-        m for m in pod["containers"][0]["volumeMounts"] if m["name"] == credentials.VOLUME
-    )
+    mount = next(m for m in pod["containers"][0]["volumeMounts"] if m["name"] == credentials.VOLUME)
     assert mount == {
         "name": credentials.VOLUME,
         "mountPath": "/var/run/fedkube/store",

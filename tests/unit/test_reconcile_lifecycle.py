@@ -33,6 +33,7 @@ def test_first_pass_creates_every_child_once() -> None:
     assert created(result) == {
         "ConfigMap/digits-spec",
         *(f"Secret/digits-{c}-key" for c in "abc"),
+        *(f"Secret/digits-{c}-store" for c in ("aggregator", "a", "b", "c")),
         *(f"Service/digits-{c}" for c in "abc"),
         *(f"Job/digits-{c}" for c in "abc"),
         "Job/digits-aggregator",

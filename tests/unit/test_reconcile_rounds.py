@@ -72,7 +72,8 @@ def test_rejected_and_late_updates_are_announced_with_the_round() -> None:
     )
 
     assert messages(result, "UpdateRejected") == [
-        "round 1: update from client b rejected (bad-signature): HMAC mismatch"
+        "round 1: update from client b rejected (bad-signature): HMAC mismatch (written "
+        "with client b's own store credential: only it may write rounds/000001/updates/b.*)"
     ]
     assert reasons(result).count("LateUpdate") == 1
     assert result.status.last_round is not None

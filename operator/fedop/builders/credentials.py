@@ -38,9 +38,9 @@ Mode = Literal["scoped", "shared"]
 
 
 def mode(spec: fs.FederatedJobSpec) -> Mode:
-    """``spec.storage.credentials``: how pods reach the store (``scoped`` unless set)."""
-    value = getattr(spec.storage, "credentials", "scoped")
-    return "shared" if value == "shared" else "scoped"
+    """``spec.storage.credentials``: how pods reach the store."""
+    value: Mode = spec.storage.credentials
+    return value
 
 
 @dataclass(frozen=True)
