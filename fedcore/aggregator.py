@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 
 from fedcore import layout
+from fedcore.credentials import Role
 from fedcore.errors import (
     FedcoreError,
     IntegrityError,
@@ -529,7 +530,7 @@ def run_aggregator(job_path: Path) -> layout.FinalRecord:
     """``fedkube aggregator --job FILE``: run (or resume) the job's rounds to the end."""
     configure_logging()
     job = load_job(job_path)
-    store = open_job_store(job)
+    store = open_job_store(job, role=Role.aggregator())
     keys = keys_from_env()
     missing = [c.name for c in job.spec.clients if c.name not in keys]
     if missing:

@@ -45,6 +45,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from fedcore import layout
+from fedcore.credentials import Role
 from fedcore.distributed import (
     DistContext,
     LaunchError,
@@ -701,7 +702,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         spec = job.spec.client(args.client)
         options = ClientOptions.from_config(job.spec.task_config_for(args.client))
         dist_ctx = init_distributed(want_gpu=spec.gpu, num_threads=options.num_threads)
-        store = open_job_store(job) if dist_ctx.is_leader else None
+        store = (
+            open_job_store(job, role=Role.for_client(args.client)) if dist_ctx.is_leader else None
+        )
         key = key_from_env() if dist_ctx.is_leader else None
         run_client(job, args.client, store, key)
         return EXIT_OK

@@ -8,7 +8,9 @@
     │   ├── ObjectNotFound
     │   ├── ObjectExists     a create-if-absent write found the key taken
     │   ├── IntegrityError   bytes read back do not match their recorded sha256
-    │   └── StoreUnavailable transient: network, 5xx, throttling, after retries
+    │   ├── StoreUnavailable transient: network, 5xx, throttling, after retries
+    │   └── CredentialsError scoped store credentials cannot be minted or read
+    │       └── StsUnavailable  the store offers no STS AssumeRole for this credential
     ├── UpdateRejected       a client update failed validation (not fatal to the round)
     ├── TaskError            the user's task cannot be imported or breaks the task contract
     └── RoundProtocolError   the store's contents contradict the round protocol
@@ -58,6 +60,16 @@ class IntegrityError(StoreError):
 
 class StoreUnavailable(StoreError):
     """The store could not be reached or kept failing after retries; worth retrying later."""
+
+
+class CredentialsError(StoreError):
+    """A role's store credentials cannot be minted, written or read (the message names the
+    file or field and the fix; it never quotes a secret)."""
+
+
+class StsUnavailable(CredentialsError):
+    """The store cannot mint scoped credentials (no STS, or it refuses AssumeRole for the
+    job's credential); the message names ``spec.storage.credentials: shared`` as the opt-out."""
 
 
 class UpdateRejected(FedcoreError):

@@ -3,8 +3,9 @@
 ``fedkube run``'s supervisor and the operator (through each Job's ``podFailurePolicy``) read a
 pod's or process's exit code to decide whether a restart can help. It cannot help when the job
 itself is wrong (a task entrypoint that does not import, a spec the runtime refuses, a task that
-breaks its contract): those exit with ``EXIT_CONFIG`` and are reported at once, naming the
-problem, instead of being retried until the restart budget is spent.
+breaks its contract, scoped credentials asked of a store without STS): those exit with
+``EXIT_CONFIG`` and are reported at once, naming the problem, instead of being retried until the
+restart budget is spent.
 
 The module needs nothing but ``fedcore.errors``, so the operator (which carries no torch)
 shares the numbers.
@@ -12,7 +13,7 @@ shares the numbers.
 
 from __future__ import annotations
 
-from fedcore.errors import FedcoreError, SpecError, TaskError
+from fedcore.errors import FedcoreError, SpecError, StsUnavailable, TaskError
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -25,4 +26,5 @@ EXIT_INTERRUPTED = 130
 
 def exit_code_for(error: FedcoreError) -> int:
     """``EXIT_CONFIG`` for what the user fixes in the job or the task, ``EXIT_FAILED`` else."""
-    return EXIT_CONFIG if isinstance(error, SpecError | TaskError) else EXIT_FAILED
+    fix_the_job = SpecError | TaskError | StsUnavailable
+    return EXIT_CONFIG if isinstance(error, fix_the_job) else EXIT_FAILED

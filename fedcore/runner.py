@@ -41,8 +41,10 @@ import psutil
 
 from fedcore import layout
 from fedcore.aggregator import store_location
+from fedcore.credentials import Role
 from fedcore.errors import FedcoreError, ObjectNotFound, RoundProtocolError, SpecError
 from fedcore.exitcodes import EXIT_CONFIG, EXIT_INTERRUPTED, EXIT_OK
+from fedcore.local_credentials import LocalCredentials
 from fedcore.progress import header_lines, round_line, summary_lines, write_plot
 from fedcore.rounds import training_differences
 from fedcore.spec import FederatedJob, job_prefix, parse_job
@@ -364,11 +366,20 @@ class _Progress:
 
 
 class Runner:
-    def __init__(self, job: FederatedJob, run: RunDir, store: ObjectStore, opts: RunOptions):
+    def __init__(
+        self,
+        job: FederatedJob,
+        run: RunDir,
+        store: ObjectStore,
+        opts: RunOptions,
+        credentials: LocalCredentials | None = None,
+    ):
         self.job = job
         self.run = run
         self.store = store
         self.opts = opts
+        self.credentials = credentials
+        """Each role's scoped store credentials (None: processes share the runner's)."""
         self.groups: list[Group] = []
         self.excluded: dict[str, str] = {}
         self.interrupted = threading.Event()
@@ -389,8 +400,12 @@ class Runner:
     def _cli(self, *args: str) -> list[str]:
         return [sys.executable, "-m", "fedcore.cli", *args]
 
-    def _aggregator_members(self) -> list[Member]:
+    def _role_env(self, role: Role) -> dict[str, str]:
         env = self._base_env()
+        return env if self.credentials is None else self.credentials.environment(role, env)
+
+    def _aggregator_members(self) -> list[Member]:
+        env = self._role_env(Role.aggregator())
         env["FEDKUBE_SIGNING_KEYS_DIR"] = str(self.run.keys.resolve())
         argv = self._cli("aggregator", "--job", str(self.run.job_file.resolve()))
         return [Member("aggregator", argv, env, self.run.log("aggregator"))]
@@ -402,7 +417,7 @@ class Runner:
             port = free_port()  # fresh per start: the previous one may linger in TIME_WAIT
             members = []
             for index in range(client.replicas):
-                env = self._base_env()
+                env = self._role_env(Role.for_client(name))
                 env["FEDKUBE_SIGNING_KEY_FILE"] = str(self.run.key(name).resolve())
                 env.update(
                     PET_NNODES=str(client.replicas),
@@ -665,11 +680,27 @@ def run_job(opts: RunOptions) -> int:
             _finish(job, run, store, opts.out, None)
             return EXIT_OK
 
+    # Before anything starts: a store that cannot mint scoped credentials fails the run here.
+    credentials = LocalCredentials.for_run(job, os.environ, opts.err)
+    try:
+        return _run(job, run, store, opts, credentials)
+    finally:
+        if credentials is not None:
+            credentials.close()
+
+
+def _run(
+    job: FederatedJob,
+    run: RunDir,
+    store: ObjectStore,
+    opts: RunOptions,
+    credentials: LocalCredentials | None,
+) -> int:
     run.job_file.write_text(json.dumps(job.to_object(), indent=2) + "\n")
     write_keys(job, run)
     become_subreaper()
 
-    runner = Runner(job, run, store, opts)
+    runner = Runner(job, run, store, opts, credentials)
     with contextlib.suppress(ObjectNotFound):
         runner.excluded = dict(
             layout.ExcludedClients.model_validate_json(store.get_bytes(layout.EXCLUDED_KEY)).clients

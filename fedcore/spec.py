@@ -94,6 +94,17 @@ class StorageSpec(_Model):
     """Signing region; S3-compatible stores accept any value."""
     secret_ref: SecretRef | None = None
     """Credentials Secret (cluster runs). Unset: the standard AWS environment variables."""
+    credentials: Literal["scoped", "shared"] = "scoped"
+    """``scoped``: the job's credential never reaches a pod; each role (the aggregator, each
+    client) gets its own temporary credential (STS AssumeRole), limited to the keys it needs
+    and rotated, so participants cannot read or overwrite each other's updates. A store
+    without STS fails the job at once. ``shared``: every pod gets the job's own credential
+    (no isolation between participants), for stores without STS."""
+    role_arn: Annotated[str | None, Field(min_length=20, max_length=2048, pattern=r"^arn:\S+$")] = (
+        None
+    )
+    """IAM role the job's credential assumes to mint scoped credentials: required on AWS S3
+    and Ceph RGW; MinIO ignores it (the parent user's policy applies)."""
 
     @field_validator("prefix")
     @classmethod

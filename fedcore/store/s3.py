@@ -17,8 +17,30 @@ cluster run use. The only module of fedkube that imports boto3.
   so a digest of our own is the one that means the same everywhere.
 
 Credentials come from boto3's standard chain (``AWS_ACCESS_KEY_ID`` /
-``AWS_SECRET_ACCESS_KEY``, profiles, instance roles) or a caller-made session; this module
-never stores, prints or logs them, and rejects endpoint URLs that embed them.
+``AWS_SECRET_ACCESS_KEY``, profiles, instance roles), a caller-made session, or a role's
+``credentials.json`` (``S3Store.from_credentials_file``); this module never stores, prints or
+logs them, and rejects endpoint URLs that embed them.
+
+Credentials from a file are botocore refreshable credentials: before each request the store
+checks the file (one ``stat``) and re-reads it when it was replaced (a kubelet swaps a
+Secret volume's files atomically; ``fedkube run`` renames a new file into place), and again
+whenever the credential in hand is within ``CREDENTIALS_ADVISORY_REFRESH_S`` of expiring.
+Rotation therefore needs no restart, and a credential the writer replaced in time is never
+used past its expiration. A file that still holds an expired credential when one is needed
+is ``StoreUnavailable`` (its writer is late; retrying later can succeed).
+
+Missing keys and scoped readers. A role's credential may GetObject certain keys without
+ListBucket (a client probes ``rounds/NNNNNN/round.json`` to find the newest round). MinIO
+answers such a reader's request for a missing key with 404 (``NoSuchKey``), as for anyone;
+AWS S3 and Ceph RGW answer 403 ``AccessDenied``, hiding whether the key exists from
+principals that may not list. The store gives both the same meaning without granting any
+listing: ``S3Config.denied_is_missing`` holds the key globs the credential's policy lets it
+read, and a plain ``AccessDenied`` on one of those keys is ``ObjectNotFound`` (HEAD replies
+carry no error code, so a 403 HEAD is confirmed with a one-byte GET, whose reply does). A
+denial of any other key stays an access error, and so do expired or wrong keys (their codes
+differ). The bucket check that tells "no such bucket" from "no such key" after a 404 needs
+ListBucket as well; a scoped reader that is refused it takes the bucket as existing (a
+missing bucket then shows as ``NoSuchBucket`` on the next GET).
 """
 
 from __future__ import annotations
@@ -31,16 +53,20 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO, Literal, NoReturn
 from urllib.parse import urlsplit
 
 import boto3
 import boto3.exceptions
+import botocore.credentials
 import botocore.exceptions
+import botocore.session
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config as BotoConfig
 
+from fedcore.credentials import glob_matches, read_credentials_file
 from fedcore.errors import (
     IntegrityError,
     ObjectExists,
@@ -69,6 +95,14 @@ MAX_KEY_BYTES = 1024
 """S3's longest object key (prefix included), in UTF-8 bytes."""
 SHA256_METADATA = "sha256"
 """User metadata key holding the object's hex sha256 (header ``x-amz-meta-sha256``)."""
+
+CREDENTIALS_ADVISORY_REFRESH_S = 120
+"""A credential from a file that expires within this many seconds makes the store re-read
+the file before each request (without blocking other threads), even if the file looks
+unchanged. Writers replace it far earlier (the operator at half its lifetime)."""
+CREDENTIALS_MANDATORY_REFRESH_S = 20
+"""Within this many seconds of expiry every request waits for the re-read; a file still
+holding the expired credential then fails the request with ``StoreUnavailable``."""
 
 _READ_ATTEMPTS = 4
 """Downloads restarted because the object was replaced between its HEAD and its bytes."""
@@ -118,6 +152,10 @@ class S3Config:
     max_concurrency: int = 8
     """Parts in flight at once per transfer; enough to fill a 10 Gbit/s link to a nearby
     server without starving the node's CPU."""
+    denied_is_missing: tuple[str, ...] = ()
+    """Keys (IAM globs relative to ``prefix``) this store's credential may read but not
+    list: an ``AccessDenied`` reading one of them means it does not exist (AWS and Ceph RGW
+    hide missing keys from readers without ListBucket). Empty for unscoped credentials."""
     connect_timeout: float = 10.0
     """Seconds to open a connection before the attempt counts as failed."""
     read_timeout: float = 60.0
@@ -177,6 +215,17 @@ class S3Store:
             aws_access_key_id=access_key_id, aws_secret_access_key=secret_access_key
         )
         return cls(config, session=session)
+
+    @classmethod
+    def from_credentials_file(cls, config: S3Config, path: Path) -> S3Store:
+        """A store signed with the role credentials in ``credentials.json`` at ``path``,
+        re-read whenever the file is replaced and before the credential expires. A missing
+        or malformed file is a ``CredentialsError`` now, not at the first request."""
+        provider = _FileCredentialProvider(Path(path))
+        provider.load()
+        botocore_session = botocore.session.Session()
+        botocore_session.get_component("credential_provider").insert_before("env", provider)
+        return cls(config, session=boto3.session.Session(botocore_session=botocore_session))
 
     def __init__(self, config: S3Config, *, session: boto3.session.Session | None = None) -> None:
         self.config = config
@@ -400,14 +449,31 @@ class S3Store:
         """The object's HEAD reply, or None if it does not exist (and the bucket does)."""
         try:
             with self._errors(key, "read"):
-                reply: dict[str, Any] = self._client.head_object(
-                    Bucket=self.config.bucket, Key=full
-                )
+                try:
+                    reply: dict[str, Any] = self._client.head_object(
+                        Bucket=self.config.bucket, Key=full
+                    )
+                except botocore.exceptions.ClientError as e:
+                    if _status(e) == 403 and self._hides_missing(key) and self._denied_get(full):
+                        return None  # see "Missing keys and scoped readers" above
+                    raise
                 return reply
         except ObjectNotFound:
             # A HEAD has no body, so "no such key" and "no such bucket" look alike.
             self._check_bucket()
             return None
+
+    def _hides_missing(self, key: str) -> bool:
+        return any(glob_matches(p, key) for p in self.config.denied_is_missing)
+
+    def _denied_get(self, full: str) -> bool:
+        """Whether a one-byte GET of ``full`` is refused with a plain ``AccessDenied`` (as
+        AWS answers a missing key to a reader without ListBucket)."""
+        try:
+            self._client.get_object(Bucket=self.config.bucket, Key=full, Range="bytes=0-0")
+        except botocore.exceptions.ClientError as e:
+            return _code(e) in ("AccessDenied", "NoSuchKey")
+        return False
 
     def _check_bucket(self) -> None:
         if self._bucket_seen:
@@ -418,7 +484,10 @@ class S3Store:
             except botocore.exceptions.ClientError as e:
                 if _code(e) in ("404", "NoSuchBucket", "NotFound"):
                     raise self._no_bucket() from e
-                raise
+                if not (_status(e) == 403 and self.config.denied_is_missing):
+                    raise
+                # A scoped reader may not list, so it may not HEAD the bucket either; a
+                # missing bucket still shows as NoSuchBucket on its next GET.
         self._bucket_seen = True
 
     def _no_bucket(self) -> StoreError:
@@ -444,7 +513,7 @@ class S3Store:
             client_error = _client_error(e)
             if client_error is None:
                 raise StoreError(f"cannot {action} {where}: {e}") from e
-            self._raise_for(client_error, where, action, conditional)
+            self._raise_for(client_error, key, where, action, conditional)
         except boto3.exceptions.RetriesExceededError as e:
             raise StoreUnavailable(
                 f"cannot {action} {where}: the connection kept failing after "
@@ -472,6 +541,7 @@ class S3Store:
     def _raise_for(
         self,
         e: botocore.exceptions.ClientError,
+        key: str | None,
         where: str,
         action: str,
         conditional: bool,
@@ -481,6 +551,8 @@ class S3Store:
         message = e.response.get("Error", {}).get("Message", "")
         if code == "NoSuchBucket":
             raise self._no_bucket() from e
+        if code == "AccessDenied" and key is not None and self._hides_missing(key):
+            raise ObjectNotFound(f"{where} does not exist (or is hidden from this role)") from e
         if code in ("NoSuchKey", "404", "NotFound") or (status == 404 and code != "NoSuchUpload"):
             raise ObjectNotFound(f"{where} does not exist") from e
         if conditional and (
@@ -513,6 +585,80 @@ def _client_error(e: BaseException) -> botocore.exceptions.ClientError | None:
 
 def _code(e: botocore.exceptions.ClientError) -> str:
     return str(e.response.get("Error", {}).get("Code", ""))
+
+
+def _status(e: botocore.exceptions.ClientError) -> int:
+    return int(e.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
+
+
+class _FileCredentialProvider(botocore.credentials.CredentialProvider):  # type: ignore[misc]
+    """Credentials from a role's ``credentials.json``, refreshed from the file."""
+
+    METHOD = "fedkube-credentials-file"
+    CANONICAL_NAME = "fedkube-credentials-file"
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        self.path = path
+        self.signature: tuple[int, ...] | None = None
+        """The file's identity when it was last read successfully."""
+
+    def load(self) -> _FileCredentials:
+        creds = _FileCredentials.create_from_metadata(
+            metadata=self._read(),
+            refresh_using=self._refresh,
+            method=self.METHOD,
+            advisory_timeout=CREDENTIALS_ADVISORY_REFRESH_S,
+            mandatory_timeout=CREDENTIALS_MANDATORY_REFRESH_S,
+        )
+        creds.provider = self
+        return creds
+
+    def file_signature(self) -> tuple[int, ...] | None:
+        try:
+            st = os.stat(self.path)  # follows the kubelet's ..data symlink
+        except OSError:
+            return None
+        return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
+
+    def _read(self) -> dict[str, str]:
+        signature = self.file_signature()
+        creds = read_credentials_file(self.path)
+        self.signature = signature
+        return {
+            "access_key": creds.access_key_id,
+            "secret_key": creds.secret_access_key,
+            "token": creds.session_token,
+            "expiry_time": creds.expiration.isoformat(),
+        }
+
+    def _refresh(self) -> dict[str, str]:
+        metadata = self._read()
+        expiry = datetime.fromisoformat(metadata["expiry_time"])
+        if expiry <= datetime.now(UTC):
+            raise StoreUnavailable(
+                f"the store credentials in {self.path} expired at {expiry:%Y-%m-%dT%H:%M:%SZ} "
+                "and were not replaced in time; their writer (the operator, or fedkube run) "
+                "rotates them before expiry: check that it runs, then retry"
+            )
+        return metadata
+
+
+class _FileCredentials(botocore.credentials.RefreshableCredentials):  # type: ignore[misc]
+    """Refreshable credentials that also count a replaced file as a reason to refresh."""
+
+    provider: _FileCredentialProvider | None = None
+
+    def refresh_needed(self, refresh_in: float | None = None) -> bool:
+        # Only the advisory check (never the mandatory one) counts a replaced file: a file
+        # that cannot be read then leaves the credential in hand instead of failing a request.
+        if self.provider is not None and (
+            refresh_in is None or refresh_in >= self._advisory_refresh_timeout
+        ):
+            now = self.provider.file_signature()
+            if now is not None and now != self.provider.signature:
+                return True
+        return bool(super().refresh_needed(refresh_in))
 
 
 class _ReadAgain(Exception):
