@@ -34,11 +34,9 @@ SHARED = {"endpoint": "http://s3:9000", "secretRef": {"name": "s3-creds"}, "cred
 REFRESH = OperatorSettings().credential_refresh_seconds
 
 
-def with_store_secrets(
-    spec_overrides: dict[str, object], **annotations: dict[str, str]
-) -> Children:
+def with_store_secrets(**annotations: dict[str, str]) -> Children:
     """Every child present, the named store Secrets' annotations replaced."""
-    spec = make_spec(**spec_overrides)
+    spec = make_spec()
     kids = all_children(spec, running_jobs(spec))
     stored = {**kids.secret_annotations, **annotations}
     return replace(kids, secret_annotations=stored, secrets=kids.secrets | stored.keys())
@@ -75,9 +73,8 @@ def test_credentials_older_than_the_refresh_interval_are_rotated_and_counted() -
 
 
 def test_the_rotation_count_grows_from_what_the_secret_says() -> None:
-    kids = with_store_secrets(
-        {}, **{"digits-a-store": minted(T0 - timedelta(hours=1), rotations=4)}
-    )
+    old = minted(T0 - timedelta(hours=1), rotations=4)
+    kids = with_store_secrets(**{"digits-a-store": old})
 
     result = plan(observe(make_spec(), children=kids))
 
