@@ -11,6 +11,15 @@ protocol"). A round ``r``:
 3. closes when the pure rules of ``fedcore.rounds.decide`` say so;
 4. writes the new global model (and the strategy's state), then ``round.json`` with a
    create-if-absent put: a round is committed exactly once, and the record is written last.
+   Every record (and the final one) is signed with the job's Ed25519 key
+   (``fedcore.commit_signing``); records read back (on resume, or a slot found taken) must
+   verify with it.
+
+A record slot taken by a record this key did not sign means someone else holding a store
+credential that may write records got there first. Clients refuse that record, but the
+aggregator cannot replace it (create-if-absent; it may not delete), and overwriting would
+race the forger forever. So it stops with ``UnverifiedRecord``, naming the round and the
+key: honest clients never trained on the forgery, and the operator reports it.
 
 Updates for the previous round that show up after it closed are recorded as late in the
 next record. Memory stays O(model): the strategy streams, and an update is held on disk,
@@ -32,6 +41,13 @@ from pathlib import Path
 import torch
 
 from fedcore import layout
+from fedcore.commit_signing import (
+    CommitSigner,
+    UnverifiedRecord,
+    read_final_record,
+    read_round_record,
+    signer_from_env,
+)
 from fedcore.credentials import Role
 from fedcore.errors import (
     FedcoreError,
@@ -142,10 +158,12 @@ class Aggregator:
         keys: Mapping[str, SigningKey],
         workdir: Path,
         *,
+        commit_key: CommitSigner,
         poll_seconds: float = POLL_SECONDS,
         task: Task | None = None,
     ) -> None:
         self.job = job
+        self.commit_key = commit_key
         self.spec = job.spec
         self.store = store
         self.keys = dict(keys)
@@ -179,8 +197,9 @@ class Aggregator:
         return dict(layout.ExcludedClients.model_validate_json(data).clients)
 
     def _record(self, round_: int) -> layout.RoundRecord:
+        """Round ``round_``'s record, verified with the job's key (``UnverifiedRecord``)."""
         data = self.store.get_bytes(layout.round_record_key(round_))
-        return layout.RoundRecord.model_validate_json(data)
+        return read_round_record(data, round_, self.commit_key.public)
 
     def _download(self, key: str, name: str) -> Path:
         path = self.workdir / name
@@ -226,21 +245,22 @@ class Aggregator:
     def run(self) -> layout.FinalRecord:
         self.check_job_record()
         try:
-            final = layout.FinalRecord.model_validate_json(
-                self.store.get_bytes(layout.FINAL_RECORD_KEY)
+            final = read_final_record(
+                self.store.get_bytes(layout.FINAL_RECORD_KEY), self.commit_key.public
             )
             log.info("job already finished (%s); nothing to do", layout.FINAL_RECORD_KEY)
             return final
         except ObjectNotFound:
             pass
         committed = layout.committed_rounds(self.store.list(layout.ROUNDS_PREFIX))
+        # Verified first: a forged record further up is reported as what it is.
+        record = self._record(committed[-1]) if committed else None
         if committed != list(range(len(committed))):
             raise RoundProtocolError(
                 f"committed rounds in {self.store.uri(layout.ROUNDS_PREFIX)} are not "
                 f"contiguous from 0: {committed}; the store was edited by hand"
             )
-        if committed:
-            record = self._record(committed[-1])
+        if record is not None:
             log.info("resuming after committed round %d", record.round)
         else:
             record = self.commit_initial()
@@ -302,6 +322,7 @@ class Aggregator:
                     )
                 }
             )
+        record = self.commit_key.sign("round", record)
         try:
             self.store.put_bytes(record_key, record.to_json(), if_absent=True)
         except ObjectExists:
@@ -317,7 +338,16 @@ class Aggregator:
         return record
 
     def _adopt(self, ours: layout.RoundRecord) -> layout.RoundRecord:
-        theirs = self._record(ours.round)
+        try:
+            theirs = self._record(ours.round)
+        except UnverifiedRecord:
+            log.error(
+                "cannot commit round %d: its record slot holds a record this job's key %s did "
+                "not sign; stopping (see the module docstring of fedcore.aggregator)",
+                ours.round,
+                self.commit_key.fingerprint,
+            )
+            raise
         log.warning(
             "round %d was already committed (at %s) by another aggregator; not writing it "
             "again and going on from that record",
@@ -492,14 +522,17 @@ class Aggregator:
         if not path.exists() or sha256_file(path) != last.model_sha256:
             self.store.get_file(layout.global_key(last.round), path)
         self.store.put_file(layout.FINAL_MODEL_KEY, path)
-        final = layout.FinalRecord(
-            rounds=last.round, model_sha256=last.model_sha256, metrics=last.metrics
+        final = self.commit_key.sign(
+            "final",
+            layout.FinalRecord(
+                rounds=last.round, model_sha256=last.model_sha256, metrics=last.metrics
+            ),
         )
         try:
             self.store.put_bytes(layout.FINAL_RECORD_KEY, final.to_json(), if_absent=True)
         except ObjectExists:
-            theirs = layout.FinalRecord.model_validate_json(
-                self.store.get_bytes(layout.FINAL_RECORD_KEY)
+            theirs = read_final_record(
+                self.store.get_bytes(layout.FINAL_RECORD_KEY), self.commit_key.public
             )
             log.warning(
                 "the final record was already written (at %s); keeping it",
@@ -532,6 +565,7 @@ def run_aggregator(job_path: Path) -> layout.FinalRecord:
     job = load_job(job_path)
     store = open_job_store(job, role=Role.aggregator())
     keys = keys_from_env()
+    commit_key = signer_from_env()
     missing = [c.name for c in job.spec.clients if c.name not in keys]
     if missing:
         raise FedcoreError(
@@ -539,4 +573,4 @@ def run_aggregator(job_path: Path) -> layout.FinalRecord:
             "their updates could never be verified"
         )
     with tempfile.TemporaryDirectory(prefix="fedkube-aggregator-") as tmp:
-        return Aggregator(job, store, keys, Path(tmp)).run()
+        return Aggregator(job, store, keys, Path(tmp), commit_key=commit_key).run()

@@ -6,7 +6,8 @@ pod's processes with torch's elastic launcher (static rendezvous, from the opera
 ``PET_*`` variables). Each process runs ``python -m fedcore.client --job FILE --client NAME``
 (``main``), which joins the group and enters ``run_client``:
 
-* rank 0 alone reads the store. It polls, with backoff, for the newest committed round r;
+* rank 0 alone reads the store. It polls, with backoff, for the newest committed round r
+  whose record the aggregator signed (``fedcore.round_watch``: probes, never a listing);
   every poll it tells the other ranks what to do (wait / train round r+1 / finish), so a
   dead rank is noticed within seconds, not at the next round.
 * to train: rank 0 downloads round r's global model and broadcasts it; every rank trains on
@@ -37,7 +38,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -45,6 +46,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from fedcore import layout
+from fedcore.commit_signing import CommitVerifier, verifier_from_env
 from fedcore.credentials import Role
 from fedcore.distributed import (
     DistContext,
@@ -65,6 +67,7 @@ from fedcore.errors import (
     TaskError,
 )
 from fedcore.exitcodes import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, exit_code_for
+from fedcore.round_watch import WAIT, RoundWatcher, Work
 from fedcore.signing import SigningKey, key_from_env, sign_manifest
 from fedcore.spec import ClientSpec, FederatedJob, load_job
 from fedcore.store import ObjectStore, open_job_store
@@ -104,87 +107,6 @@ POLL_FACTOR = 1.5
 RDZV_TIMEOUT_SECONDS = 900
 """How long the group's first pod waits for the others at rendezvous (pods of one client
 may be scheduled minutes apart)."""
-
-
-# ---- what rank 0 decides on every poll --------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Work:
-    """Rank 0's decision, broadcast to the group after every poll."""
-
-    kind: Literal["wait", "train", "finish"]
-    base_round: int = -1
-    """Train from this committed round's global model (``kind == "train"``)."""
-    base_sha256: str = ""
-
-    def as_tuple(self) -> tuple[str, int, str]:
-        return (self.kind, self.base_round, self.base_sha256)
-
-
-WAIT = Work("wait")
-FINISH = Work("finish")
-
-
-class RoundWatcher:
-    """Rank 0's view of the store: is there a round for this client to train?
-
-    The newest committed round is found by one listing at start, then by probing for the
-    next ``round.json`` only, so an idle client costs a few small requests per poll however
-    long the job has run.
-    """
-
-    def __init__(self, store: ObjectStore, client: str) -> None:
-        self.store = store
-        self.client = client
-        self._newest: layout.RoundRecord | None = None
-        self._said: tuple[str, int] | None = None
-
-    def poll(self) -> Work:
-        if self.store.exists(layout.FINAL_RECORD_KEY):
-            return FINISH
-        record = self._advance()
-        if record is None:
-            self._say("waiting for the aggregator to commit round 0", -1)
-            return WAIT
-        nxt = record.next
-        if nxt is None:
-            self._say(f"round {record.round} was the last; waiting for the final model", -1)
-            return WAIT
-        if self.client not in nxt.selected:
-            self._say(f"not selected for round {nxt.round}; waiting", nxt.round)
-            return WAIT
-        if self.store.exists(layout.manifest_key(nxt.round, self.client)):
-            self._say(f"update for round {nxt.round} is already in the store; waiting", nxt.round)
-            return WAIT
-        return Work("train", base_round=record.round, base_sha256=record.model_sha256)
-
-    def _advance(self) -> layout.RoundRecord | None:
-        if self._newest is None:
-            committed = layout.committed_rounds(self.store.list(layout.ROUNDS_PREFIX))
-            if not committed:
-                return None
-            self._newest = self._read(committed[-1])
-        while self.store.exists(layout.round_record_key(self._newest.round + 1)):
-            self._newest = self._read(self._newest.round + 1)
-        return self._newest
-
-    def _read(self, r: int) -> layout.RoundRecord:
-        record = layout.RoundRecord.model_validate_json(
-            self.store.get_bytes(layout.round_record_key(r))
-        )
-        if record.round != r:
-            raise RoundProtocolError(
-                f"{self.store.uri(layout.round_record_key(r))} holds the record of round "
-                f"{record.round}, not round {r}"
-            )
-        return record
-
-    def _say(self, message: str, r: int) -> None:
-        """Log a waiting reason once, not on every poll."""
-        if self._said != (message, r):
-            self._said = (message, r)
-            log.info(message)
 
 
 class Backoff:
@@ -438,26 +360,33 @@ def run_client(
     client_name: str,
     store: ObjectStore | None,
     signing_key: SigningKey | None,
+    commit_verifier: CommitVerifier | None,
     *,
     workdir: Path | None = None,
 ) -> int:
     """One rank's round loop until the job is finished; returns the rounds it trained.
 
-    Joins the DDP group first (``init_distributed``, idempotent). Only rank 0 uses ``store``
-    and ``signing_key``; the other ranks may pass None. ``signing_key`` None uploads
+    Joins the DDP group first (``init_distributed``, idempotent). Only rank 0 uses ``store``,
+    ``signing_key`` and ``commit_verifier`` (the aggregator's public key: a round counts only
+    once its record verifies); the other ranks may pass None. ``signing_key`` None uploads
     unsigned manifests, which an aggregator with keys rejects (tests only).
     """
     client = job.spec.client(client_name)
     options = ClientOptions.from_config(job.spec.task_config_for(client_name))
     dist_ctx = init_distributed(want_gpu=client.gpu, num_threads=options.num_threads)
-    if dist_ctx.is_leader and store is None:
-        raise FedcoreError(f"rank 0 of client {client_name!r} needs the store; none was given")
+    if dist_ctx.is_leader and (store is None or commit_verifier is None):
+        raise FedcoreError(
+            f"rank 0 of client {client_name!r} needs the store and the aggregator's public "
+            "key; one was not given"
+        )
     if options.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
     with tempfile.TemporaryDirectory(prefix=f"fedkube-{client_name}-") as tmp:
         rank = ClientRank(job, client, dist_ctx, store, signing_key, workdir or Path(tmp))
         watcher = (
-            RoundWatcher(store, client_name) if store is not None and dist_ctx.is_leader else None
+            RoundWatcher(store, client_name, commit_verifier)
+            if store is not None and commit_verifier is not None and dist_ctx.is_leader
+            else None
         )
         backoff = Backoff()
         trained = 0
@@ -485,7 +414,7 @@ def _poll(watcher: RoundWatcher) -> Work:
         log.warning("the store is unavailable (%s); polling again", e)
         return WAIT
     except ObjectNotFound as e:
-        # A listing raced a commit in progress; the next poll sees it whole.
+        # A probe raced a commit in progress; the next poll sees it whole.
         log.debug("poll raced the store: %s", e)
         return WAIT
 
@@ -706,7 +635,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             open_job_store(job, role=Role.for_client(args.client)) if dist_ctx.is_leader else None
         )
         key = key_from_env() if dist_ctx.is_leader else None
-        run_client(job, args.client, store, key)
+        verifier = verifier_from_env() if dist_ctx.is_leader else None
+        run_client(job, args.client, store, key, verifier)
         return EXIT_OK
     except FedcoreError as e:
         log.error("%s", e)

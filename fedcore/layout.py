@@ -145,6 +145,9 @@ class RoundRecord(_Record):
     next: NextRound | None = None
     """None on the last round."""
     closed_by: Literal["initial", "all-reported", "deadline"] = "all-reported"
+    signature: str = ""
+    """Hex Ed25519 signature of every other field by the job's aggregator key
+    (``fedcore.commit_signing``); readers refuse a record without a valid one."""
 
     @property
     def duration_seconds(self) -> float:
@@ -159,6 +162,8 @@ class FinalRecord(_Record):
     model_sha256: str
     metrics: dict[str, float] = Field(default_factory=dict)
     committed_at: datetime = Field(default_factory=utcnow)
+    signature: str = ""
+    """Hex Ed25519 signature by the job's aggregator key, as on ``RoundRecord``."""
 
 
 class ExcludedClients(_Record):

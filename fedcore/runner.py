@@ -10,7 +10,9 @@ shows a line per committed round by watching the store, so what it prints is wha
 committed, and ends with the final metrics, the model's URI and a plot.
 
 A run directory holds everything local to a run: ``job.json`` (the resolved job), ``keys/``
-(per-client HMAC keys, 0600), ``logs/``, ``store/`` (the local object store, unless the spec
+(per-client HMAC keys, 0600), ``commit-key/`` (the job's Ed25519 pair: ``private.pem``,
+0600, handed to the aggregator process only; ``public.pem`` for the clients and
+``fedkube status``), ``logs/``, ``store/`` (the local object store, unless the spec
 names an S3 endpoint) and ``metrics.png``. Rerunning the same command resumes an
 unfinished run; a finished one is reported and left alone (``--fresh`` starts over).
 
@@ -41,9 +43,16 @@ import psutil
 
 from fedcore import layout
 from fedcore.aggregator import store_location
+from fedcore.commit_signing import (
+    CommitVerifier,
+    UnverifiedRecord,
+    load_verifier,
+    read_final_record,
+    read_round_record,
+)
 from fedcore.credentials import Role
 from fedcore.errors import FedcoreError, ObjectNotFound, RoundProtocolError, SpecError
-from fedcore.exitcodes import EXIT_CONFIG, EXIT_INTERRUPTED, EXIT_OK
+from fedcore.exitcodes import EXIT_CONFIG, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
 from fedcore.local_credentials import LocalCredentials
 from fedcore.progress import header_lines, round_line, summary_lines, write_plot
 from fedcore.rounds import training_differences
@@ -102,6 +111,14 @@ class RunDir:
     def key(self, client: str) -> Path:
         return self.keys / client
 
+    @property
+    def commit_key(self) -> Path:
+        return self.root / "commit-key" / "private.pem"
+
+    @property
+    def commit_public_key(self) -> Path:
+        return self.root / "commit-key" / "public.pem"
+
 
 def default_run_dir(job: FederatedJob) -> Path:
     return Path("runs") / job.name
@@ -129,20 +146,60 @@ def write_keys(job: FederatedJob, run: RunDir) -> None:
         tmp.replace(path)
 
 
-def read_records(store: ObjectStore) -> list[layout.RoundRecord]:
+def write_commit_key(run: RunDir) -> None:
+    """The job's commit signing pair, made once (kept across resumes: the aggregator verifies
+    its earlier records with it)."""
+    from fedcore.commit_signing import generate_key_pair
+
+    if run.commit_key.exists() and run.commit_public_key.exists():
+        return
+    folder = run.commit_key.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    os.chmod(folder, 0o700)
+    private, public = generate_key_pair()
+    for path, data, mode in (
+        (run.commit_key, private, 0o600),
+        (run.commit_public_key, public, 0o644),
+    ):
+        tmp = path.with_name(f".{path.name}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+        tmp.replace(path)
+
+
+def commit_verifier(run: RunDir) -> CommitVerifier:
+    """The run's public commit key; a run directory without one cannot vouch for its store."""
+    if not run.commit_public_key.exists():
+        raise SpecError(
+            [
+                (
+                    "--store",
+                    f"{run.root} has no {run.commit_public_key.name} (the public key its "
+                    "aggregator signs records with), so no record of its store can be trusted; "
+                    "rerun the job with --fresh",
+                )
+            ]
+        )
+    return load_verifier(run.commit_public_key)
+
+
+def read_records(store: ObjectStore, verifier: CommitVerifier) -> list[layout.RoundRecord]:
+    """Every committed round's record, verified (``UnverifiedRecord`` otherwise)."""
     keys = store.list(layout.ROUNDS_PREFIX)
     return [
-        layout.RoundRecord.model_validate_json(store.get_bytes(layout.round_record_key(r)))
+        read_round_record(store.get_bytes(layout.round_record_key(r)), r, verifier)
         for r in layout.committed_rounds(keys)
     ]
 
 
-def read_final(store: ObjectStore) -> layout.FinalRecord | None:
+def read_final(store: ObjectStore, verifier: CommitVerifier) -> layout.FinalRecord | None:
+    """The final record, verified; None when there is none yet."""
     try:
         data = store.get_bytes(layout.FINAL_RECORD_KEY)
     except ObjectNotFound:
         return None
-    return layout.FinalRecord.model_validate_json(data)
+    return read_final_record(data, verifier)
 
 
 def stored_job(store: ObjectStore) -> FederatedJob | None:
@@ -343,12 +400,17 @@ class RunOptions:
 class _Progress:
     """Prints one line per newly committed round, read from the store."""
 
-    def __init__(self, store: ObjectStore, job: FederatedJob, out: TextIO) -> None:
+    def __init__(
+        self, store: ObjectStore, job: FederatedJob, out: TextIO, verifier: CommitVerifier
+    ) -> None:
         self.store = store
         self.job = job
         self.out = out
+        self.verifier = verifier
         self.records: list[layout.RoundRecord] = []
         self.next_round = 0
+        self.refused: UnverifiedRecord | None = None
+        """The record that stopped the listing: it does not verify with the job's key."""
 
     def poll(self) -> None:
         while self.next_round <= self.job.spec.rounds:
@@ -357,7 +419,15 @@ class _Progress:
                 data = self.store.get_bytes(key)
             except ObjectNotFound:
                 return
-            record = layout.RoundRecord.model_validate_json(data)
+            try:
+                record = read_round_record(data, self.next_round, self.verifier)
+            except UnverifiedRecord as e:
+                if self.refused is None or str(self.refused) != str(e):
+                    width = len(str(self.job.spec.rounds))
+                    head = f"round {self.next_round:>{width}}/{self.job.spec.rounds}"
+                    print(f"{head}  REFUSED: {e}", file=self.out, flush=True)
+                self.refused = e
+                return
             previous = self.records[-1] if self.records else None
             selected = len(previous.next.selected) if previous and previous.next else None
             self.records.append(record)
@@ -383,7 +453,7 @@ class Runner:
         self.groups: list[Group] = []
         self.excluded: dict[str, str] = {}
         self.interrupted = threading.Event()
-        self.progress = _Progress(store, job, opts.out)
+        self.progress = _Progress(store, job, opts.out, commit_verifier(run))
 
     # -- environment and commands --
 
@@ -393,7 +463,12 @@ class Runner:
         env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
         env["PYTHONUNBUFFERED"] = "1"
         env["FEDKUBE_STORE_DIR"] = str(self.run.store_root.resolve())
-        for name in ("FEDKUBE_SIGNING_KEYS_DIR", "FEDKUBE_SIGNING_KEY_FILE"):
+        for name in (
+            "FEDKUBE_SIGNING_KEYS_DIR",
+            "FEDKUBE_SIGNING_KEY_FILE",
+            "FEDKUBE_COMMIT_KEY_FILE",
+            "FEDKUBE_COMMIT_PUBLIC_KEY_FILE",
+        ):
             env.pop(name, None)
         return env
 
@@ -407,6 +482,7 @@ class Runner:
     def _aggregator_members(self) -> list[Member]:
         env = self._role_env(Role.aggregator())
         env["FEDKUBE_SIGNING_KEYS_DIR"] = str(self.run.keys.resolve())
+        env["FEDKUBE_COMMIT_KEY_FILE"] = str(self.run.commit_key.resolve())
         argv = self._cli("aggregator", "--job", str(self.run.job_file.resolve()))
         return [Member("aggregator", argv, env, self.run.log("aggregator"))]
 
@@ -419,6 +495,7 @@ class Runner:
             for index in range(client.replicas):
                 env = self._role_env(Role.for_client(name))
                 env["FEDKUBE_SIGNING_KEY_FILE"] = str(self.run.key(name).resolve())
+                env["FEDKUBE_COMMIT_PUBLIC_KEY_FILE"] = str(self.run.commit_public_key.resolve())
                 env.update(
                     PET_NNODES=str(client.replicas),
                     PET_NODE_RANK=str(index),
@@ -623,12 +700,13 @@ def _signals_set(event: threading.Event) -> Iterator[None]:
 def _finish(
     job: FederatedJob, run: RunDir, store: ObjectStore, out: TextIO, t0: float | None
 ) -> None:
-    final = read_final(store)
+    verifier = commit_verifier(run)
+    final = read_final(store, verifier)
     if final is None:
         raise RoundProtocolError(
             f"the aggregator exited 0 but {store.uri(layout.FINAL_RECORD_KEY)} is missing"
         )
-    records = read_records(store)
+    records = read_records(store, verifier)
     plot = write_plot(records, run.plot, f"{job.name}: global model per round")
     elapsed = None if t0 is None else time.monotonic() - t0
     for line in summary_lines(final, store.uri(layout.FINAL_MODEL_KEY), plot, elapsed):
@@ -651,7 +729,7 @@ def run_job(opts: RunOptions) -> int:
 
     if opts.fresh:
         removed = wipe_store(store)
-        for folder in (run.logs, run.keys):
+        for folder in (run.logs, run.keys, run.commit_key.parent):
             shutil.rmtree(folder, ignore_errors=True)
         run.plot.unlink(missing_ok=True)
         print(f"--fresh: removed {removed} objects from {store_location(store)}", file=opts.out)
@@ -671,7 +749,7 @@ def run_job(opts: RunOptions) -> int:
                 ],
                 source=str(opts.job_path),
             )
-        if read_final(store) is not None:
+        if run.commit_public_key.exists() and read_final(store, commit_verifier(run)) is not None:
             print(
                 f"job {job.name!r} already finished in {store_location(store)}; "
                 "rerun with --fresh to start over",
@@ -698,6 +776,7 @@ def _run(
 ) -> int:
     run.job_file.write_text(json.dumps(job.to_object(), indent=2) + "\n")
     write_keys(job, run)
+    write_commit_key(run)
     become_subreaper()
 
     runner = Runner(job, run, store, opts, credentials)
@@ -743,17 +822,24 @@ def show_status(run_dir: Path | None, job_path: Path | None, out: TextIO) -> int
         job.name, job.spec.rounds, [c.name for c in job.spec.clients], store_location(store), None
     ):
         print(line, file=out)
-    progress = _Progress(store, job, out)
+    verifier = commit_verifier(run)
+    progress = _Progress(store, job, out, verifier)
     progress.poll()
+    # A record that does not verify is shown (REFUSED) and makes the exit code 1.
+    code = EXIT_OK if progress.refused is None else EXIT_FAILED
     if not progress.records:
         print("  no round committed yet", file=out)
-        return EXIT_OK
-    final = read_final(store)
+        return code
+    try:
+        final = read_final(store, verifier)
+    except UnverifiedRecord as e:
+        print(f"final  REFUSED: {e}", file=out)
+        return EXIT_FAILED
     if final is None:
         last = progress.records[-1].round
         print(f"in progress: {last} of {job.spec.rounds} rounds committed", file=out)
-        return EXIT_OK
+        return code
     plot = run.plot if run.plot.exists() else None
     for line in summary_lines(final, store.uri(layout.FINAL_MODEL_KEY), plot, None):
         print(line, file=out)
-    return EXIT_OK
+    return code

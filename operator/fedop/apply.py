@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from fedcore import spec as fs
+from fedcore.commit_signing import generate_key_pair
 from fedcore.signing import generate_key
 from fedop import events, reconcile, rotation, status
 from fedop.builders import credentials, names, secrets
@@ -79,6 +80,12 @@ class Executor:
                 return _refusals(
                     lambda: _ignore(
                         kube.create(secrets.key_secret(job, client, generate_key()), job)
+                    )
+                )
+            case reconcile.CreateCommitKey():
+                return _refusals(
+                    lambda: _ignore(
+                        kube.create(secrets.commit_key_secret(job, *generate_key_pair()), job)
                     )
                 )
             case reconcile.Replace(obj=obj):
@@ -158,6 +165,7 @@ def _stage(action: reconcile.Action) -> int:
         case (
             reconcile.Create()
             | reconcile.CreateKeySecret()
+            | reconcile.CreateCommitKey()
             | reconcile.Replace()
             | rotation.MintStoreCredentials()
         ):

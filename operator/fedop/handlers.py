@@ -17,6 +17,7 @@ import base64
 import binascii
 import logging
 import time
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -25,10 +26,11 @@ from typing import Any
 import kopf
 
 from fedcore import spec as fs
-from fedcore.errors import CredentialsError, SpecError, StoreError, StsUnavailable
+from fedcore.commit_signing import CommitVerifier, verifier_from_pem
+from fedcore.errors import CredentialsError, FedcoreError, SpecError, StoreError, StsUnavailable
 from fedop import minting, reconcile, status
 from fedop.apply import Executor, Target
-from fedop.builders import names
+from fedop.builders import configmap, names
 from fedop.builders.credentials import roles
 from fedop.controller import Controller
 from fedop.errors import ApiError, ChildRefused, OwnershipConflict
@@ -146,16 +148,25 @@ def _sync(rt: Runtime, namespace: str, name: str) -> None:
         raise kopf.PermanentError(str(e)) from e
 
     lists = rt.kube.list_children(ref)
-    kids = children(ref.uid, lists.jobs, lists.services, lists.secrets, lists.configmaps)
+    kids = children(
+        ref.uid,
+        lists.jobs,
+        lists.services,
+        lists.secrets,
+        lists.configmaps,
+        lists.network_policies,
+    )
     credentials: Credentials | None = None
     if old.phase in status.TERMINAL_PHASES:
         snapshot = StoreSnapshot()  # a finished job needs nothing from its store
     else:
         credentials, problem = _credentials(rt, job)
+        verifier, key_problem = _commit_verifier(ref, kids.configmaps)
+        problem = problem or key_problem
         snapshot = (
             StoreSnapshot(available=False, problem=problem)
-            if problem
-            else rt.store.snapshot(job, credentials, status.next_round_to_read(old))
+            if problem or verifier is None
+            else rt.store.snapshot(job, credentials, status.next_round_to_read(old), verifier)
         )
 
     obs = reconcile.Observation(
@@ -214,6 +225,24 @@ def _refuse(
     plan = reconcile.refuse(old, generation, str(error), now, reason)
     target = Target(job=ref, parsed=None, credentials=None, old_status=old)
     rt.executor.apply(target, plan, now)
+
+
+def _commit_verifier(
+    ref: names.JobRef, configmaps: Mapping[str, Mapping[str, str]]
+) -> tuple[CommitVerifier | None, str]:
+    """The job's commit public key from its ConfigMap (written from the key Secret), or why
+    there is none yet: no record is read before it can be verified."""
+    name = names.spec_configmap(ref)
+    pem = (configmaps.get(name) or {}).get(configmap.COMMIT_PUBLIC_KEY_KEY)
+    if not pem:
+        return None, (
+            f"ConfigMap {ref.namespace}/{name} has no {configmap.COMMIT_PUBLIC_KEY_KEY} yet; "
+            "commit records are read once they can be verified"
+        )
+    try:
+        return verifier_from_pem(pem.encode(), source=f"ConfigMap {name}"), ""
+    except FedcoreError as e:
+        return None, str(e)
 
 
 def _credentials(rt: Runtime, job: fs.FederatedJob) -> tuple[Credentials | None, str]:

@@ -17,6 +17,7 @@ Exactly these API calls are made; the Helm chart's RBAC grants them and nothing 
                                                                         adoption, S3 credentials;
                                                                         patch: rotation)
     ""             configmaps                  get list create patch
+    networking.k8s.io  networkpolicies         get list create         (list: metadata only)
     ""             events                      create patch            (kopf may patch its own)
     apiextensions.k8s.io  customresourcedefinitions  get list watch    (kopf: resource discovery)
     ""             namespaces                  get list watch          (kopf: --all-namespaces)
@@ -56,6 +57,10 @@ _PATHS = {
     ("v1", "Service"): "/api/v1/namespaces/{ns}/services",
     ("v1", "Secret"): "/api/v1/namespaces/{ns}/secrets",
     ("v1", "ConfigMap"): "/api/v1/namespaces/{ns}/configmaps",
+    (
+        "networking.k8s.io/v1",
+        "NetworkPolicy",
+    ): "/apis/networking.k8s.io/v1/namespaces/{ns}/networkpolicies",
     ("v1", "Event"): "/api/v1/namespaces/{ns}/events",
 }
 _FJ_PATH = f"/apis/{fs.API_GROUP}/{fs.API_VERSION}/namespaces/{{ns}}/{fs.PLURAL}"
@@ -63,12 +68,14 @@ _FJ_PATH = f"/apis/{fs.API_GROUP}/{fs.API_VERSION}/namespaces/{{ns}}/{fs.PLURAL}
 
 @dataclass(frozen=True)
 class ChildLists:
-    """Raw lists of one job's children (Services and Secrets as metadata only)."""
+    """Raw lists of one job's children (Services, Secrets and NetworkPolicies as metadata
+    only)."""
 
     jobs: list[dict[str, Any]]
     services: list[dict[str, Any]]
     secrets: list[dict[str, Any]]
     configmaps: list[dict[str, Any]]
+    network_policies: list[dict[str, Any]]
 
 
 def _collection(api_version: str, kind: str, namespace: str) -> str:
@@ -201,6 +208,7 @@ class Kube:
             services=items("v1", "Service", METADATA_ONLY),
             secrets=items("v1", "Secret", METADATA_ONLY),
             configmaps=items("v1", "ConfigMap"),
+            network_policies=items("networking.k8s.io/v1", "NetworkPolicy", METADATA_ONLY),
         )
 
     def create(self, obj: Mapping[str, Any], owner: names.JobRef) -> dict[str, Any]:

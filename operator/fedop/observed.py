@@ -57,10 +57,27 @@ class Children:
     secrets: frozenset[str] = frozenset()
     secret_annotations: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     """Secret name -> its annotations (when store credentials were minted and expire)."""
+    commit_public_keys: Mapping[str, str] = field(default_factory=dict)
+    """Secret name -> the commit public key (PEM) it announces in its
+    ``fedkube.io/commit-public-key`` annotation (Secrets are listed as metadata only)."""
     configmaps: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     """ConfigMap name -> its data."""
+    network_policies: frozenset[str] = frozenset()
     foreign: tuple[str, ...] = ()
     """'Kind/name' of labelled objects another owner controls (a deleted namesake's leftovers)."""
+
+
+@dataclass(frozen=True)
+class RefusedRecord:
+    """A commit record in the store that does not verify with the job's public key."""
+
+    key: str
+    """Its store key (``rounds/000002/round.json``, ``final/round.json``)."""
+    reason: str
+    """``unsigned``, ``bad-signature``, ``wrong-round``, ``malformed``."""
+    fingerprint: str
+    """The public key it was checked against (``sha256:...``)."""
+    message: str
 
 
 @dataclass(frozen=True)
@@ -76,6 +93,9 @@ class StoreSnapshot:
     final_model_uri: str | None = None
     excluded: Mapping[str, str] | None = None
     """``control/excluded.json`` as stored (empty when absent); None when not read."""
+    refused: tuple[RefusedRecord, ...] = ()
+    """Records that failed verification; ``rounds`` stops before the first refused round, and
+    a refused final record leaves ``final`` None."""
 
 
 def controller_uid(obj: Mapping[str, Any]) -> str | None:
@@ -130,6 +150,7 @@ def children(
     services: Sequence[Mapping[str, Any]],
     secrets: Sequence[Mapping[str, Any]],
     configmaps: Sequence[Mapping[str, Any]],
+    network_policies: Sequence[Mapping[str, Any]] = (),
 ) -> Children:
     """Sort listed objects into ours (controlled by ``owner_uid``) and foreign ones."""
     foreign: list[str] = []
@@ -145,6 +166,12 @@ def children(
 
     own_jobs = [child_job(j) for j in ours("Job", jobs)]
     own_secrets = ours("Secret", secrets)
+    public_keys = {}
+    for secret in own_secrets:
+        annotations = secret["metadata"].get("annotations") or {}
+        value = annotations.get(names.ANNOTATION_COMMIT_PUBLIC_KEY)
+        if isinstance(value, str) and value:
+            public_keys[secret["metadata"]["name"]] = value
     return Children(
         jobs={j.name: j for j in own_jobs},
         services=frozenset(s["metadata"]["name"] for s in ours("Service", services)),
@@ -152,6 +179,10 @@ def children(
         secret_annotations={
             s["metadata"]["name"]: dict(s["metadata"].get("annotations") or {}) for s in own_secrets
         },
+        commit_public_keys=public_keys,
+        network_policies=frozenset(
+            p["metadata"]["name"] for p in ours("NetworkPolicy", network_policies)
+        ),
         configmaps={
             c["metadata"]["name"]: dict(c.get("data") or {}) for c in ours("ConfigMap", configmaps)
         },

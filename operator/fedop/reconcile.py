@@ -22,7 +22,7 @@ from typing import Any, Literal
 from fedcore import spec as fs
 from fedcore.exitcodes import EXIT_CONFIG
 from fedop import events, rotation, status
-from fedop.builders import configmap, credentials, jobs, names, services
+from fedop.builders import configmap, credentials, jobs, names, network, services
 from fedop.events import Announcement
 from fedop.observed import ChildJob, Children, StoreSnapshot
 from fedop.settings import OperatorSettings
@@ -56,6 +56,13 @@ class CreateKeySecret:
     random, and a plan must be the same for the same observations)."""
 
     client: str
+
+
+@dataclass(frozen=True)
+class CreateCommitKey:
+    """Create the job's ``<job>-commit-key`` Secret with a fresh Ed25519 pair (made by the
+    executor, like ``CreateKeySecret``). Never rewritten: records signed with the old key
+    would stop verifying."""
 
 
 @dataclass(frozen=True)
@@ -95,6 +102,7 @@ Action = (
     Create
     | CreateKeySecret
     | rotation.MintStoreCredentials
+    | CreateCommitKey
     | Replace
     | DeleteJob
     | SetSuspend
@@ -219,6 +227,7 @@ def plan(obs: Observation) -> Plan:
         _finish(obs, draft)
     else:
         _fold_rounds(obs, draft)
+        _report_refused(obs, draft)
         _run(obs, draft)
     return Plan(
         status=draft.build(obs),
@@ -283,6 +292,15 @@ def _run(obs: Observation, draft: _Draft) -> None:
 
     creating = _ensure_shared_objects(obs, draft)
     _credentials_condition(obs, draft)
+    if _commit_public_key(obs) is None:
+        # Every pod mounts the public key with the job file: the ConfigMap and the Jobs are
+        # made once the key Secret is listed with it (the next pass).
+        draft.message = (
+            f"waiting for Secret {names.commit_key_secret(obs.job)} (the job's commit signing "
+            f"key) to be listed with its {names.ANNOTATION_COMMIT_PUBLIC_KEY} annotation"
+        )
+        _set_phase_conditions(obs, draft, old_phase, True)
+        return
     _sync_clients(obs, draft, suspend)
     aggregator = _sync_aggregator(obs, draft, suspend)
     creating = creating or any(isinstance(a, Create) for a in draft.actions)
@@ -378,6 +396,33 @@ def _fold_rounds(obs: Observation, draft: _Draft) -> None:
         expected += 1
 
 
+REFUSED_RECORD = "CommitRecordRefused"
+
+
+def _report_refused(obs: Observation, draft: _Draft) -> None:
+    """A commit record that does not verify: condition ``CommitsVerified=False`` and a Warning
+    Event, once per distinct message. The store view left it out of ``rounds``, so it is
+    never folded into the status."""
+    if not obs.store.refused:
+        return
+    message = "; ".join(
+        f"commit record {x.key} refused ({x.reason}): it does not verify with the job's commit "
+        f"key {x.fingerprint}"
+        for x in obs.store.refused
+    )
+    message = status.truncate(
+        message + ". Someone holding a store credential that may write records wrote it; "
+        "clients do not train on it and the status does not show it"
+    )
+    current = status.condition(
+        fs.FederatedJobStatus(conditions=draft.conditions), "CommitsVerified"
+    )
+    if current is not None and current.status == "False" and current.message == message:
+        return
+    draft.condition(obs, "CommitsVerified", "False", REFUSED_RECORD, message)
+    draft.announcements.append(events.warning(REFUSED_RECORD, message))
+
+
 def _is_client(obs: Observation, name: str) -> bool:
     return any(c.name == name for c in obs.spec.clients)
 
@@ -389,9 +434,15 @@ def _last_metrics(draft: _Draft) -> Mapping[str, float]:
 # ---- children ---------------------------------------------------------------------------------
 
 
+def _commit_public_key(obs: Observation) -> str | None:
+    """The job's commit public key (PEM), as its key Secret announces it; None before the
+    Secret exists."""
+    return obs.children.commit_public_keys.get(names.commit_key_secret(obs.job))
+
+
 def _ensure_shared_objects(obs: Observation, draft: _Draft) -> bool:
-    """The job file, the key and store-credential Secrets and the Services; True when
-    something had to be made."""
+    """The commit key, the job file, the key and store-credential Secrets, the Services and
+    the NetworkPolicies; True when something had to be made."""
     job, spec, kids = obs.job, obs.spec, obs.children
     dropped = [c.name for c in spec.clients if draft.client(c.name).phase == "Dropped"]
     mints = rotation.mint_actions(
@@ -399,13 +450,22 @@ def _ensure_shared_objects(obs: Observation, draft: _Draft) -> bool:
     )
     draft.actions.extend(mints)
     created = any(not m.replace for m in mints)
-    wanted_cm = configmap.spec_configmap(job, spec)
-    current = kids.configmaps.get(names.spec_configmap(job))
-    if current is None:
-        draft.actions.append(Create(wanted_cm))
+    if names.commit_key_secret(job) not in kids.secrets:
+        draft.actions.append(CreateCommitKey())
         created = True
-    elif dict(current) != wanted_cm["data"]:
-        draft.actions.append(Replace(wanted_cm))
+    public_key = _commit_public_key(obs)
+    if public_key is not None:
+        wanted_cm = configmap.spec_configmap(job, spec, public_key)
+        current = kids.configmaps.get(names.spec_configmap(job))
+        if current is None:
+            draft.actions.append(Create(wanted_cm))
+            created = True
+        elif dict(current) != wanted_cm["data"]:
+            draft.actions.append(Replace(wanted_cm))
+    for policy in network.network_policies(job, spec):
+        if policy["metadata"]["name"] not in kids.network_policies:
+            draft.actions.append(Create(policy))
+            created = True
     for client in spec.clients:
         if names.key_secret(job, client.name) not in kids.secrets:
             draft.actions.append(CreateKeySecret(client.name))

@@ -20,7 +20,7 @@ from fedcore import spec as fs
 log = logging.getLogger(__name__)
 
 ConditionType = Literal[
-    "Created", "Running", "Suspended", "Succeeded", "Failed", "SharedCredentials"
+    "Created", "Running", "Suspended", "Succeeded", "Failed", "CommitsVerified", "SharedCredentials"
 ]
 CONDITION_ORDER: tuple[ConditionType, ...] = (
     "Created",
@@ -28,6 +28,7 @@ CONDITION_ORDER: tuple[ConditionType, ...] = (
     "Suspended",
     "Succeeded",
     "Failed",
+    "CommitsVerified",
     "SharedCredentials",
 )
 TERMINAL_PHASES = frozenset({"Succeeded", "Failed"})

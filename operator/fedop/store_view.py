@@ -8,6 +8,11 @@ the process; only "is there a next one?" and the final record's absence are aske
 The operator also writes one object: ``control/excluded.json`` (clients dropped after their
 restart budget), which the aggregator reads to stop waiting for them.
 
+Every commit record is verified with the job's commit public key (from the job's ConfigMap)
+before it is used (``fedcore.commit_signing``). A record that fails is never cached nor
+returned: the snapshot lists it under ``refused`` (the plan reports it) and the rounds stop
+before it, and it is read again on the next pass.
+
 Store trouble never fails a pass: the snapshot says the store is unavailable and why, the
 status shows it, and the next pass tries again. Credentials come from the job's
 ``spec.storage.secretRef`` Secret (read by the caller) and are never logged.
@@ -26,9 +31,15 @@ from pydantic import BaseModel, ValidationError
 
 from fedcore import layout
 from fedcore import spec as fs
+from fedcore.commit_signing import (
+    CommitVerifier,
+    UnverifiedRecord,
+    read_final_record,
+    read_round_record,
+)
 from fedcore.errors import ObjectNotFound, StoreError
 from fedcore.store import ObjectStore, open_store
-from fedop.observed import StoreSnapshot
+from fedop.observed import RefusedRecord, StoreSnapshot
 
 log = logging.getLogger(__name__)
 _R = TypeVar("_R", bound=BaseModel)
@@ -115,20 +126,32 @@ class StoreView:
             self._jobs.pop(uid, None)
 
     def snapshot(
-        self, job: fs.FederatedJob, credentials: Credentials | None, first_round: int
+        self,
+        job: fs.FederatedJob,
+        credentials: Credentials | None,
+        first_round: int,
+        verifier: CommitVerifier,
     ) -> StoreSnapshot:
-        """Rounds committed from ``first_round`` on, the final record and the drop list."""
+        """Verified rounds committed from ``first_round`` on, the final record, the drop list
+        and the records that failed verification."""
+        refused: list[RefusedRecord] = []
         try:
             cache = self._cache(job, credentials)
-            rounds = self._rounds(cache, first_round)
-            final = self._final(cache)
+            rounds = self._rounds(cache, first_round, verifier, refused)
+            final = self._final(cache, verifier, refused)
             excluded = self._excluded(cache)
             uri = cache.store.uri(final.model_key) if final is not None else None
         except StoreError as e:
             log.warning("store of %s unavailable: %s", job.name, e)
             return StoreSnapshot(available=False, problem=str(e))
+        for x in refused:
+            log.error("job %s/%s: %s", job.metadata.namespace, job.name, x.message)
         return StoreSnapshot(
-            rounds=tuple(rounds), final=final, final_model_uri=uri, excluded=dict(excluded)
+            rounds=tuple(rounds),
+            final=final,
+            final_model_uri=uri,
+            excluded=dict(excluded),
+            refused=tuple(refused),
         )
 
     def write_excluded(
@@ -140,7 +163,13 @@ class StoreView:
         cache.store.put_bytes(layout.EXCLUDED_KEY, record.to_json())
         cache.excluded = dict(record.clients)
 
-    def _rounds(self, cache: _JobCache, first: int) -> list[layout.RoundRecord]:
+    def _rounds(
+        self,
+        cache: _JobCache,
+        first: int,
+        verifier: CommitVerifier,
+        refused: list[RefusedRecord],
+    ) -> list[layout.RoundRecord]:
         found: list[layout.RoundRecord] = []
         for r in range(first, first + MAX_ROUNDS_PER_PASS):
             record = cache.rounds.get(r)
@@ -148,9 +177,11 @@ class StoreView:
                 data = _get(cache.store, layout.round_record_key(r))
                 if data is None:
                     break
-                record = _parse(
-                    layout.RoundRecord, data, cache.store.uri(layout.round_record_key(r))
-                )
+                try:
+                    record = read_round_record(data, r, verifier)
+                except UnverifiedRecord as e:
+                    refused.append(_refused(e))
+                    break
                 cache.rounds[r] = record
             found.append(record)
         # Older records are in the status now; keep the cache from growing with the job.
@@ -158,13 +189,16 @@ class StoreView:
             del cache.rounds[r]
         return found
 
-    def _final(self, cache: _JobCache) -> layout.FinalRecord | None:
+    def _final(
+        self, cache: _JobCache, verifier: CommitVerifier, refused: list[RefusedRecord]
+    ) -> layout.FinalRecord | None:
         if cache.final is None:
             data = _get(cache.store, layout.FINAL_RECORD_KEY)
             if data is not None:
-                cache.final = _parse(
-                    layout.FinalRecord, data, cache.store.uri(layout.FINAL_RECORD_KEY)
-                )
+                try:
+                    cache.final = read_final_record(data, verifier)
+                except UnverifiedRecord as e:
+                    refused.append(_refused(e))
         return cache.final
 
     def _excluded(self, cache: _JobCache) -> dict[str, str]:
@@ -177,6 +211,12 @@ class StoreView:
             )
             cache.excluded = dict(record.clients)
         return cache.excluded
+
+
+def _refused(error: UnverifiedRecord) -> RefusedRecord:
+    return RefusedRecord(
+        key=error.key, reason=error.reason, fingerprint=error.fingerprint, message=str(error)
+    )
 
 
 def _get(store: ObjectStore, key: str) -> bytes | None:

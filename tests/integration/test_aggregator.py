@@ -23,10 +23,19 @@ from typing import Any
 
 import pytest
 import torch
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from torch import nn
 
 from fedcore import layout
 from fedcore.aggregator import Aggregator, AggregatorStopped, QuorumUnreachable
+from fedcore.commit_signing import (
+    CommitSigner,
+    UnverifiedRecord,
+    generate_key_pair,
+    load_signer,
+    read_final_record,
+    read_round_record,
+)
 from fedcore.errors import RoundProtocolError
 from fedcore.signing import SigningKey, generate_key, sign_manifest
 from fedcore.spec import FederatedJob, job_prefix, parse_job
@@ -36,6 +45,9 @@ from fedcore.weights import Tensors, load_weights, save_weights, sha256_file, up
 
 WAIT_SECONDS = 30.0
 """Upper bound on any wait for the aggregator; tests normally see it within milliseconds."""
+COMMIT_KEY = CommitSigner(Ed25519PrivateKey.generate())
+"""The job's commit signing key (the aggregator's); records are read back verified with it."""
+FORGER = CommitSigner(Ed25519PrivateKey.generate())
 
 
 class TinyTask:
@@ -84,13 +96,20 @@ class Harness:
     store: LocalStore
     keys: dict[str, SigningKey]
     workdir: Path
+    commit_key: CommitSigner = COMMIT_KEY
     aggregator: Aggregator | None = None
     thread: threading.Thread | None = None
     outcome: dict[str, Any] = field(default_factory=dict)
 
     def start(self) -> None:
         self.aggregator = Aggregator(
-            self.job, self.store, self.keys, self.workdir, poll_seconds=0.01, task=task
+            self.job,
+            self.store,
+            self.keys,
+            self.workdir,
+            commit_key=self.commit_key,
+            poll_seconds=0.01,
+            task=task,
         )
 
         def body() -> None:
@@ -126,10 +145,10 @@ class Harness:
     # -- playing the clients --
 
     def record(self, r: int) -> layout.RoundRecord:
+        """Round ``r``'s record once committed, verified as a client reads it."""
         wait_for(lambda: self.store.exists(layout.round_record_key(r)), f"round {r} commit")
-        return layout.RoundRecord.model_validate_json(
-            self.store.get_bytes(layout.round_record_key(r))
-        )
+        data = self.store.get_bytes(layout.round_record_key(r))
+        return read_round_record(data, r, self.commit_key.public)
 
     def global_model(self, r: int) -> Tensors:
         self.record(r)
@@ -497,12 +516,14 @@ def test_round_committed_by_another_aggregator_is_adopted_not_rewritten(
     harness_factory: Callable[..., Harness], caplog: pytest.LogCaptureFixture
 ) -> None:
     h = harness_factory(make_job(rounds=1))
-    agg = Aggregator(h.job, h.store, h.keys, h.workdir, task=task)
+    agg = Aggregator(h.job, h.store, h.keys, h.workdir, commit_key=COMMIT_KEY, task=task)
     ours = agg.commit_initial()
     stamp = h.store.get_bytes(layout.round_record_key(0))
 
     with caplog.at_level(logging.WARNING, logger="fedcore.aggregator"):
-        again = Aggregator(h.job, h.store, h.keys, h.workdir, task=task).commit_initial()
+        again = Aggregator(
+            h.job, h.store, h.keys, h.workdir, commit_key=COMMIT_KEY, task=task
+        ).commit_initial()
 
     assert again == ours
     assert h.store.get_bytes(layout.round_record_key(0)) == stamp
@@ -516,7 +537,7 @@ def test_finished_job_is_not_run_again(harness_factory: Callable[..., Harness]) 
     final = h.finish()
     records = h.store.list(layout.ROUNDS_PREFIX)
 
-    again = Aggregator(h.job, h.store, h.keys, h.workdir, task=task).run()
+    again = Aggregator(h.job, h.store, h.keys, h.workdir, commit_key=COMMIT_KEY, task=task).run()
 
     assert again == final
     assert h.store.list(layout.ROUNDS_PREFIX) == records
@@ -538,13 +559,16 @@ def test_sigkilled_aggregator_process_resumes_and_commits_each_round_once(
         secret = generate_key()
         (keys_dir / name).write_text(secret)
         keys[name] = SigningKey(secret.encode())
+    private, _ = generate_key_pair()
+    (tmp_path / "commit-key.pem").write_bytes(private)
     store = LocalStore(tmp_path / "store", job_prefix(job))
-    h = Harness(job, store, keys, tmp_path / "work")
+    h = Harness(job, store, keys, tmp_path / "work", load_signer(tmp_path / "commit-key.pem"))
     h.workdir.mkdir()
     env = {
         **os.environ,
         "FEDKUBE_STORE_DIR": str(tmp_path / "store"),
         "FEDKUBE_SIGNING_KEYS_DIR": str(keys_dir),
+        "FEDKUBE_COMMIT_KEY_FILE": str(tmp_path / "commit-key.pem"),
         "OMP_NUM_THREADS": "1",
     }
     log_path = tmp_path / "aggregator.log"
@@ -582,4 +606,97 @@ def test_sigkilled_aggregator_process_resumes_and_commits_each_round_once(
         assert text.count(f"commit round {r}:") == 1, text
     assert "already committed" not in text
     assert "resuming after committed round 1" in text
-    assert store.exists(layout.FINAL_RECORD_KEY)
+    read_final_record(store.get_bytes(layout.FINAL_RECORD_KEY), h.commit_key.public)
+
+
+# ---- signed commits ------------------------------------------------------------------------------
+
+
+def forged_record(r: int, selected: list[str]) -> bytes:
+    """A round record an insider writes: well-formed, pointing at their model, but signed
+    with their own key."""
+    now = layout.utcnow()
+    record = layout.RoundRecord(
+        round=r,
+        participants=selected,
+        model_key=layout.global_key(r),
+        model_sha256="e" * 64,
+        started_at=now,
+        next=layout.NextRound(round=r + 1, selected=selected, deadline=now),
+    )
+    return FORGER.sign("round", record).to_json()
+
+
+def test_every_record_and_the_final_one_are_signed_with_the_jobs_key(
+    harness_factory: Callable[..., Harness],
+) -> None:
+    h = harness_factory(make_job(("a",), rounds=2))
+    h.start()
+    h.send(1, "a", deltas(1.0), 1)
+    h.send(2, "a", deltas(1.0), 1)
+    final = h.finish()
+
+    records = [h.record(r) for r in (0, 1, 2)]  # verified, or UnverifiedRecord
+
+    assert all(len(bytes.fromhex(r.signature)) == 64 for r in records)
+    stored = read_final_record(h.store.get_bytes(layout.FINAL_RECORD_KEY), COMMIT_KEY.public)
+    assert stored == final
+    assert stored.model_sha256 == records[-1].model_sha256
+
+
+def test_a_forged_record_in_the_next_rounds_slot_stops_the_aggregator_naming_round_and_key(
+    harness_factory: Callable[..., Harness], caplog: pytest.LogCaptureFixture
+) -> None:
+    h = harness_factory(make_job(("a",), rounds=2))
+    h.start()
+    h.record(0)
+    forged = forged_record(1, ["a"])
+    h.store.put_bytes(layout.global_key(1), b"the attacker's model")
+    h.store.put_bytes(layout.round_record_key(1), forged)
+
+    with caplog.at_level(logging.ERROR, logger="fedcore.aggregator"):
+        h.send(1, "a", deltas(1.0), 1, base_sha256=h.record(0).model_sha256)
+        error = h.failure()
+
+    assert isinstance(error, UnverifiedRecord)
+    assert error.key == "rounds/000001/round.json"
+    assert error.fingerprint == COMMIT_KEY.fingerprint
+    assert "cannot commit round 1" in caplog.text
+    assert COMMIT_KEY.fingerprint in caplog.text
+    # Nothing was overwritten or added past the forgery.
+    assert h.store.get_bytes(layout.round_record_key(1)) == forged
+    assert h.store.get_bytes(layout.global_key(1)) == b"the attacker's model"
+    assert not h.store.exists(layout.round_record_key(2))
+    assert not h.store.exists(layout.FINAL_RECORD_KEY)
+
+
+def test_resume_refuses_an_earlier_record_the_aggregator_did_not_sign(
+    harness_factory: Callable[..., Harness],
+) -> None:
+    first = harness_factory(make_job(("a",), rounds=2))
+    first.start()
+    first.record(0)
+    first.stop()
+    first.store.put_bytes(layout.round_record_key(0), forged_record(0, ["a"]))
+
+    second = Harness(first.job, first.store, first.keys, first.workdir)
+    second.start()
+    error = second.failure()
+
+    assert isinstance(error, UnverifiedRecord)
+    assert error.key == "rounds/000000/round.json"
+    assert error.reason == "bad-signature"
+
+
+def test_a_forged_final_record_is_refused_not_taken_as_done(
+    harness_factory: Callable[..., Harness],
+) -> None:
+    h = harness_factory(make_job(("a",)))
+    fake = FORGER.sign("final", layout.FinalRecord(rounds=1, model_sha256="e" * 64))
+    h.store.put_bytes(layout.FINAL_RECORD_KEY, fake.to_json())
+
+    h.start()
+    error = h.failure()
+
+    assert isinstance(error, UnverifiedRecord)
+    assert error.key == layout.FINAL_RECORD_KEY

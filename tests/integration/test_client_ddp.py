@@ -26,8 +26,10 @@ from typing import Any
 
 import pytest
 import torch
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from fedcore import layout
+from fedcore.commit_signing import CommitSigner
 from fedcore.signing import generate_key, load_key, verify
 from fedcore.spec import FederatedJob, job_prefix, load_job
 from fedcore.store import LocalStore
@@ -40,6 +42,9 @@ REPO = Path(__file__).resolve().parents[2]
 CLIENT = "alpha"
 WAIT_SECONDS = 120.0
 """Upper bound for a group to start and train one tiny round (normally a few seconds)."""
+
+COMMIT_KEY = CommitSigner(Ed25519PrivateKey.generate())
+"""The aggregator's key this test commits with; pods get its public half."""
 
 TASK_CONFIG: dict[str, Any] = {
     "params": 3000,
@@ -108,14 +113,14 @@ def commit_round_zero(
         next=layout.NextRound(round=1, selected=[CLIENT], deadline=now + timedelta(hours=1)),
         closed_by="initial",
     )
+    record = COMMIT_KEY.sign("round", record)
     store.put_bytes(layout.round_record_key(0), record.to_json())
     return record
 
 
 def finish_job(store: LocalStore) -> None:
-    store.put_bytes(
-        layout.FINAL_RECORD_KEY, layout.FinalRecord(rounds=1, model_sha256="0" * 64).to_json()
-    )
+    final = COMMIT_KEY.sign("final", layout.FinalRecord(rounds=1, model_sha256="0" * 64))
+    store.put_bytes(layout.FINAL_RECORD_KEY, final.to_json())
 
 
 def start_pod(
@@ -132,6 +137,8 @@ def start_pod(
     key_path = folder / "key"
     if not key_path.exists():
         key_path.write_text(generate_key())
+    public_path = folder / "commit-public.pem"
+    public_path.write_bytes(COMMIT_KEY.public.public_pem())
     python_path = [str(REPO), *([str(extra_path)] if extra_path else [])]
     outer = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "PYTHONPATH")
     env = {
@@ -139,6 +146,7 @@ def start_pod(
         "PYTHONPATH": os.pathsep.join(python_path),
         "FEDKUBE_STORE_DIR": str(folder / "store"),
         "FEDKUBE_SIGNING_KEY_FILE": str(key_path),
+        "FEDKUBE_COMMIT_PUBLIC_KEY_FILE": str(public_path),
         "PET_NNODES": str(nnodes),
         "PET_NODE_RANK": str(node_rank),
         "PET_NPROC_PER_NODE": str(nproc),

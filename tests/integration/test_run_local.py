@@ -24,15 +24,17 @@ import psutil
 import pytest
 import torch
 import yaml
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from torch import nn
 from torch.utils.data import DataLoader
 
 from fedcore import layout
+from fedcore.commit_signing import CommitSigner, load_verifier
 from fedcore.spec import FederatedJob, job_prefix, load_job
-from fedcore.store import LocalStore
+from fedcore.store import LocalStore, ObjectStore
 from fedcore.tasks.base import TaskContext
 from fedcore.tasks.digits import DigitsTask
-from fedcore.weights import load_weights, sha256_file
+from fedcore.weights import load_weights, save_weights, sha256_file
 from tests.fixtures.minio import MinioServer
 
 REPO = Path(__file__).resolve().parents[2]
@@ -461,3 +463,70 @@ def test_job_naming_an_s3_endpoint_runs_on_it_and_fresh_starts_over(
     assert "finished" not in again.stdout().split("--fresh: removed")[1]
     left = minio.client().list_objects_v2(Bucket=minio.bucket, Prefix="runs/s3-test/final/")
     assert left.get("KeyCount", 0) == 0
+
+
+# ---- a forged commit record ----------------------------------------------------------------------
+
+
+def forge_round(store: ObjectStore, r: int, clients: list[str], folder: Path) -> None:
+    """Commit round ``r`` as an insider holding the job's store credential could: their own
+    model and a well-formed record selecting every client, signed with their own key."""
+    forger = CommitSigner(Ed25519PrivateKey.generate())
+    path = folder / "attacker.safetensors"
+    save_weights(path, {"bogus": torch.zeros(3)}, {"kind": "global", "round": r})
+    store.put_file(layout.global_key(r), path)
+    now = layout.utcnow()
+    record = layout.RoundRecord(
+        round=r,
+        participants=clients,
+        model_key=layout.global_key(r),
+        model_sha256=sha256_file(path),
+        started_at=now,
+        next=layout.NextRound(round=r + 1, selected=clients, deadline=now),
+    )
+    store.put_bytes(layout.round_record_key(r), forger.sign("round", record).to_json())
+
+
+@pytest.mark.parametrize("where", ["local", "minio"])
+def test_a_forged_round_is_refused_by_every_client_and_stops_the_run(
+    where: str, tmp: Path, request: pytest.FixtureRequest
+) -> None:
+    gate = tmp / "gate"
+    spec: dict[str, Any] = {"runPolicy": {"backoffLimit": 1}}
+    env: dict[str, str] = {}
+    if where == "minio":
+        minio: MinioServer = request.getfixturevalue("minio")
+        prefix = f"runs/forged-{os.getpid()}-{time.monotonic_ns()}/"
+        spec["storage"] = {"endpoint": minio.endpoint, "bucket": minio.bucket, "prefix": prefix}
+        env = minio.env()
+    job_file = write_job(tmp / "job.yaml", clients=gated_clients(gate), **spec)
+    job = load_job(job_file)
+    store: ObjectStore = (
+        request.getfixturevalue("make_s3_store")(prefix=job_prefix(job))
+        if where == "minio"
+        else LocalStore(tmp / "run" / "store", job_prefix(job))
+    )
+    run = start_run(job_file, tmp / "run", env=env)
+    # Round 2 is open: a uploaded its update, b waits at the gate.
+    wait_for(lambda: store.exists(layout.manifest_key(2, "a")), "a's round 2 update")
+
+    forge_round(store, 2, ["a", "b"], tmp)
+    wait_for(lambda: "refused commit record" in run.log("a-0"), "a to refuse the forgery")
+    gate.touch()
+    code = run.wait()
+
+    fingerprint = load_verifier(tmp / "run" / "commit-key" / "public.pem").fingerprint
+    assert code == 1
+    for client in ("a", "b"):
+        log = run.log(f"{client}-0")
+        assert "refused commit record rounds/000002/round.json (bad-signature)" in log, log
+        assert fingerprint in log
+        # Nobody trained from the forged round: no update for round 3, b's round 2 is real.
+        assert not store.exists(layout.manifest_key(3, client))
+    manifest = layout.UpdateManifest.model_validate_json(
+        store.get_bytes(layout.manifest_key(2, "b"))
+    )
+    assert manifest.base_round == 1
+    assert "cannot commit round 2" in run.log("aggregator")
+    assert "round 2/4  REFUSED" in run.stdout()
+    assert "rounds/000002/round.json" in run.stderr()

@@ -75,6 +75,46 @@ def test_aggregator_mounts_every_clients_key_as_a_file_named_after_the_client() 
     assert env["FEDKUBE_SIGNING_KEYS_DIR"] == pods.SIGNING_KEYS_DIR
 
 
+def mounted_files(pod: dict[str, Any], mount_dir: str) -> dict[str, tuple[str, str]]:
+    """File path under a mount -> (kind/name of the source object, its data key)."""
+    (mount,) = [m for m in pod["containers"][0]["volumeMounts"] if m["mountPath"] == mount_dir]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+    if "configMap" in volume:
+        source = f"ConfigMap/{volume['configMap']['name']}"
+        items = volume["configMap"]["items"]
+    else:
+        source = f"Secret/{volume['secret']['secretName']}"
+        items = volume["secret"]["items"]
+    return {f"{mount_dir}/{i['path']}": (source, i["key"]) for i in items}
+
+
+@pytest.mark.parametrize("which", ["a", "c", "aggregator"])
+def test_every_pod_reads_the_commit_public_key_from_the_job_configmap(which: str) -> None:
+    pod = aggregator_pod() if which == "aggregator" else client_pod(which)
+
+    env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+    path = env["FEDKUBE_COMMIT_PUBLIC_KEY_FILE"]
+
+    assert mounted_files(pod, "/etc/fedkube")[path] == (
+        "ConfigMap/digits-spec",
+        "commit-public-key.pem",
+    )
+
+
+def test_only_the_aggregator_mounts_the_commit_signing_key() -> None:
+    aggregator = aggregator_pod()
+    clients = [client_pod(c) for c in "abc"]
+
+    env = {e["name"]: e.get("value") for e in aggregator["containers"][0]["env"]}
+
+    assert mounted_files(aggregator, pods.COMMIT_KEY_DIR) == {
+        env["FEDKUBE_COMMIT_KEY_FILE"]: ("Secret/digits-commit-key", "private.pem")
+    }
+    for pod in clients:
+        assert "digits-commit-key" not in str(pod["volumes"])
+        assert "FEDKUBE_COMMIT_KEY_FILE" not in env_names(pod)
+
+
 def test_shared_store_credentials_come_from_the_named_secret_keys() -> None:
     pod = client_pod(
         storage={

@@ -7,9 +7,10 @@ import json
 
 import pytest
 
+from fedcore.commit_signing import generate_key_pair, signer_from_pem, verifier_from_pem
 from fedcore.spec import ClientSpec, job_prefix, parse_job
 from fedop.builders import configmap, names, secrets, services
-from tests.fixtures.fedjobs import JOB, make_job, make_spec
+from tests.fixtures.fedjobs import COMMIT_PUBLIC_PEM, JOB, make_job, make_spec
 
 
 def test_child_names_follow_the_operator_contract() -> None:
@@ -17,6 +18,7 @@ def test_child_names_follow_the_operator_contract() -> None:
     assert names.key_secret(JOB, "a") == "digits-a-key"
     assert names.client_service(JOB, "a") == names.client_job(JOB, "a") == "digits-a"
     assert names.aggregator_job(JOB) == "digits-aggregator"
+    assert names.commit_key_secret(JOB) == "digits-commit-key"
 
 
 @pytest.mark.parametrize(
@@ -27,6 +29,12 @@ def test_child_names_follow_the_operator_contract() -> None:
             [{"name": "aggregator"}],
             "spec.clients[0].name",
             id="a client named aggregator would take the aggregator's Job",
+        ),
+        pytest.param(
+            "digits",
+            [{"name": "commit"}],
+            "spec.clients[0].name",
+            id="a client named commit would take the commit key Secret (and mount it)",
         ),
         pytest.param(
             "d" * 41,
@@ -63,7 +71,7 @@ def test_names_of_the_example_fit() -> None:
 def test_job_file_is_the_whole_federated_job_the_runtime_loads() -> None:
     spec = make_spec()
 
-    text = configmap.spec_configmap(JOB, spec)["data"]["job.json"]
+    text = configmap.spec_configmap(JOB, spec, COMMIT_PUBLIC_PEM)["data"]["job.json"]
     loaded = parse_job(json.loads(text))
 
     assert loaded.metadata.uid == JOB.uid
@@ -86,6 +94,33 @@ def test_key_secret_holds_the_key_as_text_and_is_immutable() -> None:
     assert base64.b64decode(secret["data"]["key"]).decode() == "ff" * 32
     assert secret["immutable"] is True
     assert secret["metadata"]["labels"][names.LABEL_CLIENT] == "a"
+
+
+def test_configmap_carries_the_commit_public_key_next_to_the_job_file() -> None:
+    data = configmap.spec_configmap(JOB, make_spec(), COMMIT_PUBLIC_PEM)["data"]
+
+    assert set(data) == {"job.json", "commit-public-key.pem"}
+    assert verifier_from_pem(data["commit-public-key.pem"].encode()).fingerprint == (
+        verifier_from_pem(COMMIT_PUBLIC_PEM.encode()).fingerprint
+    )
+
+
+def test_commit_key_secret_holds_the_pair_and_announces_only_the_public_half() -> None:
+    private, public = generate_key_pair()
+
+    secret = secrets.commit_key_secret(JOB, private, public)
+
+    assert secret["metadata"]["name"] == "digits-commit-key"
+    assert secret["immutable"] is True
+    assert secret["metadata"]["labels"][names.LABEL_ROLE] == "aggregator"
+    assert secret["metadata"]["ownerReferences"] == [names.owner_reference(JOB)]
+    signer = signer_from_pem(base64.b64decode(secret["data"]["private.pem"]))
+    assert base64.b64decode(secret["data"]["public.pem"]) == public
+    assert secret["metadata"]["annotations"] == {
+        names.ANNOTATION_COMMIT_PUBLIC_KEY: public.decode()
+    }
+    assert signer.public.public_pem() == public
+    assert "PRIVATE" not in json.dumps(secret["metadata"])
 
 
 def test_client_service_is_headless_and_publishes_pods_before_they_are_ready() -> None:

@@ -6,11 +6,14 @@ import json
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from fedcore import layout
 from fedcore.cli import main
+from fedcore.commit_signing import CommitSigner, load_signer
 from fedcore.errors import FedcoreError, ObjectNotFound, RoundProtocolError, SpecError, TaskError
 from fedcore.exitcodes import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, exit_code_for
+from fedcore.runner import RunDir, write_commit_key
 from fedcore.spec import job_prefix, load_job
 from fedcore.store import LocalStore
 
@@ -144,23 +147,32 @@ def test_status_of_a_folder_that_is_no_run_is_a_usage_error(
     assert "not a run directory" in capsys.readouterr().err
 
 
-def test_status_lists_committed_rounds(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def status_run(tmp_path: Path) -> tuple[Path, LocalStore, CommitSigner]:
+    """A run directory as `fedkube run` leaves it: the job, its commit key pair, a store."""
     job_file = write(tmp_path, GOOD_JOB)
-    run_dir = tmp_path / "run"
-    run_dir.mkdir()
-    (run_dir / "job.json").write_text(job_file.read_text())
+    run = RunDir(tmp_path / "run")
+    run.root.mkdir()
+    run.job_file.write_text(job_file.read_text())
+    write_commit_key(run)
     job = load_job(job_file)
-    store = LocalStore(run_dir / "store", job_prefix(job))
+    return run.root, LocalStore(run.store_root, job_prefix(job)), load_signer(run.commit_key)
+
+
+def round_record(r: int, accuracy: float) -> layout.RoundRecord:
+    return layout.RoundRecord(
+        round=r,
+        metrics={"loss": 2.3, "accuracy": accuracy},
+        model_key=layout.global_key(r),
+        model_sha256="0" * 64,
+        started_at=layout.utcnow(),
+        closed_by="initial" if r == 0 else "all-reported",
+    )
+
+
+def test_status_lists_committed_rounds(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run_dir, store, signer = status_run(tmp_path)
     store.put_bytes(
-        layout.round_record_key(0),
-        layout.RoundRecord(
-            round=0,
-            metrics={"loss": 2.3, "accuracy": 0.1},
-            model_key=layout.global_key(0),
-            model_sha256="0" * 64,
-            started_at=layout.utcnow(),
-            closed_by="initial",
-        ).to_json(),
+        layout.round_record_key(0), signer.sign("round", round_record(0, 0.1)).to_json()
     )
 
     code = main(["status", "--store", str(run_dir)])
@@ -169,6 +181,42 @@ def test_status_lists_committed_rounds(tmp_path: Path, capsys: pytest.CaptureFix
     assert code == EXIT_OK
     assert "round 0/2  initial model  loss 2.300  acc 0.100" in out
     assert "0 of 2 rounds committed" in out
+
+
+def test_status_refuses_a_record_the_aggregator_did_not_sign(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run_dir, store, signer = status_run(tmp_path)
+    store.put_bytes(
+        layout.round_record_key(0), signer.sign("round", round_record(0, 0.1)).to_json()
+    )
+    forger = CommitSigner(Ed25519PrivateKey.generate())
+    store.put_bytes(
+        layout.round_record_key(1), forger.sign("round", round_record(1, 0.99)).to_json()
+    )
+
+    code = main(["status", "--store", str(run_dir)])
+
+    out = capsys.readouterr().out
+    assert code == EXIT_FAILED
+    assert (
+        "round 1/2  REFUSED: refused commit record rounds/000001/round.json (bad-signature)" in out
+    )
+    assert signer.fingerprint in out
+    assert "acc 0.990" not in out
+    assert "0 of 2 rounds committed" in out
+
+
+def test_status_of_a_run_without_its_public_key_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run_dir, _, _ = status_run(tmp_path)
+    (run_dir / "commit-key" / "public.pem").unlink()
+
+    code = main(["status", "--store", str(run_dir)])
+
+    assert code == EXIT_CONFIG
+    assert "no public.pem" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

@@ -1,7 +1,8 @@
 """The client's round loop in one process (a DDP group of one) against a LocalStore.
 
-The test plays the aggregator: it commits rounds and the final record by hand, and checks
-what the client reads and uploads. Multi-rank groups are in tests/integration/test_client_ddp.py.
+The test plays the aggregator: it commits (signed) rounds and the final record by hand, and
+checks what the client reads and uploads. The store raises if the client lists it: a client's
+credential has no ListBucket. Multi-rank groups are in tests/integration/test_client_ddp.py.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 
 import pytest
 import torch
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from fedcore import client as client_module
 from fedcore import distributed, layout
@@ -29,6 +31,7 @@ from fedcore.client import (
     group_exit_code,
     run_client,
 )
+from fedcore.commit_signing import CommitSigner
 from fedcore.distributed import LaunchError, shutdown_distributed
 from fedcore.errors import TaskError
 from fedcore.signing import SigningKey, generate_key, verify
@@ -39,6 +42,18 @@ from fedcore.weights import apply, load_weights, save_weights, sha256_file
 
 WAIT_SECONDS = 60.0
 CONFIG = {"params": 2000, "samples": 64, "batchSize": 16}
+COMMIT_KEY = CommitSigner(Ed25519PrivateKey.generate())
+"""The job's aggregator key: records this test commits are signed with it."""
+VERIFIER = COMMIT_KEY.public
+FORGER = CommitSigner(Ed25519PrivateKey.generate())
+"""Someone else's key: an insider holding a credential that may write records."""
+
+
+class UnlistableStore(LocalStore):
+    """A client's view of the store: probes and reads, but no listing (no ListBucket)."""
+
+    def list(self, prefix: str = "") -> list[str]:
+        raise AssertionError(f"a client listed the store (prefix {prefix!r})")
 
 
 def make_job(clients: tuple[str, ...] = ("a", "b"), rounds: int = 2, **config: Any) -> FederatedJob:
@@ -60,7 +75,7 @@ def make_job(clients: tuple[str, ...] = ("a", "b"), rounds: int = 2, **config: A
 
 @pytest.fixture
 def store(tmp_path: Path) -> LocalStore:
-    return LocalStore(tmp_path / "store", "jobs/client-test/")
+    return UnlistableStore(tmp_path / "store", "jobs/client-test/")
 
 
 def commit(
@@ -70,8 +85,11 @@ def commit(
     tensors: dict[str, torch.Tensor],
     selected: list[str] | None,
     folder: Path,
+    *,
+    signer: CommitSigner = COMMIT_KEY,
 ) -> layout.RoundRecord:
-    """Write round r's global model and record the way the aggregator does."""
+    """Write round r's global model and signed record the way the aggregator does
+    (``signer``: another key, to play a forger)."""
     path = folder / f"global-{r}.safetensors"
     save_weights(path, tensors, {"kind": "global", "round": r})
     store.put_file(layout.global_key(r), path)
@@ -86,6 +104,7 @@ def commit(
         else layout.NextRound(round=r + 1, selected=selected, deadline=now + timedelta(hours=1)),
         closed_by="initial" if r == 0 else "all-reported",
     )
+    record = signer.sign("round", record)
     store.put_bytes(layout.round_record_key(r), record.to_json())
     return record
 
@@ -96,8 +115,8 @@ def initial_weights(job: FederatedJob) -> dict[str, torch.Tensor]:
     return dict(task.build_model(ctx).state_dict())
 
 
-def finish(store: LocalStore) -> None:
-    record = layout.FinalRecord(rounds=1, model_sha256="0" * 64)
+def finish(store: LocalStore, signer: CommitSigner = COMMIT_KEY) -> None:
+    record = signer.sign("final", layout.FinalRecord(rounds=1, model_sha256="0" * 64))
     store.put_bytes(layout.FINAL_RECORD_KEY, record.to_json())
 
 
@@ -113,7 +132,7 @@ def wait_for(condition: Callable[[], bool]) -> None:
 
 
 def test_watcher_waits_until_round_zero_is_committed(store: LocalStore, tmp_path: Path) -> None:
-    watcher = RoundWatcher(store, "a")
+    watcher = RoundWatcher(store, "a", VERIFIER)
 
     assert watcher.poll().kind == "wait"
 
@@ -124,7 +143,7 @@ def test_watcher_trains_from_the_newest_round_that_selects_the_client(
     job = make_job()
     weights = initial_weights(job)
     commit(store, job, 0, weights, ["a", "b"], tmp_path)
-    watcher = RoundWatcher(store, "a")
+    watcher = RoundWatcher(store, "a", VERIFIER)
     assert watcher.poll() == Work("train", 0, sha256_file(tmp_path / "global-0.safetensors"))
 
     # The client uploads; then the aggregator commits round 1 and selects it again.
@@ -139,7 +158,7 @@ def test_watcher_waits_when_not_selected(store: LocalStore, tmp_path: Path) -> N
     job = make_job()
     commit(store, job, 0, initial_weights(job), ["b"], tmp_path)
 
-    assert RoundWatcher(store, "a").poll().kind == "wait"
+    assert RoundWatcher(store, "a", VERIFIER).poll().kind == "wait"
 
 
 def test_watcher_skips_an_update_already_in_the_store(store: LocalStore, tmp_path: Path) -> None:
@@ -147,7 +166,7 @@ def test_watcher_skips_an_update_already_in_the_store(store: LocalStore, tmp_pat
     commit(store, job, 0, initial_weights(job), ["a"], tmp_path)
     store.put_bytes(layout.manifest_key(1, "a"), b"{}")
 
-    assert RoundWatcher(store, "a").poll().kind == "wait"
+    assert RoundWatcher(store, "a", VERIFIER).poll().kind == "wait"
 
 
 def test_watcher_finishes_when_the_final_record_exists(store: LocalStore, tmp_path: Path) -> None:
@@ -155,7 +174,7 @@ def test_watcher_finishes_when_the_final_record_exists(store: LocalStore, tmp_pa
     commit(store, job, 0, initial_weights(job), ["a"], tmp_path)
     finish(store)
 
-    assert RoundWatcher(store, "a").poll().kind == "finish"
+    assert RoundWatcher(store, "a", VERIFIER).poll().kind == "finish"
 
 
 def test_watcher_waits_after_the_last_round_until_the_final_record(
@@ -164,7 +183,140 @@ def test_watcher_waits_after_the_last_round_until_the_final_record(
     job = make_job()
     commit(store, job, 0, initial_weights(job), None, tmp_path)
 
-    assert RoundWatcher(store, "a").poll().kind == "wait"
+    assert RoundWatcher(store, "a", VERIFIER).poll().kind == "wait"
+
+
+class CountingStore(UnlistableStore):
+    exists_calls = 0
+
+    def exists(self, key: str) -> bool:
+        self.exists_calls += 1
+        return super().exists(key)
+
+
+def commit_record_only(
+    store: LocalStore, r: int, selected: list[str], signer: CommitSigner = COMMIT_KEY
+) -> layout.RoundRecord:
+    """A signed record without its model (the watcher reads records only)."""
+    now = layout.utcnow()
+    record = signer.sign(
+        "round",
+        layout.RoundRecord(
+            round=r,
+            model_key=layout.global_key(r),
+            model_sha256=f"{r:064x}",
+            started_at=now,
+            next=layout.NextRound(round=r + 1, selected=selected, deadline=now),
+        ),
+    )
+    store.put_bytes(layout.round_record_key(r), record.to_json())
+    return record
+
+
+def test_watcher_finds_the_newest_of_many_rounds_in_few_probes(tmp_path: Path) -> None:
+    store = CountingStore(tmp_path / "store", "jobs/client-test/")
+    for r in range(38):
+        commit_record_only(store, r, ["a"])
+    watcher = RoundWatcher(store, "a", VERIFIER)
+
+    work = watcher.poll()
+    first_probes = store.exists_calls
+    commit_record_only(store, 38, ["a"])
+    store.exists_calls = 0
+    later = watcher.poll()
+
+    assert work == Work("train", 37, f"{37:064x}")
+    assert first_probes <= 2 * 6 + 2  # exponential then binary search over 38 rounds
+    assert later == Work("train", 38, f"{38:064x}")
+    assert store.exists_calls <= 4  # from the known round: r+1, r+2, then the manifest
+
+
+def test_watcher_never_lists_the_store(store: LocalStore, tmp_path: Path) -> None:
+    for r in range(5):
+        commit_record_only(store, r, ["a"])
+
+    assert RoundWatcher(store, "a", VERIFIER).poll() == Work("train", 4, f"{4:064x}")
+
+
+def forge_with_another_key(store: LocalStore) -> None:
+    commit_record_only(store, 1, ["a"], signer=FORGER)
+
+
+def forge_unsigned(store: LocalStore) -> None:
+    record = layout.RoundRecord(
+        round=1, model_key=layout.global_key(1), model_sha256="e" * 64, started_at=layout.utcnow()
+    )
+    store.put_bytes(layout.round_record_key(1), record.to_json())
+
+
+def replay_round_zero(store: LocalStore) -> None:
+    store.put_bytes(layout.round_record_key(1), store.get_bytes(layout.round_record_key(0)))
+
+
+def tamper_with_a_signed_record(store: LocalStore) -> None:
+    signed = commit_record_only(store, 1, ["a"])
+    tampered = signed.model_copy(update={"model_sha256": "e" * 64})
+    store.put_bytes(layout.round_record_key(1), tampered.to_json())
+
+
+def write_garbage(store: LocalStore) -> None:
+    store.put_bytes(layout.round_record_key(1), b"\x00not json")
+
+
+@pytest.mark.parametrize(
+    ("forge", "reason"),
+    [
+        pytest.param(forge_with_another_key, "bad-signature", id="signed by another key"),
+        pytest.param(forge_unsigned, "unsigned", id="not signed at all"),
+        pytest.param(replay_round_zero, "wrong-round", id="a genuine record replayed"),
+        pytest.param(tamper_with_a_signed_record, "bad-signature", id="a signed record edited"),
+        pytest.param(write_garbage, "malformed", id="not even JSON"),
+    ],
+)
+def test_watcher_refuses_a_record_the_aggregator_did_not_sign_and_waits_for_a_valid_one(
+    store: LocalStore,
+    caplog: pytest.LogCaptureFixture,
+    forge: Callable[[LocalStore], None],
+    reason: str,
+) -> None:
+    commit_record_only(store, 0, ["a"])
+    store.put_bytes(layout.manifest_key(1, "a"), b"{}")  # trained round 1 already
+    watcher = RoundWatcher(store, "a", VERIFIER)
+    forge(store)
+
+    with caplog.at_level("ERROR", logger="fedcore.client"):
+        first, second = watcher.poll(), watcher.poll()
+    trusted = watcher.newest
+    store.delete(layout.round_record_key(1))
+    commit_record_only(store, 1, ["a"])
+    after = watcher.poll()
+
+    assert first == second == Work("wait")
+    assert trusted is not None
+    assert trusted.round == 0
+    refusals = [r.getMessage() for r in caplog.records]
+    assert len(refusals) == 1  # once, not on every poll
+    assert f"refused commit record rounds/000001/round.json ({reason})" in refusals[0]
+    assert VERIFIER.fingerprint in refusals[0]
+    assert after == Work("train", 1, f"{1:064x}")
+
+
+def test_watcher_starts_from_the_newest_valid_round_below_forged_ones(store: LocalStore) -> None:
+    for r in range(3):
+        commit_record_only(store, r, ["a"])
+    for r in range(3, 9):
+        commit_record_only(store, r, ["a"], signer=FORGER)
+
+    work = RoundWatcher(store, "a", VERIFIER).poll()
+
+    assert work == Work("train", 2, f"{2:064x}")
+
+
+def test_watcher_does_not_finish_on_a_forged_final_record(store: LocalStore) -> None:
+    commit_record_only(store, 0, ["a"])
+    finish(store, signer=FORGER)
+
+    assert RoundWatcher(store, "a", VERIFIER).poll() == Work("train", 0, f"{0:064x}")
 
 
 def test_backoff_grows_to_its_cap_and_resets() -> None:
@@ -312,7 +464,7 @@ def test_client_trains_every_round_it_is_selected_for_and_exits_when_final(
     aggregator = threading.Thread(target=play_aggregator, args=(store, job, tmp_path, 2))
     aggregator.start()
 
-    trained = run_client(job, "a", store, key)
+    trained = run_client(job, "a", store, key, VERIFIER)
     aggregator.join(timeout=WAIT_SECONDS)
 
     assert trained == 2
@@ -343,7 +495,7 @@ def test_rerunning_a_round_uploads_the_same_values(store: LocalStore, tmp_path: 
     for attempt in range(2):
         finisher = threading.Thread(target=finish_after_upload)
         finisher.start()
-        run_client(job, "a", store, None)
+        run_client(job, "a", store, None, VERIFIER)
         finisher.join(timeout=WAIT_SECONDS)
         store.get_file(layout.update_key(1, "a"), tmp_path / f"update-{attempt}.safetensors")
         updates.append(load_weights(tmp_path / f"update-{attempt}.safetensors"))
@@ -367,7 +519,7 @@ def test_a_global_model_that_does_not_fit_the_task_is_a_task_error(
     commit(store, job, 0, {"unexpected.weight": torch.zeros(2, 2)}, ["a"], tmp_path)
 
     with pytest.raises(TaskError, match="does not fit the model"):
-        run_client(job, "a", store, None)
+        run_client(job, "a", store, None, VERIFIER)
 
 
 @pytest.mark.parametrize(

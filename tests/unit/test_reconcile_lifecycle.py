@@ -11,8 +11,10 @@ from fedop import reconcile, status
 from fedop.observed import Children, StoreSnapshot
 from fedop.reconcile import plan
 from tests.fixtures.fedjobs import (
+    COMMIT_PUBLIC_PEM,
     T0,
     child,
+    commit_key_only,
     created,
     final,
     make_spec,
@@ -25,21 +27,63 @@ from tests.fixtures.fedjobs import (
 )
 
 
-def test_first_pass_creates_every_child_once() -> None:
+def test_first_pass_makes_the_commit_key_and_no_pod_before_its_public_key_is_known() -> None:
     spec = make_spec()
 
     result = plan(observe(spec, children=Children()))
+
+    assert created(result) == {
+        "Secret/digits-commit-key",
+        *(f"Secret/digits-{c}-key" for c in "abc"),
+        *(f"Secret/digits-{c}-store" for c in ("aggregator", "a", "b", "c")),
+        *(f"Service/digits-{c}" for c in "abc"),
+        "NetworkPolicy/digits-aggregator",
+        *(f"NetworkPolicy/digits-{c}" for c in "abc"),
+    }
+    assert result.status.phase == "Pending"
+    assert status.condition(result.status, "Created").status == "False"  # type: ignore[union-attr]
+    assert "digits-commit-key" in result.status.message
+
+
+def test_second_pass_creates_every_other_child_once() -> None:
+    spec = make_spec()
+    first = plan(observe(spec, children=Children())).status
+
+    result = plan(observe(spec, status=first, children=commit_key_only()))
 
     assert created(result) == {
         "ConfigMap/digits-spec",
         *(f"Secret/digits-{c}-key" for c in "abc"),
         *(f"Secret/digits-{c}-store" for c in ("aggregator", "a", "b", "c")),
         *(f"Service/digits-{c}" for c in "abc"),
+        "NetworkPolicy/digits-aggregator",
+        *(f"NetworkPolicy/digits-{c}" for c in "abc"),
         *(f"Job/digits-{c}" for c in "abc"),
         "Job/digits-aggregator",
     }
-    assert result.status.phase == "Pending"
-    assert status.condition(result.status, "Created").status == "False"  # type: ignore[union-attr]
+    configmap = next(
+        a.obj
+        for a in result.actions
+        if isinstance(a, reconcile.Create) and a.obj["kind"] == "ConfigMap"
+    )
+    assert configmap["data"]["commit-public-key.pem"] == COMMIT_PUBLIC_PEM
+
+
+def test_the_commit_key_secret_is_made_once_and_never_rewritten() -> None:
+    spec = make_spec()
+
+    result = plan(observe(spec, status=status_of("Running")))
+
+    touching = [
+        a
+        for a in result.actions
+        if isinstance(a, reconcile.CreateCommitKey)
+        or (
+            isinstance(a, reconcile.Create | reconcile.Replace)
+            and a.obj["metadata"]["name"] == "digits-commit-key"
+        )
+    ]
+    assert touching == []
 
 
 def test_pass_after_an_operator_restart_creates_nothing_that_exists() -> None:
@@ -189,7 +233,7 @@ def test_unreachable_store_is_shown_but_does_not_stop_the_children() -> None:
     result = plan(
         observe(
             status=status_of("Running"),
-            children=Children(),
+            children=commit_key_only(),
             snapshot=StoreSnapshot(available=False, problem="connection refused"),
         )
     )
@@ -222,7 +266,7 @@ def test_invalid_spec_fails_once_and_a_fixed_spec_starts_over() -> None:
     refused = reconcile.refuse(fs.FederatedJobStatus(), 1, "spec.rounds: bad", T0)
     again = reconcile.refuse(refused.status, 1, "spec.rounds: bad", T0 + timedelta(seconds=3))
 
-    fixed = plan(observe(status=refused.status, generation=2, children=Children()))
+    fixed = plan(observe(status=refused.status, generation=2, children=commit_key_only()))
 
     assert refused.status.phase == "Failed"
     assert reasons(refused) == ["InvalidSpec"]

@@ -115,6 +115,40 @@ def test_children_owned_by_another_uid_are_reported_as_foreign() -> None:
     assert kids.foreign == ("Job/digits-b",)
 
 
+def meta(name: str, owner: str = JOB.uid, **annotations: str) -> dict[str, Any]:
+    """A metadata-only list item, as Secrets and NetworkPolicies are listed."""
+    return {
+        "metadata": {
+            "name": name,
+            "ownerReferences": [{"uid": owner, "controller": True}],
+            "annotations": annotations,
+        }
+    }
+
+
+def test_the_commit_public_key_is_read_from_the_key_secrets_annotation() -> None:
+    pem = "-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEA\n-----END PUBLIC KEY-----\n"
+    secrets = [
+        meta("digits-commit-key", **{"fedkube.io/commit-public-key": pem}),
+        meta("digits-a-key"),
+        meta("other-commit-key", owner="old-uid", **{"fedkube.io/commit-public-key": "x"}),
+    ]
+
+    kids = children(JOB.uid, [], [], secrets, [])
+
+    assert kids.commit_public_keys == {"digits-commit-key": pem}
+    assert kids.secrets == {"digits-commit-key", "digits-a-key"}
+
+
+def test_network_policies_are_children_too() -> None:
+    policies = [meta("digits-aggregator"), meta("digits-a"), meta("digits-b", owner="old-uid")]
+
+    kids = children(JOB.uid, [], [], [], [], policies)
+
+    assert kids.network_policies == {"digits-aggregator", "digits-a"}
+    assert kids.foreign == ("NetworkPolicy/digits-b",)
+
+
 def test_status_round_trips_through_the_wire_form() -> None:
     s = fs.FederatedJobStatus(
         phase="Running", current_round=2, start_time=T0, clients={"a": fs.ClientStatus(restarts=1)}

@@ -1,9 +1,10 @@
 """Deterministic names, labels and owner references of a FederatedJob's children.
 
-Names follow the operator contract (DESIGN.md): ``<job>-spec``, ``<job>-<client>`` (Service and
-Indexed Job), ``<job>-<client>-key`` (Secret) and ``<job>-aggregator``. The spec models and the
-CRD keep them within DNS limits; ``check_names`` repeats the check for objects that slipped
-past an older CRD.
+Names follow the operator contract (DESIGN.md): ``<job>-spec``, ``<job>-<client>`` (Service,
+Indexed Job and NetworkPolicy), ``<job>-<client>-key`` (Secret), ``<job>-commit-key`` (the
+aggregator's commit signing key) and ``<job>-aggregator`` (Job and NetworkPolicy). The spec
+models and the CRD keep them within DNS limits; ``check_names`` repeats the check for objects
+that slipped past an older CRD.
 """
 
 from __future__ import annotations
@@ -18,12 +19,18 @@ LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 LABEL_JOB = "fedkube.io/job"
 LABEL_ROLE = "fedkube.io/role"
 LABEL_CLIENT = "fedkube.io/client"
+ANNOTATION_COMMIT_PUBLIC_KEY = "fedkube.io/commit-public-key"
+"""On the ``<job>-commit-key`` Secret: its public key as PEM text. Secrets are listed as
+metadata only, so this is how a pass learns the public key without reading the private one."""
 ANNOTATION_RESTARTS = "fedkube.io/restarts"
 """On a client Job: how many times the operator has restarted this client's group before it
 (the Job carries it so a restarted operator counts on, even without the status)."""
 COMPLETION_INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
-RESERVED_CLIENT_NAMES = frozenset({"aggregator"})
-"""A client of this name would take the aggregator Job's name."""
+RESERVED_CLIENT_NAMES = {
+    "aggregator": "the aggregator Job is '<job>-aggregator'",
+    "commit": "the commit signing key Secret is '<job>-commit-key'",
+}
+"""A client of such a name would take another child's name (value: whose)."""
 
 Role = Literal["aggregator", "client"]
 
@@ -43,6 +50,18 @@ def spec_configmap(job: JobRef) -> str:
 
 def key_secret(job: JobRef, client: str) -> str:
     return f"{job.name}-{client}-key"
+
+
+def commit_key_secret(job: JobRef) -> str:
+    return f"{job.name}-commit-key"
+
+
+def client_network_policy(job: JobRef, client: str) -> str:
+    return f"{job.name}-{client}"
+
+
+def aggregator_network_policy(job: JobRef) -> str:
+    return f"{job.name}-aggregator"
 
 
 def client_service(job: JobRef, client: str) -> str:
@@ -129,7 +148,7 @@ def check_names(job: JobRef, spec: fs.FederatedJobSpec) -> list[tuple[str, str]]
             problems.append(
                 (
                     f"spec.clients[{index}].name",
-                    f"{client.name!r} is reserved (the aggregator Job is '<job>-{client.name}'); "
+                    f"{client.name!r} is reserved ({RESERVED_CLIENT_NAMES[client.name]}); "
                     "rename the client",
                 )
             )

@@ -23,6 +23,8 @@ SIGNING_KEY_DIR = "/var/run/secrets/fedkube/signing-key"
 """Where a client pod finds its own key (file ``key``)."""
 SIGNING_KEYS_DIR = "/var/run/secrets/fedkube/signing-keys"
 """Where the aggregator finds every client's key (one file per client name)."""
+COMMIT_KEY_DIR = "/var/run/secrets/fedkube/commit-key"
+"""Where the aggregator (only) finds the job's commit signing key (file ``private.pem``)."""
 TMP_DIR = "/tmp"
 CLIENT_CONTAINER = "client"
 AGGREGATOR_CONTAINER = "aggregator"
@@ -51,14 +53,26 @@ def client_env(
         {"name": "PET_MASTER_ADDR", "value": names.master_addr(job, client.name)},
         {"name": "PET_MASTER_PORT", "value": str(settings.master_port)},
         {"name": "FEDKUBE_SIGNING_KEY_FILE", "value": f"{SIGNING_KEY_DIR}/{secrets.KEY}"},
+        _COMMIT_PUBLIC_KEY_ENV,
         *credentials.pod_credentials(job, spec, credentials.client_role(client.name)).env,
     ]
     return _with_defaults(own, client.env)
 
 
+_COMMIT_PUBLIC_KEY_ENV = {
+    "name": "FEDKUBE_COMMIT_PUBLIC_KEY_FILE",
+    "value": configmap.COMMIT_PUBLIC_KEY_FILE,
+}
+
+
 def aggregator_env(job: names.JobRef, spec: fs.FederatedJobSpec) -> list[dict[str, Any]]:
     own = [
         {"name": "FEDKUBE_SIGNING_KEYS_DIR", "value": SIGNING_KEYS_DIR},
+        {
+            "name": "FEDKUBE_COMMIT_KEY_FILE",
+            "value": f"{COMMIT_KEY_DIR}/{secrets.COMMIT_PRIVATE_KEY}",
+        },
+        _COMMIT_PUBLIC_KEY_ENV,
         *credentials.pod_credentials(job, spec, credentials.AGGREGATOR).env,
     ]
     return _with_defaults(own, spec.aggregator.env)
@@ -102,7 +116,10 @@ def _spec_volume(job: names.JobRef) -> tuple[dict[str, Any], dict[str, Any]]:
         "name": "fedkube-job",
         "configMap": {
             "name": names.spec_configmap(job),
-            "items": [{"key": configmap.JOB_FILE_KEY, "path": configmap.JOB_FILE_KEY}],
+            "items": [
+                {"key": configmap.JOB_FILE_KEY, "path": configmap.JOB_FILE_KEY},
+                {"key": configmap.COMMIT_PUBLIC_KEY_KEY, "path": configmap.COMMIT_PUBLIC_KEY_KEY},
+            ],
         },
     }
     mount = {"name": "fedkube-job", "mountPath": configmap.JOB_FILE_DIR, "readOnly": True}
@@ -229,6 +246,15 @@ def aggregator_pod_template(
     }
     keys_mount = {"name": "fedkube-signing-keys", "mountPath": SIGNING_KEYS_DIR, "readOnly": True}
     store = credentials.pod_credentials(job, spec, credentials.AGGREGATOR)
+    commit_volume = {
+        "name": "fedkube-commit-key",
+        "secret": {
+            "secretName": names.commit_key_secret(job),
+            "items": [{"key": secrets.COMMIT_PRIVATE_KEY, "path": secrets.COMMIT_PRIVATE_KEY}],
+            "defaultMode": 0o440,
+        },
+    }
+    commit_mount = {"name": "fedkube-commit-key", "mountPath": COMMIT_KEY_DIR, "readOnly": True}
     command = ["fedkube", "aggregator", "--job", configmap.JOB_FILE]
     container = _container(
         AGGREGATOR_CONTAINER,
@@ -237,12 +263,12 @@ def aggregator_pod_template(
         command,
         aggregator_env(job, spec),
         dict(spec.aggregator.resources),
-        [spec_mount, keys_mount, *store.mounts, tmp_mount],
+        [spec_mount, keys_mount, commit_mount, *store.mounts, tmp_mount],
     )
     pod = _pod_spec(
         settings,
         container,
-        [spec_volume, keys_volume, *store.volumes, tmp_volume],
+        [spec_volume, keys_volume, commit_volume, *store.volumes, tmp_volume],
         _scheduling(spec.aggregator.node_selector, spec.aggregator.tolerations),
     )
     return {"metadata": {"labels": names.labels(job, "aggregator")}, "spec": pod}
