@@ -39,8 +39,8 @@ read, and a plain ``AccessDenied`` on one of those keys is ``ObjectNotFound`` (H
 carry no error code, so a 403 HEAD is confirmed with a one-byte GET, whose reply does). A
 denial of any other key stays an access error, and so do expired or wrong keys (their codes
 differ). The bucket check that tells "no such bucket" from "no such key" after a 404 needs
-ListBucket as well; a scoped reader that is refused it takes the bucket as existing (a
-missing bucket then shows as ``NoSuchBucket`` on the next GET).
+ListBucket on the whole bucket; a credential refused it (every role's) takes the bucket as
+existing (a missing bucket then shows as ``NoSuchBucket`` on the next GET).
 """
 
 from __future__ import annotations
@@ -225,7 +225,9 @@ class S3Store:
         provider.load()
         botocore_session = botocore.session.Session()
         botocore_session.get_component("credential_provider").insert_before("env", provider)
-        return cls(config, session=boto3.session.Session(botocore_session=botocore_session))
+        store = cls(config, session=boto3.session.Session(botocore_session=botocore_session))
+        store._credentials_file = provider.path
+        return store
 
     def __init__(self, config: S3Config, *, session: boto3.session.Session | None = None) -> None:
         self.config = config
@@ -249,6 +251,8 @@ class S3Store:
             use_threads=True,
         )
         self._bucket_seen = False
+        self._credentials_file: Path | None = None
+        """Where a role's scoped credentials come from (``from_credentials_file``)."""
 
     def __repr__(self) -> str:
         c = self.config
@@ -484,10 +488,10 @@ class S3Store:
             except botocore.exceptions.ClientError as e:
                 if _code(e) in ("404", "NoSuchBucket", "NotFound"):
                     raise self._no_bucket() from e
-                if not (_status(e) == 403 and self.config.denied_is_missing):
+                if _status(e) != 403:
                     raise
-                # A scoped reader may not list, so it may not HEAD the bucket either; a
-                # missing bucket still shows as NoSuchBucket on its next GET.
+                # A scoped credential (a role's: no ListBucket, or only under its prefix) may
+                # not HEAD the bucket; a missing bucket still shows as NoSuchBucket on a GET.
         self._bucket_seen = True
 
     def _no_bucket(self) -> StoreError:
@@ -551,7 +555,7 @@ class S3Store:
         message = e.response.get("Error", {}).get("Message", "")
         if code == "NoSuchBucket":
             raise self._no_bucket() from e
-        if code == "AccessDenied" and key is not None and self._hides_missing(key):
+        if code == "AccessDenied" and action == "read" and key and self._hides_missing(key):
             raise ObjectNotFound(f"{where} does not exist (or is hidden from this role)") from e
         if code in ("NoSuchKey", "404", "NotFound") or (status == 404 and code != "NoSuchUpload"):
             raise ObjectNotFound(f"{where} does not exist") from e
@@ -563,6 +567,13 @@ class S3Store:
             raise StoreUnavailable(
                 f"cannot {action} {where}: the server kept failing after "
                 f"{self.config.max_attempts} attempts ({code or status}: {message}); retry later"
+            ) from e
+        if self._credentials_file is not None and (code in _ACCESS_CODES or status == 403):
+            raise StoreError(
+                f"cannot {action} {where}: access denied ({code}) to the scoped credentials in "
+                f"{self._credentials_file}: this process's role may not do that (a client "
+                "reads the job's public keys and writes only its own update; see "
+                "fedcore.credentials), or the credentials were revoked"
             ) from e
         if code in _ACCESS_CODES or status == 403:
             raise StoreError(
@@ -604,7 +615,7 @@ class _FileCredentialProvider(botocore.credentials.CredentialProvider):  # type:
         """The file's identity when it was last read successfully."""
 
     def load(self) -> _FileCredentials:
-        creds = _FileCredentials.create_from_metadata(
+        creds: _FileCredentials = _FileCredentials.create_from_metadata(
             metadata=self._read(),
             refresh_using=self._refresh,
             method=self.METHOD,

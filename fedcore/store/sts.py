@@ -37,7 +37,7 @@ from fedcore.credentials import (
     ScopedCredentials,
     policy_json,
 )
-from fedcore.errors import CredentialsError, StoreUnavailable, StsUnavailable
+from fedcore.errors import CredentialsError, StoreError, StoreUnavailable, StsUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +65,7 @@ _BAD_KEY_CODES = frozenset(
     {"InvalidClientTokenId", "InvalidAccessKeyId", "SignatureDoesNotMatch", "IncompleteSignature"}
 )
 _REFUSED_CODES = frozenset({"AccessDenied", "AccessDeniedException", "NotAuthorized"})
+_BAD_KEY_MESSAGES = ("signature", "access key id")
 
 
 def assume_role(
@@ -140,9 +141,7 @@ def assume_role(
     return creds
 
 
-def _error_for(
-    e: botocore.exceptions.ClientError, where: str, role_arn: str | None
-) -> CredentialsError:
+def _error_for(e: botocore.exceptions.ClientError, where: str, role_arn: str | None) -> StoreError:
     error = e.response.get("Error", {})
     code = str(error.get("Code", ""))
     message = str(error.get("Message", ""))
@@ -157,7 +156,9 @@ def _error_for(
             f"{where} does not offer STS AssumeRole ({said}), so it cannot mint scoped "
             f"credentials for the job's roles; {OPT_OUT}"
         )
-    if code in _BAD_KEY_CODES:
+    # MinIO reports a wrong key pair as AccessDenied, with the S3 error's description.
+    bad_key = code in _REFUSED_CODES and any(m in message.lower() for m in _BAD_KEY_MESSAGES)
+    if code in _BAD_KEY_CODES or bad_key:
         return CredentialsError(
             f"{where} does not accept the job's credential ({said}); check the access key id "
             "and secret in spec.storage.secretRef (or AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)"

@@ -1,0 +1,476 @@
+"""Scoped store credentials on a real MinIO: minting, each role's access matrix, rotation.
+
+Every test mints real temporary credentials with STS ``AssumeRole`` from the session's MinIO
+and the session policies of ``fedcore.credentials``; the attacks go through plain boto3 (so
+the store's own answer, ``AccessDenied``, is what is checked), the allowed paths through
+``S3Store`` opened from a credentials file, as a pod opens it.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import boto3
+import botocore.config
+import botocore.exceptions
+import pytest
+
+from fedcore import layout
+from fedcore.credentials import (
+    Role,
+    ScopedCredentials,
+    session_policy,
+    unlisted_readable_keys,
+    write_credentials_file,
+)
+from fedcore.errors import ObjectNotFound, StoreError, StoreUnavailable, StsUnavailable
+from fedcore.store.s3 import MIN_PART_BYTES, S3Config, S3Store
+from fedcore.store.sts import assume_role
+from tests.fixtures.minio import MinioServer
+
+LIFETIME = 900
+"""Shortest lifetime STS grants; the tests finish long before it runs out."""
+ME, OTHER = "alpha", "bravo"
+BIG = MIN_PART_BYTES + 1024
+"""Bytes of an upload that goes up in parts with the test stores' 5 MiB threshold."""
+
+Attack = Callable[[Any, str, str], object]
+"""(boto3 S3 client, bucket, job prefix) -> the request the store must refuse."""
+
+
+def mint(
+    minio: MinioServer, prefix: str, role: Role, keys: tuple[str, str] | None = None
+) -> ScopedCredentials:
+    access, secret = keys or (minio.access_key, minio.secret_key)
+    policy = session_policy(minio.bucket, prefix, role)
+    return assume_role(minio.endpoint, access, secret, policy, LIFETIME)
+
+
+def raw_client(minio: MinioServer, creds: ScopedCredentials) -> Any:
+    return boto3.session.Session(
+        aws_access_key_id=creds.access_key_id,
+        aws_secret_access_key=creds.secret_access_key,
+        aws_session_token=creds.session_token,
+        region_name="us-east-1",
+    ).client(
+        "s3",
+        endpoint_url=minio.endpoint,
+        config=botocore.config.Config(
+            s3={"addressing_style": "path"}, retries={"max_attempts": 1, "mode": "standard"}
+        ),
+    )
+
+
+def file_store(minio: MinioServer, prefix: str, path: Path, role: Role | None = None) -> S3Store:
+    """An S3Store as a pod of ``role`` opens it: from its credentials file."""
+    config = S3Config(
+        endpoint=minio.endpoint,
+        bucket=minio.bucket,
+        prefix=prefix,
+        max_attempts=2,
+        multipart_threshold=MIN_PART_BYTES,
+        multipart_chunksize=MIN_PART_BYTES,
+        denied_is_missing=unlisted_readable_keys(role),
+    )
+    return S3Store.from_credentials_file(config, path)
+
+
+def role_store(minio: MinioServer, prefix: str, role: Role, tmp_path: Path) -> S3Store:
+    path = tmp_path / f"{secrets.token_hex(4)}.json"
+    write_credentials_file(path, mint(minio, prefix, role))
+    return file_store(minio, prefix, path, role)
+
+
+def assert_denied(attempt: Callable[[], object]) -> None:
+    with pytest.raises(botocore.exceptions.ClientError) as caught:
+        attempt()
+    error = caught.value.response["Error"]
+    status = caught.value.response["ResponseMetadata"]["HTTPStatusCode"]
+    assert (error.get("Code"), status) in (("AccessDenied", 403), ("403", 403)), error
+
+
+@pytest.fixture
+def prefix(minio: MinioServer) -> str:
+    """A job's prefix holding two committed rounds, the other client's update and final/."""
+    p = f"scoped-{secrets.token_hex(6)}/"
+    root = S3Store(
+        S3Config(endpoint=minio.endpoint, bucket=minio.bucket, prefix=p), session=minio.session()
+    )
+    for key in (
+        layout.JOB_KEY,
+        layout.global_key(0),
+        layout.round_record_key(0),
+        layout.strategy_state_key(0),
+        layout.global_key(1),
+        layout.round_record_key(1),
+        layout.update_key(2, OTHER),
+        layout.manifest_key(2, OTHER),
+        layout.FINAL_MODEL_KEY,
+        layout.FINAL_RECORD_KEY,
+        layout.EXCLUDED_KEY,
+    ):
+        root.put_bytes(key, f"seed {key}".encode())
+    return p
+
+
+# ---- minting -----------------------------------------------------------------------------------
+
+
+def test_minio_mints_scoped_credentials_for_its_root_user(minio: MinioServer) -> None:
+    creds = mint(minio, "any-job/", Role.for_client(ME))
+
+    assert creds.session_token
+    assert timedelta(minutes=14) < creds.remaining() <= timedelta(minutes=15)
+
+
+def test_minio_mints_scoped_credentials_for_a_regular_user(
+    minio: MinioServer, mc_executable: Path, prefix: str, tmp_path: Path
+) -> None:
+    user, secret = f"job-{secrets.token_hex(4)}", secrets.token_hex(12)
+    minio.add_user(user, secret, bucket_policy(minio.bucket))
+
+    creds = mint(minio, prefix, Role.for_client(ME), keys=(user, secret))
+
+    client = raw_client(minio, creds)
+    assert client.get_object(Bucket=minio.bucket, Key=prefix + layout.JOB_KEY)["Body"].read()
+    assert_denied(
+        lambda: client.get_object(Bucket=minio.bucket, Key=prefix + layout.update_key(2, OTHER))
+    )
+
+
+def test_a_service_account_cannot_mint_and_the_error_names_the_shared_opt_out(
+    minio: MinioServer, mc_executable: Path
+) -> None:
+    user, secret = f"job-{secrets.token_hex(4)}", secrets.token_hex(12)
+    minio.add_user(user, secret, bucket_policy(minio.bucket))
+    access, svc_secret = f"svc{secrets.token_hex(6)}", secrets.token_hex(12)
+    minio.add_service_account(user, access, svc_secret)
+
+    with pytest.raises(StsUnavailable, match=r"spec\.storage\.credentials: shared"):
+        mint(minio, "any-job/", Role.aggregator(), keys=(access, svc_secret))
+
+
+def test_wrong_job_keys_are_a_credentials_error_naming_the_secret(minio: MinioServer) -> None:
+    policy = session_policy(minio.bucket, "any-job/", Role.aggregator())
+
+    with pytest.raises(StoreError, match=r"spec\.storage\.secretRef") as caught:
+        assume_role(minio.endpoint, minio.access_key, "wrong-secret", policy, LIFETIME)
+
+    assert not isinstance(caught.value, StsUnavailable)
+
+
+def bucket_policy(bucket: str) -> dict[str, Any]:
+    """What a store admin gives the job's user: the bucket, nothing else."""
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Effect": "Allow",
+                "Action": ["s3:*"],
+                "Resource": [f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/*"],
+            }
+        ],
+    }
+
+
+# ---- a client's limits -------------------------------------------------------------------------
+
+
+def put(key: str) -> Attack:
+    return lambda c, b, p: c.put_object(Bucket=b, Key=p + key, Body=b"forged")
+
+
+def get(key: str) -> Attack:
+    return lambda c, b, p: c.get_object(Bucket=b, Key=p + key)
+
+
+def delete(key: str) -> Attack:
+    return lambda c, b, p: c.delete_object(Bucket=b, Key=p + key)
+
+
+def delete_many(key: str) -> Attack:
+    """DeleteObjects answers 200 and refuses per key: a refusal becomes the ClientError a
+    single request would have raised, with the code the store gave that key."""
+
+    def attack(c: Any, b: str, p: str) -> object:
+        reply = c.delete_objects(Bucket=b, Delete={"Objects": [{"Key": p + key}]})
+        for refused in reply.get("Errors", []):
+            response = {"Error": refused, "ResponseMetadata": {"HTTPStatusCode": 403}}
+            raise botocore.exceptions.ClientError(response, "DeleteObjects")  # type: ignore[arg-type]
+        return reply
+
+    return attack
+
+
+def list_under(key: str) -> Attack:
+    return lambda c, b, p: c.list_objects_v2(Bucket=b, Prefix=p + key)
+
+
+CLIENT_ATTACKS: dict[str, Attack] = {
+    "read another client's update": get(layout.update_key(2, OTHER)),
+    "read another client's manifest": get(layout.manifest_key(2, OTHER)),
+    "probe another client's update": lambda c, b, p: c.head_object(
+        Bucket=b, Key=p + layout.update_key(2, OTHER)
+    ),
+    "read the operator's exclusion record": get(layout.EXCLUDED_KEY),
+    "write another client's slot": put(layout.update_key(3, OTHER)),
+    "write another client's manifest": put(layout.manifest_key(3, OTHER)),
+    "start a multipart upload into another client's slot": lambda c, b, p: (
+        c.create_multipart_upload(Bucket=b, Key=p + layout.update_key(3, OTHER))
+    ),
+    "write the next global model": put(layout.global_key(2)),
+    "write the next round record": put(layout.round_record_key(2)),
+    "overwrite a committed round record": put(layout.round_record_key(1)),
+    "overwrite job.json": put(layout.JOB_KEY),
+    "write the final model": put(layout.FINAL_MODEL_KEY),
+    "write the exclusion record": put(layout.EXCLUDED_KEY),
+    "write its slot of another job": lambda c, b, p: c.put_object(
+        Bucket=b, Key=f"other-{p}{layout.update_key(2, ME)}", Body=b"x"
+    ),
+    "list the job": list_under(""),
+    "list a round's updates": list_under(layout.updates_prefix(2)),
+    "list one round record's key": list_under(layout.round_record_key(1)),
+    "list the bucket": lambda c, b, p: c.list_objects_v2(Bucket=b),
+    "list multipart uploads": lambda c, b, p: c.list_multipart_uploads(Bucket=b, Prefix=p),
+    "delete its own update": delete(layout.update_key(2, ME)),
+    "delete another client's update": delete(layout.update_key(2, OTHER)),
+    "delete a global model": delete(layout.global_key(1)),
+    "delete a round record": delete(layout.round_record_key(1)),
+    "delete job.json": delete(layout.JOB_KEY),
+    "delete many at once": delete_many(layout.JOB_KEY),
+}
+
+
+@pytest.fixture
+def client_creds(minio: MinioServer, prefix: str) -> ScopedCredentials:
+    return mint(minio, prefix, Role.for_client(ME))
+
+
+@pytest.mark.parametrize("attack", list(CLIENT_ATTACKS), ids=list(CLIENT_ATTACKS))
+def test_a_client_is_refused(
+    attack: str, minio: MinioServer, prefix: str, client_creds: ScopedCredentials
+) -> None:
+    client = raw_client(minio, client_creds)
+
+    assert_denied(lambda: CLIENT_ATTACKS[attack](client, minio.bucket, prefix))
+
+
+def test_denied_writes_left_the_store_unchanged(
+    minio: MinioServer, prefix: str, client_creds: ScopedCredentials
+) -> None:
+    client = raw_client(minio, client_creds)
+    for name, attack in CLIENT_ATTACKS.items():
+        if "write" in name or "delete" in name:
+            with pytest.raises(botocore.exceptions.ClientError):
+                attack(client, minio.bucket, prefix)
+
+    root = minio.client()
+    listed = root.list_objects_v2(Bucket=minio.bucket, Prefix=prefix)["Contents"]
+    assert len(listed) == 11
+    body = root.get_object(Bucket=minio.bucket, Key=prefix + layout.update_key(2, OTHER))["Body"]
+    assert body.read() == f"seed {layout.update_key(2, OTHER)}".encode()
+
+
+def test_a_client_uploads_its_own_update_small_and_in_parts(
+    minio: MinioServer, prefix: str, tmp_path: Path
+) -> None:
+    store = role_store(minio, prefix, Role.for_client(ME), tmp_path)
+    big = tmp_path / "update.safetensors"
+    big.write_bytes(secrets.token_bytes(BIG))
+
+    assert not store.exists(layout.manifest_key(2, ME))
+    store.put_file(layout.update_key(2, ME), big, if_absent=True)  # our multipart loop
+    store.put_file(layout.update_key(3, ME), big)  # boto3's transfer manager
+    store.put_bytes(layout.manifest_key(2, ME), b"{}", if_absent=True)
+
+    assert store.exists(layout.manifest_key(2, ME))
+    assert store.get_bytes(layout.update_key(3, ME)) == big.read_bytes()
+    assert store.get_bytes(layout.manifest_key(2, ME)) == b"{}"
+
+
+def test_a_client_reads_the_job_the_rounds_and_the_final_model(
+    minio: MinioServer, prefix: str, tmp_path: Path
+) -> None:
+    store = role_store(minio, prefix, Role.for_client(ME), tmp_path)
+
+    for key in (
+        layout.JOB_KEY,
+        layout.global_key(1),
+        layout.round_record_key(1),
+        layout.strategy_state_key(0),
+        layout.FINAL_MODEL_KEY,
+        layout.FINAL_RECORD_KEY,
+    ):
+        assert store.get_bytes(key) == f"seed {key}".encode()
+    store.get_file(layout.global_key(0), tmp_path / "global.safetensors")
+    assert (
+        tmp_path / "global.safetensors"
+    ).read_bytes() == b"seed rounds/000000/global.safetensors"
+
+
+def test_a_client_probing_for_an_uncommitted_round_finds_it_missing_without_listing(
+    minio: MinioServer, prefix: str, tmp_path: Path
+) -> None:
+    store = role_store(minio, prefix, Role.for_client(ME), tmp_path)
+
+    assert store.exists(layout.round_record_key(1))
+    assert not store.exists(layout.round_record_key(2))
+    with pytest.raises(ObjectNotFound):
+        store.get_bytes(layout.round_record_key(2))
+    with pytest.raises(ObjectNotFound):
+        store.get_file(layout.global_key(2), tmp_path / "global.safetensors")
+
+
+def test_minio_answers_a_scoped_reader_404_for_a_missing_key_it_may_read(
+    minio: MinioServer, prefix: str, client_creds: ScopedCredentials
+) -> None:
+    client = raw_client(minio, client_creds)
+
+    with pytest.raises(botocore.exceptions.ClientError) as caught:
+        client.get_object(Bucket=minio.bucket, Key=prefix + layout.round_record_key(7))
+
+    assert caught.value.response["Error"]["Code"] == "NoSuchKey"
+
+
+def test_a_store_told_a_key_hides_its_absence_reads_access_denied_there_as_missing(
+    minio: MinioServer, prefix: str, tmp_path: Path
+) -> None:
+    # MinIO answers a missing key with 404 even without ListBucket; AWS and Ceph answer 403.
+    # A key this client may *not* read gets MinIO's real 403, which stands in for AWS's here.
+    path = tmp_path / "creds.json"
+    write_credentials_file(path, mint(minio, prefix, Role.for_client(ME)))
+    hidden = layout.update_key(2, OTHER)
+    config = S3Config(
+        endpoint=minio.endpoint, bucket=minio.bucket, prefix=prefix, denied_is_missing=(hidden,)
+    )
+    told = S3Store.from_credentials_file(config, path)
+    untold = file_store(minio, prefix, path, Role.for_client(ME))
+
+    assert not told.exists(hidden)
+    with pytest.raises(ObjectNotFound):
+        told.get_bytes(hidden)
+    with pytest.raises(StoreError, match="access denied") as caught:
+        untold.get_bytes(hidden)
+    assert not isinstance(caught.value, ObjectNotFound)
+    with pytest.raises(StoreError, match="access denied"):
+        untold.exists(hidden)
+
+
+def test_a_client_store_cannot_write_outside_its_slot(
+    minio: MinioServer, prefix: str, tmp_path: Path
+) -> None:
+    store = role_store(minio, prefix, Role.for_client(ME), tmp_path)
+
+    for key in (layout.update_key(4, OTHER), layout.global_key(2), layout.round_record_key(2)):
+        with pytest.raises(StoreError, match="access denied"):
+            store.put_bytes(key, b"forged", if_absent=True)
+    with pytest.raises(StoreError, match="access denied"):
+        store.list(layout.ROUNDS_PREFIX)
+
+
+# ---- the aggregator's limits -------------------------------------------------------------------
+
+
+AGGREGATOR_ATTACKS: dict[str, Attack] = {
+    "write a client's slot": put(layout.update_key(3, OTHER)),
+    "write a client's manifest": put(layout.manifest_key(3, OTHER)),
+    "overwrite an update": put(layout.update_key(2, OTHER)),
+    "write the exclusion record": put(layout.EXCLUDED_KEY),
+    "write outside the rounds' files": put("rounds/000002/notes.txt"),
+    "read another job": lambda c, b, p: c.get_object(Bucket=b, Key=f"other-{p}{layout.JOB_KEY}"),
+    "list another job": lambda c, b, p: c.list_objects_v2(Bucket=b, Prefix=f"other-{p}"),
+    "list the bucket": lambda c, b, p: c.list_objects_v2(Bucket=b),
+    "delete an update": delete(layout.update_key(2, OTHER)),
+    "delete a global model": delete(layout.global_key(1)),
+    "delete a round record": delete(layout.round_record_key(1)),
+    "delete the final model": delete(layout.FINAL_MODEL_KEY),
+    "delete many at once": delete_many(layout.JOB_KEY),
+}
+
+
+@pytest.mark.parametrize("attack", list(AGGREGATOR_ATTACKS), ids=list(AGGREGATOR_ATTACKS))
+def test_the_aggregator_is_refused(attack: str, minio: MinioServer, prefix: str) -> None:
+    client = raw_client(minio, mint(minio, prefix, Role.aggregator()))
+
+    assert_denied(lambda: AGGREGATOR_ATTACKS[attack](client, minio.bucket, prefix))
+
+
+def test_the_aggregator_lists_reads_updates_and_publishes_rounds(
+    minio: MinioServer, prefix: str, tmp_path: Path
+) -> None:
+    store = role_store(minio, prefix, Role.aggregator(), tmp_path)
+    big = tmp_path / "global.safetensors"
+    big.write_bytes(secrets.token_bytes(BIG))
+
+    listed = store.list(layout.updates_prefix(2))
+    update = store.get_bytes(layout.update_key(2, OTHER))
+    excluded = store.get_bytes(layout.EXCLUDED_KEY)
+    store.put_file(layout.global_key(2), big)
+    store.put_bytes(layout.strategy_state_key(2), b"state")
+    store.put_bytes(layout.round_record_key(2), b"{}", if_absent=True)
+    store.put_file(layout.FINAL_MODEL_KEY, big)
+
+    assert listed == [layout.manifest_key(2, OTHER), layout.update_key(2, OTHER)]
+    assert update == f"seed {layout.update_key(2, OTHER)}".encode()
+    assert excluded == f"seed {layout.EXCLUDED_KEY}".encode()
+    assert store.get_bytes(layout.global_key(2)) == big.read_bytes()
+    assert not store.exists(layout.round_record_key(3))
+
+
+# ---- rotation ----------------------------------------------------------------------------------
+
+
+def test_a_store_opened_from_a_file_keeps_working_after_the_file_is_rotated_and_the_old_credential_revoked(  # noqa: E501
+    minio: MinioServer, mc_executable: Path, prefix: str, tmp_path: Path
+) -> None:
+    user, secret = f"rot-{secrets.token_hex(4)}", secrets.token_hex(12)
+    minio.add_user(user, secret, bucket_policy(minio.bucket))
+    role = Role.for_client(ME)
+    old = mint(minio, prefix, role, keys=(user, secret))
+    path = tmp_path / "credentials.json"
+    write_credentials_file(path, old)
+    store = file_store(minio, prefix, path, role)
+    assert store.get_bytes(layout.JOB_KEY)
+
+    write_credentials_file(path, mint(minio, prefix, role))  # rotated by its writer
+    minio.set_user_enabled(user, False)  # every credential minted from the user is revoked
+    assert_denied(
+        lambda: raw_client(minio, old).get_object(Bucket=minio.bucket, Key=prefix + layout.JOB_KEY)
+    )
+
+    assert store.get_bytes(layout.JOB_KEY) == b"seed job.json"
+    store.put_bytes(layout.manifest_key(5, ME), b"{}")
+    assert store.exists(layout.manifest_key(5, ME))
+
+
+def test_a_file_left_expired_fails_requests_until_it_is_replaced(
+    minio: MinioServer, prefix: str, tmp_path: Path
+) -> None:
+    role = Role.for_client(ME)
+    good = mint(minio, prefix, role)
+    path = tmp_path / "credentials.json"
+    stale = ScopedCredentials(
+        good.access_key_id,
+        good.secret_access_key,
+        good.session_token,
+        datetime.now(UTC) - timedelta(seconds=5),
+    )
+    write_credentials_file(path, stale)
+    store = file_store(minio, prefix, path, role)
+
+    with pytest.raises(StoreUnavailable, match=rf"{path}.*expired.*not replaced in time"):
+        store.get_bytes(layout.JOB_KEY)
+    write_credentials_file(path, good)
+
+    assert store.get_bytes(layout.JOB_KEY) == b"seed job.json"
+
+
+def test_a_missing_credentials_file_fails_at_open_naming_it(
+    minio: MinioServer, tmp_path: Path
+) -> None:
+    with pytest.raises(StoreError, match=r"nowhere\.json.*FEDKUBE_STORE_CREDENTIALS_FILE"):
+        file_store(minio, "p/", tmp_path / "nowhere.json")
