@@ -49,11 +49,13 @@ STORE_FAILURES = ("ExpiredToken", "InvalidToken", "InvalidAccessKeyId", "expired
 
 def small_job(attacker: str | None = None) -> Any:
     """The example made short (3 rounds, one pod per client), with the attacker's task, whose
-    attempts only the client named ``attacker`` makes."""
+    attempts only the client named ``attacker`` makes; finished pods stay (with their volumes
+    and logs) for the tests to look at."""
 
     def edit(obj: Obj) -> None:
         spec = obj["spec"]
         spec["rounds"] = ROUNDS
+        spec["runPolicy"]["cleanPodPolicy"] = "None"
         spec["task"]["entrypoint"] = "tests.e2e.attacker_task:task"
         on_path = [{"name": "PYTHONPATH", "value": str(REPO)}]  # the test task is in tests/
         spec["aggregator"]["env"] = list(on_path)
