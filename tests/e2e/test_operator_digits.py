@@ -140,6 +140,7 @@ def test_one_job_per_client_plus_the_aggregator_and_no_more(digits: Run) -> None
     assert owned["secrets"] == sorted(
         [
             "digits-aggregator-store",
+            "digits-commit-key",
             *(f"digits-hospital-{c}-{kind}" for c in "abc" for kind in ("key", "store")),
         ]
     )
