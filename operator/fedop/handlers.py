@@ -199,18 +199,20 @@ def _sync(rt: Runtime, namespace: str, name: str) -> None:
             f"could not mint store credentials: {e}", delay=rt.settings.retry_seconds * 6
         ) from e
     except StoreError as e:
-        raise kopf.TemporaryError(
-            f"could not mint store credentials: {e}", delay=rt.settings.retry_seconds
-        ) from e
+        raise kopf.TemporaryError(f"store trouble: {e}", delay=rt.settings.retry_seconds) from e
 
 
 def _no_sts_message(job: fs.FederatedJob, error: StsUnavailable) -> str:
-    return (
-        f"the store {job.spec.storage.endpoint} cannot mint per-role credentials ({error}); "
-        "scoped (the default) needs the store's STS AssumeRole. Use a store with STS, or set "
-        "spec.storage.credentials: shared to give every pod the job's own credential "
-        "(participants can then read and overwrite each other's updates)"
+    message = (
+        "scoped (the default) mints each role's credentials with the store's STS AssumeRole, "
+        f"and the store {job.spec.storage.endpoint} cannot: {error}"
     )
+    if "credentials: shared" not in message:
+        message += (
+            "; set spec.storage.credentials: shared to give every pod the job's own "
+            "credential (participants can then read and overwrite each other's updates)"
+        )
+    return message
 
 
 def _refuse(
