@@ -2,11 +2,12 @@
 credential, never the job's; a participant that attacks the store is refused every time
 without changing a single bit of the global models; credentials rotate under running pods.
 
-Two short jobs of the digits task run side by side (module fixture), the same but for one
-client of the second, whose task (tests/e2e/attacker_task.py) tries every attack of the
-issue before each training pass. A third job is held mid-round while its credentials rotate.
-The session's operator rotates every role's credentials every few seconds
-(``credentials.refreshSeconds`` in tests/fixtures/operator.py), so every job here rotates.
+Three short jobs of the digits task run side by side (module fixture): two the same but for
+one client of the second, whose task (tests/e2e/attacker_task.py) tries every attack of the
+issue before each training pass, and one with ``credentials: shared``. A fourth job is held
+mid-round while its credentials rotate. The session's operator rotates every role's
+credentials every few seconds (``credentials.refreshSeconds`` in tests/fixtures/operator.py),
+so every job here rotates.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ STORE_FAILURES = ("ExpiredToken", "InvalidToken", "InvalidAccessKeyId", "expired
 """What a pod's log would show had a request been signed with a stale or wrong credential."""
 
 
-def small_job(attacker: str | None = None) -> Any:
+def small_job(attacker: str | None = None, *, shared: bool = False) -> Any:
     """The example made short (3 rounds, one pod per client), with the attacker's task, whose
     attempts only the client named ``attacker`` makes; finished pods stay (with their volumes
     and logs) for the tests to look at."""
@@ -56,6 +57,8 @@ def small_job(attacker: str | None = None) -> Any:
         spec = obj["spec"]
         spec["rounds"] = ROUNDS
         spec["runPolicy"]["cleanPodPolicy"] = "None"
+        if shared:
+            spec["storage"]["credentials"] = "shared"
         spec["task"]["entrypoint"] = "tests.e2e.attacker_task:task"
         on_path = [{"name": "PYTHONPATH", "value": str(REPO)}]  # the test task is in tests/
         spec["aggregator"]["env"] = list(on_path)
@@ -73,6 +76,7 @@ class Runs:
     jobs: FedJobs
     plain: str
     attacked: str
+    shared: str
 
 
 @pytest.fixture(scope="module")
@@ -88,10 +92,11 @@ def runs(
     )
     jobs.apply(jobs.example(name="plain", edit=small_job()))
     jobs.apply(jobs.example(name="attacked", edit=small_job(attacker=ATTACKER)))
-    for name in ("plain", "attacked"):
+    jobs.apply(jobs.example(name="shared", edit=small_job(shared=True)))
+    for name in ("plain", "attacked", "shared"):
         jobs.wait_for_phase(name, "Succeeded", "Failed", timeout=600)
     try:
-        yield Runs(jobs, "plain", "attacked")
+        yield Runs(jobs, "plain", "attacked", "shared")
     finally:
         cluster.delete_namespace(namespace)
 
@@ -241,6 +246,30 @@ def test_the_attacked_job_rejected_no_update_and_took_every_client(runs: Runs) -
 
 def test_only_the_attacker_attacked(runs: Runs) -> None:
     assert attack_lines(runs.jobs, runs.plain) == []
+
+
+# ---- shared: the opt-out, said out loud -----------------------------------------------------
+
+
+def test_shared_job_runs_with_the_jobs_credential_and_a_warning(runs: Runs) -> None:
+    status = runs.jobs.status(runs.shared)
+    conditions = {c["type"]: c for c in status["conditions"]}
+    warnings = [m for r, m in runs.jobs.events(runs.shared) if r == "SharedCredentials"]
+
+    assert status["phase"] == "Succeeded", runs.jobs.explain(runs.shared)
+    assert conditions["SharedCredentials"]["status"] == "True"
+    assert "scoped" in conditions["SharedCredentials"]["message"]
+    assert len(warnings) == 1
+    assert not [s for s in runs.jobs.owned(runs.shared)["secrets"] if s.endswith("-store")]
+    for pod in job_pods(runs.jobs, runs.shared):
+        assert CREDENTIALS_SECRET in secrets_read_by(pod)
+
+
+def test_scoped_job_carries_no_shared_warning(runs: Runs) -> None:
+    status = runs.jobs.status(runs.plain)
+
+    assert "SharedCredentials" not in {c["type"] for c in status["conditions"]}
+    assert "SharedCredentials" not in [r for r, _ in runs.jobs.events(runs.plain)]
 
 
 # ---- (c) rotation under running pods -------------------------------------------------------
