@@ -182,22 +182,19 @@ def session_policy(bucket: str, prefix: str, role: Role) -> dict[str, Any]:
                 "Condition": {"StringLike": {"s3:prefix": [f"{p}*"]}},
             }
         )
-    statements.append(
-        {
-            "Sid": "ReadJobKeys",
-            "Effect": "Allow",
-            "Action": ["s3:GetObject"],
-            "Resource": arns(readable_keys(role)),
-        }
-    )
-    statements.append(
-        {
-            "Sid": "WriteOwnKeys",
-            "Effect": "Allow",
-            "Action": ["s3:PutObject", "s3:AbortMultipartUpload"],
-            "Resource": arns(writable_keys(role)),
-        }
-    )
+    writes = ["s3:PutObject", "s3:AbortMultipartUpload"]
+    if role.client is None:
+        statements += [
+            _allow("ReadJobKeys", ["s3:GetObject"], arns(readable_keys(role))),
+            _allow("WriteRounds", writes, arns(writable_keys(role))),
+        ]
+    else:
+        # The client's own keys appear once, readable and writable: the policy stays short
+        # enough for STS's 2048 characters with long prefixes.
+        statements += [
+            _allow("ReadJobKeys", ["s3:GetObject"], arns(PUBLIC_KEYS)),
+            _allow("OwnUpdate", ["s3:GetObject", *writes], arns(writable_keys(role))),
+        ]
     policy = {"Version": POLICY_VERSION, "Statement": statements}
     size = len(policy_json(policy))
     if size > MAX_SESSION_POLICY_CHARS:
@@ -207,6 +204,10 @@ def session_policy(bucket: str, prefix: str, role: Role) -> dict[str, Any]:
             "long; shorten spec.storage.prefix (or the job's name)"
         )
     return policy
+
+
+def _allow(sid: str, actions: list[str], resources: list[str]) -> dict[str, Any]:
+    return {"Sid": sid, "Effect": "Allow", "Action": actions, "Resource": resources}
 
 
 def policy_json(policy: dict[str, Any]) -> str:

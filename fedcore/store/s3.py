@@ -1,5 +1,6 @@
 """Any S3-compatible service (MinIO, Ceph RGW, AWS S3) as an object store: what the pods of a
-cluster run use. The only module of fedkube that imports boto3.
+cluster run use. With ``sts.py`` (minting credentials) the only modules of fedkube that
+import boto3.
 
 - Addressing is path-style by default (``http://host:9000/bucket/key``), which every
   S3-compatible server accepts without wildcard DNS.
@@ -474,9 +475,10 @@ class S3Store:
         """Whether a one-byte GET of ``full`` is refused with a plain ``AccessDenied`` (as
         AWS answers a missing key to a reader without ListBucket)."""
         try:
-            self._client.get_object(Bucket=self.config.bucket, Key=full, Range="bytes=0-0")
+            reply = self._client.get_object(Bucket=self.config.bucket, Key=full, Range="bytes=0-0")
         except botocore.exceptions.ClientError as e:
             return _code(e) in ("AccessDenied", "NoSuchKey")
+        reply["Body"].close()
         return False
 
     def _check_bucket(self) -> None:

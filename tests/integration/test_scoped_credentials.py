@@ -8,8 +8,10 @@ the store's own answer, ``AccessDenied``, is what is checked), the allowed paths
 
 from __future__ import annotations
 
+import contextlib
+import io
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -17,20 +19,35 @@ from typing import Any
 import boto3
 import botocore.config
 import botocore.exceptions
+import psutil
 import pytest
 
 from fedcore import layout
 from fedcore.credentials import (
+    CREDENTIALS_FILE_ENV,
     Role,
     ScopedCredentials,
+    read_credentials_file,
     session_policy,
     unlisted_readable_keys,
     write_credentials_file,
 )
 from fedcore.errors import ObjectNotFound, StoreError, StoreUnavailable, StsUnavailable
+from fedcore.exitcodes import EXIT_CONFIG
+from fedcore.local_credentials import SHARED_WARNING, LocalCredentials
+from fedcore.spec import load_job
+from fedcore.store import open_job_store
 from fedcore.store.s3 import MIN_PART_BYTES, S3Config, S3Store
 from fedcore.store.sts import assume_role
 from tests.fixtures.minio import MinioServer
+from tests.integration.test_run_local import (
+    Run,
+    gated_clients,
+    leftovers,
+    start_run,
+    wait_for,
+    write_job,
+)
 
 LIFETIME = 900
 """Shortest lifetime STS grants; the tests finish long before it runs out."""
@@ -474,3 +491,124 @@ def test_a_missing_credentials_file_fails_at_open_naming_it(
 ) -> None:
     with pytest.raises(StoreError, match=r"nowhere\.json.*FEDKUBE_STORE_CREDENTIALS_FILE"):
         file_store(minio, "p/", tmp_path / "nowhere.json")
+
+
+# ---- fedkube run -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def tmp(tmp_path: Path) -> Iterator[Path]:
+    """tmp_path, and afterwards: no process of the run may be left; kill any and fail."""
+    yield tmp_path
+    left = leftovers(str(tmp_path))
+    for proc in left:
+        proc.kill()
+    assert not left, f"processes left behind: {[p.info['cmdline'] for p in left]}"
+
+
+def job_processes(run: Run) -> dict[str, psutil.Process]:
+    """The run's aggregator and client launcher processes, by role directory name."""
+    found = {}
+    for proc in run.descendants():
+        with contextlib.suppress(psutil.NoSuchProcess):
+            argv = proc.cmdline()
+            if argv[1:4] == ["-m", "fedcore.cli", "aggregator"]:
+                found["aggregator"] = proc
+            elif argv[1:4] == ["-m", "fedcore.cli", "client"]:
+                found[f"client-{argv[argv.index('--client') + 1]}"] = proc
+    return found
+
+
+def s3_storage(minio: MinioServer, **extra: str) -> dict[str, str]:
+    prefix = f"runs/scoped-{secrets.token_hex(4)}/"
+    return {"endpoint": minio.endpoint, "bucket": minio.bucket, "prefix": prefix, **extra}
+
+
+def test_fedkube_run_gives_each_process_only_its_own_scoped_credentials_and_succeeds(
+    minio: MinioServer, tmp: Path
+) -> None:
+    gate = tmp / "gate"  # client b waits before round 2: every process is up meanwhile
+    job_file = write_job(tmp / "job.yaml", clients=gated_clients(gate), storage=s3_storage(minio))
+    run = start_run(job_file, tmp / "run", env=minio.env())
+    wait_for(lambda: len(job_processes(run)) == 3, "the aggregator and both clients")
+
+    envs = {name: proc.environ() for name, proc in job_processes(run).items()}
+    gate.touch()
+    code = run.wait()
+
+    assert code == 0, run.stderr()
+    files = {name: env.get(CREDENTIALS_FILE_ENV, "") for name, env in envs.items()}
+    assert all(f"/{name}/credentials.json" in files[name] for name in envs), files
+    for env in envs.values():
+        assert not {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} & set(env)
+    assert not any(Path(f).exists() for f in files.values())  # deleted with the run
+    assert SHARED_WARNING not in run.stderr()
+    assert "model: s3://" in run.stdout()
+
+
+def test_fedkube_run_with_shared_credentials_warns_and_runs_with_the_jobs_own(
+    minio: MinioServer, tmp: Path
+) -> None:
+    gate = tmp / "gate"
+    storage = s3_storage(minio, credentials="shared")
+    job_file = write_job(tmp / "job.yaml", clients=gated_clients(gate), storage=storage)
+    run = start_run(job_file, tmp / "run", env=minio.env())
+    wait_for(lambda: len(job_processes(run)) == 3, "the aggregator and both clients")
+
+    envs = [proc.environ() for proc in job_processes(run).values()]
+    gate.touch()
+    code = run.wait()
+
+    assert code == 0, run.stderr()
+    assert SHARED_WARNING in run.stderr()
+    assert all(env.get("AWS_ACCESS_KEY_ID") == minio.access_key for env in envs)
+    assert not any(CREDENTIALS_FILE_ENV in env for env in envs)
+
+
+def test_fedkube_run_on_a_store_that_cannot_mint_fails_at_once_naming_the_opt_out(
+    minio: MinioServer, mc_executable: Path, tmp: Path
+) -> None:
+    user, secret = f"job-{secrets.token_hex(4)}", secrets.token_hex(12)
+    minio.add_user(user, secret, bucket_policy(minio.bucket))
+    access, svc_secret = f"svc{secrets.token_hex(6)}", secrets.token_hex(12)
+    minio.add_service_account(user, access, svc_secret)  # MinIO mints nothing for these
+    job_file = write_job(tmp / "job.yaml", storage=s3_storage(minio))
+    env = {**minio.env(), "AWS_ACCESS_KEY_ID": access, "AWS_SECRET_ACCESS_KEY": svc_secret}
+
+    run = start_run(job_file, tmp / "run", env=env)
+    code = run.wait()
+
+    assert code == EXIT_CONFIG
+    assert "spec.storage.credentials: shared" in run.stderr()
+    assert "Traceback" not in run.stderr()
+    assert not (tmp / "run" / "logs").exists()  # no process was started
+
+
+def test_the_runner_renews_every_file_and_a_process_store_follows_without_reopening(
+    minio: MinioServer, prefix: str, tmp_path: Path
+) -> None:
+    job_file = write_job(
+        tmp_path / "job.yaml",
+        storage={"endpoint": minio.endpoint, "bucket": minio.bucket, "prefix": prefix},
+    )
+    job = load_job(job_file)
+    creds = LocalCredentials.for_run(job, minio.env(), io.StringIO())
+    assert creds is not None
+    try:
+        role = Role.for_client("a")
+        env = creds.environment(role, minio.env())
+        store = open_job_store(job, env, role=role)
+        first = {r: read_credentials_file(creds.file(r)) for r in creds.roles}
+        assert store.get_bytes(layout.JOB_KEY) == b"seed job.json"
+
+        creds.refresh()
+
+        second = {r: read_credentials_file(creds.file(r)) for r in creds.roles}
+        assert all(first[r].access_key_id != second[r].access_key_id for r in creds.roles)
+        assert store.get_bytes(layout.JOB_KEY) == b"seed job.json"
+        assert creds.next_refresh() == min(c.expiration for c in second.values()) - timedelta(
+            seconds=creds.lifetime_seconds / 2
+        )
+    finally:
+        creds.close()
+    assert not creds.folder.exists()
