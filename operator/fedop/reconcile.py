@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 from fedcore import spec as fs
 from fedcore.exitcodes import EXIT_CONFIG
-from fedop import events, rotation, status
+from fedop import events, refused, rotation, status
 from fedop.builders import configmap, credentials, jobs, names, network, services
 from fedop.events import Announcement
 from fedop.observed import ChildJob, Children, StoreSnapshot
@@ -396,31 +396,15 @@ def _fold_rounds(obs: Observation, draft: _Draft) -> None:
         expected += 1
 
 
-REFUSED_RECORD = "CommitRecordRefused"
-
-
 def _report_refused(obs: Observation, draft: _Draft) -> None:
-    """A commit record that does not verify: condition ``CommitsVerified=False`` and a Warning
-    Event, once per distinct message. The store view left it out of ``rounds``, so it is
-    never folded into the status."""
-    if not obs.store.refused:
-        return
-    message = "; ".join(
-        f"commit record {x.key} refused ({x.reason}): it does not verify with the job's commit "
-        f"key {x.fingerprint}"
-        for x in obs.store.refused
-    )
-    message = status.truncate(
-        message + ". Someone holding a store credential that may write records wrote it; "
-        "clients do not train on it and the status does not show it"
-    )
+    """Commit records that fail verification: a False condition and a Warning Event."""
     current = status.condition(
-        fs.FederatedJobStatus(conditions=draft.conditions), "CommitsVerified"
+        fs.FederatedJobStatus(conditions=draft.conditions), refused.CONDITION
     )
-    if current is not None and current.status == "False" and current.message == message:
-        return
-    draft.condition(obs, "CommitsVerified", "False", REFUSED_RECORD, message)
-    draft.announcements.append(events.warning(REFUSED_RECORD, message))
+    text = refused.news(obs.store.refused, current)
+    if text is not None:
+        draft.condition(obs, refused.CONDITION, "False", refused.REASON, text)
+        draft.announcements.append(events.warning(refused.REASON, text))
 
 
 def _is_client(obs: Observation, name: str) -> bool:

@@ -145,6 +145,12 @@ def test_one_job_per_client_plus_the_aggregator_and_no_more(digits: Run) -> None
         ]
     )
     assert owned["configmaps"] == ["digits-spec"]
+    assert owned["networkpolicies"] == [
+        "digits-aggregator",
+        "digits-hospital-a",
+        "digits-hospital-b",
+        "digits-hospital-c",
+    ]
 
 
 def test_still_running_client_pods_are_cleaned_up_when_the_job_ends(digits: Run) -> None:

@@ -7,7 +7,8 @@ from dataclasses import replace
 from fedcore import layout
 from fedop import status
 from fedop.observed import RefusedRecord
-from fedop.reconcile import REFUSED_RECORD, plan
+from fedop.reconcile import plan
+from fedop.refused import REASON as REFUSED_RECORD
 from tests.fixtures.fedjobs import COMMIT_KEY, messages, observe, record, status_of, store
 
 FORGED = RefusedRecord(
