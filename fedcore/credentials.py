@@ -130,13 +130,13 @@ def may_list(role: Role) -> bool:
     return role.client is None
 
 
-def unlisted_readable_keys(role: Role | None) -> tuple[str, ...]:
-    """Keys ``role`` may read but not list (None: an unknown role, so the keys every role may
-    read). AWS and Ceph RGW answer a missing one with AccessDenied, not NoSuchKey; the S3
-    store reads that answer as "missing" for these keys only."""
-    if role is None:
-        return PUBLIC_KEYS
-    return () if may_list(role) else readable_keys(role)
+def denied_is_missing_keys(role: Role | None) -> tuple[str, ...]:
+    """Keys (IAM globs) where an ``AccessDenied`` to ``role`` means "no such key": AWS and
+    Ceph RGW answer a missing key with 403, not 404, to a reader that may not list it (a
+    client; and the aggregator too, should a store not count its prefix-bound ListBucket).
+    These are exactly the keys the role may read; None (role unknown): the keys every role
+    may read. The S3 store reads AccessDenied as "missing" on these keys only."""
+    return PUBLIC_KEYS if role is None else readable_keys(role)
 
 
 def glob_matches(pattern: str, key: str) -> bool:
@@ -364,6 +364,7 @@ __all__ = [
     "PUBLIC_KEYS",
     "Role",
     "ScopedCredentials",
+    "denied_is_missing_keys",
     "dump_credentials",
     "glob_matches",
     "load_credentials",
@@ -373,7 +374,6 @@ __all__ = [
     "read_credentials_file",
     "readable_keys",
     "session_policy",
-    "unlisted_readable_keys",
     "writable_keys",
     "write_credentials_file",
 ]

@@ -80,9 +80,9 @@ def open_store(
     if credentials_file is not None:
         from dataclasses import replace
 
-        from fedcore.credentials import unlisted_readable_keys
+        from fedcore.credentials import denied_is_missing_keys
 
-        config = replace(config, denied_is_missing=unlisted_readable_keys(role))
+        config = replace(config, denied_is_missing=denied_is_missing_keys(role))
         return S3Store.from_credentials_file(config, credentials_file)
     if credentials is not None:
         return S3Store.with_keys(config, *credentials)

@@ -39,9 +39,12 @@ listing: ``S3Config.denied_is_missing`` holds the key globs the credential's pol
 read, and a plain ``AccessDenied`` on one of those keys is ``ObjectNotFound`` (HEAD replies
 carry no error code, so a 403 HEAD is confirmed with a one-byte GET, whose reply does). A
 denial of any other key stays an access error, and so do expired or wrong keys (their codes
-differ). The bucket check that tells "no such bucket" from "no such key" after a 404 needs
-ListBucket on the whole bucket; a credential refused it (every role's) takes the bucket as
-existing (a missing bucket then shows as ``NoSuchBucket`` on the next GET).
+differ). MinIO needs none of this (its 404 is honest), so a 403 from a server that says it
+is MinIO (``Server: MinIO``) stays a refusal: a revoked credential fails loudly instead of
+looking like a round not committed yet. The bucket check that tells "no such bucket" from
+"no such key" after a 404 needs ListBucket on the whole bucket; a credential refused it
+(every role's) takes the bucket as existing (a missing bucket then shows as
+``NoSuchBucket`` on the next GET).
 """
 
 from __future__ import annotations
@@ -459,7 +462,12 @@ class S3Store:
                         Bucket=self.config.bucket, Key=full
                     )
                 except botocore.exceptions.ClientError as e:
-                    if _status(e) == 403 and self._hides_missing(key) and self._denied_get(full):
+                    if (
+                        _status(e) == 403
+                        and self._hides_missing(key)
+                        and may_hide_absence(e)
+                        and self._denied_get(full)
+                    ):
                         return None  # see "Missing keys and scoped readers" above
                     raise
                 return reply
@@ -477,7 +485,7 @@ class S3Store:
         try:
             reply = self._client.get_object(Bucket=self.config.bucket, Key=full, Range="bytes=0-0")
         except botocore.exceptions.ClientError as e:
-            return _code(e) in ("AccessDenied", "NoSuchKey")
+            return _code(e) == "NoSuchKey" or (_code(e) == "AccessDenied" and may_hide_absence(e))
         reply["Body"].close()
         return False
 
@@ -557,7 +565,13 @@ class S3Store:
         message = e.response.get("Error", {}).get("Message", "")
         if code == "NoSuchBucket":
             raise self._no_bucket() from e
-        if code == "AccessDenied" and action == "read" and key and self._hides_missing(key):
+        if (
+            code == "AccessDenied"
+            and action == "read"
+            and key
+            and self._hides_missing(key)
+            and may_hide_absence(e)
+        ):
             raise ObjectNotFound(f"{where} does not exist (or is hidden from this role)") from e
         if code in ("NoSuchKey", "404", "NotFound") or (status == 404 and code != "NoSuchUpload"):
             raise ObjectNotFound(f"{where} does not exist") from e
@@ -598,6 +612,14 @@ def _client_error(e: BaseException) -> botocore.exceptions.ClientError | None:
 
 def _code(e: botocore.exceptions.ClientError) -> str:
     return str(e.response.get("Error", {}).get("Code", ""))
+
+
+def may_hide_absence(e: botocore.exceptions.ClientError) -> bool:
+    """Whether a 403 may be a store hiding a missing key from a reader that may not list
+    (AWS, Ceph RGW). Not from MinIO: it answers a missing key 404 to every reader allowed to
+    GetObject it, so its 403 is a real refusal (say, a revoked credential) and stays one."""
+    headers = e.response.get("ResponseMetadata", {}).get("HTTPHeaders", {})
+    return not str(headers.get("server", "")).lower().startswith("minio")
 
 
 def _status(e: botocore.exceptions.ClientError) -> int:

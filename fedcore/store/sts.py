@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import secrets
 from typing import Any
+from urllib.parse import urlsplit
 
 import boto3
 import botocore.exceptions
@@ -82,7 +83,8 @@ def assume_role(
 ) -> ScopedCredentials:
     """A temporary credential of the key pair's principal, narrowed by ``policy``.
 
-    ``endpoint``: the store's URL (MinIO, Ceph RGW serve STS on it); None for AWS's STS.
+    ``endpoint``: the store's URL (MinIO, Ceph RGW serve STS on it); None or an AWS S3
+    endpoint (``https://s3.<region>.amazonaws.com``) for AWS's regional STS.
     ``duration_seconds``: the credential's lifetime, 900 to 43200. Raises ``StsUnavailable``
     when the store cannot mint credentials, ``CredentialsError`` when it refuses this call
     (wrong key pair, bad policy or duration), ``StoreUnavailable`` when it cannot be reached.
@@ -92,17 +94,18 @@ def assume_role(
             f"credential lifetime {duration_seconds}s is outside what STS grants "
             f"({MIN_DURATION_SECONDS} to {MAX_DURATION_SECONDS} seconds); pick one in that range"
         )
-    if endpoint is None and role_arn is None:
+    sts_endpoint = sts_endpoint_for(endpoint)
+    if sts_endpoint is None and role_arn is None:
         raise CredentialsError(
             "AWS STS mints credentials only for a role: set spec.storage.roleArn to an IAM role "
             f"the job's credential may assume, or {OPT_OUT}"
         )
-    where = endpoint or "AWS STS"
+    where = sts_endpoint or f"AWS STS ({region})"
     client = boto3.session.Session(
         aws_access_key_id=access_key_id, aws_secret_access_key=secret_access_key
     ).client(
         "sts",
-        endpoint_url=endpoint,
+        endpoint_url=sts_endpoint,
         region_name=region,
         config=BotoConfig(retries={"total_max_attempts": max_attempts, "mode": "standard"}),
     )
@@ -139,6 +142,18 @@ def assume_role(
     )
     log.debug("minted a store credential at %s valid until %s", where, creds.expiration)
     return creds
+
+
+def sts_endpoint_for(endpoint: str | None) -> str | None:
+    """Where to send AssumeRole for a store at ``endpoint``: the store itself (MinIO and
+    Ceph RGW serve STS on their S3 endpoint), or None for AWS S3 (``*.amazonaws.com``),
+    whose STS is a service of its own that botocore finds from the region."""
+    if endpoint is None:
+        return None
+    host = (urlsplit(endpoint).hostname or "").lower()
+    if host == "amazonaws.com" or host.endswith((".amazonaws.com", ".amazonaws.com.cn")):
+        return None
+    return endpoint
 
 
 def _error_for(e: botocore.exceptions.ClientError, where: str, role_arn: str | None) -> StoreError:
@@ -181,4 +196,4 @@ def _error_for(e: botocore.exceptions.ClientError, where: str, role_arn: str | N
     return CredentialsError(f"{where} refused AssumeRole ({said})")
 
 
-__all__ = ["OPT_OUT", "PLACEHOLDER_ROLE_ARN", "assume_role"]
+__all__ = ["OPT_OUT", "PLACEHOLDER_ROLE_ARN", "assume_role", "sts_endpoint_for"]

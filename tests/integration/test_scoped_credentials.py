@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import secrets
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -27,9 +28,10 @@ from fedcore.credentials import (
     CREDENTIALS_FILE_ENV,
     Role,
     ScopedCredentials,
+    denied_is_missing_keys,
+    dump_credentials,
     read_credentials_file,
     session_policy,
-    unlisted_readable_keys,
     write_credentials_file,
 )
 from fedcore.errors import ObjectNotFound, StoreError, StoreUnavailable, StsUnavailable
@@ -37,7 +39,7 @@ from fedcore.exitcodes import EXIT_CONFIG
 from fedcore.local_credentials import SHARED_WARNING, LocalCredentials
 from fedcore.spec import load_job
 from fedcore.store import open_job_store
-from fedcore.store.s3 import MIN_PART_BYTES, S3Config, S3Store
+from fedcore.store.s3 import CREDENTIALS_ADVISORY_REFRESH_S, MIN_PART_BYTES, S3Config, S3Store
 from fedcore.store.sts import assume_role
 from tests.fixtures.minio import MinioServer
 from tests.integration.test_run_local import (
@@ -91,7 +93,7 @@ def file_store(minio: MinioServer, prefix: str, path: Path, role: Role | None = 
         max_attempts=2,
         multipart_threshold=MIN_PART_BYTES,
         multipart_chunksize=MIN_PART_BYTES,
-        denied_is_missing=unlisted_readable_keys(role),
+        denied_is_missing=denied_is_missing_keys(role),
     )
     return S3Store.from_credentials_file(config, path)
 
@@ -353,28 +355,41 @@ def test_minio_answers_a_scoped_reader_404_for_a_missing_key_it_may_read(
     assert caught.value.response["Error"]["Code"] == "NoSuchKey"
 
 
-def test_a_store_told_a_key_hides_its_absence_reads_access_denied_there_as_missing(
+def test_on_minio_a_refused_read_stays_an_access_error_even_where_absence_may_be_hidden(
     minio: MinioServer, prefix: str, tmp_path: Path
 ) -> None:
-    # MinIO answers a missing key with 404 even without ListBucket; AWS and Ceph answer 403.
-    # A key this client may *not* read gets MinIO's real 403, which stands in for AWS's here.
+    # AWS and Ceph answer a missing key 403 to a reader that may not list, so the store
+    # reads AccessDenied on the role's readable keys as "missing"; MinIO answers 404, so its
+    # 403 is a real refusal (another client's update here) and must stay one.
     path = tmp_path / "creds.json"
     write_credentials_file(path, mint(minio, prefix, Role.for_client(ME)))
     hidden = layout.update_key(2, OTHER)
     config = S3Config(
         endpoint=minio.endpoint, bucket=minio.bucket, prefix=prefix, denied_is_missing=(hidden,)
     )
-    told = S3Store.from_credentials_file(config, path)
-    untold = file_store(minio, prefix, path, Role.for_client(ME))
+    store = S3Store.from_credentials_file(config, path)
 
-    assert not told.exists(hidden)
-    with pytest.raises(ObjectNotFound):
-        told.get_bytes(hidden)
     with pytest.raises(StoreError, match="access denied") as caught:
-        untold.get_bytes(hidden)
+        store.get_bytes(hidden)
     assert not isinstance(caught.value, ObjectNotFound)
     with pytest.raises(StoreError, match="access denied"):
-        untold.exists(hidden)
+        store.exists(hidden)
+
+
+def test_a_revoked_client_credential_fails_its_round_probe_instead_of_waiting(
+    minio: MinioServer, mc_executable: Path, prefix: str, tmp_path: Path
+) -> None:
+    user, secret = f"rev-{secrets.token_hex(4)}", secrets.token_hex(12)
+    minio.add_user(user, secret, bucket_policy(minio.bucket))
+    path = tmp_path / "credentials.json"
+    write_credentials_file(path, mint(minio, prefix, Role.for_client(ME), keys=(user, secret)))
+    store = file_store(minio, prefix, path, Role.for_client(ME))
+    assert not store.exists(layout.round_record_key(2))
+
+    minio.set_user_enabled(user, False)
+
+    with pytest.raises(StoreError, match=r"access denied.*revoked"):
+        store.exists(layout.round_record_key(2))
 
 
 def test_a_client_store_cannot_write_outside_its_slot(
@@ -462,6 +477,33 @@ def test_a_store_opened_from_a_file_keeps_working_after_the_file_is_rotated_and_
     assert store.get_bytes(layout.JOB_KEY) == b"seed job.json"
     store.put_bytes(layout.manifest_key(5, ME), b"{}")
     assert store.exists(layout.manifest_key(5, ME))
+
+
+def test_a_store_rereads_its_file_near_expiry_even_when_the_file_looks_unchanged(
+    minio: MinioServer, mc_executable: Path, prefix: str, tmp_path: Path
+) -> None:
+    user, secret = f"exp-{secrets.token_hex(4)}", secrets.token_hex(12)
+    minio.add_user(user, secret, bucket_policy(minio.bucket))
+    role = Role.for_client(ME)
+    minted = mint(minio, prefix, role, keys=(user, secret))
+    soon = datetime.now(UTC) + timedelta(seconds=CREDENTIALS_ADVISORY_REFRESH_S - 30)
+    old = ScopedCredentials(
+        minted.access_key_id, minted.secret_access_key, minted.session_token, soon
+    )
+    path = tmp_path / "credentials.json"
+    path.write_bytes(dump_credentials(old).ljust(4096))
+    store = file_store(minio, prefix, path, role)
+    assert store.get_bytes(layout.JOB_KEY) == b"seed job.json"
+    before = path.stat()
+
+    # Same file, same size, same modification time: only the content says it changed.
+    with path.open("r+b") as f:
+        f.write(dump_credentials(mint(minio, prefix, role)).ljust(4096))
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert (path.stat().st_ino, path.stat().st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+    minio.set_user_enabled(user, False)  # the credential in hand no longer works
+
+    assert store.get_bytes(layout.JOB_KEY) == b"seed job.json"
 
 
 def test_a_file_left_expired_fails_requests_until_it_is_replaced(

@@ -10,10 +10,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import ClassVar
 
 import boto3
+import botocore.exceptions
 import pytest
 
-from fedcore.errors import StoreError, StoreUnavailable
-from fedcore.store.s3 import MiB, S3Config, S3Store
+from fedcore.errors import ObjectNotFound, StoreError, StoreUnavailable
+from fedcore.store.s3 import MiB, S3Config, S3Store, may_hide_absence
 
 SECRET = "stub-secret-value-0123456789"
 
@@ -164,3 +165,43 @@ def test_access_denied_is_a_store_error_naming_the_credentials_to_check(
         _store(stub).get_bytes("job.json")
 
     assert stub.requests == ["GET"]  # not retried: it will not get better
+
+
+@pytest.mark.parametrize(
+    ("server", "hidden"),
+    [("AmazonS3", True), ("Ceph Object Gateway (squid)", True), ("", True), ("MinIO", False)],
+)
+def test_only_stores_that_hide_missing_keys_have_their_403_read_as_missing(
+    server: str, hidden: bool
+) -> None:
+    response = {
+        "Error": {"Code": "AccessDenied", "Message": "Access Denied"},
+        "ResponseMetadata": {"HTTPStatusCode": 403, "HTTPHeaders": {"server": server}},
+    }
+    error = botocore.exceptions.ClientError(response, "GetObject")  # type: ignore[arg-type]
+
+    assert may_hide_absence(error) is hidden
+
+
+def test_a_store_that_hides_missing_keys_behind_403_reads_them_as_missing_where_readable(
+    stub: type[_StubS3],
+) -> None:
+    # The stub answers like AWS to a reader without ListBucket: 403 AccessDenied for all.
+    stub.status, stub.code = 403, "AccessDenied"
+    config = S3Config(
+        bucket="b",
+        endpoint=stub.endpoint,  # type: ignore[attr-defined]
+        max_attempts=1,
+        denied_is_missing=("rounds/??????/round.json",),
+    )
+    session = boto3.session.Session(aws_access_key_id="AKIASTUB", aws_secret_access_key=SECRET)
+    store = S3Store(config, session=session)
+
+    assert not store.exists("rounds/000002/round.json")
+    with pytest.raises(ObjectNotFound):
+        store.get_bytes("rounds/000002/round.json")
+    with pytest.raises(StoreError, match="access denied") as caught:
+        store.get_bytes("rounds/000002/updates/other.json")
+    assert not isinstance(caught.value, ObjectNotFound)
+    with pytest.raises(StoreError, match="access denied"):
+        store.put_bytes("rounds/000002/round.json", b"{}")

@@ -8,7 +8,7 @@ import pytest
 
 from fedcore.credentials import Role, session_policy
 from fedcore.errors import CredentialsError, StoreError, StoreUnavailable, StsUnavailable
-from fedcore.store.sts import _error_for, assume_role
+from fedcore.store.sts import _error_for, assume_role, sts_endpoint_for
 
 POLICY = session_policy("fedkube", "job/", Role.aggregator())
 
@@ -100,3 +100,25 @@ def test_an_unreachable_store_is_transient() -> None:
 def test_every_minting_error_is_a_store_error() -> None:
     assert issubclass(StsUnavailable, CredentialsError)
     assert issubclass(CredentialsError, StoreError)
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "sts"),
+    [
+        ("http://minio.minio:9000", "http://minio.minio:9000"),
+        ("https://rgw.example.org", "https://rgw.example.org"),
+        ("https://s3.eu-central-1.amazonaws.com", None),
+        ("https://s3.amazonaws.com", None),
+        ("https://bucket.s3.cn-north-1.amazonaws.com.cn", None),
+        (None, None),
+    ],
+)
+def test_aws_s3_endpoints_mint_at_aws_sts_and_others_at_the_store(
+    endpoint: str | None, sts: str | None
+) -> None:
+    assert sts_endpoint_for(endpoint) == sts
+
+
+def test_an_aws_s3_endpoint_without_a_role_arn_is_refused_naming_the_field() -> None:
+    with pytest.raises(CredentialsError, match=r"spec\.storage\.roleArn"):
+        assume_role("https://s3.eu-central-1.amazonaws.com", "k", "s", POLICY, 900)
