@@ -14,15 +14,16 @@ import logging
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 from fedcore import spec as fs
 from fedcore.commit_signing import generate_key_pair
 from fedcore.signing import generate_key
-from fedop import events, reconcile, status
-from fedop.builders import names, secrets
+from fedop import events, reconcile, rotation, status
+from fedop.builders import credentials, names, secrets
 from fedop.errors import ApiError, ChildRefused, FedopError
 from fedop.kube import Kube
+from fedop.minting import Minter, mint_with_sts
 from fedop.store_view import Credentials, StoreView
 
 log = logging.getLogger(__name__)
@@ -40,10 +41,20 @@ class Target:
 
 
 class Executor:
-    def __init__(self, kube: Kube, store: StoreView, pool: ThreadPoolExecutor) -> None:
+    def __init__(
+        self,
+        kube: Kube,
+        store: StoreView,
+        pool: ThreadPoolExecutor,
+        *,
+        mint: Minter = mint_with_sts,
+        credential_lifetime_seconds: int = 3600,
+    ) -> None:
         self._kube = kube
         self._store = store
         self._pool = pool
+        self._mint = mint
+        self._lifetime = credential_lifetime_seconds
 
     def apply(self, target: Target, plan: reconcile.Plan, now: datetime) -> None:
         self._write_status(target, plan.status)
@@ -79,6 +90,9 @@ class Executor:
                 )
             case reconcile.Replace(obj=obj):
                 return _refusals(lambda: kube.merge_patch(obj, {"data": obj["data"]}))
+            case rotation.MintStoreCredentials() if target.parsed is not None:
+                parsed = target.parsed
+                return lambda: self._mint_secret(target, parsed, action)
             case reconcile.SetSuspend(name=name, suspend=suspend):
                 return lambda: kube.set_job_suspend(job.namespace, name, suspend)
             case reconcile.DeleteJob(name=name, propagation=propagation):
@@ -89,6 +103,34 @@ class Executor:
             case reconcile.DeleteFederatedJob():
                 return lambda: kube.delete_federatedjob(job)
         raise TypeError(f"unknown action {action!r}")  # pragma: no cover
+
+    def _mint_secret(
+        self, target: Target, parsed: fs.FederatedJob, action: rotation.MintStoreCredentials
+    ) -> None:
+        """Mint the role's credentials and store them in its Secret (raises the store's
+        ``StsUnavailable`` or ``StoreError`` for the handler to judge)."""
+        minted = self._mint(parsed, action.role, target.credentials, self._lifetime)
+        obj = credentials.store_secret(
+            target.job,
+            action.role,
+            minted.text,
+            minted_at=datetime.now(UTC),
+            expires_at=minted.expiration,
+            rotations=action.rotations,
+        )
+        if action.replace:
+            patch = {"metadata": {"annotations": obj["metadata"]["annotations"]}}
+            self._kube.merge_patch(obj, {**patch, "data": obj["data"]})
+        else:
+            self._kube.create(obj, target.job)
+        log.info(
+            "%s store credentials of %s for %s/%s (expire %s)",
+            "rotated" if action.replace else "minted",
+            action.role,
+            target.job.namespace,
+            target.job.name,
+            credentials.rfc3339(minted.expiration),
+        )
 
     def _run_all(self, steps: Sequence[Callable[[], None]]) -> None:
         """Run one stage's steps in parallel; raise the first failure after all finished."""
@@ -125,6 +167,7 @@ def _stage(action: reconcile.Action) -> int:
             | reconcile.CreateKeySecret()
             | reconcile.CreateCommitKey()
             | reconcile.Replace()
+            | rotation.MintStoreCredentials()
         ):
             return 1
         case reconcile.SetSuspend() | reconcile.DeleteJob():

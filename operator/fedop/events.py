@@ -55,12 +55,30 @@ def round_committed(record: RoundRecord, total: int) -> Announcement:
     return normal("RoundCommitted", text)
 
 
-def round_problems(record: RoundRecord) -> list[Announcement]:
+def slot_writer(record_round: int, client: str, credentials: Literal["scoped", "shared"]) -> str:
+    """Who wrote a client's update slot, as far as the store's access rules tell.
+
+    With scoped credentials only ``client``'s own credential may write its slot, so what
+    sits there is that client's doing, not its victim's; with shared ones anybody holding the
+    job's credential could have written it, and the Event must not blame the slot's owner.
+    """
+    slot = f"rounds/{record_round:06d}/updates/{client}.*"
+    if credentials == "scoped":
+        return f"written with client {client}'s own store credential: only it may write {slot}"
+    return (
+        f"who wrote {slot} is unknown: every pod holds the job's store credential "
+        "(spec.storage.credentials: shared)"
+    )
+
+
+def round_problems(
+    record: RoundRecord, credentials: Literal["scoped", "shared"] = "scoped"
+) -> list[Announcement]:
     out = [
         warning(
             "UpdateRejected",
             f"round {record.round}: update from client {r.client} rejected ({r.reason}): "
-            f"{r.detail}",
+            f"{r.detail} ({slot_writer(record.round, r.client, credentials)})",
         )
         for r in record.rejected
     ]

@@ -27,10 +27,11 @@ import kopf
 
 from fedcore import spec as fs
 from fedcore.commit_signing import CommitVerifier, verifier_from_pem
-from fedcore.errors import FedcoreError, SpecError
-from fedop import reconcile, status
+from fedcore.errors import CredentialsError, FedcoreError, SpecError, StoreError, StsUnavailable
+from fedop import minting, reconcile, status
 from fedop.apply import Executor, Target
 from fedop.builders import configmap, names
+from fedop.builders.credentials import roles
 from fedop.controller import Controller
 from fedop.errors import ApiError, ChildRefused, OwnershipConflict
 from fedop.kube import Kube
@@ -55,7 +56,12 @@ class Runtime:
     task: asyncio.Task[None] | None = None
 
     def __post_init__(self) -> None:
-        self.executor = Executor(self.kube, self.store, self.pool)
+        self.executor = Executor(
+            self.kube,
+            self.store,
+            self.pool,
+            credential_lifetime_seconds=self.settings.credential_lifetime_seconds,
+        )
         self.controller = Controller(lambda ns, name: sync_job(self, ns, name), self.settings)
 
 
@@ -83,9 +89,32 @@ def parse_edge(body: dict[str, Any]) -> fs.FederatedJob:
                 "endpoint, e.g. http://minio.minio:9000",
             )
         )
+    problems += credentials_problems(job)
     if problems:
         raise SpecError(problems)
     return job
+
+
+def credentials_problems(job: fs.FederatedJob) -> list[tuple[str, str]]:
+    """What keeps a scoped job from getting per-role credentials, found before anything is
+    made: no credential to mint with, or names a store policy cannot hold."""
+    storage = job.spec.storage
+    if storage.credentials != "scoped":
+        return []
+    if storage.secret_ref is None:
+        return [
+            (
+                "spec.storage.secretRef",
+                "required with spec.storage.credentials: scoped (the default): the operator "
+                "mints each role's credentials with the job's own; name the Secret holding it",
+            )
+        ]
+    try:
+        for role in roles(job.spec):
+            minting.policy(job, role)
+    except CredentialsError as e:
+        return [("spec.storage", str(e))]
+    return []
 
 
 def sync_job(rt: Runtime, namespace: str, name: str) -> None:
@@ -159,6 +188,31 @@ def _sync(rt: Runtime, namespace: str, name: str) -> None:
         refused = SpecError([("spec", f"the API server refused a child object: {e}")])
         _refuse(rt, ref, generation, plan.status, refused, now)
         raise kopf.PermanentError(str(refused)) from e
+    except StsUnavailable as e:
+        no_sts = SpecError([("spec.storage.credentials", _no_sts_message(job, e))])
+        _refuse(rt, ref, generation, plan.status, no_sts, now, reconcile.STORE_WITHOUT_STS)
+        raise kopf.PermanentError(str(no_sts)) from e
+    except CredentialsError as e:
+        # Refused (a wrong key pair in the job's Secret, a role it may not assume): fixing
+        # the Secret or the store needs no spec change, so keep trying, unhurried.
+        raise kopf.TemporaryError(
+            f"could not mint store credentials: {e}", delay=rt.settings.retry_seconds * 6
+        ) from e
+    except StoreError as e:
+        raise kopf.TemporaryError(f"store trouble: {e}", delay=rt.settings.retry_seconds) from e
+
+
+def _no_sts_message(job: fs.FederatedJob, error: StsUnavailable) -> str:
+    message = (
+        "scoped (the default) mints each role's credentials with the store's STS AssumeRole, "
+        f"and the store {job.spec.storage.endpoint} cannot: {error}"
+    )
+    if "credentials: shared" not in message:
+        message += (
+            "; set spec.storage.credentials: shared to give every pod the job's own "
+            "credential (participants can then read and overwrite each other's updates)"
+        )
+    return message
 
 
 def _refuse(
@@ -168,8 +222,9 @@ def _refuse(
     old: fs.FederatedJobStatus,
     error: SpecError,
     now: datetime,
+    reason: str = reconcile.INVALID_SPEC,
 ) -> None:
-    plan = reconcile.refuse(old, generation, str(error), now)
+    plan = reconcile.refuse(old, generation, str(error), now, reason)
     target = Target(job=ref, parsed=None, credentials=None, old_status=old)
     rt.executor.apply(target, plan, now)
 

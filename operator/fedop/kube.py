@@ -13,8 +13,9 @@ Exactly these API calls are made; the Helm chart's RBAC grants them and nothing 
     fedkube.io     federatedjobs/finalizers    update                  (blockOwnerDeletion)
     batch          jobs                        get list watch create patch delete
     ""             services                    get list create
-    ""             secrets                     get list create         (list: metadata only; get:
-                                                                        adoption, S3 credentials)
+    ""             secrets                     get list create patch   (list: metadata only; get:
+                                                                        adoption, S3 credentials;
+                                                                        patch: rotation)
     ""             configmaps                  get list create patch
     networking.k8s.io  networkpolicies         get list create         (list: metadata only)
     ""             events                      create patch            (kopf may patch its own)

@@ -55,6 +55,8 @@ class Children:
     jobs: Mapping[str, ChildJob] = field(default_factory=dict)
     services: frozenset[str] = frozenset()
     secrets: frozenset[str] = frozenset()
+    secret_annotations: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    """Secret name -> its annotations (when store credentials were minted and expire)."""
     commit_public_keys: Mapping[str, str] = field(default_factory=dict)
     """Secret name -> the commit public key (PEM) it announces in its
     ``fedkube.io/commit-public-key`` annotation (Secrets are listed as metadata only)."""
@@ -174,6 +176,9 @@ def children(
         jobs={j.name: j for j in own_jobs},
         services=frozenset(s["metadata"]["name"] for s in ours("Service", services)),
         secrets=frozenset(s["metadata"]["name"] for s in own_secrets),
+        secret_annotations={
+            s["metadata"]["name"]: dict(s["metadata"].get("annotations") or {}) for s in own_secrets
+        },
         commit_public_keys=public_keys,
         network_policies=frozenset(
             p["metadata"]["name"] for p in ours("NetworkPolicy", network_policies)

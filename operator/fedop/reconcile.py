@@ -21,13 +21,17 @@ from typing import Any, Literal
 
 from fedcore import spec as fs
 from fedcore.exitcodes import EXIT_CONFIG
-from fedop import events, refused, status
-from fedop.builders import configmap, jobs, names, network, services
+from fedop import events, refused, rotation, status
+from fedop.builders import configmap, credentials, jobs, names, network, services
 from fedop.events import Announcement
 from fedop.observed import ChildJob, Children, StoreSnapshot
 from fedop.settings import OperatorSettings
 
 INVALID_SPEC = "InvalidSpec"
+STORE_WITHOUT_STS = "StoreWithoutSTS"
+REFUSED_FOR_SPEC = frozenset({INVALID_SPEC, STORE_WITHOUT_STS})
+"""Failure reasons a spec change can cure: the job starts again when the spec changes."""
+SHARED_CREDENTIALS: status.ConditionType = "SharedCredentials"
 HISTORY_PARTICIPANTS = 16
 """History entries name their participants only up to this many: 50 rounds x 256 names would
 make the status half a megabyte, rewritten at every commit. ``lastRound`` always names them."""
@@ -97,6 +101,7 @@ class DeleteFederatedJob:
 Action = (
     Create
     | CreateKeySecret
+    | rotation.MintStoreCredentials
     | CreateCommitKey
     | Replace
     | DeleteJob
@@ -231,13 +236,20 @@ def plan(obs: Observation) -> Plan:
     )
 
 
-def refuse(old: fs.FederatedJobStatus, generation: int | None, message: str, now: datetime) -> Plan:
-    """The plan for a FederatedJob whose spec cannot be run: Failed with reason InvalidSpec
-    (announced once per distinct message). Fixing the spec lets the job start again."""
+def refuse(
+    old: fs.FederatedJobStatus,
+    generation: int | None,
+    message: str,
+    now: datetime,
+    reason: str = INVALID_SPEC,
+) -> Plan:
+    """The plan for a FederatedJob whose spec cannot be run: Failed with ``reason`` (one of
+    ``REFUSED_FOR_SPEC``; announced once per distinct message). Changing the spec lets the
+    job start again."""
     failed = status.condition(old, "Failed")
-    announce = failed is None or failed.reason != INVALID_SPEC or failed.message != message
+    announce = failed is None or failed.reason != reason or failed.message != message
     conditions = status.set_condition(
-        old.conditions, "Failed", "True", INVALID_SPEC, message, now=now, generation=generation
+        old.conditions, "Failed", "True", reason, message, now=now, generation=generation
     )
     conditions = status.set_condition(
         conditions, "Running", "False", "Failed", message, now=now, generation=generation
@@ -251,7 +263,7 @@ def refuse(old: fs.FederatedJobStatus, generation: int | None, message: str, now
             "completion_time": old.completion_time or status.second(now),
         }
     )
-    notes = (events.warning(INVALID_SPEC, message),) if announce else ()
+    notes = (events.warning(reason, message),) if announce else ()
     return Plan(status=new, announcements=notes)
 
 
@@ -260,7 +272,7 @@ def _spec_fixed(obs: Observation) -> bool:
     return (
         obs.status.phase == "Failed"
         and failed is not None
-        and failed.reason == INVALID_SPEC
+        and failed.reason in REFUSED_FOR_SPEC
         and obs.status.observed_generation != obs.generation
     )
 
@@ -279,6 +291,7 @@ def _run(obs: Observation, draft: _Draft) -> None:
     draft.message = "" if obs.store.available else f"object store unavailable: {obs.store.problem}"
 
     creating = _ensure_shared_objects(obs, draft)
+    _credentials_condition(obs, draft)
     if _commit_public_key(obs) is None:
         # Every pod mounts the public key with the job file: the ConfigMap and the Jobs are
         # made once the key Secret is listed with it (the next pass).
@@ -379,7 +392,7 @@ def _fold_rounds(obs: Observation, draft: _Draft) -> None:
                 )
         if record.round >= 1:
             draft.announcements.append(events.round_committed(record, obs.spec.rounds))
-        draft.announcements.extend(events.round_problems(record))
+        draft.announcements.extend(events.round_problems(record, credentials.mode(obs.spec)))
         expected += 1
 
 
@@ -412,10 +425,15 @@ def _commit_public_key(obs: Observation) -> str | None:
 
 
 def _ensure_shared_objects(obs: Observation, draft: _Draft) -> bool:
-    """The commit key, the job file, the key Secrets, the Services and the NetworkPolicies;
-    True when something had to be made."""
+    """The commit key, the job file, the key and store-credential Secrets, the Services and
+    the NetworkPolicies; True when something had to be made."""
     job, spec, kids = obs.job, obs.spec, obs.children
-    created = False
+    dropped = [c.name for c in spec.clients if draft.client(c.name).phase == "Dropped"]
+    mints = rotation.mint_actions(
+        job, spec, kids.secret_annotations, obs.now, obs.settings, skip_clients=dropped
+    )
+    draft.actions.extend(mints)
+    created = any(not m.replace for m in mints)
     if names.commit_key_secret(job) not in kids.secrets:
         draft.actions.append(CreateCommitKey())
         created = True
@@ -442,6 +460,25 @@ def _ensure_shared_objects(obs: Observation, draft: _Draft) -> bool:
             )
             created = True
     return created
+
+
+def _credentials_condition(obs: Observation, draft: _Draft) -> None:
+    """``shared`` runs without isolation between participants: say so once (a Warning Event)
+    and keep saying it (a condition), naming the fix."""
+    before = status.condition(obs.status, SHARED_CREDENTIALS)
+    if credentials.mode(obs.spec) == "shared":
+        message = (
+            "spec.storage.credentials is shared: every pod holds the job's own store "
+            "credential, so any participant can read the others' updates, overwrite their "
+            "slots and write global models; set it to scoped (needs a store with STS)"
+        )
+        draft.condition(obs, SHARED_CREDENTIALS, "True", SHARED_CREDENTIALS, message)
+        if before is None or before.status != "True":
+            draft.announcements.append(events.warning(SHARED_CREDENTIALS, message))
+    elif before is not None and before.status == "True":
+        draft.condition(
+            obs, SHARED_CREDENTIALS, "False", "ScopedCredentials", "each role has its own"
+        )
 
 
 def _sync_clients(obs: Observation, draft: _Draft, suspend: bool) -> None:

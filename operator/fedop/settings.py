@@ -16,6 +16,12 @@ from fedop.errors import SettingsError
 
 _T = TypeVar("_T")
 
+STS_MIN_DURATION_SECONDS = 900
+STS_MAX_DURATION_SECONDS = 43200
+CREDENTIAL_MARGIN_SECONDS = 300
+"""Least time between a rotation and the old credentials' expiry: a kubelet's sync period
+plus its Secret cache, and the pods' own re-read of the file before expiry, fit in it."""
+
 
 @dataclass(frozen=True)
 class OperatorSettings:
@@ -40,6 +46,14 @@ class OperatorSettings:
     """UID (and GID, fsGroup) the pods run as: non-root, matching the runtime image's user."""
     master_port: int = 29500
     """Port of a client group's rendezvous (rank 0's c10d store); torchrun's default."""
+    credential_lifetime_seconds: int = 3600
+    """Lifetime the operator asks of the store's STS for each role's minted credentials
+    (``DurationSeconds`` of AssumeRole). S3 stores accept 900 (15 min) to 43200 (12 h); an
+    hour bounds what a leaked credential is worth while costing a few STS calls per job."""
+    credential_refresh_seconds: int = 1800
+    """Age at which a role's credentials are replaced by fresh ones. Half the lifetime leaves
+    the pods half an hour to pick the new file up (a kubelet propagates a Secret within a
+    minute or two); it must stay ``CREDENTIAL_MARGIN_SECONDS`` below the lifetime."""
     field_manager: str = "fedkube-operator"
     """Name the operator's writes are recorded under (``managedFields``)."""
     kubeconfig: str = ""
@@ -82,12 +96,29 @@ class OperatorSettings:
             raise SettingsError(
                 f"FEDKUBE_POD_USER_ID={self.pod_user_id} must be a non-root UID (> 0)"
             )
+        self._check_credentials()
         if not 1 <= self.master_port <= 65535:
             raise SettingsError(f"FEDKUBE_MASTER_PORT={self.master_port} is not a TCP port")
         if self.image_pull_policy not in ("Always", "IfNotPresent", "Never"):
             raise SettingsError(
                 f"FEDKUBE_IMAGE_PULL_POLICY={self.image_pull_policy!r} must be Always, "
                 "IfNotPresent or Never"
+            )
+
+    def _check_credentials(self) -> None:
+        lifetime, refresh = self.credential_lifetime_seconds, self.credential_refresh_seconds
+        if not STS_MIN_DURATION_SECONDS <= lifetime <= STS_MAX_DURATION_SECONDS:
+            raise SettingsError(
+                f"FEDKUBE_CREDENTIAL_LIFETIME_SECONDS={lifetime} must be between "
+                f"{STS_MIN_DURATION_SECONDS} and {STS_MAX_DURATION_SECONDS} (the STS "
+                "DurationSeconds range); for frequent rotation in a test lower "
+                "FEDKUBE_CREDENTIAL_REFRESH_SECONDS instead"
+            )
+        if not 0 < refresh <= lifetime - CREDENTIAL_MARGIN_SECONDS:
+            raise SettingsError(
+                f"FEDKUBE_CREDENTIAL_REFRESH_SECONDS={refresh} must be positive and at most "
+                f"{lifetime - CREDENTIAL_MARGIN_SECONDS} (the lifetime {lifetime} less "
+                f"{CREDENTIAL_MARGIN_SECONDS} s for the new file to reach the pods)"
             )
 
 

@@ -19,7 +19,9 @@ from fedcore import spec as fs
 
 log = logging.getLogger(__name__)
 
-ConditionType = Literal["Created", "Running", "Suspended", "Succeeded", "Failed", "CommitsVerified"]
+ConditionType = Literal[
+    "Created", "Running", "Suspended", "Succeeded", "Failed", "CommitsVerified", "SharedCredentials"
+]
 CONDITION_ORDER: tuple[ConditionType, ...] = (
     "Created",
     "Running",
@@ -27,6 +29,7 @@ CONDITION_ORDER: tuple[ConditionType, ...] = (
     "Succeeded",
     "Failed",
     "CommitsVerified",
+    "SharedCredentials",
 )
 TERMINAL_PHASES = frozenset({"Succeeded", "Failed"})
 

@@ -51,6 +51,9 @@ class KubeletSettings:
     """Lease duration written into the Lease (as a real kubelet: 40 s)."""
     status_update_s: float = 20.0
     """How often each node's Ready condition heartbeat is refreshed."""
+    volume_sync_s: float = 2.0
+    """How often a running pod's Secret/ConfigMap volumes are compared with the API server and
+    updated (a real kubelet: its sync period, about a minute, plus its cache's TTL)."""
     shutdown_grace_s: float = 3.0
     """When the cluster stops: seconds between SIGTERM and SIGKILL for every pod still running."""
     default_workdir: str = str(REPO_ROOT)

@@ -232,6 +232,13 @@ class ClusterHandle:
             f"pod {namespace}/{name} to be deleted",
         )
 
+    def pod_volumes(self, pod: dict[str, Any]) -> Path:
+        """The folder on this machine holding the pod's volumes, one sub-folder per volume
+        (what its containers see at their mount paths), until the pod is deleted."""
+        meta = pod["metadata"]
+        folder = f"{meta['namespace']}_{meta['name']}_{meta['uid'][:8]}"
+        return Path(self.info.state_dir) / "pods" / folder / "volumes"
+
     def pod_logs(
         self, namespace: str, pod: str, container: str | None = None, *, previous: bool = False
     ) -> str:

@@ -231,3 +231,55 @@ def test_kubectl_logs_reads_the_container_log_through_the_api_server(
     out = cluster.run_kubectl("logs", "-n", namespace, "talker").stdout
 
     assert out == "one\ntwo\n"
+
+
+def test_secret_and_configmap_updates_reach_a_running_pods_volumes(
+    cluster: ClusterHandle, namespace: str
+) -> None:
+    def secret(value: bytes) -> dict[str, object]:
+        return {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "rotating"},
+                "data": {"token": base64.b64encode(value).decode()}}  # fmt: skip
+
+    def config(value: str) -> dict[str, object]:
+        return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "settings"},
+                "data": {"mode": value}}  # fmt: skip
+
+    cluster.apply(namespace, secret(b"first"), config("slow"))
+    # Prints what it reads whenever it changes, as a process re-reading its credentials would.
+    watch = (
+        "import pathlib, time\n"
+        "seen = None\n"
+        "while True:\n"
+        "    now = (pathlib.Path('/etc/s/token').read_text(),"
+        " pathlib.Path('/etc/c/mode').read_text())\n"
+        "    if now != seen:\n"
+        "        print(*now, flush=True); seen = now\n"
+        "    time.sleep(0.2)\n"
+    )
+    cluster.create_pod(namespace, make_pod(
+        "watcher",
+        ["python", "-c", watch],
+        container={"volumeMounts": [
+            {"name": "s", "mountPath": "/etc/s", "readOnly": True},
+            {"name": "c", "mountPath": "/etc/c", "readOnly": True},
+        ]},
+        volumes=[
+            {"name": "s", "secret": {"secretName": "rotating"}},
+            {"name": "c", "configMap": {"name": "settings"}},
+        ],
+    ))  # fmt: skip
+    cluster.wait_for(
+        lambda: "first slow" in cluster.pod_logs(namespace, "watcher"), 60, "the pod to start"
+    )
+
+    cluster.apply(namespace, secret(b"second"), config("fast"))
+
+    cluster.wait_for(
+        lambda: "second fast" in cluster.pod_logs(namespace, "watcher"),
+        60,
+        "the updated Secret and ConfigMap to reach the running container",
+    )
+    pod = cluster.pod(namespace, "watcher")
+    assert pod is not None
+    assert phase(pod) == "Running"
+    assert container_status(pod)["restartCount"] == 0

@@ -14,7 +14,8 @@ def test_deleting_a_running_job_leaves_no_pods_jobs_services_or_secrets(fedjobs:
     fedjobs.wait_for_round("doomed", 1)
     owned = fedjobs.owned("doomed")
     assert len(owned["pods"]) == 7  # 3 clients x 2 pods + the aggregator
-    assert len(owned["secrets"]) == 4  # 3 clients' keys + the commit signing key
+    # 3 clients' keys, the commit signing key, 4 roles' store credentials
+    assert len(owned["secrets"]) == 8
     assert len(owned["networkpolicies"]) == 4  # 3 clients + the aggregator
 
     fedjobs.kubectl("delete", "fj", "doomed", "--wait=true", "--timeout=60s")

@@ -137,10 +137,13 @@ def test_one_job_per_client_plus_the_aggregator_and_no_more(digits: Run) -> None
         "digits-hospital-c",
     ]
     assert owned["services"] == ["digits-hospital-a", "digits-hospital-b", "digits-hospital-c"]
-    assert owned["secrets"] == [
-        "digits-commit-key",
-        *(f"digits-hospital-{c}-key" for c in "abc"),
-    ]
+    assert owned["secrets"] == sorted(
+        [
+            "digits-aggregator-store",
+            "digits-commit-key",
+            *(f"digits-hospital-{c}-{kind}" for c in "abc" for kind in ("key", "store")),
+        ]
+    )
     assert owned["configmaps"] == ["digits-spec"]
     assert owned["networkpolicies"] == [
         "digits-aggregator",

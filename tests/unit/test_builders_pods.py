@@ -58,7 +58,7 @@ def test_client_pod_mounts_only_its_own_signing_key() -> None:
     secrets = [v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v]
     env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
 
-    assert secrets == ["digits-b-key"]
+    assert secrets == ["digits-b-key", "digits-b-store"]
     assert env["FEDKUBE_SIGNING_KEY_FILE"] == f"{pods.SIGNING_KEY_DIR}/key"
 
 
@@ -115,10 +115,11 @@ def test_only_the_aggregator_mounts_the_commit_signing_key() -> None:
         assert "FEDKUBE_COMMIT_KEY_FILE" not in env_names(pod)
 
 
-def test_store_credentials_come_from_the_named_secret_keys() -> None:
+def test_shared_store_credentials_come_from_the_named_secret_keys() -> None:
     pod = client_pod(
         storage={
             "endpoint": "http://s3:9000",
+            "credentials": "shared",
             "secretRef": {
                 "name": "creds",
                 "accessKeyIdKey": "user",

@@ -254,6 +254,8 @@ def test_values_become_operator_settings(helm: Path) -> None:
         "reconcileIntervalSeconds=7",
         "logLevel=debug",
         "image.tag=9.9.9",
+        "credentials.lifetimeSeconds=900",
+        "credentials.refreshSeconds=20",
     )
     container = operator_container(objects)
     env = {e["name"]: e.get("value") for e in container["env"]}
@@ -261,8 +263,25 @@ def test_values_become_operator_settings(helm: Path) -> None:
     assert env["FEDKUBE_RUNTIME_IMAGE"] == "registry.example/fk/runtime:1.2.3"
     assert env["FEDKUBE_IMAGE_PULL_POLICY"] == "Never"
     assert env["FEDKUBE_RESYNC_SECONDS"] == "7"
+    assert env["FEDKUBE_CREDENTIAL_LIFETIME_SECONDS"] == "900"
+    assert env["FEDKUBE_CREDENTIAL_REFRESH_SECONDS"] == "20"
     assert "--verbose" in container["args"]
     assert container["image"].endswith(":9.9.9")
+
+
+def test_operator_may_rotate_secrets_but_not_delete_them(cluster_wide: list[Obj]) -> None:
+    allowed = set(grants(one(cluster_wide, "ClusterRole")["rules"]))
+
+    assert ("", "secrets", "patch") in allowed
+    assert ("", "secrets", "delete") not in allowed  # owned Secrets go with their job (GC)
+    assert ("", "services", "patch") not in allowed
+
+
+def test_default_credential_settings_are_the_operators_defaults(cluster_wide: list[Obj]) -> None:
+    env = {e["name"]: e.get("value") for e in operator_container(cluster_wide)["env"]}
+
+    assert env["FEDKUBE_CREDENTIAL_LIFETIME_SECONDS"] == "3600"
+    assert env["FEDKUBE_CREDENTIAL_REFRESH_SECONDS"] == "1800"
 
 
 def test_image_tags_default_to_the_charts_app_version(cluster_wide: list[Obj]) -> None:
@@ -288,6 +307,8 @@ def test_rbac_and_service_account_can_be_left_to_the_cluster_admin(helm: Path) -
         ("reconcileIntervalSeconds=0", "/reconcileIntervalSeconds"),
         ("runtimeImage.pullPolicy=Sometimes", "/runtimeImage/pullPolicy"),
         ("replicas=2", "'replicas' not allowed"),
+        ("credentials.lifetimeSeconds=600", "/credentials/lifetimeSeconds"),
+        ("credentials.refreshSeconds=0", "/credentials/refreshSeconds"),
     ],
     ids=[
         "unknown log level",
@@ -295,6 +316,8 @@ def test_rbac_and_service_account_can_be_left_to_the_cluster_admin(helm: Path) -
         "zero reconcile interval",
         "unknown pull policy",
         "unknown key",
+        "a credential lifetime STS refuses",
+        "a zero credential refresh interval",
     ],
 )
 def test_values_schema_refuses_bad_values_naming_them(

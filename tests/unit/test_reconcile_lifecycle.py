@@ -35,6 +35,7 @@ def test_first_pass_makes_the_commit_key_and_no_pod_before_its_public_key_is_kno
     assert created(result) == {
         "Secret/digits-commit-key",
         *(f"Secret/digits-{c}-key" for c in "abc"),
+        *(f"Secret/digits-{c}-store" for c in ("aggregator", "a", "b", "c")),
         *(f"Service/digits-{c}" for c in "abc"),
         "NetworkPolicy/digits-aggregator",
         *(f"NetworkPolicy/digits-{c}" for c in "abc"),
@@ -53,6 +54,7 @@ def test_second_pass_creates_every_other_child_once() -> None:
     assert created(result) == {
         "ConfigMap/digits-spec",
         *(f"Secret/digits-{c}-key" for c in "abc"),
+        *(f"Secret/digits-{c}-store" for c in ("aggregator", "a", "b", "c")),
         *(f"Service/digits-{c}" for c in "abc"),
         "NetworkPolicy/digits-aggregator",
         *(f"NetworkPolicy/digits-{c}" for c in "abc"),

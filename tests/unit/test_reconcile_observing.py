@@ -191,6 +191,14 @@ def test_condition_transition_time_moves_only_when_its_status_flips() -> None:
     assert flipped[0].last_transition_time == T0 + timedelta(seconds=9)
 
 
+def test_short_refresh_interval_with_the_shortest_lifetime_is_accepted() -> None:
+    settings = OperatorSettings.from_env(
+        {"FEDKUBE_CREDENTIAL_LIFETIME_SECONDS": "900", "FEDKUBE_CREDENTIAL_REFRESH_SECONDS": "15"}
+    )
+
+    assert (settings.credential_lifetime_seconds, settings.credential_refresh_seconds) == (900, 15)
+
+
 def test_settings_come_from_fedkube_variables() -> None:
     settings = OperatorSettings.from_env(
         {"FEDKUBE_RESYNC_SECONDS": "0.5", "FEDKUBE_RUNTIME_IMAGE": "reg/rt:1"}
@@ -214,6 +222,21 @@ def test_settings_come_from_fedkube_variables() -> None:
         ),
         pytest.param(
             {"FEDKUBE_POD_USER_ID": "0"}, "non-root", id="pods may not be configured to run as root"
+        ),
+        pytest.param(
+            {"FEDKUBE_CREDENTIAL_LIFETIME_SECONDS": "600"},
+            "between 900 and 43200",
+            id="a lifetime STS would refuse is refused",
+        ),
+        pytest.param(
+            {"FEDKUBE_CREDENTIAL_REFRESH_SECONDS": "3500"},
+            "at most 3300",
+            id="a refresh too close to expiry is refused",
+        ),
+        pytest.param(
+            {"FEDKUBE_CREDENTIAL_REFRESH_SECONDS": "0"},
+            "must be positive",
+            id="a zero refresh interval is refused",
         ),
     ],
 )

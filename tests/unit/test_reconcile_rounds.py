@@ -50,7 +50,9 @@ def test_every_rejection_reason_code_reaches_an_event_as_is() -> None:
     )
 
     assert messages(result, "UpdateRejected") == [
-        f"round 1: update from client c{i} rejected ({reason}): why {reason}"
+        f"round 1: update from client c{i} rejected ({reason}): why {reason} "
+        f"(written with client c{i}'s own store credential: only it may write "
+        f"rounds/000001/updates/c{i}.*)"
         for i, reason in enumerate(REJECT_REASONS)
     ]
 
@@ -92,7 +94,8 @@ def test_rejected_and_late_updates_are_announced_with_the_round() -> None:
     )
 
     assert messages(result, "UpdateRejected") == [
-        "round 1: update from client b rejected (bad-signature): HMAC mismatch"
+        "round 1: update from client b rejected (bad-signature): HMAC mismatch (written "
+        "with client b's own store credential: only it may write rounds/000001/updates/b.*)"
     ]
     assert reasons(result).count("LateUpdate") == 1
     assert result.status.last_round is not None

@@ -60,8 +60,12 @@ owner references. Secrets: each client's signing key, and the S3 credentials a j
   resources: [jobs]
   verbs: [get, list, watch, create, patch, delete]
 - apiGroups: [""]
-  resources: [services, secrets]
+  resources: [services]
   verbs: [get, list, create]
+- apiGroups: [""]
+  # patch: rotating the store credentials minted per role (Secrets the operator owns).
+  resources: [secrets]
+  verbs: [get, list, create, patch]
 - apiGroups: [""]
   resources: [configmaps]
   verbs: [get, list, create, patch]

@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from fedcore import spec as fs
-from fedop.builders import configmap, names, secrets
+from fedop.builders import configmap, credentials, names, secrets
 from fedop.settings import OperatorSettings
 
 SIGNING_KEY_DIR = "/var/run/secrets/fedkube/signing-key"
@@ -29,22 +29,6 @@ TMP_DIR = "/tmp"
 CLIENT_CONTAINER = "client"
 AGGREGATOR_CONTAINER = "aggregator"
 GPU_RESOURCE = "nvidia.com/gpu"
-
-
-def _credentials_env(spec: fs.FederatedJobSpec) -> list[dict[str, Any]]:
-    ref = spec.storage.secret_ref
-    if ref is None:
-        return []
-    return [
-        {
-            "name": "AWS_ACCESS_KEY_ID",
-            "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.access_key_id_key}},
-        },
-        {
-            "name": "AWS_SECRET_ACCESS_KEY",
-            "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.secret_access_key_key}},
-        },
-    ]
 
 
 def _with_defaults(own: list[dict[str, Any]], user: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -70,7 +54,7 @@ def client_env(
         {"name": "PET_MASTER_PORT", "value": str(settings.master_port)},
         {"name": "FEDKUBE_SIGNING_KEY_FILE", "value": f"{SIGNING_KEY_DIR}/{secrets.KEY}"},
         _COMMIT_PUBLIC_KEY_ENV,
-        *_credentials_env(spec),
+        *credentials.pod_credentials(job, spec, credentials.client_role(client.name)).env,
     ]
     return _with_defaults(own, client.env)
 
@@ -81,7 +65,7 @@ _COMMIT_PUBLIC_KEY_ENV = {
 }
 
 
-def aggregator_env(spec: fs.FederatedJobSpec) -> list[dict[str, Any]]:
+def aggregator_env(job: names.JobRef, spec: fs.FederatedJobSpec) -> list[dict[str, Any]]:
     own = [
         {"name": "FEDKUBE_SIGNING_KEYS_DIR", "value": SIGNING_KEYS_DIR},
         {
@@ -89,7 +73,7 @@ def aggregator_env(spec: fs.FederatedJobSpec) -> list[dict[str, Any]]:
             "value": f"{COMMIT_KEY_DIR}/{secrets.COMMIT_PRIVATE_KEY}",
         },
         _COMMIT_PUBLIC_KEY_ENV,
-        *_credentials_env(spec),
+        *credentials.pod_credentials(job, spec, credentials.AGGREGATOR).env,
     ]
     return _with_defaults(own, spec.aggregator.env)
 
@@ -213,8 +197,9 @@ def client_pod_template(
         "secret": {"secretName": names.key_secret(job, client.name), "defaultMode": 0o440},
     }
     key_mount = {"name": "fedkube-signing-key", "mountPath": SIGNING_KEY_DIR, "readOnly": True}
-    volumes = [spec_volume, key_volume, tmp_volume]
-    mounts = [spec_mount, key_mount, tmp_mount]
+    store = credentials.pod_credentials(job, spec, credentials.client_role(client.name))
+    volumes = [spec_volume, key_volume, *store.volumes, tmp_volume]
+    mounts = [spec_mount, key_mount, *store.mounts, tmp_mount]
     if client.gpu:
         shm_volume, shm_mount = _shm_volume()
         volumes.append(shm_volume)
@@ -260,6 +245,7 @@ def aggregator_pod_template(
         },
     }
     keys_mount = {"name": "fedkube-signing-keys", "mountPath": SIGNING_KEYS_DIR, "readOnly": True}
+    store = credentials.pod_credentials(job, spec, credentials.AGGREGATOR)
     commit_volume = {
         "name": "fedkube-commit-key",
         "secret": {
@@ -275,14 +261,14 @@ def aggregator_pod_template(
         spec,
         settings,
         command,
-        aggregator_env(spec),
+        aggregator_env(job, spec),
         dict(spec.aggregator.resources),
-        [spec_mount, keys_mount, commit_mount, tmp_mount],
+        [spec_mount, keys_mount, commit_mount, *store.mounts, tmp_mount],
     )
     pod = _pod_spec(
         settings,
         container,
-        [spec_volume, keys_volume, commit_volume, tmp_volume],
+        [spec_volume, keys_volume, commit_volume, *store.volumes, tmp_volume],
         _scheduling(spec.aggregator.node_selector, spec.aggregator.tolerations),
     )
     return {"metadata": {"labels": names.labels(job, "aggregator")}, "spec": pod}

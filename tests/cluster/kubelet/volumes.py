@@ -3,14 +3,24 @@ containers at their ``mountPath``.
 
 Supported: emptyDir, secret, configMap, downwardAPI, projected (secret, configMap, downwardAPI
 and serviceAccountToken: the ``kube-api-access-*`` volume the ServiceAccount admission plugin
-adds, with a real bound token from the TokenRequest API), and hostPath. Content is written
-once, when the pod starts: later Secret/ConfigMap updates and token rotation are not
-propagated (a test cluster lives minutes; bound tokens are valid for an hour or more).
+adds, with a real bound token from the TokenRequest API), and hostPath.
+
+Secret, configMap, projected and downwardAPI volumes are laid out as the kubelet's atomic
+writer lays them out: the files live in a hidden timestamped folder, ``..data`` is a symlink
+to it, and each top-level name is a symlink through ``..data``. ``refresh`` re-reads the
+referenced objects while the pod runs (the worker calls it every ``volume_sync_s``) and swaps
+``..data`` with one ``rename``, so a process reading a mounted file sees either the old or the
+new content, never a mix: that is how a rotated credential reaches a running pod. Tokens are
+not rotated (a test cluster lives minutes; bound tokens are valid for an hour or more), and a
+``subPath`` mount keeps the content it started with, as with a real kubelet.
 """
 
 from __future__ import annotations
 
+import os
+import secrets
 import shutil
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,9 +28,14 @@ from typing import Any, Protocol
 
 from tests.cluster.kubelet import env as envmod
 from tests.cluster.kubelet.refs import MissingReference, RefLookup
-from tests.cluster.rest import Rest
+from tests.cluster.rest import ApiError, Rest
 
 DEFAULT_MODE = 0o644
+DATA_LINK = "..data"
+"""The symlink naming the current payload folder (the kubelet's atomic writer's name)."""
+
+Files = dict[str, tuple[bytes, int]]
+"""Relative path -> (content, mode) of one volume's payload."""
 
 
 class UnsupportedVolume(Exception):
@@ -74,17 +89,58 @@ class Mount:
     read_only: bool
 
 
-def _write_files(root: Path, files: Mapping[str, tuple[bytes, int]]) -> None:
+def current_files(root: Path) -> Files | None:
+    """The payload ``..data`` points at now (None when the volume was never written)."""
+    data = root / DATA_LINK
+    if not data.is_symlink():
+        return None
+    out: Files = {}
+    for path in sorted(data.resolve().rglob("*")):
+        if path.is_file():
+            rel = path.relative_to(data.resolve()).as_posix()
+            out[rel] = (path.read_bytes(), path.stat().st_mode & 0o7777)
+    return out
+
+
+def write_atomically(root: Path, files: Mapping[str, tuple[bytes, int]]) -> bool:
+    """Make ``files`` the volume's content in one step; False when it already was.
+
+    The new payload goes to a fresh ``..<time>_<random>`` folder, a ``..data_tmp`` symlink to
+    it replaces ``..data`` by ``rename`` (atomic), top-level symlinks are added or removed to
+    match, and the old folder goes last: a reader never finds a half-written payload.
+    """
+    if current_files(root) == dict(files):
+        return False
+    root.mkdir(parents=True, exist_ok=True)
+    old = (root / DATA_LINK).resolve() if (root / DATA_LINK).is_symlink() else None
+    stamp = time.strftime("%Y_%m_%d_%H_%M_%S", time.gmtime())
+    folder = root / f"..{stamp}.{secrets.token_hex(4)}"
+    folder.mkdir()
     for rel, (data, mode) in files.items():
-        path = root / rel
+        path = folder / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
         path.chmod(mode)
+    tmp = root / f"{DATA_LINK}_tmp"
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(folder.name)
+    os.replace(tmp, root / DATA_LINK)
+    tops = {rel.split("/", 1)[0] for rel in files}
+    for name in tops:
+        link = root / name
+        if not link.is_symlink():
+            link.symlink_to(f"{DATA_LINK}/{name}")
+    for entry in root.iterdir():
+        if entry.is_symlink() and not entry.name.startswith("..") and entry.name not in tops:
+            entry.unlink()
+    if old is not None and old.parent == root.resolve():
+        shutil.rmtree(old, ignore_errors=True)
+    return True
 
 
 def _keyed_files(
     data: Mapping[str, bytes], items: list[dict[str, Any]] | None, mode: int, what: str
-) -> dict[str, tuple[bytes, int]]:
+) -> Files:
     if not items:
         return {k: (v, mode) for k, v in data.items()}
     out = {}
@@ -97,7 +153,7 @@ def _keyed_files(
 
 def _object_files(
     kind: str, src: Mapping[str, Any], namespace: str, lookup: RefLookup, mode: int
-) -> dict[str, tuple[bytes, int]]:
+) -> Files:
     name = src.get("secretName") or src.get("name") or ""
     data = (
         lookup.secret(namespace, name) if kind == "secret" else lookup.config_map(namespace, name)
@@ -109,9 +165,7 @@ def _object_files(
     return _keyed_files(data, src.get("items"), mode, f"{kind} {namespace}/{name}")
 
 
-def _downward_files(
-    pod: Mapping[str, Any], items: list[dict[str, Any]], mode: int
-) -> dict[str, tuple[bytes, int]]:
+def _downward_files(pod: Mapping[str, Any], items: list[dict[str, Any]], mode: int) -> Files:
     out = {}
     for item in items:
         if "fieldRef" in item:
@@ -123,11 +177,16 @@ def _downward_files(
 
 
 def _projected_files(
-    pod: Mapping[str, Any], src: Mapping[str, Any], lookup: RefLookup, tokens: TokenSource
-) -> dict[str, tuple[bytes, int]]:
+    pod: Mapping[str, Any],
+    src: Mapping[str, Any],
+    lookup: RefLookup,
+    tokens: TokenSource,
+    kept: Files | None = None,
+) -> Files:
+    """``kept``: the volume's current payload, whose tokens are reused instead of renewed."""
     meta, spec = pod["metadata"], pod["spec"]
     mode = int(src.get("defaultMode", DEFAULT_MODE))
-    out: dict[str, tuple[bytes, int]] = {}
+    out: Files = {}
     for source in src.get("sources") or []:
         if "secret" in source:
             out.update(_object_files("secret", source["secret"], meta["namespace"], lookup, mode))
@@ -139,6 +198,9 @@ def _projected_files(
             out.update(_downward_files(pod, source["downwardAPI"].get("items") or [], mode))
         elif "serviceAccountToken" in source:
             sat = source["serviceAccountToken"]
+            if kept is not None and sat["path"] in kept:
+                out[sat["path"]] = kept[sat["path"]]
+                continue
             token = tokens.token(
                 meta["namespace"],
                 spec.get("serviceAccountName") or "default",
@@ -157,7 +219,6 @@ def prepare(
     pod: Mapping[str, Any], pod_dir: Path, lookup: RefLookup, tokens: TokenSource
 ) -> dict[str, Path]:
     """Create every volume of ``pod`` under ``pod_dir``; volume name -> folder (or file)."""
-    ns = pod["metadata"]["namespace"]
     paths: dict[str, Path] = {}
     for vol in pod["spec"].get("volumes") or []:
         name = vol["name"]
@@ -174,34 +235,65 @@ def prepare(
                 host.touch()
             root = host
         else:
-            if "secret" in vol:
-                src = vol["secret"]
-                files = _object_files(
-                    "secret", src, ns, lookup, int(src.get("defaultMode", DEFAULT_MODE))
-                )
-            elif "configMap" in vol:
-                src = vol["configMap"]
-                files = _object_files(
-                    "configMap", src, ns, lookup, int(src.get("defaultMode", DEFAULT_MODE))
-                )
-            elif "projected" in vol:
-                files = _projected_files(pod, vol["projected"], lookup, tokens)
-            elif "downwardAPI" in vol:
-                src = vol["downwardAPI"]
-                files = _downward_files(
-                    pod, src.get("items") or [], int(src.get("defaultMode", DEFAULT_MODE))
-                )
-            else:
+            files = _payload(pod, vol, lookup, tokens)
+            if files is None:
                 kinds = sorted(k for k in vol if k != "name")
                 raise UnsupportedVolume(
                     f"volume {name!r}: type {kinds} is not supported by the process kubelet "
                     "(supported: emptyDir, secret, configMap, projected, downwardAPI, hostPath)"
                 )
             shutil.rmtree(root, ignore_errors=True)
-            root.mkdir(parents=True)
-            _write_files(root, files)
+            write_atomically(root, files)
         paths[name] = root
     return paths
+
+
+def _payload(
+    pod: Mapping[str, Any],
+    vol: Mapping[str, Any],
+    lookup: RefLookup,
+    tokens: TokenSource,
+    kept: Files | None = None,
+) -> Files | None:
+    """The files of an API-backed volume (None for other kinds)."""
+    ns = pod["metadata"]["namespace"]
+    if "secret" in vol:
+        src = vol["secret"]
+        return _object_files("secret", src, ns, lookup, int(src.get("defaultMode", DEFAULT_MODE)))
+    if "configMap" in vol:
+        src = vol["configMap"]
+        mode = int(src.get("defaultMode", DEFAULT_MODE))
+        return _object_files("configMap", src, ns, lookup, mode)
+    if "projected" in vol:
+        return _projected_files(pod, vol["projected"], lookup, tokens, kept)
+    if "downwardAPI" in vol:
+        src = vol["downwardAPI"]
+        mode = int(src.get("defaultMode", DEFAULT_MODE))
+        return _downward_files(pod, src.get("items") or [], mode)
+    return None
+
+
+def refresh(
+    pod: Mapping[str, Any], volumes: Mapping[str, Path], lookup: RefLookup, tokens: TokenSource
+) -> list[str]:
+    """Bring the pod's Secret, ConfigMap, projected and downwardAPI volumes up to date with
+    the API server; the names of the volumes whose content changed.
+
+    As a kubelet does, a referenced object that cannot be read now (deleted, API trouble)
+    leaves the volume as it was rather than emptying it under a running process.
+    """
+    changed = []
+    for vol in pod["spec"].get("volumes") or []:
+        root = volumes.get(vol["name"])
+        if root is None or not (root / DATA_LINK).is_symlink():
+            continue
+        try:
+            files = _payload(pod, vol, lookup, tokens, kept=current_files(root))
+        except (MissingReference, ApiError, UnsupportedVolume, ValueError, OSError):
+            continue
+        if files is not None and write_atomically(root, files):
+            changed.append(vol["name"])
+    return changed
 
 
 def mounts(

@@ -72,6 +72,7 @@ class PodWorker(threading.Thread):
         self.hostname = self.pod_name[:63]
         self.pod_dir = ctx.pods_dir / f"{self.namespace}_{self.pod_name}_{self.uid[:8]}"
         self._volumes: dict[str, Any] | None = None
+        self._volumes_synced = 0.0
         self._pending_message = ""
         self._published = ""
 
@@ -327,7 +328,18 @@ class PodWorker(threading.Thread):
             self._publish()
             if self.phase in st.TERMINAL:
                 return
+            self._sync_volumes()
             self._wait(POLL_S)
+
+    def _sync_volumes(self) -> None:
+        """Every ``volume_sync_s``: Secret/ConfigMap updates reach the running containers."""
+        now = time.monotonic()
+        if self._volumes is None or now < self._volumes_synced + self.ctx.settings.volume_sync_s:
+            return
+        self._volumes_synced = now
+        changed = vol.refresh(self._pod_view(), self._volumes, self.ctx.lookup, self.ctx.tokens)
+        if changed:
+            log.info("pod %s/%s: updated volumes %s", self.namespace, self.pod_name, changed)
 
     def _kill_all(self, grace_s: float) -> None:
         """SIGTERM every running container, wait up to ``grace_s``, SIGKILL what is left."""
