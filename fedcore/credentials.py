@@ -206,6 +206,28 @@ def session_policy(bucket: str, prefix: str, role: Role) -> dict[str, Any]:
     return policy
 
 
+def slot_writer(round_: int, client: str, *, scoped: bool, is_client: bool) -> str:
+    """Whose store credential could have written ``client``'s update slot of ``round_``, as
+    far as the store's access rules tell: a rejection names the participant that misbehaved,
+    never its victim, and says plainly when the rules cannot tell.
+
+    ``scoped``: every role holds its own minted credential (an S3 store with
+    ``credentials: scoped``); ``is_client``: ``client`` is a client of the job.
+    """
+    slot = f"rounds/{round_:06d}/updates/{client}.*"
+    if scoped and is_client:
+        return f"written with client {client}'s own store credential: only it may write {slot}"
+    if scoped:
+        return (
+            f"written with the job's own store credential: no participant's credential may "
+            f"write {slot}, since {client!r} is not a client of the job"
+        )
+    return (
+        f"who wrote {slot} is unknown: every process holds the same store access "
+        "(spec.storage.credentials: shared, or a local store)"
+    )
+
+
 def _allow(sid: str, actions: list[str], resources: list[str]) -> dict[str, Any]:
     return {"Sid": sid, "Effect": "Allow", "Action": actions, "Resource": resources}
 

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fedcore import layout
+from fedcore.credentials import slot_writer
 from fedcore.errors import FedcoreError, StoreUnavailable, UpdateRejected
 from fedcore.guard import largest_magnitude
 from fedcore.intake import fetch_update
@@ -223,7 +224,16 @@ class OpenRound:
         )
 
     def reject(self, client: str, reason: str, detail: str) -> None:
-        self.rejected[client] = layout.RejectedUpdate(client=client, reason=reason, detail=detail)
+        spec = self.inputs.spec
+        writer = slot_writer(
+            self.round,
+            client,
+            scoped=bool(spec.storage.endpoint) and spec.storage.credentials == "scoped",
+            is_client=client in {c.name for c in spec.clients},
+        )
+        self.rejected[client] = layout.RejectedUpdate(
+            client=client, reason=reason, detail=detail, writer=writer
+        )
         log.warning("reject round %d %s: %s: %s", self.round, client, reason, detail)
 
     # -- recomputing the round -------------------------------------------------------------

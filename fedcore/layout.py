@@ -136,8 +136,11 @@ class RejectedUpdate(_Record):
     """Stable short code (``fedcore.validation.REJECT_REASONS``): bad-signature, ..."""
     detail: str
     """What exactly was wrong, one paragraph (at most ``MAX_DETAIL_CHARS``)."""
+    writer: str = ""
+    """Whose store credential wrote the update's slot, as far as the store's access rules
+    tell (``fedcore.credentials.slot_writer``); empty in records of earlier versions."""
 
-    @field_validator("detail", mode="before")
+    @field_validator("detail", "writer", mode="before")
     @classmethod
     def _short_detail(cls, value: Any) -> Any:
         return safe_text(value, MAX_DETAIL_CHARS) if isinstance(value, str) else value

@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 from fedcore import spec as fs
+from fedcore.credentials import slot_writer
 from fedcore.layout import RoundRecord
 from fedop.builders import names
 
@@ -55,30 +56,23 @@ def round_committed(record: RoundRecord, total: int) -> Announcement:
     return normal("RoundCommitted", text)
 
 
-def slot_writer(record_round: int, client: str, credentials: Literal["scoped", "shared"]) -> str:
-    """Who wrote a client's update slot, as far as the store's access rules tell.
-
-    With scoped credentials only ``client``'s own credential may write its slot, so what
-    sits there is that client's doing, not its victim's; with shared ones anybody holding the
-    job's credential could have written it, and the Event must not blame the slot's owner.
-    """
-    slot = f"rounds/{record_round:06d}/updates/{client}.*"
-    if credentials == "scoped":
-        return f"written with client {client}'s own store credential: only it may write {slot}"
-    return (
-        f"who wrote {slot} is unknown: every pod holds the job's store credential "
-        "(spec.storage.credentials: shared)"
-    )
-
-
 def round_problems(
     record: RoundRecord, credentials: Literal["scoped", "shared"] = "scoped"
 ) -> list[Announcement]:
+    """Events for a record's rejected and late updates. Each rejection names whose credential
+    wrote the slot: the record's own word, or (records of earlier versions) the job's mode."""
     out = [
         warning(
             "UpdateRejected",
             f"round {record.round}: update from client {r.client} rejected ({r.reason}): "
-            f"{r.detail} ({slot_writer(record.round, r.client, credentials)})",
+            f"{r.detail} ("
+            + (
+                r.writer
+                or slot_writer(
+                    record.round, r.client, scoped=credentials == "scoped", is_client=True
+                )
+            )
+            + ")",
         )
         for r in record.rejected
     ]

@@ -291,6 +291,19 @@ def test_manifest_with_a_non_finite_metric_is_rejected_and_the_round_commits(
     assert_every_reader_accepts(scene, tmp_path)
 
 
+def test_a_rejection_in_a_local_store_says_its_writer_is_unknown(tmp_path: Path) -> None:
+    scene = Scene(tmp_path, make_job(("a", "b", "m")))
+    scene.send("a", delta(1.0), 1)
+    scene.send("b", delta(2.0), 3)
+    scene.send("m", delta(float("nan")), 5)
+
+    scene.finish()
+
+    (rejected,) = scene.record(1).rejected
+    assert rejected.reason == "non-finite"
+    assert rejected.writer.startswith("who wrote rounds/000001/updates/m.* is unknown")
+
+
 def test_int32_counter_delta_that_overflows_is_rejected_at_validation(tmp_path: Path) -> None:
     scene = Scene(tmp_path, make_job(("a", "b", "m")))
     scene.send("a", delta(1.0, steps=10), 1)

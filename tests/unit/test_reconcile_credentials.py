@@ -9,7 +9,8 @@ from datetime import timedelta
 import pytest
 
 from fedcore import layout
-from fedop import events, reconcile, rotation, status
+from fedcore.credentials import slot_writer
+from fedop import reconcile, rotation, status
 from fedop.builders import credentials
 from fedop.observed import Children
 from fedop.reconcile import plan
@@ -190,6 +191,25 @@ def test_rejected_update_says_the_writer_is_unknown_when_shared() -> None:
 
 
 def test_slot_writer_wording_is_stable() -> None:
-    assert events.slot_writer(3, "a", "scoped") == (
+    assert slot_writer(3, "a", scoped=True, is_client=True) == (
         "written with client a's own store credential: only it may write rounds/000003/updates/a.*"
     )
+
+
+def test_slot_writer_blames_the_jobs_credential_for_a_stranger_slot() -> None:
+    said = slot_writer(3, "mallory", scoped=True, is_client=False)
+
+    assert "the job's own store credential" in said
+    assert "'mallory' is not a client of the job" in said
+
+
+def test_rejected_update_event_uses_the_writer_the_record_names() -> None:
+    bad = layout.RejectedUpdate(
+        client="b", reason="bad-signature", detail="hmac mismatch", writer="recorded writer"
+    )
+    spec = make_spec(storage=SHARED)
+
+    result = plan(observe(spec, snapshot=store([record(0), record(1, rejected=[bad])])))
+
+    (message,) = messages(result, "UpdateRejected")
+    assert message.endswith("hmac mismatch (recorded writer)")
