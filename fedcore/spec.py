@@ -135,6 +135,11 @@ class StrategySpec(_Model):
     """Scale applied to the averaged update (1.0 is plain FedAvg)."""
     server_momentum: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
     """Momentum of the server optimizer; ``fedavgm`` only."""
+    max_weight_share: Annotated[float | None, Field(gt=0.0, le=1.0)] = None
+    """Largest share of a round any one client may weigh (e.g. 0.25); the excess goes to the
+    others pro rata. With fewer than ``1/maxWeightShare`` clients in a round the shares are
+    equal. Unset: shares are the plain ``num_samples`` ratios (one client declaring a huge
+    count sets the model)."""
 
     @model_validator(mode="after")
     def _momentum_needs_fedavgm(self) -> StrategySpec:

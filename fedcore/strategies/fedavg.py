@@ -66,6 +66,7 @@ from fedcore.strategies.base import (
     arithmetic_threads,
     check_num_samples,
 )
+from fedcore.strategies.weighting import FoldWeight, check_max_weight_share
 from fedcore.weights import (
     FLOAT_DTYPES,
     INT_DTYPES,
@@ -84,7 +85,11 @@ class FedAvg(Strategy):
 
     name: ClassVar[str] = "fedavg"
 
-    def __init__(self, *, server_learning_rate: float = 1.0) -> None:
+    def __init__(
+        self, *, server_learning_rate: float = 1.0, max_weight_share: float | None = None
+    ) -> None:
+        check_max_weight_share(max_weight_share)
+        self.max_weight_share = max_weight_share
         if not (math.isfinite(server_learning_rate) and server_learning_rate > 0):
             raise ValueError(
                 f"server_learning_rate must be a finite number > 0, got {server_learning_rate}; "
@@ -98,11 +103,18 @@ class FedAvg(Strategy):
         """One read buffer for every tensor of every update (see ``fedcore.weights.Scratch``)."""
         self._num_updates = 0
         self._num_samples = 0
+        self._total_weight = 0.0
+        """Σ of the float tensors' weights (``num_samples``, or ``FoldWeight.value``)."""
+        self._total_integer_weight = 0
+        """Σ of the integer tensors' weights (``num_samples``, or ``FoldWeight.integer``)."""
         self._broken = False
 
     @classmethod
     def from_spec(cls, spec: StrategySpec) -> FedAvg:
-        return cls(server_learning_rate=spec.server_learning_rate)
+        return cls(
+            server_learning_rate=spec.server_learning_rate,
+            max_weight_share=spec.max_weight_share,
+        )
 
     @property
     def num_updates(self) -> int:
@@ -130,6 +142,8 @@ class FedAvg(Strategy):
                     self._acc[name] = torch.zeros(spec.shape, dtype=torch.int64)
         self._num_updates = 0
         self._num_samples = 0
+        self._total_weight = 0.0
+        self._total_integer_weight = 0
         self._broken = False
 
     def _round_template(self, action: str) -> dict[str, TensorSpec]:
@@ -166,8 +180,8 @@ class FedAvg(Strategy):
     def _check_int_headroom(
         self, template: dict[str, TensorSpec], update: TensorSource, num_samples: int
     ) -> None:
-        """Raise ``OutOfRange`` if adding ``num_samples x update`` could wrap an integer
-        accumulator (exact bounds, in Python integers)."""
+        """Raise ``OutOfRange`` if adding ``num_samples x update`` (``num_samples``: the
+        integer weight) could wrap an integer accumulator (exact bounds, in Python integers)."""
         for name, spec in template.items():
             if spec.dtype not in INT_DTYPES:
                 continue
@@ -183,18 +197,24 @@ class FedAvg(Strategy):
                     f"{MAX_INT_ACCUMULATOR} the aggregate sums exactly"
                 )
 
-    def fold(self, update: TensorSource, num_samples: int) -> None:
+    def fold(
+        self, update: TensorSource, num_samples: int, *, weight: FoldWeight | None = None
+    ) -> None:
         template = self._round_template("fold an update")
         check_num_samples(num_samples)
+        value, integer = _weights_of(num_samples, weight)
         self._check_update(template, update)
-        self._check_int_headroom(template, update, num_samples)
+        self._check_int_headroom(template, update, integer)
         self._broken = True  # until every tensor is in: an I/O error half-way spoils acc
         with arithmetic_threads():
             for name, acc in self._acc.items():
-                add_chunked_(acc, update.get(name, self._scratch), alpha=num_samples)
+                alpha = value if acc.dtype == torch.float64 else integer
+                add_chunked_(acc, update.get(name, self._scratch), alpha=alpha)
         self._broken = False
         self._num_updates += 1
         self._num_samples += num_samples
+        self._total_weight += value
+        self._total_integer_weight += integer
 
     def finalize(self, base: TensorSource) -> Tensors:
         template = self._round_template("finalize")
@@ -206,7 +226,7 @@ class FedAvg(Strategy):
         check_same_structure(
             template, base.template(), left_name="the model", right_name=repr(base)
         )
-        n = self._num_samples
+        n, n_integer = self._total_weight, self._total_integer_weight
         out: Tensors = {}
         self._broken = True
         with arithmetic_threads():
@@ -218,7 +238,7 @@ class FedAvg(Strategy):
                     out[name] = self._server_step(name, acc, b)
                     del acc  # frees 8 bytes per element before the next tensor is read
                 elif spec.dtype in INT_DTYPES:
-                    out[name] = _integer_mean_step(name, self._acc.pop(name), n, b)
+                    out[name] = _integer_mean_step(name, self._acc.pop(name), n_integer, b)
                 else:
                     out[name] = b.clone()
         self._template = None
@@ -226,6 +246,8 @@ class FedAvg(Strategy):
         self._broken = False
         self._num_updates = 0
         self._num_samples = 0
+        self._total_weight = 0.0
+        self._total_integer_weight = 0
         return out
 
     def alone_is_finite(self, update: TensorSource, base: TensorSource) -> bool:
@@ -253,6 +275,23 @@ class FedAvg(Strategy):
             mean_delta.mul_(self.server_learning_rate)
         add_chunked_(mean_delta, base)
         return mean_delta.to(base.dtype)
+
+
+def _weights_of(num_samples: int, weight: FoldWeight | None) -> tuple[int | float, int]:
+    """The (float, integer) weights of one fold: the plain count, or the capped weight
+    computed for this very count."""
+    if weight is None:
+        return num_samples, num_samples
+    if weight.num_samples != num_samples:
+        raise ValueError(
+            f"the weight was computed for num_samples={weight.num_samples}, but the update "
+            f"declares {num_samples}; compute the round's weights from the folded manifests"
+        )
+    if not (math.isfinite(weight.value) and 0 < weight.value <= num_samples):
+        raise ValueError(f"a float weight must be in (0, num_samples], got {weight.value}")
+    if not 1 <= weight.integer <= num_samples:
+        raise ValueError(f"an integer weight must be in [1, num_samples], got {weight.integer}")
+    return weight.value, weight.integer
 
 
 CHUNK_ELEMENTS = 1 << 18

@@ -40,8 +40,16 @@ class FedAvgM(FedAvg):
 
     name: ClassVar[str] = "fedavgm"
 
-    def __init__(self, *, server_learning_rate: float = 1.0, server_momentum: float = 0.0) -> None:
-        super().__init__(server_learning_rate=server_learning_rate)
+    def __init__(
+        self,
+        *,
+        server_learning_rate: float = 1.0,
+        server_momentum: float = 0.0,
+        max_weight_share: float | None = None,
+    ) -> None:
+        super().__init__(
+            server_learning_rate=server_learning_rate, max_weight_share=max_weight_share
+        )
         if not (math.isfinite(server_momentum) and 0.0 <= server_momentum < 1.0):
             raise ValueError(
                 f"server_momentum must be in [0, 1), got {server_momentum}; "
@@ -56,6 +64,7 @@ class FedAvgM(FedAvg):
         return cls(
             server_learning_rate=spec.server_learning_rate,
             server_momentum=spec.server_momentum,
+            max_weight_share=spec.max_weight_share,
         )
 
     def begin_round(self, template: Template) -> None:
