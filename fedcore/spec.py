@@ -140,6 +140,21 @@ class StrategySpec(_Model):
     others pro rata. With fewer than ``1/maxWeightShare`` clients in a round the shares are
     equal. Unset: shares are the plain ``num_samples`` ratios (one client declaring a huge
     count sets the model)."""
+    clip_norm: Annotated[float | None, Field(gt=0.0, le=1e30)] = None
+    """Bound on each update's L2 norm (over all its float tensors): a larger delta is scaled
+    down to it. With ``clipQuantile``, the first round's bound. Unset: no clipping."""
+    clip_quantile: Annotated[float | None, Field(gt=0.0, le=1.0)] = None
+    """Adaptive clipping: each round clips at this quantile of the previous round's update
+    norms (e.g. 0.5, the median); needs ``clipNorm`` for the first round."""
+
+    @model_validator(mode="after")
+    def _clip_quantile_needs_clip_norm(self) -> StrategySpec:
+        if self.clip_quantile is not None and self.clip_norm is None:
+            raise ValueError(
+                f"clipQuantile={self.clip_quantile} needs clipNorm, the first round's bound "
+                "(no norm has been measured yet); set clipNorm too, or remove clipQuantile"
+            )
+        return self
 
     @model_validator(mode="after")
     def _momentum_needs_fedavgm(self) -> StrategySpec:

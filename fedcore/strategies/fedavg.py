@@ -54,6 +54,7 @@ Non-float tensors:
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import ClassVar
 
 import torch
@@ -65,6 +66,13 @@ from fedcore.strategies.base import (
     Strategy,
     arithmetic_threads,
     check_num_samples,
+)
+from fedcore.strategies.clipping import (
+    BOUND_KEY,
+    check_clipping,
+    clip_scale,
+    quantile,
+    update_norm,
 )
 from fedcore.strategies.weighting import FoldWeight, check_max_weight_share
 from fedcore.weights import (
@@ -86,10 +94,22 @@ class FedAvg(Strategy):
     name: ClassVar[str] = "fedavg"
 
     def __init__(
-        self, *, server_learning_rate: float = 1.0, max_weight_share: float | None = None
+        self,
+        *,
+        server_learning_rate: float = 1.0,
+        max_weight_share: float | None = None,
+        clip_norm: float | None = None,
+        clip_quantile: float | None = None,
     ) -> None:
         check_max_weight_share(max_weight_share)
+        check_clipping(clip_norm, clip_quantile)
         self.max_weight_share = max_weight_share
+        self.clip_quantile = clip_quantile
+        """Adaptive clipping: the next round's bound is this quantile of this round's norms."""
+        self.clip_bound = clip_norm
+        """The bound this round's updates are clipped to (``fedcore.strategies.clipping``)."""
+        self._norms: list[float] = []
+        """Unclipped norms of the updates folded this round (adaptive clipping only)."""
         if not (math.isfinite(server_learning_rate) and server_learning_rate > 0):
             raise ValueError(
                 f"server_learning_rate must be a finite number > 0, got {server_learning_rate}; "
@@ -114,6 +134,8 @@ class FedAvg(Strategy):
         return cls(
             server_learning_rate=spec.server_learning_rate,
             max_weight_share=spec.max_weight_share,
+            clip_norm=spec.clip_norm,
+            clip_quantile=spec.clip_quantile,
         )
 
     @property
@@ -144,6 +166,7 @@ class FedAvg(Strategy):
         self._num_samples = 0
         self._total_weight = 0.0
         self._total_integer_weight = 0
+        self._norms = []
         self._broken = False
 
     def _round_template(self, action: str) -> dict[str, TensorSpec]:
@@ -205,16 +228,24 @@ class FedAvg(Strategy):
         value, integer = _weights_of(num_samples, weight)
         self._check_update(template, update)
         self._check_int_headroom(template, update, integer)
+        norm, scaled = None, value
+        if self.clip_bound is not None:
+            with arithmetic_threads():
+                norm = update_norm(update, template.items(), self._scratch)
+            scale = clip_scale(norm, self.clip_bound)
+            scaled = value if scale == 1.0 else value * scale
         self._broken = True  # until every tensor is in: an I/O error half-way spoils acc
         with arithmetic_threads():
             for name, acc in self._acc.items():
-                alpha = value if acc.dtype == torch.float64 else integer
+                alpha = scaled if acc.dtype == torch.float64 else integer
                 add_chunked_(acc, update.get(name, self._scratch), alpha=alpha)
         self._broken = False
         self._num_updates += 1
         self._num_samples += num_samples
         self._total_weight += value
         self._total_integer_weight += integer
+        if norm is not None:
+            self._norms.append(norm)
 
     def finalize(self, base: TensorSource) -> Tensors:
         template = self._round_template("finalize")
@@ -248,7 +279,33 @@ class FedAvg(Strategy):
         self._num_samples = 0
         self._total_weight = 0.0
         self._total_integer_weight = 0
+        if self.clip_quantile is not None and self._norms:
+            bound = quantile(self._norms, self.clip_quantile)
+            if bound > 0:  # all-zero updates say nothing about the scale: keep the bound
+                self.clip_bound = bound
+        self._norms = []
         return out
+
+    def state_dict(self) -> Tensors:
+        """``clip/bound`` with adaptive clipping (the bound the next round clips at)."""
+        if self.clip_quantile is None or self.clip_bound is None:
+            return {}
+        return {BOUND_KEY: torch.tensor([self.clip_bound], dtype=torch.float64)}
+
+    def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
+        rest = {k: v for k, v in state.items() if k != BOUND_KEY}
+        if rest:
+            super().load_state_dict(rest)  # refuses keys this strategy does not keep
+        if BOUND_KEY in state:
+            if self.clip_quantile is None:
+                raise ValueError(
+                    f"the state holds an adaptive clipping bound ({BOUND_KEY!r}) but the "
+                    "strategy has no clipQuantile; was the state written by another spec?"
+                )
+            bound = state[BOUND_KEY]
+            if bound.shape != (1,) or bound.dtype != torch.float64 or not float(bound[0]) > 0:
+                raise ValueError(f"{BOUND_KEY!r} must be one float64 number > 0, got {bound}")
+            self.clip_bound = float(bound[0])
 
     def alone_is_finite(self, update: TensorSource, base: TensorSource) -> bool:
         template = self._round_template("check an update")

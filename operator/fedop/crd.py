@@ -210,6 +210,15 @@ EXTRAS: dict[str, Schema] = {
                 "fieldPath": ".serverMomentum",
                 "reason": "FieldValueInvalid",
             },
+            {
+                "rule": "!has(self.clipQuantile) || has(self.clipNorm)",
+                "message": (
+                    "clipQuantile needs clipNorm, the first round's bound (no norm has been "
+                    "measured yet); set clipNorm too, or remove clipQuantile"
+                ),
+                "fieldPath": ".clipQuantile",
+                "reason": "FieldValueRequired",
+            },
         ],
     },
     "spec.clients": {
