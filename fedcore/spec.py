@@ -121,10 +121,16 @@ class StorageSpec(_Model):
     """Credentials Secret (cluster runs). Unset: the standard AWS environment variables."""
 
 
+FEDOPT = ("fedadam", "fedyogi", "fedadagrad")
+"""The FedOpt strategies, which take ``beta1`` and ``tau`` (and, but FedAdagrad, ``beta2``)."""
+
+
 class StrategySpec(_Model):
-    name: Literal["fedavg", "fedavgm"] = "fedavg"
+    name: Literal["fedavg", "fedavgm", "fedadam", "fedyogi", "fedadagrad"] = "fedavg"
     """``fedavg``: sample-weighted mean of client deltas. ``fedavgm``: FedAvg with server
-    momentum (Hsu et al., 2019), which helps on non-IID data."""
+    momentum (Hsu et al., 2019), which helps on non-IID data. ``fedadam``, ``fedyogi``,
+    ``fedadagrad``: FedOpt (Reddi et al., 2021), an adaptive server optimizer driven by the
+    averaged delta; give them a small ``serverLearningRate`` (e.g. 0.01 to 0.1)."""
     min_clients: Annotated[int | None, Field(ge=1)] = None
     """Updates a round needs before it may close at its deadline. Unset: every client."""
     fraction_fit: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
@@ -147,6 +153,31 @@ class StrategySpec(_Model):
     """Adaptive clipping: each round clips at this quantile of the previous round's update
     norms (e.g. 0.5, the median); needs ``clipNorm`` for the first round."""
 
+    beta1: Annotated[float | None, Field(ge=0.0, lt=1.0)] = None
+    """FedOpt's first-moment decay (``fedadam``, ``fedyogi``, ``fedadagrad``). Unset: 0.9."""
+    beta2: Annotated[float | None, Field(ge=0.0, lt=1.0)] = None
+    """FedOpt's second-moment decay (``fedadam``, ``fedyogi``). Unset: 0.99."""
+    tau: Annotated[float | None, Field(gt=0.0, le=1.0)] = None
+    """FedOpt's adaptivity floor, added to ``sqrt(v)`` (``fedadam``, ``fedyogi``,
+    ``fedadagrad``). Unset: 1e-3, as Reddi et al. recommend."""
+
+    @model_validator(mode="after")
+    def _fedopt_options_need_fedopt(self) -> StrategySpec:
+        problems = []
+        for field, value, names in (
+            ("beta1", self.beta1, FEDOPT),
+            ("tau", self.tau, FEDOPT),
+            ("beta2", self.beta2, ("fedadam", "fedyogi")),
+        ):
+            if value is not None and self.name not in names:
+                problems.append(
+                    f"{field}={value} applies to {', '.join(names)} only; set strategy.name "
+                    f"to one of them, or remove {field}"
+                )
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
+
     @model_validator(mode="after")
     def _clip_quantile_needs_clip_norm(self) -> StrategySpec:
         if self.clip_quantile is not None and self.clip_norm is None:
@@ -158,7 +189,7 @@ class StrategySpec(_Model):
 
     @model_validator(mode="after")
     def _momentum_needs_fedavgm(self) -> StrategySpec:
-        if self.name == "fedavg" and self.server_momentum != 0.0:
+        if self.name != "fedavgm" and self.server_momentum != 0.0:
             raise ValueError(
                 f"serverMomentum={self.server_momentum} applies to fedavgm only; "
                 "set strategy.name: fedavgm, or remove serverMomentum"

@@ -12,10 +12,14 @@ from fedcore.spec import StrategySpec
 from fedcore.strategies.base import MAX_NUM_SAMPLES, Strategy
 from fedcore.strategies.fedavg import FedAvg
 from fedcore.strategies.fedavgm import FedAvgM
+from fedcore.strategies.fedopt import FedAdagrad, FedAdam, FedOpt, FedYogi
 
 STRATEGIES: dict[str, Callable[[StrategySpec], Strategy]] = {
     FedAvg.name: FedAvg.from_spec,
     FedAvgM.name: FedAvgM.from_spec,
+    FedAdam.name: FedAdam.from_spec,
+    FedYogi.name: FedYogi.from_spec,
+    FedAdagrad.name: FedAdagrad.from_spec,
 }
 """Strategy name (``spec.strategy.name``) -> factory."""
 
@@ -31,8 +35,12 @@ def build_strategy(spec: StrategySpec) -> Strategy:
 __all__ = [
     "MAX_NUM_SAMPLES",
     "STRATEGIES",
+    "FedAdagrad",
+    "FedAdam",
     "FedAvg",
     "FedAvgM",
+    "FedOpt",
+    "FedYogi",
     "Strategy",
     "build_strategy",
 ]

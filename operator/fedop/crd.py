@@ -210,6 +210,22 @@ EXTRAS: dict[str, Schema] = {
                 "fieldPath": ".serverMomentum",
                 "reason": "FieldValueInvalid",
             },
+            *(
+                {
+                    "rule": f"!has(self.{field}) || (has(self.name) && self.name in {list(names)})",
+                    "message": (
+                        f"{field} applies to {', '.join(names)} only; set strategy.name to one "
+                        f"of them, or remove {field}"
+                    ),
+                    "fieldPath": f".{field}",
+                    "reason": "FieldValueForbidden",
+                }
+                for field, names in (
+                    ("beta1", fs.FEDOPT),
+                    ("tau", fs.FEDOPT),
+                    ("beta2", ("fedadam", "fedyogi")),
+                )
+            ),
             {
                 "rule": "!has(self.clipQuantile) || has(self.clipNorm)",
                 "message": (

@@ -84,7 +84,7 @@ def test_camel_case_wire_names_round_trip() -> None:
         pytest.param(
             {"strategy": {"name": "fedsgd"}},
             "spec.strategy.name",
-            "'fedavg' or 'fedavgm'",
+            "'fedavgm', 'fedadam', 'fedyogi' or 'fedadagrad'",
             id="unknown strategy",
         ),
         pytest.param(
