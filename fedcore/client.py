@@ -36,7 +36,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +79,7 @@ from fedcore.tasks.base import (
     load_task,
     train_loader,
 )
+from fedcore.tasks.proximal import ProximalTerm
 from fedcore.weights import (
     DTYPE_NAMES,
     FLOAT_DTYPES,
@@ -255,6 +256,9 @@ class ClientRank:
                 f"{self.spec.task.entrypoint}.build_model makes: {e}"
             ) from e
         del state
+        mu = self.spec.strategy.proximal_mu
+        if mu:  # FedProx: anchored on this round's global, on every rank
+            ctx = replace(ctx, proximal=ProximalTerm.snapshot(model, mu))
         _seed_everything(derive_seed(self.spec.seed, "train", r, self.client.name, self.dist.rank))
         loader = train_loader(
             data,

@@ -126,11 +126,13 @@ FEDOPT = ("fedadam", "fedyogi", "fedadagrad")
 
 
 class StrategySpec(_Model):
-    name: Literal["fedavg", "fedavgm", "fedadam", "fedyogi", "fedadagrad"] = "fedavg"
+    name: Literal["fedavg", "fedavgm", "fedadam", "fedyogi", "fedadagrad", "fedprox"] = "fedavg"
     """``fedavg``: sample-weighted mean of client deltas. ``fedavgm``: FedAvg with server
     momentum (Hsu et al., 2019), which helps on non-IID data. ``fedadam``, ``fedyogi``,
     ``fedadagrad``: FedOpt (Reddi et al., 2021), an adaptive server optimizer driven by the
-    averaged delta; give them a small ``serverLearningRate`` (e.g. 0.01 to 0.1)."""
+    averaged delta; give them a small ``serverLearningRate`` (e.g. 0.01 to 0.1). ``fedprox``:
+    FedAvg on the server and FedProx's proximal term (Li et al., 2020) in every client's
+    loss; needs ``proximalMu``."""
     min_clients: Annotated[int | None, Field(ge=1)] = None
     """Updates a round needs before it may close at its deadline. Unset: every client."""
     fraction_fit: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
@@ -160,6 +162,20 @@ class StrategySpec(_Model):
     tau: Annotated[float | None, Field(gt=0.0, le=1.0)] = None
     """FedOpt's adaptivity floor, added to ``sqrt(v)`` (``fedadam``, ``fedyogi``,
     ``fedadagrad``). Unset: 1e-3, as Reddi et al. recommend."""
+
+    proximal_mu: Annotated[float | None, Field(ge=0.0, le=1e4)] = None
+    """FedProx's ``mu``: each client adds ``mu/2 ||w - w_global||^2`` to its local loss on
+    every rank (e.g. 0.01 to 1). Required by ``fedprox``; with another strategy it adds the
+    term to that strategy's clients. Unset or 0: no term."""
+
+    @model_validator(mode="after")
+    def _fedprox_needs_mu(self) -> StrategySpec:
+        if self.name == "fedprox" and self.proximal_mu is None:
+            raise ValueError(
+                "fedprox needs proximalMu, the weight of the proximal term (e.g. 0.01); "
+                "set strategy.proximalMu"
+            )
+        return self
 
     @model_validator(mode="after")
     def _fedopt_options_need_fedopt(self) -> StrategySpec:

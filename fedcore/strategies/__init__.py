@@ -13,6 +13,7 @@ from fedcore.strategies.base import MAX_NUM_SAMPLES, Strategy
 from fedcore.strategies.fedavg import FedAvg
 from fedcore.strategies.fedavgm import FedAvgM
 from fedcore.strategies.fedopt import FedAdagrad, FedAdam, FedOpt, FedYogi
+from fedcore.strategies.fedprox import FedProx
 
 STRATEGIES: dict[str, Callable[[StrategySpec], Strategy]] = {
     FedAvg.name: FedAvg.from_spec,
@@ -20,6 +21,7 @@ STRATEGIES: dict[str, Callable[[StrategySpec], Strategy]] = {
     FedAdam.name: FedAdam.from_spec,
     FedYogi.name: FedYogi.from_spec,
     FedAdagrad.name: FedAdagrad.from_spec,
+    FedProx.name: FedProx.from_spec,
 }
 """Strategy name (``spec.strategy.name``) -> factory."""
 
@@ -40,6 +42,7 @@ __all__ = [
     "FedAvg",
     "FedAvgM",
     "FedOpt",
+    "FedProx",
     "FedYogi",
     "Strategy",
     "build_strategy",

@@ -227,6 +227,15 @@ EXTRAS: dict[str, Schema] = {
                 )
             ),
             {
+                "rule": "!has(self.name) || self.name != 'fedprox' || has(self.proximalMu)",
+                "message": (
+                    "fedprox needs proximalMu, the weight of the proximal term (e.g. 0.01); "
+                    "set strategy.proximalMu"
+                ),
+                "fieldPath": ".proximalMu",
+                "reason": "FieldValueRequired",
+            },
+            {
                 "rule": "!has(self.clipQuantile) || has(self.clipNorm)",
                 "message": (
                     "clipQuantile needs clipNorm, the first round's bound (no norm has been "

@@ -37,6 +37,7 @@ def test_public_names_are_pinned() -> None:
         "FedAvg",
         "FedAvgM",
         "FedOpt",
+        "FedProx",
         "FedYogi",
         "Strategy",
         "build_strategy",
