@@ -215,7 +215,8 @@ class StrategySpec(_Model):
 
 class AggregatorSpec(_Model):
     resources: Resources = Field(default_factory=dict)
-    """Pod resources of the aggregator (it needs about 2x the model's size in memory)."""
+    """Pod resources of the aggregator (it needs about 2x the model's size in memory; 3x for
+    fedavgm, 4x for fedadam, fedyogi and fedadagrad)."""
     node_selector: dict[str, LabelValue] = Field(default_factory=dict)
     tolerations: list[K8sObject] = Field(default_factory=list, max_length=64)
     env: list[EnvVar] = Field(default_factory=list, max_length=128)

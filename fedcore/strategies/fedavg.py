@@ -6,6 +6,12 @@ The update rule (McMahan et al., 2017, written on deltas ``Δ_k = w_k - w_t``)::
 
 With ``η = 1`` this is exactly the seed formula ``w_{t+1} = Σ_k n_k/n · w_k``.
 
+Every strategy built on this one also takes two defences. ``maxWeightShare`` replaces
+``n_k`` by a capped weight ``w_k`` (``fedcore.strategies.weighting``; the aggregator passes
+it to ``fold(..., weight=...)`` when the cap binds). ``clipNorm``/``clipQuantile`` scale each
+delta by ``s_k = min(1, C / ||Δ_k||)`` before it is folded (``fedcore.strategies.clipping``;
+one more read of the update per fold). The mean is then ``Σ_k w_k s_k Δ_k / Σ_k w_k``.
+
 How it streams. ``fold`` adds ``n_k · Δ_k`` into a running accumulator ``acc``, reading the
 update tensor by tensor; ``finalize`` turns ``acc`` into the model in place, tensor by tensor,
 reading the base model the same way.
