@@ -148,7 +148,7 @@ class StrategySpec(_Model):
     others pro rata. With fewer than ``1/maxWeightShare`` clients in a round the shares are
     equal. Unset: shares are the plain ``num_samples`` ratios (one client declaring a huge
     count sets the model)."""
-    clip_norm: Annotated[float | None, Field(gt=0.0, le=1e30)] = None
+    clip_norm: Annotated[float | None, Field(gt=0.0, le=1e9)] = None
     """Bound on each update's L2 norm (over all its float tensors): a larger delta is scaled
     down to it. With ``clipQuantile``, the first round's bound. Unset: no clipping."""
     clip_quantile: Annotated[float | None, Field(gt=0.0, le=1.0)] = None
