@@ -269,6 +269,8 @@ class ClientRank:
         started = time.monotonic()
         metrics = self.task.train(ddp, loader, ctx)
         seconds = time.monotonic() - started
+        if ctx.proximal is not None:
+            ctx.proximal.require_used(self.spec.task.entrypoint)
         self._check_identical(model, r)
         group_metrics = _mean_metrics(all_gather_object(_float_metrics(metrics)))
         if self.dist.is_leader:

@@ -5,7 +5,9 @@ back toward the round's global weights. ``strategy.proximalMu`` sets ``mu``; the
 snapshots the round's global parameters after loading them (``ProximalTerm.snapshot``,
 detached copies on the training device, taken on every rank) and hands the term to the task
 as ``ctx.proximal``; ``SupervisedTask.train`` adds ``ctx.proximal(model)`` to every batch's
-loss before ``backward``. A task with its own loop does the same.
+loss before ``backward``. A task with its own loop does the same; one that never computes
+the term fails the round with a ``TaskError`` (``require_used``) rather than silently
+training without it.
 
 DDP stays correct: every rank adds the same term (its parameters and its snapshot are
 identical to the other ranks', which DDP and the broadcast of the global model guarantee),
@@ -21,10 +23,12 @@ model of ``M`` bytes), and per step a pass over the parameters (time linear in t
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+
+from fedcore.errors import TaskError
 
 
 @dataclass(frozen=True, eq=False)
@@ -35,6 +39,9 @@ class ProximalTerm:
     """``strategy.proximalMu``: 0 turns the term off."""
     anchors: tuple[torch.Tensor, ...]
     """Detached copies of the round's global parameters, in ``model.parameters()`` order."""
+    calls: list[int] = field(default_factory=lambda: [0])
+    """How often the term was computed (one counter): a task whose ``train`` never adds it
+    would silently train without FedProx, so the client checks (``require_used``)."""
 
     @classmethod
     def snapshot(cls, model: nn.Module, mu: float) -> ProximalTerm:
@@ -53,10 +60,20 @@ class ProximalTerm:
                 f"the model has {len(params)} trainable parameters but the proximal term was "
                 f"anchored on {len(self.anchors)}; anchor it on the model being trained"
             )
+        self.calls[0] += 1
         total = torch.zeros((), dtype=torch.float32, device=params[0].device if params else None)
         for p, anchor in zip(params, self.anchors, strict=True):
             total = total + (p - anchor).pow(2).sum()
         return total * (self.mu / 2)
+
+    def require_used(self, entrypoint: str) -> None:
+        """Raise ``TaskError`` if the term was never computed since the snapshot."""
+        if self.calls[0] == 0:
+            raise TaskError(
+                f"strategy.proximalMu is {self.mu} but {entrypoint}.train never added "
+                "ctx.proximal(model) to its loss, so it trained without FedProx's term; add "
+                "it to each batch's loss before backward (SupervisedTask.train does)"
+            )
 
 
 __all__ = ["ProximalTerm"]

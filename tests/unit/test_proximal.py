@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import nn
 
+from fedcore.errors import TaskError
 from fedcore.spec import StrategySpec
 from fedcore.strategies import FedAvg, FedProx, build_strategy
 from fedcore.tasks.base import train_loader
@@ -94,3 +95,13 @@ def test_fedprox_aggregates_like_fedavg_and_needs_mu() -> None:
         StrategySpec(name="fedprox")
     with pytest.raises(ValueError, match="mu must be a finite number"):
         ProximalTerm.snapshot(nn.Linear(1, 1), mu=-1.0)
+
+
+def test_a_task_that_never_adds_the_term_is_caught_not_silently_trained_without_it() -> None:
+    model = nn.Linear(2, 1)
+    term = ProximalTerm.snapshot(model, mu=0.1)
+
+    with pytest.raises(TaskError, match=r"never added ctx\.proximal\(model\)"):
+        term.require_used("my.task:task")
+    term(model)
+    term.require_used("my.task:task")  # used: no error
