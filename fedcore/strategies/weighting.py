@@ -14,7 +14,8 @@ cap ``c`` every share is at most ``c`` and the excess goes to the other clients 
 Too few clients. When ``N · c <= 1`` no assignment of shares keeps every one at most ``c``
 (or exactly one does, when ``N · c = 1``): the shares become equal, ``1/N`` each, which is
 the assignment with the smallest largest share. One client alone has share 1 whatever the
-cap. Every client then weighs ``min_j n_j`` in sample units.
+cap. Every client then weighs ``min_j n_j`` in sample units (equal counts already are equal
+shares: no second pass).
 
 Integer tensors (step counters) average exactly in int64 and need integer weights: they
 use ``min(n_k, floor(T))`` (``floor(T) >= 1``: ``T`` is at least the largest uncapped count),
@@ -85,6 +86,8 @@ def capped_weights(
     n_clients = len(num_samples)
     if n_clients * cap <= 1:
         equal = min(num_samples.values())
+        if equal == max(num_samples.values()):
+            return None  # equal counts are already equal shares: the plain fold is the answer
         return {c: FoldWeight(float(equal), equal, n) for c, n in num_samples.items()}
     threshold = _threshold(sorted(num_samples.values(), reverse=True), cap)
     floor = max(1, math.floor(threshold))

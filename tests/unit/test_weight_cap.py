@@ -40,6 +40,11 @@ def test_too_few_clients_for_the_cap_get_equal_shares_at_the_smallest_count() ->
     assert weights == {"a": FoldWeight(10.0, 10, 10), "b": FoldWeight(10.0, 10, 1000)}
 
 
+def test_too_few_clients_with_equal_counts_keep_the_plain_fold() -> None:
+    assert capped_weights({"a": 7, "b": 7}, 0.25) is None
+    assert capped_weights({"alone": 10**12}, 0.1) is None
+
+
 def test_exactly_enough_clients_for_the_cap_get_equal_shares() -> None:
     weights = capped_weights({"a": 1, "b": 2, "c": 3, "d": 10**12}, 0.25)
 
@@ -79,8 +84,8 @@ def test_capped_weights_match_a_brute_force_water_filling(seed: int) -> None:
     weights = capped_weights(counts, cap)
 
     n = list(counts.values())
-    if max(n) / sum(n) <= cap:
-        assert weights is None
+    if max(n) / sum(n) <= cap or (len(n) * Fraction(cap) <= 1 and len(set(n)) == 1):
+        assert weights is None  # the cap does not bind, or equal counts are equal shares
         return
     assert weights is not None
     if len(n) * Fraction(cap) <= 1:
