@@ -418,6 +418,7 @@ class Aggregator:
         )
         while True:
             decision = self._collect(open_round)
+            open_round.apply_weight_cap()
             with open_weights(base_path) as base:
                 new = open_round.strategy.finalize(base)
             state_tensors = open_round.strategy.state_dict()

@@ -36,7 +36,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +80,7 @@ from fedcore.tasks.base import (
     load_task,
     train_loader,
 )
+from fedcore.tasks.proximal import ProximalTerm
 from fedcore.weights import (
     DTYPE_NAMES,
     FLOAT_DTYPES,
@@ -256,6 +257,9 @@ class ClientRank:
                 f"{self.spec.task.entrypoint}.build_model makes: {e}"
             ) from e
         del state
+        mu = self.spec.strategy.proximal_mu
+        if mu:  # FedProx: anchored on this round's global, on every rank
+            ctx = replace(ctx, proximal=ProximalTerm.snapshot(model, mu))
         _seed_everything(derive_seed(self.spec.seed, "train", r, self.client.name, self.dist.rank))
         loader = train_loader(
             data,
@@ -266,6 +270,8 @@ class ClientRank:
         started = time.monotonic()
         metrics = self.task.train(ddp, loader, ctx)
         seconds = time.monotonic() - started
+        if ctx.proximal is not None:
+            ctx.proximal.require_used(self.spec.task.entrypoint)
         self._check_identical(model, r)
         group_metrics = _mean_metrics(all_gather_object(_float_metrics(metrics)))
         if self.dist.is_leader:

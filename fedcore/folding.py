@@ -10,6 +10,11 @@ aggregating, and what it does with one client's update (``take``):
 4. the strategy folds the update (an integer sum that would leave its exact range is
    refused before anything is added: ``out-of-range``).
 
+When ``strategy.maxWeightShare`` caps the clients' shares and the round's counts make the
+cap bind, ``apply_weight_cap`` folds the round again from the store with the capped weights
+(``fedcore.strategies.weighting`` says why a second pass); an update whose ``num_samples``
+changed in between is rejected (``changed-during-round``).
+
 Any other exception while one update is handled rejects that update (``internal-error``,
 with the exception's message) and the round goes on; if the fold had begun, the accumulator
 may hold part of the update, so the round is recomputed from the updates folded so far
@@ -40,6 +45,7 @@ from fedcore.spec import FederatedJobSpec
 from fedcore.store import ObjectStore
 from fedcore.strategies import Strategy
 from fedcore.strategies.base import OutOfRange
+from fedcore.strategies.weighting import FoldWeight, capped_weights
 from fedcore.validation import validate_update
 from fedcore.weights import Template, open_weights
 
@@ -115,6 +121,10 @@ class OpenRound:
     """A fold failed half-way: the strategy must be rebuilt from the folded updates."""
     strangers: int = 0
     """Rejections recorded for names that are not clients of the job."""
+    weights: dict[str, FoldWeight] | None = None
+    """The capped weights this pass folds with (``apply_weight_cap``); None: plain counts."""
+    used_weights: dict[str, FoldWeight | None] = field(default_factory=dict)
+    """The weight each folded update was folded with (None: its plain count)."""
     magnitudes: dict[str, float] = field(default_factory=dict)
     """Largest absolute value of each folded update, measured while recomputing a round
     whose aggregate was not finite (``fedcore.guard``)."""
@@ -190,9 +200,18 @@ class OpenRound:
                                 "holding NaN or inf, and this update alone would make it so; "
                                 "the round was recomputed without it",
                             )
+                    weight = (self.weights or {}).get(client)
+                    if weight is not None and weight.num_samples != manifest.num_samples:
+                        raise UpdateRejected(
+                            client,
+                            "changed-during-round",
+                            f"its manifest declared num_samples={weight.num_samples} when the "
+                            f"round closed, and {manifest.num_samples} when it was read again "
+                            "to fold it with its capped weight (strategy.maxWeightShare)",
+                        )
                     folding = True
                     try:
-                        self.strategy.fold(update, manifest.num_samples)
+                        self.strategy.fold(update, manifest.num_samples, weight=weight)
                     except OutOfRange as e:
                         folding = False  # refused before anything was added
                         raise UpdateRejected(client, "out-of-range", str(e)) from e
@@ -213,6 +232,7 @@ class OpenRound:
         finally:
             update_path.unlink(missing_ok=True)
         self.folded[client] = manifest
+        self.used_weights[client] = weight
         log.info(
             "fold round %d %s: %d samples, metrics %s (%d/%d folded)",
             r,
@@ -250,12 +270,38 @@ class OpenRound:
             ", each checked alone" if alone else "",
         )
         self.folded = {}
+        self.used_weights = {}
         self.magnitudes = {}
         self.strategy = self.inputs.fresh_strategy()
         for client in clients:
             self.take(client, alone=alone)
             if self.needs_refold:
                 return  # another fold failed half-way: settle starts over
+
+    def apply_weight_cap(self) -> None:
+        """Make the strategy hold the round folded with the weights its counts call for
+        (``fedcore.strategies.weighting``): when ``strategy.maxWeightShare`` binds, fold the
+        round again from the store with the capped weights. Call it before ``finalize``.
+
+        Each further pass happens only because the last one rejected an update (or one
+        arrived meanwhile), so this ends within one pass per update.
+        """
+        while True:
+            counts = {c: m.num_samples for c, m in self.folded.items()}
+            wanted = capped_weights(counts, self.strategy.max_weight_share)
+            if self.used_weights == (wanted if wanted is not None else dict.fromkeys(counts)):
+                return
+            if wanted is not None:
+                total = math.fsum(w.value for w in wanted.values())
+                log.warning(
+                    "round %d: capping weight shares at %s: %s",
+                    self.round,
+                    self.strategy.max_weight_share,
+                    ", ".join(f"{c}={w.value / total:.4f}" for c, w in wanted.items()),
+                )
+            self.weights = wanted
+            self.refold()
+            self.settle()
 
     def settle(self) -> None:
         """Recompute until no fold is left half-way (each pass rejects one update more)."""

@@ -132,10 +132,18 @@ class StorageSpec(_Model):
     and Ceph RGW; MinIO ignores it (the parent user's policy applies)."""
 
 
+FEDOPT = ("fedadam", "fedyogi", "fedadagrad")
+"""The FedOpt strategies, which take ``beta1`` and ``tau`` (and, but FedAdagrad, ``beta2``)."""
+
+
 class StrategySpec(_Model):
-    name: Literal["fedavg", "fedavgm"] = "fedavg"
+    name: Literal["fedavg", "fedavgm", "fedadam", "fedyogi", "fedadagrad", "fedprox"] = "fedavg"
     """``fedavg``: sample-weighted mean of client deltas. ``fedavgm``: FedAvg with server
-    momentum (Hsu et al., 2019), which helps on non-IID data."""
+    momentum (Hsu et al., 2019), which helps on non-IID data. ``fedadam``, ``fedyogi``,
+    ``fedadagrad``: FedOpt (Reddi et al., 2021), an adaptive server optimizer driven by the
+    averaged delta; give them a small ``serverLearningRate`` (e.g. 0.01 to 0.1). ``fedprox``:
+    FedAvg on the server and FedProx's proximal term (Li et al., 2020) in every client's
+    loss; needs ``proximalMu``."""
     min_clients: Annotated[int | None, Field(ge=1)] = None
     """Updates a round needs before it may close at its deadline. Unset: every client."""
     fraction_fit: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
@@ -146,10 +154,69 @@ class StrategySpec(_Model):
     """Scale applied to the averaged update (1.0 is plain FedAvg)."""
     server_momentum: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
     """Momentum of the server optimizer; ``fedavgm`` only."""
+    max_weight_share: Annotated[float | None, Field(gt=0.0, le=1.0)] = None
+    """Largest share of a round any one client may weigh (e.g. 0.25); the excess goes to the
+    others pro rata. With fewer than ``1/maxWeightShare`` clients in a round the shares are
+    equal. Unset: shares are the plain ``num_samples`` ratios (one client declaring a huge
+    count sets the model)."""
+    clip_norm: Annotated[float | None, Field(gt=0.0, le=1e9)] = None
+    """Bound on each update's L2 norm (over all its float tensors): a larger delta is scaled
+    down to it. With ``clipQuantile``, the first round's bound. Unset: no clipping."""
+    clip_quantile: Annotated[float | None, Field(gt=0.0, le=1.0)] = None
+    """Adaptive clipping: each round clips at this quantile of the previous round's update
+    norms (e.g. 0.5, the median); needs ``clipNorm`` for the first round."""
+
+    beta1: Annotated[float | None, Field(ge=0.0, lt=1.0)] = None
+    """FedOpt's first-moment decay (``fedadam``, ``fedyogi``, ``fedadagrad``). Unset: 0.9."""
+    beta2: Annotated[float | None, Field(ge=0.0, lt=1.0)] = None
+    """FedOpt's second-moment decay (``fedadam``, ``fedyogi``). Unset: 0.99."""
+    tau: Annotated[float | None, Field(gt=0.0, le=1.0)] = None
+    """FedOpt's adaptivity floor, added to ``sqrt(v)`` (``fedadam``, ``fedyogi``,
+    ``fedadagrad``). Unset: 1e-3, as Reddi et al. recommend."""
+
+    proximal_mu: Annotated[float | None, Field(ge=0.0, le=1e4)] = None
+    """FedProx's ``mu``: each client adds ``mu/2 ||w - w_global||^2`` to its local loss on
+    every rank (e.g. 0.01 to 1). Required by ``fedprox``; with another strategy it adds the
+    term to that strategy's clients. Unset or 0: no term."""
+
+    @model_validator(mode="after")
+    def _fedprox_needs_mu(self) -> StrategySpec:
+        if self.name == "fedprox" and self.proximal_mu is None:
+            raise ValueError(
+                "fedprox needs proximalMu, the weight of the proximal term (e.g. 0.01); "
+                "set strategy.proximalMu"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _fedopt_options_need_fedopt(self) -> StrategySpec:
+        problems = []
+        for field, value, names in (
+            ("beta1", self.beta1, FEDOPT),
+            ("tau", self.tau, FEDOPT),
+            ("beta2", self.beta2, ("fedadam", "fedyogi")),
+        ):
+            if value is not None and self.name not in names:
+                problems.append(
+                    f"{field}={value} applies to {', '.join(names)} only; set strategy.name "
+                    f"to one of them, or remove {field}"
+                )
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
+
+    @model_validator(mode="after")
+    def _clip_quantile_needs_clip_norm(self) -> StrategySpec:
+        if self.clip_quantile is not None and self.clip_norm is None:
+            raise ValueError(
+                f"clipQuantile={self.clip_quantile} needs clipNorm, the first round's bound "
+                "(no norm has been measured yet); set clipNorm too, or remove clipQuantile"
+            )
+        return self
 
     @model_validator(mode="after")
     def _momentum_needs_fedavgm(self) -> StrategySpec:
-        if self.name == "fedavg" and self.server_momentum != 0.0:
+        if self.name != "fedavgm" and self.server_momentum != 0.0:
             raise ValueError(
                 f"serverMomentum={self.server_momentum} applies to fedavgm only; "
                 "set strategy.name: fedavgm, or remove serverMomentum"
@@ -159,7 +226,8 @@ class StrategySpec(_Model):
 
 class AggregatorSpec(_Model):
     resources: Resources = Field(default_factory=dict)
-    """Pod resources of the aggregator (it needs about 2x the model's size in memory)."""
+    """Pod resources of the aggregator (it needs about 2x the model's size in memory; 3x for
+    fedavgm, 4x for fedadam, fedyogi and fedadagrad)."""
     node_selector: dict[str, LabelValue] = Field(default_factory=dict)
     tolerations: list[K8sObject] = Field(default_factory=list, max_length=64)
     env: list[EnvVar] = Field(default_factory=list, max_length=128)

@@ -10,7 +10,7 @@ one of ``REJECT_REASONS``: the aggregator records it in ``round.json``
 Kubernetes Event.
 
 ``reason`` codes, roughly in the order they are checked (cheapest first; bytes that do not
-match the signed sha256 outrank any problem found in them). The last four are raised by the
+match the signed sha256 outrank any problem found in them). The last five are raised by the
 aggregator itself, around this gate (``fedcore.aggregator``); ``REJECT_REASONS`` lists all:
 
 ====================  =========================================================================
@@ -44,6 +44,9 @@ non-finite-aggregate  (aggregator) the round's new global model (or server state
                       the round is recomputed without them (``fedcore.guard``)
 internal-error        (aggregator) handling the update raised an unexpected exception (its
                       message is the detail); the update is left out and the round goes on
+changed-during-round  (aggregator) read again to fold it with its capped weight
+                      (``strategy.maxWeightShare``), the update declared another
+                      ``num_samples`` than when the round closed
 ====================  =========================================================================
 
 Values are checked one tensor at a time (the file is never loaded whole), so validation's
@@ -97,7 +100,9 @@ ValidationReason = Literal[
     "constant-changed",
     "out-of-range",
 ]
-RoundReason = Literal["not-selected", "non-finite-aggregate", "internal-error"]
+RoundReason = Literal[
+    "not-selected", "non-finite-aggregate", "internal-error", "changed-during-round"
+]
 RejectReason = ValidationReason | RoundReason
 VALIDATION_REASONS: Final[tuple[str, ...]] = get_args(ValidationReason)
 """Every ``UpdateRejected.reason`` ``validate_update`` raises."""

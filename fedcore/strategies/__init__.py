@@ -12,10 +12,16 @@ from fedcore.spec import StrategySpec
 from fedcore.strategies.base import MAX_NUM_SAMPLES, Strategy
 from fedcore.strategies.fedavg import FedAvg
 from fedcore.strategies.fedavgm import FedAvgM
+from fedcore.strategies.fedopt import FedAdagrad, FedAdam, FedOpt, FedYogi
+from fedcore.strategies.fedprox import FedProx
 
 STRATEGIES: dict[str, Callable[[StrategySpec], Strategy]] = {
     FedAvg.name: FedAvg.from_spec,
     FedAvgM.name: FedAvgM.from_spec,
+    FedAdam.name: FedAdam.from_spec,
+    FedYogi.name: FedYogi.from_spec,
+    FedAdagrad.name: FedAdagrad.from_spec,
+    FedProx.name: FedProx.from_spec,
 }
 """Strategy name (``spec.strategy.name``) -> factory."""
 
@@ -31,8 +37,13 @@ def build_strategy(spec: StrategySpec) -> Strategy:
 __all__ = [
     "MAX_NUM_SAMPLES",
     "STRATEGIES",
+    "FedAdagrad",
+    "FedAdam",
     "FedAvg",
     "FedAvgM",
+    "FedOpt",
+    "FedProx",
+    "FedYogi",
     "Strategy",
     "build_strategy",
 ]

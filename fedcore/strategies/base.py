@@ -1,7 +1,10 @@
 """The contract every aggregation strategy follows, so the aggregator can stream any of them.
 
 A round is ``begin_round(template)``, then one ``fold(update, num_samples)`` per accepted
-update as it arrives, then ``finalize(base)`` which returns the next global model. Updates are
+update as it arrives, then ``finalize(base)`` which returns the next global model. When
+``max_weight_share`` caps a client's share and the round's counts make the cap bind, the
+aggregator folds the round again with the capped weights (``fold(..., weight=...)``; see
+``fedcore.strategies.weighting`` for why this takes a second pass). Updates are
 read tensor by tensor (``fedcore.weights.TensorSource``), so a strategy's memory is what it
 accumulates, never ``clients x model``.
 
@@ -24,6 +27,7 @@ from typing import ClassVar
 
 import torch
 
+from fedcore.strategies.weighting import FoldWeight
 from fedcore.weights import Template, Tensors, TensorSource
 
 MAX_NUM_SAMPLES = 10**12
@@ -91,9 +95,16 @@ class Strategy(ABC):
         Discards anything folded in an unfinished round.
         """
 
+    max_weight_share: float | None = None
+    """Cap on any one client's share of a round (``fedcore.strategies.weighting``); None:
+    shares are the plain sample counts'."""
+
     @abstractmethod
-    def fold(self, update: TensorSource, num_samples: int) -> None:
-        """Fold one validated client delta, weighted by the samples it was trained on."""
+    def fold(
+        self, update: TensorSource, num_samples: int, *, weight: FoldWeight | None = None
+    ) -> None:
+        """Fold one validated client delta, weighted by the samples it was trained on, or by
+        ``weight`` (computed from this ``num_samples`` by ``weighting.capped_weights``)."""
 
     @abstractmethod
     def finalize(self, base: TensorSource) -> Tensors:

@@ -6,6 +6,12 @@ The update rule (McMahan et al., 2017, written on deltas ``Δ_k = w_k - w_t``)::
 
 With ``η = 1`` this is exactly the seed formula ``w_{t+1} = Σ_k n_k/n · w_k``.
 
+Every strategy built on this one also takes two defences. ``maxWeightShare`` replaces
+``n_k`` by a capped weight ``w_k`` (``fedcore.strategies.weighting``; the aggregator passes
+it to ``fold(..., weight=...)`` when the cap binds). ``clipNorm``/``clipQuantile`` scale each
+delta by ``s_k = min(1, C / ||Δ_k||)`` before it is folded (``fedcore.strategies.clipping``;
+one more read of the update per fold). The mean is then ``Σ_k w_k s_k Δ_k / Σ_k w_k``.
+
 How it streams. ``fold`` adds ``n_k · Δ_k`` into a running accumulator ``acc``, reading the
 update tensor by tensor; ``finalize`` turns ``acc`` into the model in place, tensor by tensor,
 reading the base model the same way.
@@ -54,6 +60,7 @@ Non-float tensors:
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import ClassVar
 
 import torch
@@ -66,6 +73,14 @@ from fedcore.strategies.base import (
     arithmetic_threads,
     check_num_samples,
 )
+from fedcore.strategies.clipping import (
+    BOUND_KEY,
+    check_clipping,
+    clip_scale,
+    quantile,
+    update_norm,
+)
+from fedcore.strategies.weighting import FoldWeight, check_max_weight_share
 from fedcore.weights import (
     FLOAT_DTYPES,
     INT_DTYPES,
@@ -84,7 +99,23 @@ class FedAvg(Strategy):
 
     name: ClassVar[str] = "fedavg"
 
-    def __init__(self, *, server_learning_rate: float = 1.0) -> None:
+    def __init__(
+        self,
+        *,
+        server_learning_rate: float = 1.0,
+        max_weight_share: float | None = None,
+        clip_norm: float | None = None,
+        clip_quantile: float | None = None,
+    ) -> None:
+        check_max_weight_share(max_weight_share)
+        check_clipping(clip_norm, clip_quantile)
+        self.max_weight_share = max_weight_share
+        self.clip_quantile = clip_quantile
+        """Adaptive clipping: the next round's bound is this quantile of this round's norms."""
+        self.clip_bound = clip_norm
+        """The bound this round's updates are clipped to (``fedcore.strategies.clipping``)."""
+        self._norms: list[float] = []
+        """Unclipped norms of the updates folded this round (adaptive clipping only)."""
         if not (math.isfinite(server_learning_rate) and server_learning_rate > 0):
             raise ValueError(
                 f"server_learning_rate must be a finite number > 0, got {server_learning_rate}; "
@@ -98,11 +129,20 @@ class FedAvg(Strategy):
         """One read buffer for every tensor of every update (see ``fedcore.weights.Scratch``)."""
         self._num_updates = 0
         self._num_samples = 0
+        self._total_weight = 0.0
+        """Σ of the float tensors' weights (``num_samples``, or ``FoldWeight.value``)."""
+        self._total_integer_weight = 0
+        """Σ of the integer tensors' weights (``num_samples``, or ``FoldWeight.integer``)."""
         self._broken = False
 
     @classmethod
     def from_spec(cls, spec: StrategySpec) -> FedAvg:
-        return cls(server_learning_rate=spec.server_learning_rate)
+        return cls(
+            server_learning_rate=spec.server_learning_rate,
+            max_weight_share=spec.max_weight_share,
+            clip_norm=spec.clip_norm,
+            clip_quantile=spec.clip_quantile,
+        )
 
     @property
     def num_updates(self) -> int:
@@ -130,6 +170,9 @@ class FedAvg(Strategy):
                     self._acc[name] = torch.zeros(spec.shape, dtype=torch.int64)
         self._num_updates = 0
         self._num_samples = 0
+        self._total_weight = 0.0
+        self._total_integer_weight = 0
+        self._norms = []
         self._broken = False
 
     def _round_template(self, action: str) -> dict[str, TensorSpec]:
@@ -166,8 +209,8 @@ class FedAvg(Strategy):
     def _check_int_headroom(
         self, template: dict[str, TensorSpec], update: TensorSource, num_samples: int
     ) -> None:
-        """Raise ``OutOfRange`` if adding ``num_samples x update`` could wrap an integer
-        accumulator (exact bounds, in Python integers)."""
+        """Raise ``OutOfRange`` if adding ``num_samples x update`` (``num_samples``: the
+        integer weight) could wrap an integer accumulator (exact bounds, in Python integers)."""
         for name, spec in template.items():
             if spec.dtype not in INT_DTYPES:
                 continue
@@ -183,18 +226,32 @@ class FedAvg(Strategy):
                     f"{MAX_INT_ACCUMULATOR} the aggregate sums exactly"
                 )
 
-    def fold(self, update: TensorSource, num_samples: int) -> None:
+    def fold(
+        self, update: TensorSource, num_samples: int, *, weight: FoldWeight | None = None
+    ) -> None:
         template = self._round_template("fold an update")
         check_num_samples(num_samples)
+        value, integer = _weights_of(num_samples, weight)
         self._check_update(template, update)
-        self._check_int_headroom(template, update, num_samples)
+        self._check_int_headroom(template, update, integer)
+        norm, scaled = None, value
+        if self.clip_bound is not None:
+            with arithmetic_threads():
+                norm = update_norm(update, template.items(), self._scratch)
+            scale = clip_scale(norm, self.clip_bound)
+            scaled = value if scale == 1.0 else value * scale
         self._broken = True  # until every tensor is in: an I/O error half-way spoils acc
         with arithmetic_threads():
             for name, acc in self._acc.items():
-                add_chunked_(acc, update.get(name, self._scratch), alpha=num_samples)
+                alpha = scaled if acc.dtype == torch.float64 else integer
+                add_chunked_(acc, update.get(name, self._scratch), alpha=alpha)
         self._broken = False
         self._num_updates += 1
         self._num_samples += num_samples
+        self._total_weight += value
+        self._total_integer_weight += integer
+        if norm is not None:
+            self._norms.append(norm)
 
     def finalize(self, base: TensorSource) -> Tensors:
         template = self._round_template("finalize")
@@ -206,7 +263,7 @@ class FedAvg(Strategy):
         check_same_structure(
             template, base.template(), left_name="the model", right_name=repr(base)
         )
-        n = self._num_samples
+        n, n_integer = self._total_weight, self._total_integer_weight
         out: Tensors = {}
         self._broken = True
         with arithmetic_threads():
@@ -218,7 +275,7 @@ class FedAvg(Strategy):
                     out[name] = self._server_step(name, acc, b)
                     del acc  # frees 8 bytes per element before the next tensor is read
                 elif spec.dtype in INT_DTYPES:
-                    out[name] = _integer_mean_step(name, self._acc.pop(name), n, b)
+                    out[name] = _integer_mean_step(name, self._acc.pop(name), n_integer, b)
                 else:
                     out[name] = b.clone()
         self._template = None
@@ -226,7 +283,35 @@ class FedAvg(Strategy):
         self._broken = False
         self._num_updates = 0
         self._num_samples = 0
+        self._total_weight = 0.0
+        self._total_integer_weight = 0
+        if self.clip_quantile is not None and self._norms:
+            bound = quantile(self._norms, self.clip_quantile)
+            if bound > 0:  # all-zero updates say nothing about the scale: keep the bound
+                self.clip_bound = bound
+        self._norms = []
         return out
+
+    def state_dict(self) -> Tensors:
+        """``clip/bound`` with adaptive clipping (the bound the next round clips at)."""
+        if self.clip_quantile is None or self.clip_bound is None:
+            return {}
+        return {BOUND_KEY: torch.tensor([self.clip_bound], dtype=torch.float64)}
+
+    def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
+        rest = {k: v for k, v in state.items() if k != BOUND_KEY}
+        if rest:
+            super().load_state_dict(rest)  # refuses keys this strategy does not keep
+        if BOUND_KEY in state:
+            if self.clip_quantile is None:
+                raise ValueError(
+                    f"the state holds an adaptive clipping bound ({BOUND_KEY!r}) but the "
+                    "strategy has no clipQuantile; was the state written by another spec?"
+                )
+            bound = state[BOUND_KEY]
+            if bound.shape != (1,) or bound.dtype != torch.float64 or not float(bound[0]) > 0:
+                raise ValueError(f"{BOUND_KEY!r} must be one float64 number > 0, got {bound}")
+            self.clip_bound = float(bound[0])
 
     def alone_is_finite(self, update: TensorSource, base: TensorSource) -> bool:
         template = self._round_template("check an update")
@@ -253,6 +338,23 @@ class FedAvg(Strategy):
             mean_delta.mul_(self.server_learning_rate)
         add_chunked_(mean_delta, base)
         return mean_delta.to(base.dtype)
+
+
+def _weights_of(num_samples: int, weight: FoldWeight | None) -> tuple[int | float, int]:
+    """The (float, integer) weights of one fold: the plain count, or the capped weight
+    computed for this very count."""
+    if weight is None:
+        return num_samples, num_samples
+    if weight.num_samples != num_samples:
+        raise ValueError(
+            f"the weight was computed for num_samples={weight.num_samples}, but the update "
+            f"declares {num_samples}; compute the round's weights from the folded manifests"
+        )
+    if not (math.isfinite(weight.value) and 0 < weight.value <= num_samples):
+        raise ValueError(f"a float weight must be in (0, num_samples], got {weight.value}")
+    if not 1 <= weight.integer <= num_samples:
+        raise ValueError(f"an integer weight must be in [1, num_samples], got {weight.integer}")
+    return weight.value, weight.integer
 
 
 CHUNK_ELEMENTS = 1 << 18

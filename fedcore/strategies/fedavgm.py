@@ -28,6 +28,7 @@ from typing import ClassVar
 import torch
 
 from fedcore.spec import StrategySpec
+from fedcore.strategies.clipping import BOUND_KEY
 from fedcore.strategies.fedavg import FedAvg, add_chunked_
 from fedcore.weights import FLOAT_DTYPES, Template, Tensors, dtype_name
 
@@ -40,8 +41,21 @@ class FedAvgM(FedAvg):
 
     name: ClassVar[str] = "fedavgm"
 
-    def __init__(self, *, server_learning_rate: float = 1.0, server_momentum: float = 0.0) -> None:
-        super().__init__(server_learning_rate=server_learning_rate)
+    def __init__(
+        self,
+        *,
+        server_learning_rate: float = 1.0,
+        server_momentum: float = 0.0,
+        max_weight_share: float | None = None,
+        clip_norm: float | None = None,
+        clip_quantile: float | None = None,
+    ) -> None:
+        super().__init__(
+            server_learning_rate=server_learning_rate,
+            max_weight_share=max_weight_share,
+            clip_norm=clip_norm,
+            clip_quantile=clip_quantile,
+        )
         if not (math.isfinite(server_momentum) and 0.0 <= server_momentum < 1.0):
             raise ValueError(
                 f"server_momentum must be in [0, 1), got {server_momentum}; "
@@ -56,6 +70,9 @@ class FedAvgM(FedAvg):
         return cls(
             server_learning_rate=spec.server_learning_rate,
             server_momentum=spec.server_momentum,
+            max_weight_share=spec.max_weight_share,
+            clip_norm=spec.clip_norm,
+            clip_quantile=spec.clip_quantile,
         )
 
     def begin_round(self, template: Template) -> None:
@@ -95,12 +112,17 @@ class FedAvgM(FedAvg):
         return super()._step_is_finite(name, delta, base)
 
     def state_dict(self) -> Tensors:
-        """``momentum/<name>`` per float tensor (empty before the first finalize)."""
-        return {MOMENTUM_PREFIX + name: m for name, m in sorted(self._momentum.items())}
+        """``momentum/<name>`` per float tensor (empty before the first finalize), and
+        FedAvg's own (the adaptive clipping bound)."""
+        momentum = {MOMENTUM_PREFIX + name: m for name, m in sorted(self._momentum.items())}
+        return {**super().state_dict(), **momentum}
 
     def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
         momentum: dict[str, torch.Tensor] = {}
+        super().load_state_dict({k: v for k, v in state.items() if k == BOUND_KEY})
         for key, tensor in state.items():
+            if key == BOUND_KEY:
+                continue
             if not key.startswith(MOMENTUM_PREFIX):
                 raise ValueError(
                     f"state key {key!r} is not a {self.name} state key (they start with "

@@ -34,6 +34,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from fedcore.errors import TaskError
 from fedcore.taskcheck import REQUIRED_METHODS  # what every task provides (see ``Task``)
+from fedcore.tasks.proximal import ProximalTerm
 
 if TYPE_CHECKING:
     from fedcore.spec import FederatedJobSpec
@@ -66,6 +67,10 @@ class TaskContext:
     """Size of the client's DDP group: ``replicas * procsPerReplica``."""
     device: torch.device = field(default_factory=_cpu)
     """Where this process computes: ``cuda:<LOCAL_RANK>`` under NCCL, else the CPU."""
+    proximal: ProximalTerm | None = None
+    """FedProx's term for this round (``strategy.proximalMu`` > 0, clients only): a task's
+    ``train`` adds ``ctx.proximal(model)`` to each batch's loss before ``backward``, as
+    ``SupervisedTask.train`` does (``fedcore.tasks.proximal``)."""
 
     @classmethod
     def for_aggregator(cls, spec: FederatedJobSpec, round_: int) -> TaskContext:
@@ -109,7 +114,8 @@ class Task(Protocol):
 
         ``model`` is wrapped in DistributedDataParallel when the group has several ranks, and
         ``loader`` draws from a ``DistributedSampler``: call ``loader.sampler.set_epoch(e)``
-        at the start of every local epoch.
+        at the start of every local epoch. When ``ctx.proximal`` is set (FedProx), add
+        ``ctx.proximal(model)`` to each batch's loss before ``backward``.
         """
         ...
 
@@ -369,7 +375,9 @@ class SupervisedTask:
         self, model: nn.Module, loader: DataLoader[Any], ctx: TaskContext
     ) -> dict[str, float]:
         """``localEpochs`` passes of the optimizer over ``loader``; returns the mean batch
-        loss over all steps (``loss``) and, for classification, the training accuracy."""
+        loss over all steps (``loss``) and, for classification, the training accuracy.
+        With FedProx the optimizer minimises the loss plus ``ctx.proximal(model)``; the
+        reported ``loss`` is the task's own, without the term."""
         cfg = self.train_config(ctx)
         classification = self.is_classification(ctx)
         optimizer = self.make_optimizer(model.parameters(), cfg)
@@ -386,7 +394,8 @@ class SupervisedTask:
                 optimizer.zero_grad(set_to_none=True)
                 outputs = model(inputs)
                 loss = self.loss(outputs, targets, ctx)
-                loss.backward()  # type: ignore[no-untyped-call]
+                objective = loss if ctx.proximal is None else loss + ctx.proximal(model)
+                objective.backward()  # type: ignore[no-untyped-call]
                 optimizer.step()
                 n = int(targets.shape[0])
                 loss_sum += loss.detach().to(torch.float64) * n

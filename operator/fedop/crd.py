@@ -210,6 +210,40 @@ EXTRAS: dict[str, Schema] = {
                 "fieldPath": ".serverMomentum",
                 "reason": "FieldValueInvalid",
             },
+            *(
+                {
+                    "rule": f"!has(self.{field}) || (has(self.name) && self.name in {list(names)})",
+                    "message": (
+                        f"{field} applies to {', '.join(names)} only; set strategy.name to one "
+                        f"of them, or remove {field}"
+                    ),
+                    "fieldPath": f".{field}",
+                    "reason": "FieldValueForbidden",
+                }
+                for field, names in (
+                    ("beta1", fs.FEDOPT),
+                    ("tau", fs.FEDOPT),
+                    ("beta2", ("fedadam", "fedyogi")),
+                )
+            ),
+            {
+                "rule": "!has(self.name) || self.name != 'fedprox' || has(self.proximalMu)",
+                "message": (
+                    "fedprox needs proximalMu, the weight of the proximal term (e.g. 0.01); "
+                    "set strategy.proximalMu"
+                ),
+                "fieldPath": ".proximalMu",
+                "reason": "FieldValueRequired",
+            },
+            {
+                "rule": "!has(self.clipQuantile) || has(self.clipNorm)",
+                "message": (
+                    "clipQuantile needs clipNorm, the first round's bound (no norm has been "
+                    "measured yet); set clipNorm too, or remove clipQuantile"
+                ),
+                "fieldPath": ".clipQuantile",
+                "reason": "FieldValueRequired",
+            },
         ],
     },
     "spec.clients": {

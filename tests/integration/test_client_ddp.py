@@ -74,8 +74,16 @@ def free_port() -> int:
         return port
 
 
-def write_job(folder: Path, *, replicas: int, procs: int, entrypoint: str, **config: Any) -> Path:
-    job = {
+def write_job(
+    folder: Path,
+    *,
+    replicas: int,
+    procs: int,
+    entrypoint: str,
+    strategy: dict[str, Any] | None = None,
+    **config: Any,
+) -> Path:
+    job: dict[str, Any] = {
         "apiVersion": "fedkube.io/v1alpha1",
         "kind": "FederatedJob",
         "metadata": {"name": "ddp-test"},
@@ -89,6 +97,8 @@ def write_job(folder: Path, *, replicas: int, procs: int, entrypoint: str, **con
             ],
         },
     }
+    if strategy is not None:
+        job["spec"]["strategy"] = strategy
     path = folder / "job.json"
     path.write_text(json.dumps(job))
     return path
@@ -196,11 +206,18 @@ def wait_exit(pods: list[tuple[subprocess.Popen[bytes], Path]]) -> list[int]:
 
 
 def run_group(
-    folder: Path, *, replicas: int, procs: int, entrypoint: str = "fedcore.tasks.synthetic:task"
+    folder: Path,
+    *,
+    replicas: int,
+    procs: int,
+    entrypoint: str = "fedcore.tasks.synthetic:task",
+    strategy: dict[str, Any] | None = None,
 ) -> GroupRun:
     """Commit round 0, run the group until its update is in, finish the job, collect."""
     folder.mkdir(parents=True, exist_ok=True)
-    job_path = write_job(folder, replicas=replicas, procs=procs, entrypoint=entrypoint)
+    job_path = write_job(
+        folder, replicas=replicas, procs=procs, entrypoint=entrypoint, strategy=strategy
+    )
     job = load_job(job_path)
     store = LocalStore(folder / "store", job_prefix(job))
     commit_round_zero(job, store, folder)

@@ -341,6 +341,7 @@ def test_cross_field_rules_are_cel_validations(schema: Schema) -> None:
 
     assert any("self.strategy.minClients <= size(self.clients)" in r for r in spec_rules)
     assert any("serverMomentum" in r for r in rules(at(schema, "spec.strategy")))
+    assert "!has(self.clipQuantile) || has(self.clipNorm)" in rules(at(schema, "spec.strategy"))
     assert any("self.name != 'aggregator'" in r for r in rules(at(schema, "spec.clients[]")))
     assert f"size(self.metadata.name) <= {fs.MAX_JOB_NAME}" in root
     assert any(

@@ -84,7 +84,7 @@ def test_camel_case_wire_names_round_trip() -> None:
         pytest.param(
             {"strategy": {"name": "fedsgd"}},
             "spec.strategy.name",
-            "'fedavg' or 'fedavgm'",
+            "'fedadam', 'fedyogi', 'fedadagrad' or 'fedprox'",
             id="unknown strategy",
         ),
         pytest.param(

@@ -32,8 +32,13 @@ def test_public_names_are_pinned() -> None:
     assert fedcore.strategies.__all__ == [
         "MAX_NUM_SAMPLES",
         "STRATEGIES",
+        "FedAdagrad",
+        "FedAdam",
         "FedAvg",
         "FedAvgM",
+        "FedOpt",
+        "FedProx",
+        "FedYogi",
         "Strategy",
         "build_strategy",
     ]
