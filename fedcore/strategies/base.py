@@ -28,7 +28,7 @@ from typing import ClassVar
 import torch
 
 from fedcore.strategies.weighting import FoldWeight
-from fedcore.weights import Template, Tensors, TensorSource
+from fedcore.weights import FLOAT_DTYPES, Template, Tensors, TensorSource, dtype_name
 
 MAX_NUM_SAMPLES = 10**12
 """Largest accepted FedAvg weight of one update. Far above any real dataset, low enough that
@@ -80,6 +80,31 @@ def check_num_samples(num_samples: int) -> None:
             f"num_samples must be between 1 and {MAX_NUM_SAMPLES}, got {num_samples}; "
             "an update trained on no samples carries no weight and must not be folded"
         )
+
+
+def server_state_dtype(model_dtype: torch.dtype) -> torch.dtype:
+    """The dtype server state (momentum, moments) of a float tensor is kept in: the model's,
+    at least float32, so that low-precision models do not lose the state's small values."""
+    return torch.promote_types(model_dtype, torch.float32)
+
+
+def check_server_state(what: str, state: Mapping[str, torch.Tensor], template: Template) -> None:
+    """Refuse server state (``what``: "the server momentum", ...) that does not fit the model:
+    a tensor the model lacks, or one of another shape or dtype. Loaded state comes from the
+    store, so a mismatch means it belongs to another model."""
+    for name, kept in state.items():
+        spec = template.get(name)
+        if spec is None or spec.dtype not in FLOAT_DTYPES:
+            raise ValueError(
+                f"{what} has a tensor {name!r} that is not a float tensor of the model; the "
+                "state belongs to another model"
+            )
+        want = server_state_dtype(spec.dtype)
+        if tuple(kept.shape) != tuple(spec.shape) or kept.dtype != want:
+            raise ValueError(
+                f"{what} of {name!r} is {dtype_name(kept.dtype)}{list(kept.shape)}, expected "
+                f"{dtype_name(want)}{list(spec.shape)}; the state belongs to another model"
+            )
 
 
 class Strategy(ABC):

@@ -28,9 +28,10 @@ from typing import ClassVar
 import torch
 
 from fedcore.spec import StrategySpec
+from fedcore.strategies.base import check_server_state, server_state_dtype
 from fedcore.strategies.clipping import BOUND_KEY
 from fedcore.strategies.fedavg import FedAvg, add_chunked_
-from fedcore.weights import FLOAT_DTYPES, Template, Tensors, dtype_name
+from fedcore.weights import Template, Tensors
 
 MOMENTUM_PREFIX = "momentum/"
 """State keys are ``momentum/<tensor name>``, so a state blob says what it holds."""
@@ -77,20 +78,7 @@ class FedAvgM(FedAvg):
 
     def begin_round(self, template: Template) -> None:
         super().begin_round(template)
-        for name, m in self._momentum.items():
-            spec = template.get(name)
-            if spec is None or spec.dtype not in FLOAT_DTYPES:
-                raise ValueError(
-                    f"the server momentum has a tensor {name!r} that is not a float tensor of "
-                    "the model; the state belongs to another model"
-                )
-            want = _momentum_dtype(spec.dtype)
-            if tuple(m.shape) != tuple(spec.shape) or m.dtype != want:
-                raise ValueError(
-                    f"the server momentum of {name!r} is {dtype_name(m.dtype)}{list(m.shape)}, "
-                    f"expected {dtype_name(want)}{list(spec.shape)}; the state belongs to "
-                    "another model"
-                )
+        check_server_state("the server momentum", self._momentum, template)
 
     def _server_step(self, name: str, mean_delta: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
         previous = self._momentum.pop(name, None)
@@ -100,14 +88,14 @@ class FedAvgM(FedAvg):
         # Keep the rounded momentum (what is persisted and reloaded) and step with the exact
         # float64 one: a resumed aggregator sees the same rounded m_t as one that never
         # stopped, and with beta = 0 the step is FedAvg's to the bit.
-        self._momentum[name] = mean_delta.to(_momentum_dtype(base.dtype), copy=True)
+        self._momentum[name] = mean_delta.to(server_state_dtype(base.dtype), copy=True)
         return super()._server_step(name, mean_delta, base)
 
     def _step_is_finite(self, name: str, delta: torch.Tensor, base: torch.Tensor) -> bool:
         previous = self._momentum.get(name)
         if previous is not None:
             add_chunked_(delta, previous, alpha=self.server_momentum)
-        if not bool(torch.isfinite(delta.to(_momentum_dtype(base.dtype))).all()):
+        if not bool(torch.isfinite(delta.to(server_state_dtype(base.dtype))).all()):
             return False  # the momentum kept for the next round would hold inf
         return super()._step_is_finite(name, delta, base)
 
@@ -130,7 +118,3 @@ class FedAvgM(FedAvg):
                 )
             momentum[key.removeprefix(MOMENTUM_PREFIX)] = tensor.detach().cpu()
         self._momentum = momentum
-
-
-def _momentum_dtype(model_dtype: torch.dtype) -> torch.dtype:
-    return torch.promote_types(model_dtype, torch.float32)

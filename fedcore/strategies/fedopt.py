@@ -38,9 +38,10 @@ from typing import ClassVar, Literal
 import torch
 
 from fedcore.spec import StrategySpec
+from fedcore.strategies.base import check_server_state, server_state_dtype
 from fedcore.strategies.clipping import BOUND_KEY
 from fedcore.strategies.fedavg import FedAvg
-from fedcore.weights import FLOAT_DTYPES, Template, Tensors, dtype_name
+from fedcore.weights import Template, Tensors
 
 Variant = Literal["fedadam", "fedyogi", "fedadagrad"]
 FIRST = "first_moment/"
@@ -103,21 +104,8 @@ class FedOpt(FedAvg):
 
     def begin_round(self, template: Template) -> None:
         super().begin_round(template)
-        for label, moments in (("first", self._first), ("second", self._second)):
-            for name, m in moments.items():
-                spec = template.get(name)
-                if spec is None or spec.dtype not in FLOAT_DTYPES:
-                    raise ValueError(
-                        f"the {label} moment has a tensor {name!r} that is not a float tensor "
-                        "of the model; the state belongs to another model"
-                    )
-                want = _state_dtype(spec.dtype)
-                if tuple(m.shape) != tuple(spec.shape) or m.dtype != want:
-                    raise ValueError(
-                        f"the {label} moment of {name!r} is {dtype_name(m.dtype)}"
-                        f"{list(m.shape)}, expected {dtype_name(want)}{list(spec.shape)}; the "
-                        "state belongs to another model"
-                    )
+        check_server_state("the first moment", self._first, template)
+        check_server_state("the second moment", self._second, template)
 
     def _moments(self, name: str, delta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(m_t, v_t)`` in float64 from the kept ``m_{t-1}``, ``v_{t-1}`` (changes nothing)."""
@@ -144,7 +132,7 @@ class FedOpt(FedAvg):
     def _server_step(self, name: str, mean_delta: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
         first, second = self._moments(name, mean_delta)
         step = self._step(first, second)
-        keep = _state_dtype(base.dtype)
+        keep = server_state_dtype(base.dtype)
         self._first[name] = first.to(keep)
         self._second[name] = second.to(keep)
         del first, second
@@ -152,7 +140,7 @@ class FedOpt(FedAvg):
 
     def _step_is_finite(self, name: str, delta: torch.Tensor, base: torch.Tensor) -> bool:
         first, second = self._moments(name, delta)
-        keep = _state_dtype(base.dtype)
+        keep = server_state_dtype(base.dtype)
         if not (
             bool(torch.isfinite(first.to(keep)).all())
             and bool(torch.isfinite(second.to(keep)).all())
@@ -211,10 +199,6 @@ class FedAdagrad(FedOpt):
 
     name: ClassVar[str] = "fedadagrad"
     variant: ClassVar[Variant] = "fedadagrad"
-
-
-def _state_dtype(model_dtype: torch.dtype) -> torch.dtype:
-    return torch.promote_types(model_dtype, torch.float32)
 
 
 __all__ = ["FedAdagrad", "FedAdam", "FedOpt", "FedYogi"]
