@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from fedcore import __version__
 from fedcore.errors import FedcoreError, SpecError
-from fedcore.exitcodes import EXIT_INTERRUPTED, EXIT_OK, exit_code_for
+from fedcore.exitcodes import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, EXIT_OK, exit_code_for
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -139,6 +140,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"fedkube {args.command}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader went away (`fedkube status ... | head`): nothing more to say to it, and
+        # Python would print a traceback when it flushes stdout at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
 
 
 if __name__ == "__main__":

@@ -22,6 +22,8 @@ EXIT_CONFIG = 2
 """The job file, the command line or the task is wrong: fix it; a restart cannot help."""
 EXIT_INTERRUPTED = 130
 """Stopped by Ctrl-C (128 + SIGINT)."""
+EXIT_BROKEN_PIPE = 141
+"""The reader of the output went away (128 + SIGPIPE, as a shell reports ``cmd | head``)."""
 
 
 def exit_code_for(error: FedcoreError) -> int:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,7 +15,7 @@ from fedcore import layout
 from fedcore.cli import main
 from fedcore.commit_signing import CommitSigner, load_signer
 from fedcore.errors import FedcoreError, ObjectNotFound, RoundProtocolError, SpecError, TaskError
-from fedcore.exitcodes import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, exit_code_for
+from fedcore.exitcodes import EXIT_BROKEN_PIPE, EXIT_CONFIG, EXIT_FAILED, EXIT_OK, exit_code_for
 from fedcore.runner import RunDir, write_commit_key
 from fedcore.spec import job_prefix, load_job
 from fedcore.store import LocalStore
@@ -318,3 +321,22 @@ def test_yaml_errors_name_the_file_and_the_line(
     assert f"{path}: invalid FederatedJob" in err
     assert "<file> (line 6): not valid YAML" in err
     assert "<unicode string>" not in err
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly() -> None:
+    """``fedkube status ... | head``: no traceback when the pipe closes under the output."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # every write to the pipe now fails with EPIPE
+
+    done = subprocess.run(
+        [sys.executable, "-m", "fedcore.cli", "validate", str(EXAMPLES / "digits.yaml")],
+        stdout=write_end,
+        stderr=subprocess.PIPE,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    os.close(write_end)
+
+    assert done.returncode == EXIT_BROKEN_PIPE
+    assert "Traceback" not in done.stderr
