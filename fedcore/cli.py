@@ -64,9 +64,36 @@ def _parser() -> argparse.ArgumentParser:
     aggregator = sub.add_parser("aggregator", help="(pods) run the aggregator's round loop")
     aggregator.add_argument("--job", type=Path, required=True, metavar="FILE")
 
-    client = sub.add_parser("client", help="(pods) run one pod of a client's DDP group")
-    client.add_argument("--job", type=Path, required=True, metavar="FILE")
-    client.add_argument("--client", required=True, metavar="NAME")
+    client = sub.add_parser(
+        "client",
+        help="run one pod's (or, with --bundle, one site machine's) share of a client's DDP group",
+        description="In a pod: --job FILE --client NAME. At a site: --bundle FILE "
+        "--nproc-per-node N, with NNODES, NODE_RANK, MASTER_ADDR and MASTER_PORT as for "
+        "torchrun when the group spans several machines.",
+    )
+    client.add_argument("--job", type=Path, metavar="FILE")
+    client.add_argument("--client", metavar="NAME")
+    client.add_argument("--bundle", type=Path, metavar="FILE", help="a site's join bundle")
+    client.add_argument(
+        "--nproc-per-node",
+        type=int,
+        default=None,
+        metavar="N",
+        help="training processes on this machine (with --bundle; default: the site's "
+        "procsPerReplica)",
+    )
+
+    site = sub.add_parser("site", help="a site's side of a job: its join bundle")
+    site_sub = site.add_subparsers(dest="site_command", required=True, metavar="SUBCOMMAND")
+    bundle = site_sub.add_parser(
+        "bundle", help="export a site client's join bundle from the coordinator's cluster"
+    )
+    bundle.add_argument("job", help="the FederatedJob's name")
+    bundle.add_argument("client", help="the site client's name (spec.clients[].name)")
+    bundle.add_argument("-o", "--output", type=Path, required=True, metavar="FILE")
+    bundle.add_argument("-n", "--namespace", default=None)
+    bundle.add_argument("--kubeconfig", default=None)
+    bundle.add_argument("--context", default=None)
     return parser
 
 
@@ -114,10 +141,46 @@ def _cmd_aggregator(args: argparse.Namespace) -> int:
 
 
 def _cmd_client(args: argparse.Namespace) -> int:
+    if args.bundle is not None:
+        if args.job is not None or args.client is not None:
+            raise SpecError(
+                [("<command line>", "--bundle names the job and the client; drop --job/--client")]
+            )
+        from fedcore.join_bundle import read_bundle
+        from fedcore.site import run_site_client
+
+        nproc = args.nproc_per_node
+        if nproc is None:
+            bundle = read_bundle(args.bundle)
+            nproc = bundle.job.spec.client(bundle.client).procs_per_replica
+        return run_site_client(args.bundle, nproc)
+    if args.job is None or args.client is None or args.nproc_per_node is not None:
+        raise SpecError(
+            [
+                (
+                    "<command line>",
+                    "give --job FILE --client NAME (a pod), or --bundle FILE "
+                    "[--nproc-per-node N] (a site)",
+                )
+            ]
+        )
     from fedcore.client import launch_client_group
 
     result = launch_client_group(args.job, args.client)
     return int(result) if isinstance(result, int) else EXIT_OK
+
+
+def _cmd_site(args: argparse.Namespace) -> int:
+    from fedcore.site import KubectlTarget, export_bundle
+
+    target = KubectlTarget(args.kubeconfig, args.context, args.namespace)
+    bundle = export_bundle(args.job, args.client, args.output, target)
+    print(
+        f"wrote the join bundle of site {bundle.client!r} of job {bundle.job.name!r} to "
+        f"{args.output} (keep it secret; its store credential expires "
+        f"{bundle.credentials.expiration.isoformat()})"
+    )
+    return EXIT_OK
 
 
 _COMMANDS = {
@@ -126,6 +189,7 @@ _COMMANDS = {
     "status": _cmd_status,
     "aggregator": _cmd_aggregator,
     "client": _cmd_client,
+    "site": _cmd_site,
 }
 
 

@@ -174,9 +174,11 @@ _GPU_LIMIT_AGREES = (
     f" || string(self.resources.limits.{_GPU}) == string(self.procsPerReplica)"
 )
 
-_SITE_WITHOUT_POD_FIELDS = "!has(self.site) || (" + " && ".join(
-    f"!has(self.{to_camel(f)})" for f in fs.SITE_POD_FIELDS
-) + ")"
+_SITE_WITHOUT_POD_FIELDS = (
+    "!has(self.site) || ("
+    + " && ".join(f"!has(self.{to_camel(f)})" for f in fs.SITE_POD_FIELDS)
+    + ")"
+)
 _SITES_ARE_SCOPED = (
     "!has(self.storage) || !has(self.storage.credentials) || self.storage.credentials != 'shared'"
     " || self.clients.all(c, !has(c.site))"
