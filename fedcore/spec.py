@@ -235,7 +235,8 @@ class ClientSpec(_Model):
     def _site_has_no_pod_fields(self) -> ClientSpec:
         if self.site is None:
             return self
-        given = [f for f in SITE_POD_FIELDS if f in self.model_fields_set]
+        # Empty is fine: the job file every pod reads spells out each default.
+        given = [f for f in SITE_POD_FIELDS if getattr(self, f)]
         if given:
             wire = ", ".join(to_camel(f) for f in given)
             raise ValueError(
