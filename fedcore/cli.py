@@ -94,6 +94,26 @@ def _parser() -> argparse.ArgumentParser:
     bundle.add_argument("-n", "--namespace", default=None)
     bundle.add_argument("--kubeconfig", default=None)
     bundle.add_argument("--context", default=None)
+    policy = site_sub.add_parser(
+        "policy",
+        help="print the store policy of a long-lived store user for a site client",
+        description="Print, as an IAM or MinIO user policy, exactly what a site client may do "
+        "in the store (the scoped client's session policy). The store admin creates the user "
+        "with it (mc admin policy create / attach, or IAM) and stores its keys in the Secret "
+        "named by the client's site.storeUser.",
+    )
+    policy.add_argument("job", help="the FederatedJob's name")
+    policy.add_argument("client", help="the site client's name (spec.clients[].name)")
+    policy.add_argument(
+        "--job-file",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="read the job from this file (a fedkube run job) instead of the cluster",
+    )
+    policy.add_argument("-n", "--namespace", default=None)
+    policy.add_argument("--kubeconfig", default=None)
+    policy.add_argument("--context", default=None)
     return parser
 
 
@@ -171,14 +191,32 @@ def _cmd_client(args: argparse.Namespace) -> int:
 
 
 def _cmd_site(args: argparse.Namespace) -> int:
-    from fedcore.site import KubectlTarget, export_bundle
+    from fedcore.credentials import ScopedCredentials
+    from fedcore.site import KubectlTarget, cluster_job, export_bundle, site_policy
 
     target = KubectlTarget(args.kubeconfig, args.context, args.namespace)
+    if args.site_command == "policy":
+        if args.job_file is not None:
+            from fedcore.spec import load_job
+
+            job = load_job(args.job_file)
+            if job.name != args.job:
+                raise SpecError(
+                    [("metadata.name", f"{args.job_file} holds job {job.name!r}, not {args.job!r}")]
+                )
+        else:
+            job = cluster_job(args.job, target)
+        print(json.dumps(site_policy(job, args.client), indent=2))
+        return EXIT_OK
     bundle = export_bundle(args.job, args.client, args.output, target)
+    lasts = (
+        f"expires {bundle.credentials.expiration.isoformat()}"
+        if isinstance(bundle.credentials, ScopedCredentials)
+        else "is the site's long-lived store user"
+    )
     print(
         f"wrote the join bundle of site {bundle.client!r} of job {bundle.job.name!r} to "
-        f"{args.output} (keep it secret; its store credential expires "
-        f"{bundle.credentials.expiration.isoformat()})"
+        f"{args.output} (keep it secret; its store credential {lasts})"
     )
     return EXIT_OK
 

@@ -8,7 +8,8 @@ the job only through the bucket. The coordinator's operator keeps its bundle in 
     {"apiVersion": "fedkube.io/v1alpha1", "kind": "FederatedJoinBundle",
      "client": "<name>",
      "store": {"endpoint": ..., "bucket": ..., "prefix": "<the job's full prefix>/", "region": ...},
-     "credentials": {credentials.json: accessKeyId, secretAccessKey, sessionToken, expiration},
+     "credentials": {credentials.json: accessKeyId, secretAccessKey, sessionToken, expiration}
+                    or {"accessKeyId", "secretAccessKey"} (a long-lived store user of the site),
      "signingKey": "<the client's HMAC key, hex>",
      "commitPublicKey": "<the aggregator's Ed25519 public key, PEM>",
      "job": {the job file every pod reads: apiVersion, kind, metadata, spec}}
@@ -54,12 +55,32 @@ _FIELDS = (
 
 
 @dataclass(frozen=True, repr=False)
+class StoreUserKeys:
+    """The keys of a long-lived store user made for one site (``fedkube site policy``): no
+    session token, no expiry; the store admin revokes them. Its repr shows no secret."""
+
+    access_key_id: str
+    secret_access_key: str
+
+    def __repr__(self) -> str:
+        return "StoreUserKeys(<redacted>)"
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {"accessKeyId": self.access_key_id, "secretAccessKey": self.secret_access_key}
+        )
+
+
+SiteCredentials = fc.ScopedCredentials | StoreUserKeys
+
+
+@dataclass(frozen=True, repr=False)
 class JoinBundle:
     """A parsed, checked bundle. Its repr shows no secret."""
 
     client: str
     job: fs.FederatedJob
-    credentials: fc.ScopedCredentials
+    credentials: SiteCredentials
     signing_key: str
     commit_public_key: str
 
@@ -157,10 +178,7 @@ def load_bundle(data: bytes | str, *, source: str = "bundle.json") -> JoinBundle
             f"{source}: field 'store' disagrees with the job's spec.storage and prefix; the "
             "file was edited: export it again"
         )
-    try:
-        creds = fc.load_credentials(json.dumps(obj["credentials"]), source=f"{source}: credentials")
-    except CredentialsError as e:
-        raise BundleError(str(e)) from e
+    creds = _credentials(obj["credentials"], f"{source}: credentials")
     key = obj["signingKey"]
     if not isinstance(key, str) or not key.strip():
         raise BundleError(f"{source}: field 'signingKey' must be a non-empty string")
@@ -170,6 +188,22 @@ def load_bundle(data: bytes | str, *, source: str = "bundle.json") -> JoinBundle
             f"{source}: field 'commitPublicKey' must be the PEM text of the job's commit public key"
         )
     return JoinBundle(client, job, creds, key, pem)
+
+
+def _credentials(value: Any, source: str) -> SiteCredentials:
+    if isinstance(value, dict) and set(value) == {"accessKeyId", "secretAccessKey"}:
+        access, secret = value["accessKeyId"], value["secretAccessKey"]
+        if not all(isinstance(v, str) and v.strip() for v in (access, secret)):
+            raise BundleError(
+                f"{source}: accessKeyId and secretAccessKey must be non-empty strings"
+            )
+        return StoreUserKeys(access, secret)
+    try:
+        return fc.load_credentials(json.dumps(value), source=source)
+    except CredentialsError as e:
+        raise BundleError(
+            f"{e} (or, for a long-lived store user, exactly accessKeyId and secretAccessKey)"
+        ) from e
 
 
 def read_bundle(path: str | os.PathLike[str]) -> JoinBundle:

@@ -28,6 +28,7 @@ from typing import Any
 
 from fedcore import credentials as fc
 from fedcore import join_bundle as jb
+from fedcore import spec as fs
 from fedcore.commit_signing import COMMIT_PUBLIC_KEY_FILE_ENV
 from fedcore.errors import BundleError
 from fedcore.signing import SIGNING_KEY_FILE_ENV
@@ -83,6 +84,45 @@ def export_bundle(
     bundle = jb.load_bundle(data, source=f"Secret {name}")
     jb.write_private(out, data)
     return bundle
+
+
+def _kubectl_json(argv: list[str], what: str) -> dict[str, Any]:
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise BundleError(f"cannot run {argv[0]!r} to read {what} ({e})") from e
+    if done.returncode != 0:
+        raise BundleError(
+            f"kubectl could not read {what}: {done.stderr.strip() or done.returncode}"
+        )
+    found: dict[str, Any] = json.loads(done.stdout)
+    return found
+
+
+def cluster_job(
+    job: str, target: KubectlTarget = KubectlTarget(), *, kubectl: str = "kubectl"
+) -> fs.FederatedJob:
+    """The FederatedJob ``job`` as the coordinator's API server holds it (its uid decides the
+    default store prefix)."""
+    argv = [kubectl, *target.args(), "get", f"federatedjobs.{fs.API_GROUP}", job, "-o", "json"]
+    obj = _kubectl_json(argv, f"FederatedJob {job}")
+    meta = obj.get("metadata") or {}
+    obj["metadata"] = {k: meta[k] for k in ("name", "namespace", "uid") if k in meta}
+    return fs.parse_job(obj, source=f"FederatedJob {job}")
+
+
+def site_policy(job: fs.FederatedJob, client: str) -> dict[str, Any]:
+    """The store policy of a long-lived user for site ``client``: the very session policy a
+    scoped client credential gets (``fedcore.credentials``), as an IAM or MinIO user policy."""
+    spec = job.spec.client(client)
+    if not spec.is_site:
+        raise BundleError(
+            f"client {client!r} of job {job.name!r} is not a site (spec.clients[].site is "
+            "unset): the coordinator gives its pods minted credentials, it needs no store user"
+        )
+    return fc.session_policy(
+        job.spec.storage.bucket, fs.job_prefix(job), fc.Role.for_client(client)
+    )
 
 
 # ---- the site's DDP group ------------------------------------------------------------------
@@ -164,15 +204,30 @@ def materialize(
     jb.write_private(key, bundle.signing_key.encode())
     public = folder / "commit-public-key.pem"
     public.write_text(bundle.commit_public_key)
-    creds = folder / fc.CREDENTIALS_FILE_NAME
-    fc.write_credentials_file(creds, bundle.credentials)
     env = {
         SIGNING_KEY_FILE_ENV: str(key),
         COMMIT_PUBLIC_KEY_FILE_ENV: str(public),
-        fc.CREDENTIALS_FILE_ENV: str(creds),
         **group.pet_environ(),
     }
+    if isinstance(bundle.credentials, jb.StoreUserKeys):
+        # A long-lived store user signs as the standard AWS variables say.
+        env["AWS_ACCESS_KEY_ID"] = bundle.credentials.access_key_id
+        env["AWS_SECRET_ACCESS_KEY"] = bundle.credentials.secret_access_key
+    else:
+        creds = folder / fc.CREDENTIALS_FILE_NAME
+        fc.write_credentials_file(creds, bundle.credentials)
+        env[fc.CREDENTIALS_FILE_ENV] = str(creds)
     return job_file, env
+
+
+SITE_CLEARED_ENV = (
+    fc.CREDENTIALS_FILE_ENV,
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_PROFILE",
+)
+"""Store credentials of the machine's environment: the bundle's alone must sign."""
 
 
 def run_site_client(
@@ -188,5 +243,7 @@ def run_site_client(
     group = SiteGroup.from_environ(environ, nproc_per_node)
     with tempfile.TemporaryDirectory(prefix="fedkube-site-") as tmp:
         job_file, env = materialize(bundle, group, Path(tmp))
+        for name in SITE_CLEARED_ENV:
+            environ.pop(name, None)
         environ.update(env)
         return launch_client_group(job_file, bundle.client)

@@ -172,6 +172,11 @@ class SiteSpec(_Model):
     """Seconds the coordinator waits for the site's next update, counted from the job's start
     and then from the last update of the site it saw, before dropping the site (as it drops a
     group past its restart budget). Longer than a round: a site may miss a round or two."""
+    store_user: SecretRef | None = None
+    """Secret (coordinator's namespace) with the keys of a long-lived store user made for this
+    site from ``fedkube site policy`` (``mc admin`` or IAM): the join bundle then carries these
+    keys instead of a temporary STS credential, which expires with no way to reach the site.
+    Unset: the bundle carries a minted credential (as long as the operator's lifetime)."""
 
 
 SITE_POD_FIELDS: Final[tuple[str, ...]] = (

@@ -143,24 +143,32 @@ class Executor:
         """Gather the site's store credentials, signing key and the job's commit public key
         with the job file into ``<job>-<client>-join``."""
         job, client = target.job, action.client
-        store_name = credentials.secret_name(job, credentials.client_role(client))
-        wanted = {
-            store_name: credentials.CREDENTIALS_KEY,
-            names.key_secret(job, client): secrets.KEY,
-            names.commit_key_secret(job): secrets.COMMIT_PUBLIC_KEY,
+        site = parsed.spec.client(client).site
+        user = site.store_user if site is not None else None
+        found = {
+            k: self._secret_text(job, name, key)
+            for k, (name, key) in {
+                "key": (names.key_secret(job, client), secrets.KEY),
+                "public": (names.commit_key_secret(job), secrets.COMMIT_PUBLIC_KEY),
+            }.items()
         }
-        found: dict[str, str] = {}
-        for name, key in wanted.items():
-            data = self._kube.read_secret(job.namespace, name) or {}
-            if key not in data:
-                raise FedopError(f"Secret {name} has no {key!r} yet; the join bundle waits")
-            found[name] = base64.b64decode(data[key]).decode()
+        if user is not None:
+            store_credentials = join_bundle.StoreUserKeys(
+                self._secret_text(job, user.name, user.access_key_id_key),
+                self._secret_text(job, user.name, user.secret_access_key_key),
+            ).to_json()
+        else:
+            store_credentials = self._secret_text(
+                job,
+                credentials.secret_name(job, credentials.client_role(client)),
+                credentials.CREDENTIALS_KEY,
+            )
         bundle = join_bundle.dump_bundle(
             configmap.job_document(job, parsed.spec),
             client,
-            found[store_name],
-            found[names.key_secret(job, client)],
-            found[names.commit_key_secret(job)],
+            store_credentials,
+            found["key"],
+            found["public"],
         )
         obj = join.join_secret(
             job, client, bundle, credentials_minted_at=action.credentials_minted_at
@@ -171,6 +179,12 @@ class Executor:
         else:
             _ignore(self._kube.create(obj, job))
         log.info("wrote the join bundle of site %s of %s/%s", client, job.namespace, job.name)
+
+    def _secret_text(self, job: names.JobRef, name: str, key: str) -> str:
+        data = self._kube.read_secret(job.namespace, name) or {}
+        if key not in data:
+            raise FedopError(f"Secret {name} has no {key!r} (yet); the site's join bundle waits")
+        return base64.b64decode(data[key]).decode()
 
     def _run_all(self, steps: Sequence[Callable[[], None]]) -> None:
         """Run one stage's steps in parallel; raise the first failure after all finished."""

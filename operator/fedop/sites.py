@@ -22,6 +22,9 @@ from fedop.builders import credentials, join, names
 from fedop.observed import Children
 
 WAITING = "Waiting for site"
+STORE_USER = "store-user"
+"""The minted-at mark of a bundle carrying a site's long-lived store user (never re-minted:
+to hand a site new keys, delete its join Secret and the next pass writes it again)."""
 
 
 @dataclass(frozen=True)
@@ -44,17 +47,21 @@ def join_actions(
     skip_clients: Collection[str] = (),
 ) -> list[WriteJoinBundle]:
     """Bundles to write now: a site's bundle once its store credentials, its signing key and
-    the job's commit key exist, and again whenever its store credentials were re-minted."""
+    the job's commit key exist, and again whenever its store credentials were re-minted (a
+    site with a long-lived store user: once its signing key exists)."""
     if not commit_key_known or credentials.mode(spec) != "scoped":
         return []
     actions = []
     for client in spec.clients:
         if not client.is_site or client.name in skip_clients:
             continue
-        store = children.secret_annotations.get(
-            credentials.secret_name(job, credentials.client_role(client.name))
-        )
-        minted = (store or {}).get(credentials.ANNOTATION_MINTED_AT)
+        if client.site is not None and client.site.store_user is not None:
+            minted: str | None = STORE_USER
+        else:
+            store = children.secret_annotations.get(
+                credentials.secret_name(job, credentials.client_role(client.name))
+            )
+            minted = (store or {}).get(credentials.ANNOTATION_MINTED_AT)
         if minted is None or names.key_secret(job, client.name) not in children.secrets:
             continue
         current = children.secret_annotations.get(join.secret_name(job, client.name))

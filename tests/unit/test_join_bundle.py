@@ -256,3 +256,61 @@ def test_the_executor_gathers_the_sites_secrets_into_its_join_secret() -> None:
     written = jb.load_bundle(base64.b64decode(obj["data"][join.BUNDLE_KEY]))
     assert (written.credentials, written.signing_key) == (CREDS, KEY)
     assert written.commit_public_key == COMMIT_PUBLIC_PEM
+
+
+def test_a_bundle_may_carry_a_long_lived_store_user_which_signs_as_aws_variables(
+    tmp_path: Path,
+) -> None:
+    document = configmap.job_document(JOB, site_job().spec)
+    keys = jb.StoreUserKeys("AKIDUSER", "user-secret")
+    data = jb.dump_bundle(document, "s", keys.to_json(), KEY, COMMIT_PUBLIC_PEM)
+
+    bundle = jb.load_bundle(data)
+    _, env = site.materialize(bundle, site.SiteGroup.from_environ({}, 1), tmp_path)
+
+    assert bundle.credentials == keys
+    assert "user-secret" not in repr(bundle.credentials)
+    assert (env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"]) == ("AKIDUSER", "user-secret")
+    assert fc.CREDENTIALS_FILE_ENV not in env
+
+
+def test_a_store_user_with_an_empty_key_is_refused() -> None:
+    with pytest.raises(BundleError, match="must be non-empty strings"):
+        jb.load_bundle(edited(credentials={"accessKeyId": "", "secretAccessKey": "x"}))
+
+
+def test_the_site_policy_is_the_scoped_clients_session_policy() -> None:
+    job = site_job()
+
+    policy = site.site_policy(job, "s")
+
+    assert policy == fc.session_policy(
+        "fedkube", "fedkube/team-a/digits-0f1e2d3c/", fc.Role.for_client("s")
+    )
+    with pytest.raises(BundleError, match="client 'a' of job 'digits' is not a site"):
+        site.site_policy(job, "a")
+
+
+def test_the_executor_puts_the_sites_store_user_keys_into_its_bundle() -> None:
+    spec = make_spec(
+        clients=[{"name": "a"}, {"name": "s", "site": {"storeUser": {"name": "s-user"}}}]
+    )
+    job = fs.FederatedJob(metadata=site_job().metadata, spec=spec)
+    kube = SecretKube(
+        {
+            "s-user": {"AWS_ACCESS_KEY_ID": b64("AKIDUSER"), "AWS_SECRET_ACCESS_KEY": b64("pw")},
+            names.key_secret(JOB, "s"): {secrets.KEY: b64(KEY)},
+            names.commit_key_secret(JOB): {secrets.COMMIT_PUBLIC_KEY: b64(COMMIT_PUBLIC_PEM)},
+        }
+    )
+    executor = Executor(cast(Kube, kube), StoreView(), ThreadPoolExecutor(max_workers=1))
+    target = Target(job=JOB, parsed=job, credentials=None, old_status=fs.FederatedJobStatus())
+    action = sites.WriteJoinBundle("s", sites.STORE_USER)
+
+    executor.apply(
+        target, reconcile.Plan(status=fs.FederatedJobStatus(), actions=(action,)), datetime.now(UTC)
+    )
+
+    ((_, obj, _),) = kube.calls
+    written = jb.load_bundle(base64.b64decode(obj["data"][join.BUNDLE_KEY]))
+    assert written.credentials == jb.StoreUserKeys("AKIDUSER", "pw")

@@ -236,3 +236,29 @@ def test_a_dropped_site_gets_no_new_bundle_or_credentials() -> None:
     assert names.client_job(JOB, "s") not in {
         a.obj["metadata"]["name"] for a in result.actions if isinstance(a, reconcile.Create)
     }
+
+
+def store_user_spec() -> fs.FederatedJobSpec:
+    return make_spec(
+        clients=[{"name": "a"}, {"name": "s", "site": {"storeUser": {"name": "site-s-user"}}}]
+    )
+
+
+def test_a_site_with_a_store_user_gets_no_minted_credential_and_one_bundle() -> None:
+    spec = store_user_spec()
+    kids = all_children(spec, [child("a", active=1, ready=1), child("aggregator", active=1)])
+    store_secret = credentials.secret_name(JOB, credentials.client_role("s"))
+    kids = replace(
+        kids,
+        secret_annotations={k: v for k, v in kids.secret_annotations.items() if k != store_secret},
+    )
+
+    first = plan(observe(spec, children=kids))
+    later = plan(
+        observe(spec, children=joined(kids, at_minted=sites.STORE_USER), now=T0 + timedelta(days=2))
+    )
+
+    assert "Secret/digits-s-store" not in created(first)
+    assert bundles(first) == [sites.WriteJoinBundle("s", sites.STORE_USER)]
+    assert bundles(later) == []
+    assert not any(getattr(a, "role", None) == credentials.client_role("s") for a in later.actions)
