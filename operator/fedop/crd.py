@@ -174,9 +174,16 @@ _GPU_LIMIT_AGREES = (
     f" || string(self.resources.limits.{_GPU}) == string(self.procsPerReplica)"
 )
 
+# Empty is allowed: a job file spells out every default, empty lists and maps included.
 _SITE_WITHOUT_POD_FIELDS = (
     "!has(self.site) || ("
-    + " && ".join(f"!has(self.{to_camel(f)})" for f in fs.SITE_POD_FIELDS)
+    + " && ".join(
+        # resources is an object of known fields (no size()): empty means neither is set.
+        "(!has(self.resources) || (!has(self.resources.limits) && !has(self.resources.requests)))"
+        if n == "resources"
+        else f"(!has(self.{n}) || size(self.{n}) == 0)"
+        for n in map(to_camel, fs.SITE_POD_FIELDS)
+    )
     + ")"
 )
 _SITES_ARE_SCOPED = (
