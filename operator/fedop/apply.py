@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from fedcore import join_bundle
 from fedcore import spec as fs
 from fedcore.commit_signing import generate_key_pair
+from fedcore.errors import BundleError, CredentialsError
 from fedcore.signing import generate_key
 from fedop import events, reconcile, rotation, sites, status
 from fedop.builders import configmap, credentials, join, names, secrets
@@ -163,13 +164,16 @@ class Executor:
                 credentials.secret_name(job, credentials.client_role(client)),
                 credentials.CREDENTIALS_KEY,
             )
-        bundle = join_bundle.dump_bundle(
-            configmap.job_document(job, parsed.spec),
-            client,
-            store_credentials,
-            found["key"],
-            found["public"],
-        )
+        try:
+            bundle = join_bundle.dump_bundle(
+                configmap.job_document(job, parsed.spec),
+                client,
+                store_credentials,
+                found["key"],
+                found["public"],
+            )
+        except BundleError as e:
+            raise CredentialsError(f"the join bundle of site {client} is not valid: {e}") from e
         obj = join.join_secret(
             job, client, bundle, credentials_minted_at=action.credentials_minted_at
         )
@@ -183,7 +187,12 @@ class Executor:
     def _secret_text(self, job: names.JobRef, name: str, key: str) -> str:
         data = self._kube.read_secret(job.namespace, name) or {}
         if key not in data:
-            raise FedopError(f"Secret {name} has no {key!r} (yet); the site's join bundle waits")
+            # Retried by the handler (a CredentialsError): the Secret may be made later.
+            raise CredentialsError(
+                f"Secret {name} in namespace {job.namespace} has no {key!r}, so the site's "
+                "join bundle cannot be written yet (for site.storeUser: create the Secret with "
+                "the store user's keys)"
+            )
         return base64.b64decode(data[key]).decode()
 
     def _run_all(self, steps: Sequence[Callable[[], None]]) -> None:

@@ -711,7 +711,7 @@ def _settle_clients(obs: Observation, draft: _Draft) -> None:
 def _set_phase_conditions(obs: Observation, draft: _Draft, old: Phase, creating: bool) -> None:
     created = status.condition(fs.FederatedJobStatus(conditions=draft.conditions), "Created")
     if not creating and (created is None or created.status != "True"):
-        n = len(obs.spec.clients)
+        n = sum(1 for c in obs.spec.clients if not c.is_site)  # sites run their own
         draft.condition(
             obs,
             "Created",

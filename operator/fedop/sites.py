@@ -89,8 +89,7 @@ def judge(
 ) -> Verdict:
     """The phase of site ``client`` (``spec.clients[index]``, not yet dropped) now:
     ``started`` is the job's start (None while it is not running, which stops the clock)."""
-    assert client.site is not None  # callers pass sites only (not user input)
-    timeout = client.site.timeout_seconds
+    timeout = (client.site or fs.SiteSpec()).timeout_seconds
     seen = current.last_seen if current.last_round is not None else None
     since = max((t for t in (seen, started) if t is not None), default=None)
     last = (

@@ -17,7 +17,7 @@ from fedcore import credentials as fc
 from fedcore import join_bundle as jb
 from fedcore import site
 from fedcore import spec as fs
-from fedcore.errors import BundleError
+from fedcore.errors import BundleError, CredentialsError
 from fedcore.exitcodes import EXIT_CONFIG, exit_code_for
 from fedop import reconcile, sites
 from fedop.apply import Executor, Target
@@ -314,3 +314,29 @@ def test_the_executor_puts_the_sites_store_user_keys_into_its_bundle() -> None:
     ((_, obj, _),) = kube.calls
     written = jb.load_bundle(base64.b64decode(obj["data"][join.BUNDLE_KEY]))
     assert written.credentials == jb.StoreUserKeys("AKIDUSER", "pw")
+
+
+def test_a_missing_store_user_secret_is_a_credentials_error_naming_it() -> None:
+    spec = make_spec(
+        clients=[{"name": "a"}, {"name": "s", "site": {"storeUser": {"name": "s-user"}}}]
+    )
+    job = fs.FederatedJob(metadata=site_job().metadata, spec=spec)
+    kube = SecretKube(
+        {
+            names.key_secret(JOB, "s"): {secrets.KEY: b64(KEY)},
+            names.commit_key_secret(JOB): {secrets.COMMIT_PUBLIC_KEY: b64(COMMIT_PUBLIC_PEM)},
+        }
+    )
+    executor = Executor(cast(Kube, kube), StoreView(), ThreadPoolExecutor(max_workers=1))
+    target = Target(job=JOB, parsed=job, credentials=None, old_status=fs.FederatedJobStatus())
+    action = sites.WriteJoinBundle("s", sites.STORE_USER)
+
+    with pytest.raises(
+        CredentialsError, match="Secret s-user in namespace team-a has no 'AWS_ACCESS_KEY_ID'"
+    ):
+        executor.apply(
+            target,
+            reconcile.Plan(status=fs.FederatedJobStatus(), actions=(action,)),
+            datetime.now(UTC),
+        )
+    assert kube.calls == []
