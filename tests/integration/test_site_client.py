@@ -21,7 +21,7 @@ from fedcore.commit_signing import load_verifier
 from fedcore.exitcodes import EXIT_CONFIG
 from fedcore.join_bundle import read_bundle
 from fedcore.spec import job_prefix
-from tests.fixtures.minio import MinioServer
+from tests.fixtures.minio import MinioServer, free_port
 from tests.integration.test_run_local import (
     REPO,
     RUN_SECONDS,
@@ -131,3 +131,52 @@ def test_a_bundle_that_is_not_one_fails_the_site_at_once(tmp: Path) -> None:
     assert site.returncode == EXIT_CONFIG
     assert "is not a FederatedJoinBundle" in site.stderr
     assert "Traceback" not in site.stderr
+
+
+def test_a_site_group_over_two_machines_joins_with_torchruns_rendezvous_variables(
+    minio: MinioServer, tmp: Path
+) -> None:
+    prefix = f"runs/site-{secrets.token_hex(4)}/"
+    storage = {"endpoint": minio.endpoint, "bucket": minio.bucket, "prefix": prefix}
+    clients = [{"name": "a"}, {"name": "b"}, {"name": SITE, "site": {}}]
+    job_file = write_job(tmp / "job.yaml", clients=clients, rounds=1, storage=storage)
+    bundle_file = tmp / "run" / "sites" / f"{SITE}.json"
+    port = str(free_port("127.0.0.1"))
+
+    run = start_run(job_file, tmp / "run", env=minio.env())
+    wait_for(bundle_file.exists, "the site's join bundle")
+    nodes = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "fedcore.cli",
+                "client",
+                "--bundle",
+                str(bundle_file),
+                "--nproc-per-node",
+                "1",
+            ],
+            cwd=tmp,
+            env={
+                **site_env(),
+                "NNODES": "2",
+                "NODE_RANK": str(rank),
+                "MASTER_ADDR": "127.0.0.1",
+                "MASTER_PORT": port,
+            },
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for rank in (0, 1)
+    ]
+    errors = [node.communicate(timeout=RUN_SECONDS)[1] for node in nodes]
+    code = run.wait()
+
+    assert [node.returncode for node in nodes] == [0, 0], errors[0][-3000:] + errors[1][-3000:]
+    assert code == 0, run.stderr()
+    assert "as pod 1 of 2" in errors[1]
+    body = minio.client().get_object(Bucket=minio.bucket, Key=prefix + layout.round_record_key(1))
+    record = layout.RoundRecord.model_validate_json(body["Body"].read())
+    assert sorted(record.participants) == ["a", "b", SITE]
