@@ -65,9 +65,56 @@ def _parser() -> argparse.ArgumentParser:
     aggregator = sub.add_parser("aggregator", help="(pods) run the aggregator's round loop")
     aggregator.add_argument("--job", type=Path, required=True, metavar="FILE")
 
-    client = sub.add_parser("client", help="(pods) run one pod of a client's DDP group")
-    client.add_argument("--job", type=Path, required=True, metavar="FILE")
-    client.add_argument("--client", required=True, metavar="NAME")
+    client = sub.add_parser(
+        "client",
+        help="run one pod's (or, with --bundle, one site machine's) share of a client's DDP group",
+        description="In a pod: --job FILE --client NAME. At a site: --bundle FILE "
+        "--nproc-per-node N, with NNODES, NODE_RANK, MASTER_ADDR and MASTER_PORT as for "
+        "torchrun when the group spans several machines.",
+    )
+    client.add_argument("--job", type=Path, metavar="FILE")
+    client.add_argument("--client", metavar="NAME")
+    client.add_argument("--bundle", type=Path, metavar="FILE", help="a site's join bundle")
+    client.add_argument(
+        "--nproc-per-node",
+        type=int,
+        default=None,
+        metavar="N",
+        help="training processes on this machine (with --bundle; default: the site's "
+        "procsPerReplica)",
+    )
+
+    site = sub.add_parser("site", help="a site's side of a job: its join bundle")
+    site_sub = site.add_subparsers(dest="site_command", required=True, metavar="SUBCOMMAND")
+    bundle = site_sub.add_parser(
+        "bundle", help="export a site client's join bundle from the coordinator's cluster"
+    )
+    bundle.add_argument("job", help="the FederatedJob's name")
+    bundle.add_argument("client", help="the site client's name (spec.clients[].name)")
+    bundle.add_argument("-o", "--output", type=Path, required=True, metavar="FILE")
+    bundle.add_argument("-n", "--namespace", default=None)
+    bundle.add_argument("--kubeconfig", default=None)
+    bundle.add_argument("--context", default=None)
+    policy = site_sub.add_parser(
+        "policy",
+        help="print the store policy of a long-lived store user for a site client",
+        description="Print, as an IAM or MinIO user policy, exactly what a site client may do "
+        "in the store (the scoped client's session policy). The store admin creates the user "
+        "with it (mc admin policy create / attach, or IAM) and stores its keys in the Secret "
+        "named by the client's site.storeUser.",
+    )
+    policy.add_argument("job", help="the FederatedJob's name")
+    policy.add_argument("client", help="the site client's name (spec.clients[].name)")
+    policy.add_argument(
+        "--job-file",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="read the job from this file (a fedkube run job) instead of the cluster",
+    )
+    policy.add_argument("-n", "--namespace", default=None)
+    policy.add_argument("--kubeconfig", default=None)
+    policy.add_argument("--context", default=None)
     return parser
 
 
@@ -115,10 +162,64 @@ def _cmd_aggregator(args: argparse.Namespace) -> int:
 
 
 def _cmd_client(args: argparse.Namespace) -> int:
+    if args.bundle is not None:
+        if args.job is not None or args.client is not None:
+            raise SpecError(
+                [("<command line>", "--bundle names the job and the client; drop --job/--client")]
+            )
+        from fedcore.join_bundle import read_bundle
+        from fedcore.site import run_site_client
+
+        nproc = args.nproc_per_node
+        if nproc is None:
+            bundle = read_bundle(args.bundle)
+            nproc = bundle.job.spec.client(bundle.client).procs_per_replica
+        return run_site_client(args.bundle, nproc)
+    if args.job is None or args.client is None or args.nproc_per_node is not None:
+        raise SpecError(
+            [
+                (
+                    "<command line>",
+                    "give --job FILE --client NAME (a pod), or --bundle FILE "
+                    "[--nproc-per-node N] (a site)",
+                )
+            ]
+        )
     from fedcore.client import launch_client_group
 
     result = launch_client_group(args.job, args.client)
     return int(result) if isinstance(result, int) else EXIT_OK
+
+
+def _cmd_site(args: argparse.Namespace) -> int:
+    from fedcore.credentials import ScopedCredentials
+    from fedcore.site import KubectlTarget, cluster_job, export_bundle, site_policy
+
+    target = KubectlTarget(args.kubeconfig, args.context, args.namespace)
+    if args.site_command == "policy":
+        if args.job_file is not None:
+            from fedcore.spec import load_job
+
+            job = load_job(args.job_file)
+            if job.name != args.job:
+                raise SpecError(
+                    [("metadata.name", f"{args.job_file} holds job {job.name!r}, not {args.job!r}")]
+                )
+        else:
+            job = cluster_job(args.job, target)
+        print(json.dumps(site_policy(job, args.client), indent=2))
+        return EXIT_OK
+    bundle = export_bundle(args.job, args.client, args.output, target)
+    lasts = (
+        f"expires {bundle.credentials.expiration.isoformat()}"
+        if isinstance(bundle.credentials, ScopedCredentials)
+        else "is the site's long-lived store user"
+    )
+    print(
+        f"wrote the join bundle of site {bundle.client!r} of job {bundle.job.name!r} to "
+        f"{args.output} (keep it secret; its store credential {lasts})"
+    )
+    return EXIT_OK
 
 
 _COMMANDS = {
@@ -127,6 +228,7 @@ _COMMANDS = {
     "status": _cmd_status,
     "aggregator": _cmd_aggregator,
     "client": _cmd_client,
+    "site": _cmd_site,
 }
 
 

@@ -13,6 +13,7 @@
     │       └── StsUnavailable  the store offers no STS AssumeRole for this credential
     ├── UpdateRejected       a client update failed validation (not fatal to the round)
     ├── TaskError            the user's task cannot be imported or breaks the task contract
+    ├── BundleError          a site's join bundle is missing, malformed or not its job's
     └── RoundProtocolError   the store's contents contradict the round protocol
 
 Callers catch the narrowest class they can act on; the CLI turns any ``FedcoreError`` into
@@ -99,6 +100,11 @@ class UpdateRejected(FedcoreError):
 
 class TaskError(FedcoreError):
     """The task named by ``spec.task.entrypoint`` cannot be loaded or misbehaves."""
+
+
+class BundleError(FedcoreError):
+    """A site's join bundle (``fedcore.join_bundle``) is missing, malformed or does not fit
+    its job: the site exports it again (``fedkube site bundle``)."""
 
 
 class RoundProtocolError(FedcoreError):

@@ -13,7 +13,7 @@ shares the numbers.
 
 from __future__ import annotations
 
-from fedcore.errors import FedcoreError, SpecError, StsUnavailable, TaskError
+from fedcore.errors import BundleError, FedcoreError, SpecError, StsUnavailable, TaskError
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -28,5 +28,5 @@ EXIT_BROKEN_PIPE = 141
 
 def exit_code_for(error: FedcoreError) -> int:
     """``EXIT_CONFIG`` for what the user fixes in the job or the task, ``EXIT_FAILED`` else."""
-    fix_the_job = SpecError | TaskError | StsUnavailable
+    fix_the_job = SpecError | TaskError | StsUnavailable | BundleError
     return EXIT_CONFIG if isinstance(error, fix_the_job) else EXIT_FAILED

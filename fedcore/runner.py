@@ -54,6 +54,7 @@ from fedcore.credentials import Role
 from fedcore.errors import FedcoreError, ObjectNotFound, RoundProtocolError, SpecError
 from fedcore.exitcodes import EXIT_CONFIG, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
 from fedcore.local_credentials import LocalCredentials
+from fedcore.local_sites import write_site_bundles
 from fedcore.progress import header_lines, round_line, summary_lines, write_plot
 from fedcore.rounds import training_differences
 from fedcore.spec import FederatedJob, job_prefix, parse_job
@@ -459,7 +460,7 @@ class Runner:
 
     def _base_env(self) -> dict[str, str]:
         env = dict(os.environ)
-        workers = 1 + sum(c.world_size for c in self.job.spec.clients)
+        workers = 1 + sum(c.world_size for c in self.job.spec.clients if not c.is_site)
         env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
         env["PYTHONUNBUFFERED"] = "1"
         env["FEDKUBE_STORE_DIR"] = str(self.run.store_root.resolve())
@@ -653,7 +654,7 @@ class Runner:
         self.groups = [aggregator] + [
             Group(c.name, "client", self._client_members(c.name))
             for c in self.job.spec.clients
-            if c.name not in self.excluded
+            if c.name not in self.excluded and not c.is_site  # a site runs its own group
         ]
         for group in self.groups:
             group.start()
@@ -794,6 +795,14 @@ def _run(
         print(line, file=opts.out, flush=True)
     if runner.excluded:
         print(f"  excluded earlier: {', '.join(sorted(runner.excluded))}", file=opts.out)
+    write_site_bundles(
+        job,
+        run.root / "sites",
+        credentials,
+        key_file={c.name: run.key(c.name) for c in job.spec.clients},
+        commit_public_key=run.commit_public_key,
+        out=opts.out,
+    )
     t0 = time.monotonic()
     with _signals_set(runner.interrupted):
         code = runner.supervise()

@@ -233,6 +233,31 @@ class AggregatorSpec(_Model):
     env: list[EnvVar] = Field(default_factory=list, max_length=128)
 
 
+class SiteSpec(_Model):
+    """A client that runs outside the coordinator's cluster (its own cluster or machines)."""
+
+    timeout_seconds: Annotated[int, Field(ge=60, le=30 * 24 * 3600)] = 3600
+    """Seconds the coordinator waits for the site's next update, counted from the job's start
+    and then from the last update of the site it saw, before dropping the site (as it drops a
+    group past its restart budget). Longer than a round: a site may miss a round or two."""
+    store_user: SecretRef | None = None
+    """Secret (coordinator's namespace) with the keys of a long-lived store user made for this
+    site from ``fedkube site policy`` (``mc admin`` or IAM): the join bundle then carries these
+    keys instead of a temporary STS credential, which expires with no way to reach the site.
+    Unset: the bundle carries a minted credential (as long as the operator's lifetime)."""
+
+
+SITE_POD_FIELDS: Final[tuple[str, ...]] = (
+    "resources",
+    "node_selector",
+    "tolerations",
+    "env",
+    "volumes",
+    "volume_mounts",
+)
+"""Client fields that shape pods of the coordinator's cluster: meaningless for a site."""
+
+
 class ClientSpec(_Model):
     name: Annotated[str, Field(min_length=1, max_length=MAX_CLIENT_NAME, pattern=DNS_LABEL)]
     """Participant name (DNS label); part of its pods' names and of its update's key."""
@@ -251,6 +276,17 @@ class ClientSpec(_Model):
     volumes: list[K8sObject] = Field(default_factory=list, max_length=64)
     """Pod volumes, typically the client's private data (a PVC or hostPath)."""
     volume_mounts: list[K8sObject] = Field(default_factory=list, max_length=64)
+    site: SiteSpec | None = None
+    """Set: an external participant (a site). The coordinator launches nothing for it (no Job,
+    no Service, no pods) but selects it, waits for it and drops it past ``site.timeoutSeconds``;
+    its credentials, signing key and the job's public key reach it as the join bundle Secret
+    ``<job>-<client>-join`` (``fedkube site bundle``). ``replicas``, ``procsPerReplica`` and
+    ``gpu`` describe the site's default DDP group; pod fields (resources, env, volumes ...) do
+    not apply."""
+
+    @property
+    def is_site(self) -> bool:
+        return self.site is not None
 
     @property
     def world_size(self) -> int:
@@ -265,6 +301,20 @@ class ClientSpec(_Model):
                 f"resources.limits['nvidia.com/gpu']={given} disagrees with "
                 f"procsPerReplica={self.procs_per_replica} (one GPU per process); "
                 "remove the limit (gpu: true sets it) or make them equal"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _site_has_no_pod_fields(self) -> ClientSpec:
+        if self.site is None:
+            return self
+        # Empty is fine: the job file every pod reads spells out each default.
+        given = [f for f in SITE_POD_FIELDS if getattr(self, f)]
+        if given:
+            wire = ", ".join(to_camel(f) for f in given)
+            raise ValueError(
+                f"{wire}: set for a site client, whose pods the coordinator does not run; "
+                "remove them (the site sets its own pods' resources, env and volumes)"
             )
         return self
 
@@ -313,6 +363,12 @@ class FederatedJobSpec(_Model):
                     f"(also clients[{seen[client.name]}].name); give each client a unique name"
                 )
             seen.setdefault(client.name, index)
+        sites = [c.name for c in self.clients if c.is_site]
+        if sites and self.storage.credentials == "shared":
+            problems.append(
+                f"storage.credentials: 'shared' with site client(s) {', '.join(sites)}: a site "
+                "would receive the job's own store credential; use credentials: scoped"
+            )
         wanted = self.strategy.min_clients
         if wanted is not None and wanted > len(self.clients):
             problems.append(
@@ -378,6 +434,8 @@ class ClientStatus(_Model):
     num_samples: int | None = None
     restarts: int = 0
     message: Annotated[str, Field(max_length=MAX_MESSAGE)] = ""
+    last_seen: datetime | None = None
+    """Sites only: when the coordinator first saw the site's newest folded update."""
 
 
 class RoundSummary(_Model):

@@ -10,17 +10,20 @@ and are best-effort: a lost Event must never undo or repeat real work.
 
 from __future__ import annotations
 
+import base64
 import logging
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from fedcore import join_bundle
 from fedcore import spec as fs
 from fedcore.commit_signing import generate_key_pair
+from fedcore.errors import BundleError, CredentialsError
 from fedcore.signing import generate_key
-from fedop import events, reconcile, rotation, status
-from fedop.builders import credentials, names, secrets
+from fedop import events, reconcile, rotation, sites, status
+from fedop.builders import configmap, credentials, join, names, secrets
 from fedop.errors import ApiError, ChildRefused, FedopError
 from fedop.kube import Kube
 from fedop.minting import Minter, mint_with_sts
@@ -93,6 +96,9 @@ class Executor:
             case rotation.MintStoreCredentials() if target.parsed is not None:
                 parsed = target.parsed
                 return lambda: self._mint_secret(target, parsed, action)
+            case sites.WriteJoinBundle() if target.parsed is not None:
+                parsed = target.parsed
+                return _refusals(lambda: self._write_join_bundle(target, parsed, action))
             case reconcile.SetSuspend(name=name, suspend=suspend):
                 return lambda: kube.set_job_suspend(job.namespace, name, suspend)
             case reconcile.DeleteJob(name=name, propagation=propagation):
@@ -132,6 +138,63 @@ class Executor:
             credentials.rfc3339(minted.expiration),
         )
 
+    def _write_join_bundle(
+        self, target: Target, parsed: fs.FederatedJob, action: sites.WriteJoinBundle
+    ) -> None:
+        """Gather the site's store credentials, signing key and the job's commit public key
+        with the job file into ``<job>-<client>-join``."""
+        job, client = target.job, action.client
+        site = parsed.spec.client(client).site
+        user = site.store_user if site is not None else None
+        found = {
+            k: self._secret_text(job, name, key)
+            for k, (name, key) in {
+                "key": (names.key_secret(job, client), secrets.KEY),
+                "public": (names.commit_key_secret(job), secrets.COMMIT_PUBLIC_KEY),
+            }.items()
+        }
+        if user is not None:
+            store_credentials = join_bundle.StoreUserKeys(
+                self._secret_text(job, user.name, user.access_key_id_key),
+                self._secret_text(job, user.name, user.secret_access_key_key),
+            ).to_json()
+        else:
+            store_credentials = self._secret_text(
+                job,
+                credentials.secret_name(job, credentials.client_role(client)),
+                credentials.CREDENTIALS_KEY,
+            )
+        try:
+            bundle = join_bundle.dump_bundle(
+                configmap.job_document(job, parsed.spec),
+                client,
+                store_credentials,
+                found["key"],
+                found["public"],
+            )
+        except BundleError as e:
+            raise CredentialsError(f"the join bundle of site {client} is not valid: {e}") from e
+        obj = join.join_secret(
+            job, client, bundle, credentials_minted_at=action.credentials_minted_at
+        )
+        if action.replace:
+            patch = {"metadata": {"annotations": obj["metadata"]["annotations"]}}
+            self._kube.merge_patch(obj, {**patch, "data": obj["data"]})
+        else:
+            _ignore(self._kube.create(obj, job))
+        log.info("wrote the join bundle of site %s of %s/%s", client, job.namespace, job.name)
+
+    def _secret_text(self, job: names.JobRef, name: str, key: str) -> str:
+        data = self._kube.read_secret(job.namespace, name) or {}
+        if key not in data:
+            # Retried by the handler (a CredentialsError): the Secret may be made later.
+            raise CredentialsError(
+                f"Secret {name} in namespace {job.namespace} has no {key!r}, so the site's "
+                "join bundle cannot be written yet (for site.storeUser: create the Secret with "
+                "the store user's keys)"
+            )
+        return base64.b64decode(data[key]).decode()
+
     def _run_all(self, steps: Sequence[Callable[[], None]]) -> None:
         """Run one stage's steps in parallel; raise the first failure after all finished."""
         if len(steps) == 1:
@@ -162,6 +225,8 @@ def _stage(action: reconcile.Action) -> int:
             return 0
         case reconcile.Create(obj=obj) if obj.get("kind") == "Job":
             return 2
+        case sites.WriteJoinBundle():
+            return 2  # after stage 1 made the Secrets it gathers
         case (
             reconcile.Create()
             | reconcile.CreateKeySecret()

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic.alias_generators import to_camel
 
 from fedcore import spec as fs
 
@@ -173,9 +174,35 @@ _GPU_LIMIT_AGREES = (
     f" || string(self.resources.limits.{_GPU}) == string(self.procsPerReplica)"
 )
 
+# Empty is allowed: a job file spells out every default, empty lists and maps included.
+_SITE_WITHOUT_POD_FIELDS = (
+    "!has(self.site) || ("
+    + " && ".join(
+        # resources is an object of known fields (no size()): empty means neither is set.
+        "(!has(self.resources) || (!has(self.resources.limits) && !has(self.resources.requests)))"
+        if n == "resources"
+        else f"(!has(self.{n}) || size(self.{n}) == 0)"
+        for n in map(to_camel, fs.SITE_POD_FIELDS)
+    )
+    + ")"
+)
+_SITES_ARE_SCOPED = (
+    "!has(self.storage) || !has(self.storage.credentials) || self.storage.credentials != 'shared'"
+    " || self.clients.all(c, !has(c.site))"
+)
+
 EXTRAS: dict[str, Schema] = {
     "spec": {
         "x-kubernetes-validations": [
+            {
+                "rule": _SITES_ARE_SCOPED,
+                "message": (
+                    "'shared' with site clients: a site would receive the job's own store "
+                    "credential; use credentials: scoped"
+                ),
+                "fieldPath": ".storage.credentials",
+                "reason": "FieldValueForbidden",
+            },
             {
                 "rule": _NO_CREDENTIALS_ENV,
                 "message": (
@@ -257,6 +284,15 @@ EXTRAS: dict[str, Schema] = {
     "spec.clients[].env[]": {"x-kubernetes-validations": [dict(r) for r in ENV_RULES]},
     "spec.clients[]": {
         "x-kubernetes-validations": [
+            {
+                "rule": _SITE_WITHOUT_POD_FIELDS,
+                "message": (
+                    "set for a site client, whose pods the coordinator does not run; remove "
+                    "resources, nodeSelector, tolerations, env, volumes and volumeMounts"
+                ),
+                "fieldPath": ".site",
+                "reason": "FieldValueForbidden",
+            },
             {
                 "rule": _GPU_LIMIT_AGREES,
                 "message": (

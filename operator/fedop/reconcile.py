@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 from fedcore import spec as fs
 from fedcore.exitcodes import EXIT_CONFIG
-from fedop import events, refused, rotation, status
+from fedop import events, refused, rotation, sites, status
 from fedop.builders import configmap, credentials, jobs, names, network, services
 from fedop.events import Announcement
 from fedop.observed import ChildJob, Children, StoreSnapshot
@@ -102,6 +102,7 @@ Action = (
     Create
     | CreateKeySecret
     | rotation.MintStoreCredentials
+    | sites.WriteJoinBundle
     | CreateCommitKey
     | Replace
     | DeleteJob
@@ -390,6 +391,8 @@ def _fold_rounds(obs: Observation, draft: _Draft) -> None:
                 draft.set_client(
                     name, last_round=record.round, num_samples=record.num_samples.get(name)
                 )
+                if _is_site(obs, name):
+                    draft.set_client(name, last_seen=status.second(obs.now))
         if record.round >= 1:
             draft.announcements.append(events.round_committed(record, obs.spec.rounds))
         draft.announcements.extend(events.round_problems(record, credentials.mode(obs.spec)))
@@ -409,6 +412,10 @@ def _report_refused(obs: Observation, draft: _Draft) -> None:
 
 def _is_client(obs: Observation, name: str) -> bool:
     return any(c.name == name for c in obs.spec.clients)
+
+
+def _is_site(obs: Observation, name: str) -> bool:
+    return any(c.name == name and c.is_site for c in obs.spec.clients)
 
 
 def _last_metrics(draft: _Draft) -> Mapping[str, float]:
@@ -450,10 +457,17 @@ def _ensure_shared_objects(obs: Observation, draft: _Draft) -> bool:
         if policy["metadata"]["name"] not in kids.network_policies:
             draft.actions.append(Create(policy))
             created = True
+    draft.actions.extend(
+        sites.join_actions(
+            job, spec, kids, commit_key_known=public_key is not None, skip_clients=dropped
+        )
+    )
     for client in spec.clients:
         if names.key_secret(job, client.name) not in kids.secrets:
             draft.actions.append(CreateKeySecret(client.name))
             created = True
+        if client.is_site:
+            continue  # the site runs its own group: no Service for a rendezvous here
         if names.client_service(job, client.name) not in kids.services:
             draft.actions.append(
                 Create(services.client_service(job, client.name, obs.settings.master_port))
@@ -483,11 +497,14 @@ def _credentials_condition(obs: Observation, draft: _Draft) -> None:
 
 def _sync_clients(obs: Observation, draft: _Draft, suspend: bool) -> None:
     budget = obs.spec.run_policy.backoff_limit
-    for client in obs.spec.clients:
+    for index, client in enumerate(obs.spec.clients):
         name = client.name
         current = draft.client(name)
         child = obs.children.jobs.get(names.client_job(obs.job, name))
         if current.phase == "Dropped":
+            continue
+        if client.is_site:
+            _judge_site(obs, draft, index, client, suspend)
             continue
         if child is None:
             draft.actions.append(
@@ -524,6 +541,20 @@ def _sync_clients(obs: Observation, draft: _Draft, suspend: bool) -> None:
                 phase="Running" if running else "Pending",
                 message="suspended" if suspend else "",
             )
+
+
+def _judge_site(
+    obs: Observation, draft: _Draft, index: int, client: fs.ClientSpec, suspend: bool
+) -> None:
+    started = None if suspend else draft.start_time
+    verdict = sites.judge(
+        obs.job, index, client, draft.client(client.name), started=started, now=obs.now
+    )
+    draft.set_client(client.name, phase=verdict.phase, message=status.truncate(verdict.message))
+    if verdict.phase == "Dropped":
+        draft.announcements.append(
+            events.warning("ClientDropped", f"client {client.name} {verdict.message}")
+        )
 
 
 def _restart_or_drop(
@@ -680,7 +711,7 @@ def _settle_clients(obs: Observation, draft: _Draft) -> None:
 def _set_phase_conditions(obs: Observation, draft: _Draft, old: Phase, creating: bool) -> None:
     created = status.condition(fs.FederatedJobStatus(conditions=draft.conditions), "Created")
     if not creating and (created is None or created.status != "True"):
-        n = len(obs.spec.clients)
+        n = sum(1 for c in obs.spec.clients if not c.is_site)  # sites run their own
         draft.condition(
             obs,
             "Created",

@@ -74,8 +74,10 @@ def mint_actions(
     if credentials.mode(spec) != "scoped":
         return []
     actions = []
+    # A site with its own long-lived store user gets no minted credential.
+    store_users = {c.name for c in spec.clients if c.site is not None and c.site.store_user}
     for role in credentials.roles(spec):
-        if role.kind == "client" and role.client in skip_clients:
+        if role.kind == "client" and (role.client in skip_clients or role.client in store_users):
             continue
         found = secrets.get(credentials.secret_name(job, role))
         if found is None:

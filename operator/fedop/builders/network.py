@@ -68,8 +68,9 @@ def aggregator_network_policy(job: names.JobRef) -> dict[str, Any]:
 
 
 def network_policies(job: names.JobRef, spec: fs.FederatedJobSpec) -> list[dict[str, Any]]:
-    """Every NetworkPolicy of the job: the aggregator's, then one per client in spec order."""
+    """Every NetworkPolicy of the job: the aggregator's, then one per client in spec order
+    (sites have no pods here, so no policy)."""
     return [
         aggregator_network_policy(job),
-        *(client_network_policy(job, c.name) for c in spec.clients),
+        *(client_network_policy(job, c.name) for c in spec.clients if not c.is_site),
     ]
