@@ -283,7 +283,8 @@ class StrategySpec(_Model):
 class AggregatorSpec(_Model):
     resources: Resources = Field(default_factory=dict)
     """Pod resources of the aggregator (it needs about 2x the model's size in memory; 3x for
-    fedavgm, 4x for fedadam, fedyogi and fedadagrad)."""
+    fedavgm, 4x for fedadam, fedyogi and fedadagrad; median, trimmedmean and krum also need
+    the round's updates on local disk, N x the model's size)."""
     node_selector: dict[str, LabelValue] = Field(default_factory=dict)
     tolerations: list[K8sObject] = Field(default_factory=list, max_length=64)
     env: list[EnvVar] = Field(default_factory=list, max_length=128)
