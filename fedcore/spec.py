@@ -197,9 +197,9 @@ class StrategySpec(_Model):
     every rank (e.g. 0.01 to 1). Required by ``fedprox``; with another strategy it adds the
     term to that strategy's clients. Unset or 0: no term."""
 
-    trim_fraction: Annotated[float | None, Field(ge=0.0, lt=0.5)] = None
+    trim_fraction: Annotated[float | None, Field(gt=0.0, lt=0.5)] = None
     """``trimmedmean`` only: share of the values trimmed at each end of every coordinate
-    (e.g. 0.2 drops the 20% largest and 20% smallest). Unset: 0.2."""
+    (e.g. 0.2 drops the 20% largest and 20% smallest), in (0, 0.5). Unset: 0.2."""
     byzantine_clients: Annotated[int | None, Field(ge=0, le=1000)] = None
     """``krum`` only: how many hostile updates a round must withstand (``f``); Krum needs a
     quorum of at least ``2f + 3``. Unset: 0."""

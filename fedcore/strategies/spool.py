@@ -49,6 +49,17 @@ def slice_elements(num_updates: int) -> int:
     return max(1024, SLICE_BYTES // (8 * max(1, num_updates)))
 
 
+SPOOL_PREFIX = "robust-round-"
+
+
+def clear_spools(parent: Path) -> None:
+    """Remove the kept-update directories under ``parent``: those a crashed process left, and
+    an abandoned strategy's (the aggregator calls it before building a round's strategy, when
+    no other strategy of the workdir is in use)."""
+    for stale in parent.glob(f"{SPOOL_PREFIX}*"):
+        shutil.rmtree(stale, ignore_errors=True)
+
+
 @dataclass(frozen=True)
 class Kept:
     path: Path
@@ -60,7 +71,7 @@ class Spool:
     """Validated updates of one round, each a safetensors file in a private directory."""
 
     def __init__(self, parent: Path | None) -> None:
-        self.dir = Path(tempfile.mkdtemp(prefix="robust-round-", dir=parent))
+        self.dir = Path(tempfile.mkdtemp(prefix=SPOOL_PREFIX, dir=parent))
         self.kept: list[Kept] = []
         self._cleanup = weakref.finalize(self, shutil.rmtree, self.dir, True)
 
