@@ -4,9 +4,9 @@ FedTrimmedAvg), ``spec.strategy.name: trimmedmean``.
 For each coordinate the ``k = floor(trimFraction x N)`` largest and ``k`` smallest values
 are dropped and the rest averaged, unweighted (``trimFraction`` in (0, 0.5), so at least one
 value is kept; the class also takes 0, the plain unweighted mean, which the spec refuses: it
-trims nothing, and the API server's range check misreads an integer 0 against a 0.5 bound). It resists up to ``k`` poisoned updates per
-coordinate. Memory O(N x slice) plus one model, time O(P x N log N): see
-``fedcore.strategies.coordinatewise``.
+trims nothing, and the API server's range check misreads an integer 0 against a 0.5 bound).
+It resists up to ``k`` poisoned updates per coordinate. Memory O(N x slice) plus one model,
+time O(P x N log N): see ``fedcore.strategies.coordinatewise``.
 """
 
 from __future__ import annotations
