@@ -11,8 +11,9 @@ They cannot stream: ``fold`` keeps each validated update on the aggregator's loc
 of every kept update, stacks them (N x slice, float64 for float tensors, int64 for integer
 ones), sorts along the clients and reduces.
 
-Memory: O(N x slice) for the reduction (``spool.SLICE_BYTES``, 32 MiB) plus the result (one
-model) and one base tensor; never N x model. Disk: N x model. Time: O(P x N log N) for P
+Memory: O(N x slice) for the reduction (``spool.SLICE_BYTES``, 32 MiB, a few times that
+while sorting) plus the result (one model) and the tensor being built, in float64 (twice the
+largest float32 tensor); never N x model. Disk: N x model. Time: O(P x N log N) for P
 parameters (one sort of N values per coordinate), plus reading every update once more.
 
 Numerics: float tensors are reduced in float64, added to the base in float64 and rounded
