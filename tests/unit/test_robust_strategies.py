@@ -14,7 +14,14 @@ from fedcore.errors import SpecError
 from fedcore.spec import StrategySpec, parse_job
 from fedcore.strategies import Krum, Median, Strategy, TrimmedMean, build_strategy
 from fedcore.strategies.weighting import FoldWeight
-from fedcore.weights import InMemoryWeights, Tensors, open_weights, save_weights, template_of
+from fedcore.weights import (
+    InMemoryWeights,
+    Tensors,
+    WeightsReader,
+    open_weights,
+    save_weights,
+    template_of,
+)
 
 N_ELEMENTS = 5000
 """Elements of the big tensor: several slices once ``SLICE_BYTES`` is lowered."""
@@ -251,3 +258,24 @@ def test_flat_slices_read_exactly_the_asked_elements(tmp_path: Path) -> None:
         assert reader.get_flat_slice("big", 4, 4).numel() == 0
         with pytest.raises(ValueError, match="outside"):
             reader.get_flat_slice("big", 0, N_ELEMENTS + 1)
+
+
+@pytest.mark.parametrize(
+    "make", [Median, lambda: TrimmedMean(trim_fraction=0.2), lambda: Krum(byzantine_clients=1)]
+)
+def test_kept_updates_are_read_back_slice_by_slice_never_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, make: type
+) -> None:
+    base, updates = model(100), [(model(i), 1) for i in range(6)]
+    widest: list[int] = []
+    read_slice = WeightsReader.get_flat_slice
+
+    def spy(self: WeightsReader, name: str, start: int, stop: int) -> torch.Tensor:
+        widest.append(stop - start)
+        return read_slice(self, name, start, stop)
+
+    monkeypatch.setattr(WeightsReader, "get_flat_slice", spy)
+
+    run(make(), base, updates, tmp_path)  # (Krum's FedAvg then reads its selection whole)
+
+    assert max(widest) == spool_module.slice_elements(len(updates)) < N_ELEMENTS
