@@ -134,16 +134,34 @@ class StorageSpec(_Model):
 
 FEDOPT = ("fedadam", "fedyogi", "fedadagrad")
 """The FedOpt strategies, which take ``beta1`` and ``tau`` (and, but FedAdagrad, ``beta2``)."""
+ROBUST = ("median", "trimmedmean", "krum")
+"""The robust strategies: unweighted (or selecting), so they take no weight cap, clipping or
+server learning rate."""
+DEFAULT_TRIM_FRACTION = 0.2
+"""``trimmedmean``'s ``trimFraction`` when unset (Flower's FedTrimmedAvg default)."""
 
 
 class StrategySpec(_Model):
-    name: Literal["fedavg", "fedavgm", "fedadam", "fedyogi", "fedadagrad", "fedprox"] = "fedavg"
+    name: Literal[
+        "fedavg",
+        "fedavgm",
+        "fedadam",
+        "fedyogi",
+        "fedadagrad",
+        "fedprox",
+        "median",
+        "trimmedmean",
+        "krum",
+    ] = "fedavg"
     """``fedavg``: sample-weighted mean of client deltas. ``fedavgm``: FedAvg with server
     momentum (Hsu et al., 2019), which helps on non-IID data. ``fedadam``, ``fedyogi``,
     ``fedadagrad``: FedOpt (Reddi et al., 2021), an adaptive server optimizer driven by the
     averaged delta; give them a small ``serverLearningRate`` (e.g. 0.01 to 0.1). ``fedprox``:
     FedAvg on the server and FedProx's proximal term (Li et al., 2020) in every client's
-    loss; needs ``proximalMu``."""
+    loss; needs ``proximalMu``. ``median``, ``trimmedmean``, ``krum``: robust aggregation
+    (coordinate-wise median, trimmed mean with ``trimFraction``, Krum/Multi-Krum with
+    ``byzantineClients`` and ``krumSelect``); they count every update once, ignoring
+    ``num_samples`` (Multi-Krum weighs the updates it selects by it)."""
     min_clients: Annotated[int | None, Field(ge=1)] = None
     """Updates a round needs before it may close at its deadline. Unset: every client."""
     fraction_fit: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
@@ -178,6 +196,44 @@ class StrategySpec(_Model):
     """FedProx's ``mu``: each client adds ``mu/2 ||w - w_global||^2`` to its local loss on
     every rank (e.g. 0.01 to 1). Required by ``fedprox``; with another strategy it adds the
     term to that strategy's clients. Unset or 0: no term."""
+
+    trim_fraction: Annotated[float | None, Field(gt=0.0, lt=0.5)] = None
+    """``trimmedmean`` only: share of the values trimmed at each end of every coordinate
+    (e.g. 0.2 drops the 20% largest and 20% smallest), in (0, 0.5). Unset: 0.2."""
+    byzantine_clients: Annotated[int | None, Field(ge=0, le=1000)] = None
+    """``krum`` only: how many hostile updates a round must withstand (``f``); Krum needs a
+    quorum of at least ``2f + 3``. Unset: 0."""
+    krum_select: Annotated[int | None, Field(ge=1, le=1024)] = None
+    """``krum`` only: updates kept and averaged (1: Krum, more: Multi-Krum); at most the
+    quorum minus ``byzantineClients``. Unset: 1."""
+
+    @model_validator(mode="after")
+    def _robust_options_need_their_strategy(self) -> StrategySpec:
+        problems = []
+        for field, value, names in (
+            ("trimFraction", self.trim_fraction, ("trimmedmean",)),
+            ("byzantineClients", self.byzantine_clients, ("krum",)),
+            ("krumSelect", self.krum_select, ("krum",)),
+        ):
+            if value is not None and self.name not in names:
+                problems.append(
+                    f"{field}={value} applies to {', '.join(names)} only; set strategy.name "
+                    f"to it, or remove {field}"
+                )
+        if self.name in ROBUST:
+            for field, value, unset in (
+                ("maxWeightShare", self.max_weight_share, None),
+                ("clipNorm", self.clip_norm, None),
+                ("serverLearningRate", self.server_learning_rate, 1.0),
+            ):
+                if value != unset:
+                    problems.append(
+                        f"{field}={value} does not apply to {self.name}, which counts every "
+                        f"update once and bounds its pull by itself; remove {field}"
+                    )
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
 
     @model_validator(mode="after")
     def _fedprox_needs_mu(self) -> StrategySpec:
@@ -227,7 +283,8 @@ class StrategySpec(_Model):
 class AggregatorSpec(_Model):
     resources: Resources = Field(default_factory=dict)
     """Pod resources of the aggregator (it needs about 2x the model's size in memory; 3x for
-    fedavgm, 4x for fedadam, fedyogi and fedadagrad)."""
+    fedavgm, 4x for fedadam, fedyogi and fedadagrad; median, trimmedmean and krum also need
+    the round's updates on local disk, N x the model's size)."""
     node_selector: dict[str, LabelValue] = Field(default_factory=dict)
     tolerations: list[K8sObject] = Field(default_factory=list, max_length=64)
     env: list[EnvVar] = Field(default_factory=list, max_length=128)
@@ -375,6 +432,21 @@ class FederatedJobSpec(_Model):
                 f"strategy.minClients: {wanted} is more than the {len(self.clients)} clients "
                 "listed in clients; lower minClients or add clients"
             )
+        if self.strategy.name == "krum":
+            f = self.strategy.byzantine_clients or 0
+            quorum = self.strategy.min_clients or len(self.clients)
+            where = "strategy.minClients" if self.strategy.min_clients else "clients"
+            if quorum < 2 * f + 3:
+                problems.append(
+                    f"{where}: krum with byzantineClients={f} needs a quorum of at least "
+                    f"{2 * f + 3} updates (N > 2f + 2), but a round may close with {quorum}; "
+                    "raise minClients (add clients) or lower byzantineClients"
+                )
+            elif (self.strategy.krum_select or 1) > quorum - f:
+                problems.append(
+                    f"strategy.krumSelect: {self.strategy.krum_select} is more than the quorum "
+                    f"({quorum}) minus byzantineClients ({f}); lower krumSelect"
+                )
         if problems:
             raise ValueError("\n".join(problems))
         return self

@@ -331,6 +331,31 @@ class WeightsReader:
                 done += got
         return raw.view(spec.dtype).reshape(spec.shape)
 
+    def get_flat_slice(self, name: str, start: int, stop: int) -> torch.Tensor:
+        """Elements ``[start, stop)`` of tensor ``name`` flattened, read alone (one
+        positioned read of just those bytes) into a fresh 1-D tensor."""
+        if name not in self._specs:
+            raise KeyError(f"{self.path} has no tensor named {name!r}")
+        spec = self._specs[name]
+        numel = math.prod(spec.shape)
+        if not 0 <= start <= stop <= numel:
+            raise ValueError(f"slice [{start}, {stop}) is outside {name!r} ({numel} elements)")
+        size = spec.dtype.itemsize
+        offset, _ = self._extents[name]
+        nbytes = (stop - start) * size
+        raw = torch.empty(nbytes, dtype=torch.uint8)
+        if nbytes:
+            buffer = raw.numpy().data
+            done = 0
+            while done < nbytes:
+                got = os.preadv(self._file.fileno(), [buffer[done:]], offset + start * size + done)
+                if not got:
+                    raise FedcoreError(
+                        f"{self.path} ended inside tensor {name!r}; it was truncated"
+                    )
+                done += got
+        return raw.view(spec.dtype)
+
     def items(self) -> Iterator[tuple[str, torch.Tensor]]:
         """(name, tensor) pairs in sorted name order, each read only when reached."""
         for name in self._specs:

@@ -1,7 +1,9 @@
 """Aggregation strategies, one module each, chosen by ``spec.strategy.name``.
 
-``build_strategy(spec)`` is how the aggregator gets one; ``STRATEGIES`` lists them. Every
-strategy streams (``fedcore.strategies.base``): memory O(model), whatever the client count.
+``build_strategy(spec)`` is how the aggregator gets one; ``STRATEGIES`` lists them. The
+weighted-mean strategies stream (``fedcore.strategies.base``): memory O(model), whatever the
+client count. The robust ones (``median``, ``trimmedmean``, ``krum``) keep the round's
+updates on local disk and reduce them slice by slice (``fedcore.strategies.spool``).
 """
 
 from __future__ import annotations
@@ -14,6 +16,9 @@ from fedcore.strategies.fedavg import FedAvg
 from fedcore.strategies.fedavgm import FedAvgM
 from fedcore.strategies.fedopt import FedAdagrad, FedAdam, FedOpt, FedYogi
 from fedcore.strategies.fedprox import FedProx
+from fedcore.strategies.krum import Krum
+from fedcore.strategies.median import Median
+from fedcore.strategies.trimmedmean import TrimmedMean
 
 STRATEGIES: dict[str, Callable[[StrategySpec], Strategy]] = {
     FedAvg.name: FedAvg.from_spec,
@@ -22,6 +27,9 @@ STRATEGIES: dict[str, Callable[[StrategySpec], Strategy]] = {
     FedYogi.name: FedYogi.from_spec,
     FedAdagrad.name: FedAdagrad.from_spec,
     FedProx.name: FedProx.from_spec,
+    Median.name: Median.from_spec,
+    TrimmedMean.name: TrimmedMean.from_spec,
+    Krum.name: Krum.from_spec,
 }
 """Strategy name (``spec.strategy.name``) -> factory."""
 
@@ -44,6 +52,9 @@ __all__ = [
     "FedOpt",
     "FedProx",
     "FedYogi",
+    "Krum",
+    "Median",
     "Strategy",
+    "TrimmedMean",
     "build_strategy",
 ]

@@ -191,6 +191,8 @@ _SITES_ARE_SCOPED = (
     " || self.clients.all(c, !has(c.site))"
 )
 
+_QUORUM = "(has(self.strategy.minClients) ? self.strategy.minClients : size(self.clients))"
+_BYZANTINE = "(has(self.strategy.byzantineClients) ? self.strategy.byzantineClients : 0)"
 EXTRAS: dict[str, Schema] = {
     "spec": {
         "x-kubernetes-validations": [
@@ -223,6 +225,27 @@ EXTRAS: dict[str, Schema] = {
                 "fieldPath": ".strategy.minClients",
                 "reason": "FieldValueInvalid",
             },
+            {
+                "rule": f"!has(self.strategy) || !has(self.strategy.name)"
+                f" || self.strategy.name != 'krum' || {_QUORUM} >= 2 * {_BYZANTINE} + 3",
+                "message": (
+                    "krum with byzantineClients f needs a quorum of at least 2f + 3 updates "
+                    "(N > 2f + 2); raise minClients (add clients) or lower byzantineClients"
+                ),
+                "fieldPath": ".strategy.minClients",
+                "reason": "FieldValueInvalid",
+            },
+            {
+                "rule": f"!has(self.strategy) || !has(self.strategy.name)"
+                f" || self.strategy.name != 'krum' || !has(self.strategy.krumSelect)"
+                f" || self.strategy.krumSelect <= {_QUORUM} - {_BYZANTINE}",
+                "message": (
+                    "krumSelect is more than the quorum (minClients, or every client) minus "
+                    "byzantineClients; lower krumSelect"
+                ),
+                "fieldPath": ".strategy.krumSelect",
+                "reason": "FieldValueInvalid",
+            },
         ],
     },
     "spec.strategy": {
@@ -251,6 +274,41 @@ EXTRAS: dict[str, Schema] = {
                     ("beta1", fs.FEDOPT),
                     ("tau", fs.FEDOPT),
                     ("beta2", ("fedadam", "fedyogi")),
+                )
+            ),
+            *(
+                {
+                    "rule": f"!has(self.{field}) || (has(self.name) && self.name == '{name}')",
+                    "message": (
+                        f"{field} applies to {name} only; set strategy.name to it, or remove "
+                        f"{field}"
+                    ),
+                    "fieldPath": f".{field}",
+                    "reason": "FieldValueForbidden",
+                }
+                for field, name in (
+                    ("trimFraction", "trimmedmean"),
+                    ("byzantineClients", "krum"),
+                    ("krumSelect", "krum"),
+                )
+            ),
+            *(
+                {
+                    "rule": f"!has(self.name) || !(self.name in {list(fs.ROBUST)}) || {absent}",
+                    "message": (
+                        f"{field} does not apply to {', '.join(fs.ROBUST)}, which count every "
+                        f"update once and bound its pull by themselves; remove {field}"
+                    ),
+                    "fieldPath": f".{field}",
+                    "reason": "FieldValueForbidden",
+                }
+                for field, absent in (
+                    ("maxWeightShare", "!has(self.maxWeightShare)"),
+                    ("clipNorm", "!has(self.clipNorm)"),
+                    (
+                        "serverLearningRate",
+                        "!has(self.serverLearningRate) || self.serverLearningRate == 1.0",
+                    ),
                 )
             ),
             {

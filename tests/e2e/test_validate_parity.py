@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import io
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -58,6 +59,11 @@ def kubectl(cluster: Any) -> Iterator[Kubectl]:
         ("create", "namespace", k.namespace),
     ):  # fmt: skip
         done = k(*args)
+        for _ in range(60):  # kubectl wait errors while a fresh CRD has no conditions yet
+            if done.returncode == 0 or "conditions accessor error" not in done.stderr:
+                break
+            time.sleep(0.5)
+            done = k(*args)
         assert done.returncode == 0, done.stderr
     try:
         yield k

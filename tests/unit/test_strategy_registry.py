@@ -39,6 +39,9 @@ def test_public_names_are_pinned() -> None:
         "FedOpt",
         "FedProx",
         "FedYogi",
+        "Krum",
+        "Median",
         "Strategy",
+        "TrimmedMean",
         "build_strategy",
     ]
