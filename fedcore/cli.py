@@ -1,6 +1,6 @@
 """The ``fedkube`` command: one entry point for people and for pods.
 
-People use ``run``, ``validate`` and ``status``; pods run ``aggregator`` and ``client``
+People use ``run``, ``validate``, ``status`` and ``plot``; pods run ``aggregator`` and ``client``
 (the operator puts exactly ``fedkube aggregator --job FILE`` and
 ``fedkube client --job FILE --client NAME`` into them). Every deliberate failure is a
 ``FedcoreError``: it becomes a short message on stderr and exit code 2 for mistakes the
@@ -62,6 +62,17 @@ def _parser() -> argparse.ArgumentParser:
     where.add_argument("--store", type=Path, metavar="DIR", help="a run directory of fedkube run")
     where.add_argument("--job", type=Path, metavar="FILE", help="the job file of the run")
 
+    plot = sub.add_parser(
+        "plot", help="draw a job's rounds (metrics, client loss, durations, stragglers)"
+    )
+    where = plot.add_mutually_exclusive_group(required=True)
+    where.add_argument("--store", type=Path, metavar="DIR", help="a run directory of fedkube run")
+    where.add_argument("--job", type=Path, metavar="FILE", help="the job file of the run")
+    plot.add_argument(
+        "--out", type=Path, metavar="FILE", help="where to write (default <run>/<job>-rounds.<fmt>)"
+    )
+    plot.add_argument("--format", choices=("png", "svg"), default="png")
+
     aggregator = sub.add_parser("aggregator", help="(pods) run the aggregator's round loop")
     aggregator.add_argument("--job", type=Path, required=True, metavar="FILE")
 
@@ -107,6 +118,12 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return show_status(run_dir=args.store, job_path=args.job, out=sys.stdout)
 
 
+def _cmd_plot(args: argparse.Namespace) -> int:
+    from fedcore.run_plot import plot_job
+
+    return plot_job(args.store, args.job, args.out, args.format, sys.stdout)
+
+
 def _cmd_aggregator(args: argparse.Namespace) -> int:
     from fedcore.aggregator import run_aggregator
 
@@ -125,6 +142,7 @@ _COMMANDS = {
     "run": _cmd_run,
     "validate": _cmd_validate,
     "status": _cmd_status,
+    "plot": _cmd_plot,
     "aggregator": _cmd_aggregator,
     "client": _cmd_client,
 }

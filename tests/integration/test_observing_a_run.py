@@ -1,0 +1,106 @@
+"""``fedkube plot`` and ``fedkube watch`` on the store of a real small ``fedkube run``."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fedcore.history import UPDATE_TIMES_SOURCE, History, read_history
+from fedcore.run_plot import build_figure
+from fedcore.runner import RunDir, commit_verifier, open_run_store
+from fedcore.spec import load_job
+from tests.integration.test_run_local import REPO, Run, start_run, write_job
+
+pytestmark = pytest.mark.timeout(300)
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory: pytest.TempPathFactory) -> Run:
+    root = tmp_path_factory.mktemp("observed")
+    run = start_run(write_job(root / "job.yaml", rounds=3), root / "run")
+    code = run.wait()
+    assert code == 0, run.stderr()
+    return run
+
+
+def history_of(run: Run) -> History:
+    job = load_job(run.run_dir / "job.json")
+    rundir = RunDir(run.run_dir)
+    return read_history(open_run_store(job, rundir), job, commit_verifier(rundir))
+
+
+def fedkube(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "fedcore.cli", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def lines_by_label(ax: Any) -> dict[str, Any]:
+    return {line.get_label(): line for line in ax.get_lines()}
+
+
+# ---- plot ----------------------------------------------------------------------------------------
+
+
+def test_history_of_a_finished_run_holds_every_verified_round_and_update_times(
+    finished: Run,
+) -> None:
+    history = history_of(finished)
+
+    assert [r.round for r in history.records] == [0, 1, 2, 3]
+    assert history.finished
+    assert history.refused is None
+    assert sorted(history.arrivals) == [1, 2, 3]
+    assert all(set(seconds) == {"a", "b"} for seconds in history.arrivals.values())
+
+
+def test_plot_of_a_run_draws_metrics_client_loss_durations_and_stragglers(finished: Run) -> None:
+    fig = build_figure(history_of(finished))
+
+    ax_loss, ax_acc, ax_clients, ax_durations, ax_stragglers, ax_notes = fig.axes
+    assert ax_loss.get_ylabel() == "test loss"
+    assert list(ax_loss.get_lines()[0].get_xdata()) == [0, 1, 2, 3]
+    assert ax_acc.get_ylabel() == "test accuracy"
+    assert all(0.0 <= y <= 1.0 for y in ax_acc.get_lines()[0].get_ydata())
+    clients = lines_by_label(ax_clients)
+    assert set(clients) == {"a", "b"}
+    assert list(clients["a"].get_xdata()) == [1, 2, 3]
+    assert [bar.get_x() + bar.get_width() / 2 for bar in ax_durations.patches] == [1, 2, 3]
+    assert all(bar.get_height() > 0 for bar in ax_durations.patches)
+    stragglers = lines_by_label(ax_stragglers)
+    assert set(stragglers) == {"a", "b"}
+    assert list(stragglers["b"].get_xdata()) == [1, 2, 3]
+    notes = ax_notes.texts[0].get_text()
+    assert UPDATE_TIMES_SOURCE in notes
+    assert "final record: yes" in notes
+
+
+@pytest.mark.parametrize(("fmt", "magic"), [("png", b"\x89PNG"), ("svg", b"<?xml")])
+def test_plot_command_writes_the_figure_in_the_asked_format(
+    finished: Run, tmp_path: Path, fmt: str, magic: bytes
+) -> None:
+    out = tmp_path / f"rounds.{fmt}"
+
+    result = fedkube("plot", "--store", str(finished.run_dir), "--out", str(out), "--format", fmt)
+
+    assert result.returncode == 0, result.stderr
+    assert f"plot: {out}" in result.stdout
+    assert out.read_bytes().startswith(magic)
+    assert not list(tmp_path.glob("*.tmp.*"))
+
+
+def test_plot_command_of_a_folder_that_is_no_run_names_the_flag(tmp_path: Path) -> None:
+    result = fedkube("plot", "--store", str(tmp_path))
+
+    assert result.returncode == 2
+    assert "--store" in result.stderr
+    assert "no job.json" in result.stderr
