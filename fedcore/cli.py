@@ -1,6 +1,6 @@
 """The ``fedkube`` command: one entry point for people and for pods.
 
-People use ``run``, ``validate``, ``status`` and ``plot``; pods run ``aggregator`` and ``client``
+People use ``run``, ``validate``, ``status``, ``plot`` and ``watch``; pods run ``aggregator`` and ``client``
 (the operator puts exactly ``fedkube aggregator --job FILE`` and
 ``fedkube client --job FILE --client NAME`` into them). Every deliberate failure is a
 ``FedcoreError``: it becomes a short message on stderr and exit code 2 for mistakes the
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -73,6 +74,17 @@ def _parser() -> argparse.ArgumentParser:
     )
     plot.add_argument("--format", choices=("png", "svg"), default="png")
 
+    watch = sub.add_parser(
+        "watch", help="a live view of a job's rounds, clients and rejections (until it ends)"
+    )
+    where = watch.add_mutually_exclusive_group(required=True)
+    where.add_argument("--store", type=Path, metavar="DIR", help="a run directory of fedkube run")
+    where.add_argument("--job", type=Path, metavar="FILE", help="the job file of the run")
+    watch.add_argument("--once", action="store_true", help="print one frame and exit")
+    watch.add_argument(
+        "--interval", type=_positive_seconds, default=2.0, metavar="SECONDS", help="refresh period"
+    )
+
     aggregator = sub.add_parser("aggregator", help="(pods) run the aggregator's round loop")
     aggregator.add_argument("--job", type=Path, required=True, metavar="FILE")
 
@@ -124,6 +136,22 @@ def _cmd_plot(args: argparse.Namespace) -> int:
     return plot_job(args.store, args.job, args.out, args.format, sys.stdout)
 
 
+def _cmd_watch(args: argparse.Namespace) -> int:
+    from fedcore.watch import watch_job
+
+    return watch_job(args.store, args.job, once=args.once, interval=args.interval, out=sys.stdout)
+
+
+def _positive_seconds(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = math.nan
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise argparse.ArgumentTypeError(f"{value!r} is not a positive number of seconds")
+    return seconds
+
+
 def _cmd_aggregator(args: argparse.Namespace) -> int:
     from fedcore.aggregator import run_aggregator
 
@@ -143,6 +171,7 @@ _COMMANDS = {
     "validate": _cmd_validate,
     "status": _cmd_status,
     "plot": _cmd_plot,
+    "watch": _cmd_watch,
     "aggregator": _cmd_aggregator,
     "client": _cmd_client,
 }

@@ -33,6 +33,8 @@ class History:
     """Why the record after the last in ``records`` was refused; None when none was."""
     arrivals: dict[int, dict[str, float]] = field(default_factory=dict)
     """Round -> participant -> seconds from the round's opening to its update's timestamp."""
+    excluded: dict[str, str] = field(default_factory=dict)
+    """Clients given up (``control/excluded.json``): name -> why."""
 
     @property
     def finished(self) -> bool:
@@ -44,10 +46,18 @@ def read_history(
 ) -> History:
     """Every committed round's verified record, the final record and (``arrivals``) when
     each participant's update was stamped."""
+    return extend_history(History(job), store, verifier, arrivals=arrivals)
+
+
+def extend_history(
+    history: History, store: ObjectStore, verifier: CommitVerifier, *, arrivals: bool = True
+) -> History:
+    """``history`` with the rounds committed since it was read (a live view re-reads only
+    those) and the store's current final record and excluded clients."""
     from fedcore.runner import read_final
 
-    history = History(job)
-    for r in range(job.spec.rounds + 1):
+    history.refused = None
+    for r in range(len(history.records), history.job.spec.rounds + 1):
         try:
             data = store.get_bytes(layout.round_record_key(r))
         except ObjectNotFound:
@@ -60,11 +70,23 @@ def read_history(
         history.records.append(record)
         if arrivals and record.participants:
             history.arrivals[r] = _arrivals(store, record)
+    history.excluded = _excluded(store)
     try:
         history.final = read_final(store, verifier)
     except UnverifiedRecord as e:
         history.refused = f"final: {e}"
     return history
+
+
+def _excluded(store: ObjectStore) -> dict[str, str]:
+    try:
+        data = store.get_bytes(layout.EXCLUDED_KEY)
+    except ObjectNotFound:
+        return {}
+    try:
+        return dict(layout.ExcludedClients.model_validate_json(data).clients)
+    except ValueError:
+        return {"?": "control/excluded.json does not parse"}
 
 
 def _arrivals(store: ObjectStore, record: layout.RoundRecord) -> dict[str, float]:

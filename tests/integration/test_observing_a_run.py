@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -9,10 +11,12 @@ from typing import Any
 
 import pytest
 
+from fedcore import layout
 from fedcore.history import UPDATE_TIMES_SOURCE, History, read_history
 from fedcore.run_plot import build_figure
 from fedcore.runner import RunDir, commit_verifier, open_run_store
-from fedcore.spec import load_job
+from fedcore.spec import job_prefix, load_job
+from fedcore.store import LocalStore
 from tests.integration.test_run_local import REPO, Run, start_run, write_job
 
 pytestmark = pytest.mark.timeout(300)
@@ -104,3 +108,54 @@ def test_plot_command_of_a_folder_that_is_no_run_names_the_flag(tmp_path: Path) 
     assert result.returncode == 2
     assert "--store" in result.stderr
     assert "no job.json" in result.stderr
+
+
+# ---- watch ---------------------------------------------------------------------------------------
+
+
+def test_watch_once_shows_a_finished_run_its_rounds_clients_and_curve(finished: Run) -> None:
+    result = fedkube("watch", "--once", "--store", str(finished.run_dir))
+
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "job tiny" in out
+    assert "finished 3 rounds" in out
+    assert "round 3/3  clients 2/2" in out
+    assert "participated in round 3" in out
+    assert "test accuracy" in out
+    assert "restarts: not recorded in the store" in out
+
+
+def test_watch_once_of_a_run_with_a_forged_record_says_refused_and_fails(
+    finished: Run, tmp_path: Path
+) -> None:
+    copy = tmp_path / "run"
+    shutil.copytree(finished.run_dir, copy)
+    store = LocalStore(copy / "store", job_prefix(finished.job))
+    record = json.loads(store.get_bytes(layout.round_record_key(2)))
+    record["participants"] = ["a"]
+    store.put_bytes(layout.round_record_key(2), json.dumps(record).encode())
+
+    result = fedkube("watch", "--once", "--store", str(copy))
+
+    assert result.returncode == 1
+    assert "REFUSED round 2" in result.stdout
+    assert "1 of 3 rounds committed" in result.stdout
+
+
+def test_plot_of_a_run_with_a_forged_record_plots_the_rounds_before_it_and_fails(
+    finished: Run, tmp_path: Path
+) -> None:
+    copy = tmp_path / "run"
+    shutil.copytree(finished.run_dir, copy)
+    store = LocalStore(copy / "store", job_prefix(finished.job))
+    record = json.loads(store.get_bytes(layout.round_record_key(3)))
+    record["metrics"]["accuracy"] = 1.0
+    store.put_bytes(layout.round_record_key(3), json.dumps(record).encode())
+    out = tmp_path / "p.png"
+
+    result = fedkube("plot", "--store", str(copy), "--out", str(out))
+
+    assert result.returncode == 1
+    assert "REFUSED round 3" in result.stdout
+    assert out.read_bytes().startswith(b"\x89PNG")
