@@ -1,7 +1,7 @@
 """The ``fedkube`` command: one entry point for people and for pods.
 
-People use ``run``, ``validate``, ``status``, ``plot`` and ``watch``; pods run ``aggregator`` and ``client``
-(the operator puts exactly ``fedkube aggregator --job FILE`` and
+People use ``run``, ``validate``, ``status``, ``plot`` and ``watch``; pods run
+``aggregator`` and ``client`` (the operator puts exactly ``fedkube aggregator --job FILE`` and
 ``fedkube client --job FILE --client NAME`` into them). Every deliberate failure is a
 ``FedcoreError``: it becomes a short message on stderr and exit code 2 for mistakes the
 user can fix in the job file, the task or the command line (nobody retries those; see
