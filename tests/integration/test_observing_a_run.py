@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from fedcore.run_plot import build_figure
 from fedcore.runner import RunDir, commit_verifier, open_run_store
 from fedcore.spec import job_prefix, load_job
 from fedcore.store import LocalStore
+from tests.fixtures.minio import MinioServer
 from tests.integration.test_run_local import REPO, Run, start_run, write_job
 
 pytestmark = pytest.mark.timeout(300)
@@ -37,10 +39,13 @@ def history_of(run: Run) -> History:
     return read_history(open_run_store(job, rundir), job, commit_verifier(rundir))
 
 
-def fedkube(*args: str) -> subprocess.CompletedProcess[str]:
+def fedkube(
+    *args: str, cwd: Path = REPO, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "fedcore.cli", *args],
-        cwd=REPO,
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
         capture_output=True,
         text=True,
         timeout=120,
@@ -159,3 +164,26 @@ def test_plot_of_a_run_with_a_forged_record_plots_the_rounds_before_it_and_fails
     assert result.returncode == 1
     assert "REFUSED round 3" in result.stdout
     assert out.read_bytes().startswith(b"\x89PNG")
+
+
+# ---- a job on S3 ---------------------------------------------------------------------------------
+
+
+def test_plot_and_watch_read_a_job_whose_store_is_s3(minio: MinioServer, tmp_path: Path) -> None:
+    storage = {"endpoint": minio.endpoint, "bucket": minio.bucket, "prefix": "runs/observed/"}
+    job_file = write_job(tmp_path / "job.yaml", rounds=2, storage=storage)
+    (tmp_path / "runs").mkdir()
+    run = start_run(job_file, tmp_path / "runs" / "tiny", env=minio.env())
+    assert run.wait() == 0, run.stderr()
+    out = tmp_path / "s3.svg"
+
+    plotted = fedkube(
+        "plot", "--store", str(run.run_dir), "--out", str(out), "--format", "svg", env=minio.env()
+    )
+    watched = fedkube("watch", "--once", "--job", str(job_file), cwd=tmp_path, env=minio.env())
+
+    assert not (run.run_dir / "store").exists()
+    assert plotted.returncode == 0, plotted.stderr
+    assert out.read_text().startswith("<?xml")
+    assert watched.returncode == 0, watched.stderr
+    assert "finished 2 rounds" in watched.stdout
