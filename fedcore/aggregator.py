@@ -253,6 +253,7 @@ class Aggregator:
             log.info("resuming after committed round %d", record.round)
         else:
             record = self.commit_initial()
+        self.metrics.resumed(record)
         while record.round < self.spec.rounds:
             record = self.run_round(record.round + 1, record)
         return self.write_final(record)

@@ -136,6 +136,12 @@ class AggregatorMetrics:
         self.late.inc(len(record.late))
         self.evaluated(record.metrics)
 
+    def resumed(self, record: layout.RoundRecord) -> None:
+        """The round the aggregator starts from (the initial one, or the newest on resume):
+        the current round and its evaluation, counting nothing."""
+        self.round.set(record.round)
+        self.evaluated(record.metrics)
+
     def evaluated(self, metrics: Mapping[str, float]) -> None:
         for name, value in sorted(metrics.items()):
             if name not in self._metric_names:

@@ -12,7 +12,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from fedcore.aggregator_metrics import AggregatorMetrics, metrics_port, serve
 from fedcore.errors import SpecError
 from fedcore.signing import SigningKey, generate_key
-from tests.integration.test_aggregator import Harness, deltas, harness_factory, make_job
+from tests.integration.test_aggregator import (
+    Harness,
+    deltas,
+    harness_factory,
+    make_job,
+    wait_for,
+)
 
 __all__ = ["harness_factory"]  # the fixture, shared with test_aggregator
 
@@ -71,6 +77,22 @@ def test_scrape_after_a_round_counts_folded_rejected_by_reason_bytes_and_evaluat
     assert got["fedkube_aggregator_commit_seconds_count"] == 1
     assert got["fedkube_aggregator_fold_seconds_count"] == 3
     assert got["fedkube_aggregator_straggler_wait_seconds_count"] == 1
+
+
+def test_scrape_before_any_round_closes_shows_round_zero_and_its_evaluation(
+    harness_factory: Callable[..., Harness], scrape: Callable[[Harness], dict[str, Any]]
+) -> None:
+    h = harness_factory(make_job(("a", "b"), rounds=1))
+    h.start()
+    r0 = h.record(0)
+    wait_for(lambda: "fedkube_aggregator_evaluation{metric=loss}" in scrape(h), "round 0 gauges")
+
+    got = scrape(h)
+
+    assert got["fedkube_aggregator_round"] == 0
+    assert got["fedkube_aggregator_evaluation{metric=loss}"] == pytest.approx(r0.metrics["loss"])
+    assert got["fedkube_aggregator_updates_folded_total"] == 0
+    assert got["fedkube_aggregator_round_duration_seconds_count"] == 0
 
 
 def test_evaluation_metric_names_past_the_bound_are_not_exported() -> None:

@@ -131,6 +131,22 @@ def test_watch_once_shows_a_finished_run_its_rounds_clients_and_curve(finished: 
     assert "restarts: not recorded in the store" in out
 
 
+def test_watch_of_a_finished_run_shows_it_and_ends_at_once(finished: Run) -> None:
+    result = fedkube("watch", "--store", str(finished.run_dir), "--interval", "0.1")
+
+    assert result.returncode == 0, result.stderr
+    assert "finished 3 rounds" in result.stdout
+
+
+@pytest.mark.parametrize("interval", ["0", "-1", "soon", "nan"])
+def test_watch_refuses_an_interval_that_is_no_positive_number(finished: Run, interval: str) -> None:
+    result = fedkube("watch", "--store", str(finished.run_dir), "--interval", interval)
+
+    assert result.returncode == 2
+    assert "--interval" in result.stderr
+    assert "not a positive number of seconds" in result.stderr
+
+
 def test_watch_once_of_a_run_with_a_forged_record_says_refused_and_fails(
     finished: Run, tmp_path: Path
 ) -> None:
