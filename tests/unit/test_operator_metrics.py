@@ -12,7 +12,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from fedcore import spec as fs
 from fedop.errors import SettingsError
-from fedop.metrics import OperatorMetrics, metrics_port, serve
+from fedop.metrics import METRICS, OperatorMetrics, metrics_port, serve
+from tests.unit.test_handlers_credentials import no_sts, one_pass, unreachable
 
 
 @pytest.fixture
@@ -90,3 +91,21 @@ def test_a_metrics_port_that_is_no_port_is_refused_naming_the_variable(raw: str)
 def test_operator_metrics_are_off_when_the_port_is_unset() -> None:
     assert metrics_port({}) is None
     assert metrics_port({"FEDKUBE_OPERATOR_METRICS_PORT": "9101"}) == 9101
+
+
+def passes(outcome: str) -> float:
+    value = METRICS.registry.get_sample_value(
+        "fedkube_operator_reconciles_total", {"outcome": outcome}
+    )
+    assert value is not None
+    return value
+
+
+def test_each_reconcile_pass_of_the_handler_is_counted_by_how_it_ended() -> None:
+    permanent, temporary = passes("permanent-error"), passes("temporary-error")
+
+    one_pass(no_sts)
+    one_pass(unreachable)
+
+    assert passes("permanent-error") == permanent + 1
+    assert passes("temporary-error") == temporary + 1
