@@ -19,8 +19,16 @@ from fedcore.progress import draw_round_metrics, save_figure
 
 PlotFormat = Literal["png", "svg"]
 
-CLIENT_LOSS = "loss"
-"""The client metric drawn per client (what the built-in tasks report from training)."""
+CLIENT_LOSS_NAMES = ("train_loss", "loss")
+"""The client metric drawn per client: the client's ``train_loss`` (what fedkube's client
+reports for every task), else a ``loss`` the task reported itself."""
+
+
+def _client_loss_of(metrics: dict[str, float]) -> float:
+    for name in CLIENT_LOSS_NAMES:
+        if name in metrics:
+            return metrics[name]
+    return math.nan
 
 
 def build_figure(history: History) -> Any:
@@ -58,16 +66,16 @@ def _clients(history: History) -> list[str]:
 def _client_loss(ax: Any, history: History) -> None:
     for client in _clients(history):
         points = [
-            (r.round, r.client_metrics[client].get(CLIENT_LOSS, math.nan))
+            (r.round, _client_loss_of(r.client_metrics[client]))
             for r in history.records
             if client in r.client_metrics
         ]
         if points:
             xs, ys = zip(*points, strict=True)
             ax.plot(xs, ys, marker=".", label=client)
-    ax.set_title(f"client training {CLIENT_LOSS}")
+    ax.set_title("client training loss")
     ax.set_xlabel("round")
-    ax.set_ylabel(f"training {CLIENT_LOSS}")
+    ax.set_ylabel("training loss")
     ax.grid(True, alpha=0.3)
     if ax.get_lines():
         ax.legend(fontsize="small")

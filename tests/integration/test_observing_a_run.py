@@ -83,6 +83,7 @@ def test_plot_of_a_run_draws_metrics_client_loss_durations_and_stragglers(finish
     clients = lines_by_label(ax_clients)
     assert set(clients) == {"a", "b"}
     assert list(clients["a"].get_xdata()) == [1, 2, 3]
+    assert all(0.0 < y < 10.0 for c in ("a", "b") for y in clients[c].get_ydata())
     assert [bar.get_x() + bar.get_width() / 2 for bar in ax_durations.patches] == [1, 2, 3]
     assert all(bar.get_height() > 0 for bar in ax_durations.patches)
     stragglers = lines_by_label(ax_stragglers)

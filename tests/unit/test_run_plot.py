@@ -61,7 +61,11 @@ def test_records_with_dropped_non_finite_metrics_plot_as_gaps_without_error() ->
     assert math.isnan(loss[0])
     assert loss[1:] == [0.5, 0.4]
     assert math.isnan(list(ax_acc.get_lines()[0].get_ydata())[1])
-    assert len(ax_clients.get_lines()) == 2
+    clients = {line.get_label(): list(line.get_ydata()) for line in ax_clients.get_lines()}
+    assert math.isnan(clients["a"][0])
+    assert clients["a"][1] == 0.3
+    assert clients["b"][0] == 0.7
+    assert math.isnan(clients["b"][1])
     assert [bar.get_height() for bar in ax_durations.patches] == [4.0, 4.0]
     assert ax_stragglers.get_lines() == []
     notes = ax_notes.texts[0].get_text()
