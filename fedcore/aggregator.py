@@ -52,6 +52,7 @@ import torch
 from pydantic import ValidationError
 
 from fedcore import layout
+from fedcore.aggregator_metrics import AggregatorMetrics, metrics_port, serve
 from fedcore.commit_signing import (
     CommitSigner,
     UnverifiedRecord,
@@ -135,8 +136,10 @@ class Aggregator:
         commit_key: CommitSigner,
         poll_seconds: float = POLL_SECONDS,
         task: Task | None = None,
+        metrics: AggregatorMetrics | None = None,
     ) -> None:
         self.job = job
+        self.metrics = metrics if metrics is not None else AggregatorMetrics()
         self.commit_key = commit_key
         self.spec = job.spec
         self.store = store
@@ -252,6 +255,7 @@ class Aggregator:
             log.info("resuming after committed round %d", record.round)
         else:
             record = self.commit_initial()
+        self.metrics.resumed(record)
         while record.round < self.spec.rounds:
             record = self.run_round(record.round + 1, record)
         return self.write_final(record)
@@ -453,7 +457,9 @@ class Aggregator:
             next=self._next_round(r + 1, select_clients(self.spec, r + 1, self._excluded())),
             closed_by="deadline" if decision is Decision.DEADLINE else "all-reported",
         )
-        committed = self._commit(path, state_tensors, record)
+        with self.metrics.committing():
+            committed = self._commit(path, state_tensors, record)
+        self.metrics.committed(committed, folded)
         path.rename(self.workdir / "last-global.safetensors")
         return committed
 
@@ -471,8 +477,9 @@ class Aggregator:
                 if key != layout.manifest_key(r, client) or not recordable(client):
                     log.warning("round %d: ignoring %r, not a manifest key", r, key)
                     continue
-                open_round.take(client)
-                open_round.settle()
+                with self.metrics.folding():
+                    open_round.take(client)
+                    open_round.settle()
             if r > 1:
                 self._note_late(open_round)
             state = open_round.state(self.spec.min_clients, excluded)
@@ -554,5 +561,10 @@ def run_aggregator(job_path: Path) -> layout.FinalRecord:
             f"no signing key for client(s) {', '.join(missing)} in $FEDKUBE_SIGNING_KEYS_DIR; "
             "their updates could never be verified"
         )
+    metrics = AggregatorMetrics()
+    port = metrics_port()
+    if port is not None:
+        serve(metrics, port)
     with tempfile.TemporaryDirectory(prefix="fedkube-aggregator-") as tmp:
-        return Aggregator(job, store, keys, Path(tmp), commit_key=commit_key).run()
+        aggregator = Aggregator(job, store, keys, Path(tmp), commit_key=commit_key, metrics=metrics)
+        return aggregator.run()

@@ -1,7 +1,7 @@
 """The ``fedkube`` command: one entry point for people and for pods.
 
-People use ``run``, ``validate`` and ``status``; pods run ``aggregator`` and ``client``
-(the operator puts exactly ``fedkube aggregator --job FILE`` and
+People use ``run``, ``validate``, ``status``, ``plot`` and ``watch``; pods run
+``aggregator`` and ``client`` (the operator puts exactly ``fedkube aggregator --job FILE`` and
 ``fedkube client --job FILE --client NAME`` into them). Every deliberate failure is a
 ``FedcoreError``: it becomes a short message on stderr and exit code 2 for mistakes the
 user can fix in the job file, the task or the command line (nobody retries those; see
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -61,6 +62,28 @@ def _parser() -> argparse.ArgumentParser:
     where = status.add_mutually_exclusive_group(required=True)
     where.add_argument("--store", type=Path, metavar="DIR", help="a run directory of fedkube run")
     where.add_argument("--job", type=Path, metavar="FILE", help="the job file of the run")
+
+    plot = sub.add_parser(
+        "plot", help="draw a job's rounds (metrics, client loss, durations, stragglers)"
+    )
+    where = plot.add_mutually_exclusive_group(required=True)
+    where.add_argument("--store", type=Path, metavar="DIR", help="a run directory of fedkube run")
+    where.add_argument("--job", type=Path, metavar="FILE", help="the job file of the run")
+    plot.add_argument(
+        "--out", type=Path, metavar="FILE", help="where to write (default <run>/<job>-rounds.<fmt>)"
+    )
+    plot.add_argument("--format", choices=("png", "svg"), default="png")
+
+    watch = sub.add_parser(
+        "watch", help="a live view of a job's rounds, clients and rejections (until it ends)"
+    )
+    where = watch.add_mutually_exclusive_group(required=True)
+    where.add_argument("--store", type=Path, metavar="DIR", help="a run directory of fedkube run")
+    where.add_argument("--job", type=Path, metavar="FILE", help="the job file of the run")
+    watch.add_argument("--once", action="store_true", help="print one frame and exit")
+    watch.add_argument(
+        "--interval", type=_positive_seconds, default=2.0, metavar="SECONDS", help="refresh period"
+    )
 
     aggregator = sub.add_parser("aggregator", help="(pods) run the aggregator's round loop")
     aggregator.add_argument("--job", type=Path, required=True, metavar="FILE")
@@ -154,6 +177,28 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return show_status(run_dir=args.store, job_path=args.job, out=sys.stdout)
 
 
+def _cmd_plot(args: argparse.Namespace) -> int:
+    from fedcore.run_plot import plot_job
+
+    return plot_job(args.store, args.job, args.out, args.format, sys.stdout)
+
+
+def _cmd_watch(args: argparse.Namespace) -> int:
+    from fedcore.watch import watch_job
+
+    return watch_job(args.store, args.job, once=args.once, interval=args.interval, out=sys.stdout)
+
+
+def _positive_seconds(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = math.nan
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise argparse.ArgumentTypeError(f"{value!r} is not a positive number of seconds")
+    return seconds
+
+
 def _cmd_aggregator(args: argparse.Namespace) -> int:
     from fedcore.aggregator import run_aggregator
 
@@ -226,6 +271,8 @@ _COMMANDS = {
     "run": _cmd_run,
     "validate": _cmd_validate,
     "status": _cmd_status,
+    "plot": _cmd_plot,
+    "watch": _cmd_watch,
     "aggregator": _cmd_aggregator,
     "client": _cmd_client,
     "site": _cmd_site,

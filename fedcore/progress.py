@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from fedcore.layout import FinalRecord, RoundRecord
 
@@ -81,11 +82,35 @@ def summary_lines(
     return lines
 
 
+def draw_round_metrics(axes: Sequence[Any], records: Sequence[RoundRecord]) -> None:
+    """Test loss on ``axes[0]`` and test accuracy on ``axes[1]``, one point per round with
+    metrics (a metric a record dropped as non-finite is a gap in its line)."""
+    points = [r for r in records if r.metrics]
+    rounds = [r.round for r in points]
+    for ax, name, colour in ((axes[0], "loss", "tab:red"), (axes[1], "accuracy", "tab:blue")):
+        values = [r.metrics.get(name, math.nan) for r in points]
+        ax.plot(rounds, values, marker="o", color=colour, label=f"test {name}")
+        ax.set_xlabel("round")
+        ax.set_ylabel(f"test {name}")
+        ax.grid(True, alpha=0.3)
+
+
+def save_figure(fig: Any, path: Path, fmt: str = "png") -> Path:
+    """Write ``fig`` to ``path`` atomically (a reader never sees half a file) and close it."""
+    import matplotlib.pyplot as plt
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.tmp.{fmt}")
+    fig.savefig(tmp, dpi=100, format=fmt)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
 def write_plot(records: Sequence[RoundRecord], path: Path, title: str) -> Path | None:
     """Draw loss and accuracy per round into ``path`` (PNG); None when matplotlib is absent
     or there is nothing to draw."""
-    points = [r for r in records if r.metrics]
-    if not points:
+    if not any(r.metrics for r in records):
         return None
     try:
         import matplotlib
@@ -94,19 +119,8 @@ def write_plot(records: Sequence[RoundRecord], path: Path, title: str) -> Path |
         import matplotlib.pyplot as plt
     except ImportError:
         return None
-    rounds = [r.round for r in points]
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(9, 3.5))
-    for ax, name, colour in ((ax_loss, "loss", "tab:red"), (ax_acc, "accuracy", "tab:blue")):
-        values = [r.metrics.get(name, math.nan) for r in points]
-        ax.plot(rounds, values, marker="o", color=colour)
-        ax.set_xlabel("round")
-        ax.set_ylabel(f"test {name}")
-        ax.grid(True, alpha=0.3)
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+    draw_round_metrics(axes, records)
     fig.suptitle(title)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return save_figure(fig, path)

@@ -811,8 +811,10 @@ def _run(
     return code
 
 
-def show_status(run_dir: Path | None, job_path: Path | None, out: TextIO) -> int:
-    """``fedkube status``: the committed rounds of a run, read from its store."""
+def open_for_reading(
+    run_dir: Path | None, job_path: Path | None
+) -> tuple[FederatedJob, RunDir, ObjectStore]:
+    """The job, run directory and store that ``--store DIR`` or ``--job FILE`` name."""
     from fedcore.spec import load_job
 
     if run_dir is not None:
@@ -826,7 +828,12 @@ def show_status(run_dir: Path | None, job_path: Path | None, out: TextIO) -> int
         assert job_path is not None  # argparse requires one of the two
         job = load_job(job_path)
         run = RunDir(default_run_dir(job))
-    store = open_run_store(job, run)
+    return job, run, open_run_store(job, run)
+
+
+def show_status(run_dir: Path | None, job_path: Path | None, out: TextIO) -> int:
+    """``fedkube status``: the committed rounds of a run, read from its store."""
+    job, run, store = open_for_reading(run_dir, job_path)
     for line in header_lines(
         job.name, job.spec.rounds, [c.name for c in job.spec.clients], store_location(store), None
     ):

@@ -35,6 +35,7 @@ from fedop.builders.credentials import roles
 from fedop.controller import Controller
 from fedop.errors import ApiError, ChildRefused, OwnershipConflict
 from fedop.kube import Kube
+from fedop.metrics import METRICS, metrics_port, serve
 from fedop.observed import StoreSnapshot, children
 from fedop.settings import OperatorSettings
 from fedop.store_view import Credentials, StoreView
@@ -119,6 +120,11 @@ def credentials_problems(job: fs.FederatedJob) -> list[tuple[str, str]]:
 
 def sync_job(rt: Runtime, namespace: str, name: str) -> None:
     """One reconcile pass of one FederatedJob (runs on a worker thread)."""
+    with METRICS.reconciling():
+        _sync_or_retry(rt, namespace, name)
+
+
+def _sync_or_retry(rt: Runtime, namespace: str, name: str) -> None:
     try:
         _sync(rt, namespace, name)
     except ApiError as e:
@@ -135,6 +141,7 @@ def sync_job(rt: Runtime, namespace: str, name: str) -> None:
 def _sync(rt: Runtime, namespace: str, name: str) -> None:
     body = rt.kube.get_federatedjob(namespace, name)
     if body is None or body.get("metadata", {}).get("deletionTimestamp"):
+        METRICS.forget(namespace, name)
         return  # the garbage collector removes the children
     meta = body["metadata"]
     ref = names.JobRef(name, namespace, meta["uid"])
@@ -183,6 +190,7 @@ def _sync(rt: Runtime, namespace: str, name: str) -> None:
     target = Target(job=ref, parsed=job, credentials=credentials, old_status=old)
     try:
         rt.executor.apply(target, plan, now)
+        METRICS.observed(namespace, name, old, plan.status)
     except ChildRefused as e:
         # A resources, volume or toleration entry passed through verbatim was invalid.
         refused = SpecError([("spec", f"the API server refused a child object: {e}")])
@@ -293,6 +301,9 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
         logging.getLogger(noisy).setLevel(logging.WARNING)
     settings.posting.level = logging.WARNING
     ours = OperatorSettings.from_env()
+    port = metrics_port()
+    if port is not None:
+        serve(METRICS, port)
     kube = Kube.from_environment(ours)
     pool = ThreadPoolExecutor(max_workers=ours.api_concurrency, thread_name_prefix="fedop-api")
     rt = Runtime(settings=ours, kube=kube, store=StoreView(), pool=pool)

@@ -198,3 +198,14 @@ def test_client_scheduling_and_data_volumes_pass_through() -> None:
 def test_image_defaults_to_the_operators_runtime_image() -> None:
     assert client_pod()["containers"][0]["image"] == SETTINGS.runtime_image
     assert client_pod(image="reg/x:1")["containers"][0]["image"] == "reg/x:1"
+
+
+def test_aggregator_serves_metrics_on_a_named_port_its_env_names() -> None:
+    pod = aggregator_pod()
+
+    container = pod["containers"][0]
+    assert container["ports"] == [
+        {"name": "metrics", "containerPort": pods.AGGREGATOR_METRICS_PORT}
+    ]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["FEDKUBE_METRICS_PORT"] == str(pods.AGGREGATOR_METRICS_PORT)

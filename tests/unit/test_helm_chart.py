@@ -128,6 +128,7 @@ def test_default_values_render_a_cluster_wide_operator(cluster_wide: list[Obj]) 
         ("ClusterRole", name, None),
         ("ClusterRoleBinding", name, None),
         ("Deployment", name, NAMESPACE),
+        ("Service", f"{name}-metrics", NAMESPACE),
         ("ServiceAccount", name, NAMESPACE),
     ]
 
@@ -162,6 +163,7 @@ def test_namespaced_values_render_a_role_per_namespace(namespaced: list[Obj]) ->
         ("Role", name, "team-b"),
         ("RoleBinding", name, "team-a"),
         ("RoleBinding", name, "team-b"),
+        ("Service", f"{name}-metrics", NAMESPACE),
         ("ServiceAccount", name, NAMESPACE),
     ]
     for namespace in ("team-a", "team-b"):
@@ -294,7 +296,9 @@ def test_image_tags_default_to_the_charts_app_version(cluster_wide: list[Obj]) -
 
 
 def test_rbac_and_service_account_can_be_left_to_the_cluster_admin(helm: Path) -> None:
-    objects = render(helm, "rbac.create=false", "serviceAccount.create=false")
+    objects = render(
+        helm, "rbac.create=false", "serviceAccount.create=false", "metrics.enabled=false"
+    )
 
     assert kinds(objects) == [("Deployment", f"{RELEASE}-fedkube", NAMESPACE)]
 
@@ -309,6 +313,8 @@ def test_rbac_and_service_account_can_be_left_to_the_cluster_admin(helm: Path) -
         ("replicas=2", "'replicas' not allowed"),
         ("credentials.lifetimeSeconds=600", "/credentials/lifetimeSeconds"),
         ("credentials.refreshSeconds=0", "/credentials/refreshSeconds"),
+        ("metrics.port=80", "/metrics/port"),
+        ("metrics.serviceMonitor.interval=often", "/metrics/serviceMonitor/interval"),
     ],
     ids=[
         "unknown log level",
@@ -318,6 +324,8 @@ def test_rbac_and_service_account_can_be_left_to_the_cluster_admin(helm: Path) -
         "unknown key",
         "a credential lifetime STS refuses",
         "a zero credential refresh interval",
+        "a privileged metrics port",
+        "a scrape interval that is no duration",
     ],
 )
 def test_values_schema_refuses_bad_values_naming_them(
@@ -336,3 +344,46 @@ def test_chart_installs_the_generated_crd(helm: Path) -> None:
 
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == (REPO / "crds" / "federatedjob.yaml").read_text().strip()
+
+
+def test_operator_metrics_port_is_on_by_default_behind_a_service(cluster_wide: list[Obj]) -> None:
+    container = operator_container(cluster_wide)
+    service = one(cluster_wide, "Service")
+
+    assert {"name": "metrics", "containerPort": 9101, "protocol": "TCP"} in container["ports"]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env["FEDKUBE_OPERATOR_METRICS_PORT"] == "9101"
+    assert service["spec"]["ports"] == [
+        {"name": "metrics", "port": 9101, "targetPort": "metrics", "protocol": "TCP"}
+    ]
+    assert (
+        service["spec"]["selector"]
+        == one(cluster_wide, "Deployment")["spec"]["selector"]["matchLabels"]
+    )
+    assert not [o for o in cluster_wide if o["kind"] == "ServiceMonitor"]
+
+
+def test_service_monitor_behind_a_value_scrapes_the_metrics_port(helm: Path) -> None:
+    objects = render(
+        helm,
+        "metrics.serviceMonitor.enabled=true",
+        "metrics.serviceMonitor.labels.release=prometheus",
+        "metrics.serviceMonitor.interval=15s",
+    )
+
+    monitor = one(objects, "ServiceMonitor")
+    assert monitor["metadata"]["labels"]["release"] == "prometheus"
+    assert monitor["spec"]["endpoints"] == [
+        {"port": "metrics", "path": "/metrics", "interval": "15s"}
+    ]
+    assert monitor["spec"]["selector"]["matchLabels"] == one(objects, "Service")["spec"]["selector"]
+    assert monitor["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
+
+
+def test_metrics_off_renders_no_port_service_or_env(helm: Path) -> None:
+    objects = render(helm, "metrics.enabled=false", "metrics.serviceMonitor.enabled=true")
+
+    container = operator_container(objects)
+    assert [p["name"] for p in container["ports"]] == ["health"]
+    assert "FEDKUBE_OPERATOR_METRICS_PORT" not in {e["name"] for e in container["env"]}
+    assert not [o for o in objects if o["kind"] in ("Service", "ServiceMonitor")]

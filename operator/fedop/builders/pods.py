@@ -59,6 +59,9 @@ def client_env(
     return _with_defaults(own, client.env)
 
 
+AGGREGATOR_METRICS_PORT = 9102
+"""Where the aggregator serves its Prometheus metrics (``fedcore.aggregator_metrics``)."""
+
 _COMMIT_PUBLIC_KEY_ENV = {
     "name": "FEDKUBE_COMMIT_PUBLIC_KEY_FILE",
     "value": configmap.COMMIT_PUBLIC_KEY_FILE,
@@ -74,6 +77,7 @@ def aggregator_env(job: names.JobRef, spec: fs.FederatedJobSpec) -> list[dict[st
         },
         _COMMIT_PUBLIC_KEY_ENV,
         *credentials.pod_credentials(job, spec, credentials.AGGREGATOR).env,
+        {"name": "FEDKUBE_METRICS_PORT", "value": str(AGGREGATOR_METRICS_PORT)},
     ]
     return _with_defaults(own, spec.aggregator.env)
 
@@ -265,6 +269,7 @@ def aggregator_pod_template(
         dict(spec.aggregator.resources),
         [spec_mount, keys_mount, commit_mount, *store.mounts, tmp_mount],
     )
+    container["ports"] = [{"name": "metrics", "containerPort": AGGREGATOR_METRICS_PORT}]
     pod = _pod_spec(
         settings,
         container,
