@@ -83,9 +83,8 @@ from fedcore.rounds import (
 from fedcore.signing import SigningKey, keys_from_env
 from fedcore.spec import FederatedJob, load_job, parse_job
 from fedcore.store import ObjectStore, open_job_store
-from fedcore.strategies import Krum, Strategy, build_strategy
-from fedcore.strategies.coordinatewise import CoordinateWise
-from fedcore.strategies.spool import clear_spools
+from fedcore.strategies import Strategy, build_strategy
+from fedcore.strategies.spool import SpooledStrategy, clear_spools
 from fedcore.tasks.base import Task, TaskContext, load_task
 from fedcore.weights import (
     Template,
@@ -384,7 +383,7 @@ class Aggregator:
     def _fresh_strategy(self, r: int, template: Template) -> Strategy:
         """The job's strategy with the state round ``r - 1`` committed, ready for round ``r``."""
         strategy = build_strategy(self.spec.strategy)
-        if isinstance(strategy, CoordinateWise | Krum):
+        if isinstance(strategy, SpooledStrategy):
             clear_spools(self.workdir)  # a crashed run's, or the strategy this one replaces
             strategy.spool_dir = self.workdir  # the round's updates are kept on local disk
         self._load_state(strategy, r - 1)

@@ -27,75 +27,26 @@ order do not matter: sorting makes the result a function of the set of updates.
 from __future__ import annotations
 
 from abc import abstractmethod
-from pathlib import Path
 
 import torch
 
-from fedcore.strategies.base import Strategy, arithmetic_threads
+from fedcore.strategies.base import arithmetic_threads
 from fedcore.strategies.spool import (
-    Spool,
-    check_dtypes,
-    check_unweighted_fold,
-    check_update,
+    SpooledStrategy,
     slice_elements,
-    step_is_finite,
 )
-from fedcore.strategies.weighting import FoldWeight
 from fedcore.weights import (
     FLOAT_DTYPES,
     INT_DTYPES,
-    Template,
     Tensors,
     TensorSource,
-    TensorSpec,
     check_same_structure,
     dtype_name,
 )
 
 
-class CoordinateWise(Strategy):
+class CoordinateWise(SpooledStrategy):
     """Base of strategies that reduce each coordinate over the sorted updates."""
-
-    def __init__(self, *, spool_dir: Path | None = None) -> None:
-        self.spool_dir = spool_dir
-        """Where the round's updates are kept (None: the system's temporary directory)."""
-        self._template: dict[str, TensorSpec] | None = None
-        self._spool: Spool | None = None
-        self._num_samples = 0
-
-    @property
-    def num_updates(self) -> int:
-        return len(self._spool.kept) if self._spool else 0
-
-    @property
-    def num_samples(self) -> int:
-        return self._num_samples
-
-    def begin_round(self, template: Template) -> None:
-        self._template = check_dtypes(template, self.name)
-        if self._spool is not None:
-            self._spool.close()
-        self._spool = Spool(self.spool_dir)
-        self._num_samples = 0
-
-    def _round(self, action: str) -> tuple[dict[str, TensorSpec], Spool]:
-        if self._template is None or self._spool is None:
-            raise RuntimeError(f"cannot {action}: call begin_round(template) first")
-        return self._template, self._spool
-
-    def fold(
-        self, update: TensorSource, num_samples: int, *, weight: FoldWeight | None = None
-    ) -> None:
-        template, spool = self._round("fold an update")
-        check_unweighted_fold(self.name, num_samples, weight)
-        check_update(template, update)
-        spool.add(update, num_samples)
-        self._num_samples += num_samples
-
-    def alone_is_finite(self, update: TensorSource, base: TensorSource) -> bool:
-        template, _ = self._round("check an update")
-        with arithmetic_threads():
-            return step_is_finite(template, update, base)
 
     @abstractmethod
     def reduce(self, ordered: torch.Tensor) -> torch.Tensor:
@@ -136,10 +87,7 @@ class CoordinateWise(Strategy):
                         self.reduce(ordered) if is_float else self.reduce_int(ordered)
                     )
                 out[name] = _cast(name, flat.reshape(spec.shape), spec.dtype)
-        self._template = None
-        spool.close()
-        self._spool = None
-        self._num_samples = 0
+        self._end_round()
         return out
 
 

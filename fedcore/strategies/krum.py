@@ -26,20 +26,14 @@ from typing import ClassVar
 import torch
 
 from fedcore.spec import StrategySpec
-from fedcore.strategies.base import Strategy, arithmetic_threads
+from fedcore.strategies.base import arithmetic_threads
 from fedcore.strategies.fedavg import FedAvg
 from fedcore.strategies.spool import (
-    Spool,
-    check_dtypes,
-    check_unweighted_fold,
-    check_update,
+    SpooledStrategy,
     slice_elements,
-    step_is_finite,
 )
-from fedcore.strategies.weighting import FoldWeight
 from fedcore.weights import (
     FLOAT_DTYPES,
-    Template,
     Tensors,
     TensorSource,
     TensorSpec,
@@ -89,7 +83,7 @@ def krum_scores(dist: torch.Tensor, byzantine: int) -> torch.Tensor:
     return scores
 
 
-class Krum(Strategy):
+class Krum(SpooledStrategy):
     """Keep the ``krumSelect`` updates closest to their neighbours; FedAvg them."""
 
     name: ClassVar[str] = "krum"
@@ -102,52 +96,15 @@ class Krum(Strategy):
                 f"byzantine_clients must be >= 0 and krum_select >= 1, got {byzantine_clients} "
                 f"and {krum_select}"
             )
+        super().__init__(spool_dir=spool_dir)
         self.byzantine_clients = byzantine_clients
         self.krum_select = krum_select
-        self.spool_dir = spool_dir
-        self._template: dict[str, TensorSpec] | None = None
-        self._spool: Spool | None = None
-        self._num_samples = 0
         self.selected: list[int] = []
         """Canonical indices of the updates the last ``finalize`` kept (for logs and tests)."""
 
     @classmethod
     def from_spec(cls, spec: StrategySpec) -> Krum:
         return cls(byzantine_clients=spec.byzantine_clients or 0, krum_select=spec.krum_select or 1)
-
-    @property
-    def num_updates(self) -> int:
-        return len(self._spool.kept) if self._spool else 0
-
-    @property
-    def num_samples(self) -> int:
-        return self._num_samples
-
-    def begin_round(self, template: Template) -> None:
-        self._template = check_dtypes(template, self.name)
-        if self._spool is not None:
-            self._spool.close()
-        self._spool = Spool(self.spool_dir)
-        self._num_samples = 0
-
-    def _round(self, action: str) -> tuple[dict[str, TensorSpec], Spool]:
-        if self._template is None or self._spool is None:
-            raise RuntimeError(f"cannot {action}: call begin_round(template) first")
-        return self._template, self._spool
-
-    def fold(
-        self, update: TensorSource, num_samples: int, *, weight: FoldWeight | None = None
-    ) -> None:
-        template, spool = self._round("fold an update")
-        check_unweighted_fold(self.name, num_samples, weight)
-        check_update(template, update)
-        spool.add(update, num_samples)
-        self._num_samples += num_samples
-
-    def alone_is_finite(self, update: TensorSource, base: TensorSource) -> bool:
-        template, _ = self._round("check an update")
-        with arithmetic_threads():
-            return step_is_finite(template, update, base)
 
     def finalize(self, base: TensorSource) -> Tensors:
         template, spool = self._round("finalize")
@@ -168,8 +125,5 @@ class Krum(Strategy):
             for i in self.selected:
                 mean.fold(readers[i], opened[i][0].num_samples)
             out = mean.finalize(base)
-        self._template = None
-        spool.close()
-        self._spool = None
-        self._num_samples = 0
+        self._end_round()
         return out

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from fedcore.strategies.base import check_num_samples
+from fedcore.strategies.base import Strategy, arithmetic_threads, check_num_samples
 from fedcore.strategies.weighting import FoldWeight
 from fedcore.weights import (
     FLOAT_DTYPES,
@@ -151,3 +151,56 @@ def step_is_finite(
         if not bool(torch.isfinite(total.to(spec.dtype)).all()):
             return False
     return True
+
+
+class SpooledStrategy(Strategy):
+    """Base of the strategies that cannot stream (``median``, ``trimmedmean``, ``krum``):
+    ``fold`` checks each update and keeps it in a ``Spool``; a subclass's ``finalize`` reads
+    the kept updates back through ``_round`` and ends with ``_end_round``."""
+
+    def __init__(self, *, spool_dir: Path | None = None) -> None:
+        self.spool_dir = spool_dir
+        """Where the round's updates are kept (None: the system's temporary directory)."""
+        self._template: dict[str, TensorSpec] | None = None
+        self._spool: Spool | None = None
+        self._num_samples = 0
+
+    @property
+    def num_updates(self) -> int:
+        return len(self._spool.kept) if self._spool else 0
+
+    @property
+    def num_samples(self) -> int:
+        return self._num_samples
+
+    def begin_round(self, template: Template) -> None:
+        self._template = check_dtypes(template, self.name)
+        if self._spool is not None:
+            self._spool.close()
+        self._spool = Spool(self.spool_dir)
+        self._num_samples = 0
+
+    def _round(self, action: str) -> tuple[dict[str, TensorSpec], Spool]:
+        if self._template is None or self._spool is None:
+            raise RuntimeError(f"cannot {action}: call begin_round(template) first")
+        return self._template, self._spool
+
+    def _end_round(self) -> None:
+        """Forget the round: its kept updates are removed from disk."""
+        if self._spool is not None:
+            self._spool.close()
+        self._template, self._spool, self._num_samples = None, None, 0
+
+    def fold(
+        self, update: TensorSource, num_samples: int, *, weight: FoldWeight | None = None
+    ) -> None:
+        template, spool = self._round("fold an update")
+        check_unweighted_fold(self.name, num_samples, weight)
+        check_update(template, update)
+        spool.add(update, num_samples)
+        self._num_samples += num_samples
+
+    def alone_is_finite(self, update: TensorSource, base: TensorSource) -> bool:
+        template, _ = self._round("check an update")
+        with arithmetic_threads():
+            return step_is_finite(template, update, base)
