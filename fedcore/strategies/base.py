@@ -28,7 +28,15 @@ from typing import ClassVar
 import torch
 
 from fedcore.strategies.weighting import FoldWeight
-from fedcore.weights import FLOAT_DTYPES, Template, Tensors, TensorSource, dtype_name
+from fedcore.weights import (
+    FLOAT_DTYPES,
+    Template,
+    Tensors,
+    TensorSource,
+    TensorSpec,
+    check_same_structure,
+    dtype_name,
+)
 
 MAX_NUM_SAMPLES = 10**12
 """Largest accepted FedAvg weight of one update. Far above any real dataset, low enough that
@@ -80,6 +88,31 @@ def check_num_samples(num_samples: int) -> None:
             f"num_samples must be between 1 and {MAX_NUM_SAMPLES}, got {num_samples}; "
             "an update trained on no samples carries no weight and must not be folded"
         )
+
+
+def check_update(template: Mapping[str, TensorSpec], update: TensorSource) -> None:
+    """Refuse an update whose structure does not fit the model before any arithmetic: the
+    same tensor names and shapes, float tensors in any float dtype, other tensors in the
+    model's own dtype, and bool tensors (constants of the model) unchanged."""
+    wire = update.template()
+    check_same_structure(
+        template, wire, left_name="the model", right_name=repr(update), compare_dtypes=False
+    )
+    for name, spec in template.items():
+        got = wire[name].dtype
+        ok = got in FLOAT_DTYPES if spec.dtype in FLOAT_DTYPES else got == spec.dtype
+        if not ok:
+            raise ValueError(
+                f"tensor {name!r} of {update!r} has dtype {dtype_name(got)} but the model's is "
+                f"{dtype_name(spec.dtype)}; float tensors may travel as any float dtype, "
+                "others must keep theirs"
+            )
+    for name, spec in template.items():  # reading values only once the structure is right
+        if spec.dtype == torch.bool and bool(update.get(name).any()):
+            raise ValueError(
+                f"bool tensor {name!r} of {update!r} changed (its delta is not all-False); "
+                "bool tensors are constants of the model and cannot be aggregated"
+            )
 
 
 def server_state_dtype(model_dtype: torch.dtype) -> torch.dtype:

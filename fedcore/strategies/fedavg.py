@@ -72,6 +72,7 @@ from fedcore.strategies.base import (
     Strategy,
     arithmetic_threads,
     check_num_samples,
+    check_update,
 )
 from fedcore.strategies.clipping import (
     BOUND_KEY,
@@ -185,27 +186,6 @@ class FedAvg(Strategy):
             )
         return self._template
 
-    def _check_update(self, template: dict[str, TensorSpec], update: TensorSource) -> None:
-        wire = update.template()
-        check_same_structure(
-            template, wire, left_name="the model", right_name=repr(update), compare_dtypes=False
-        )
-        for name, spec in template.items():
-            got = wire[name].dtype
-            ok = got in FLOAT_DTYPES if spec.dtype in FLOAT_DTYPES else got == spec.dtype
-            if not ok:
-                raise ValueError(
-                    f"tensor {name!r} of {update!r} has dtype {dtype_name(got)} but the model's "
-                    f"is {dtype_name(spec.dtype)}; float tensors may travel as any float dtype, "
-                    "others must keep theirs"
-                )
-        for name, spec in template.items():
-            if spec.dtype == torch.bool and bool(update.get(name).any()):
-                raise ValueError(
-                    f"bool tensor {name!r} of {update!r} changed (its delta is not all-False); "
-                    "bool tensors are constants of the model and cannot be averaged"
-                )
-
     def _check_int_headroom(
         self, template: dict[str, TensorSpec], update: TensorSource, num_samples: int
     ) -> None:
@@ -232,7 +212,7 @@ class FedAvg(Strategy):
         template = self._round_template("fold an update")
         check_num_samples(num_samples)
         value, integer = _weights_of(num_samples, weight)
-        self._check_update(template, update)
+        check_update(template, update)
         self._check_int_headroom(template, update, integer)
         norm, scaled = None, value
         if self.clip_bound is not None:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from fedcore.strategies.base import Strategy, arithmetic_threads, check_num_samples
+from fedcore.strategies.base import Strategy, arithmetic_threads, check_num_samples, check_update
 from fedcore.strategies.weighting import FoldWeight
 from fedcore.weights import (
     FLOAT_DTYPES,
@@ -33,7 +33,6 @@ from fedcore.weights import (
     TensorSource,
     TensorSpec,
     WeightsReader,
-    check_same_structure,
     dtype_name,
     open_weights,
     save_weights,
@@ -115,28 +114,6 @@ def check_unweighted_fold(strategy: str, num_samples: int, weight: FoldWeight | 
             f"{strategy} does not take capped weights (maxWeightShare): its aggregate is not a "
             "weighted mean of the updates; the spec refuses maxWeightShare with it"
         )
-
-
-def check_update(template: dict[str, TensorSpec], update: TensorSource) -> None:
-    """Structure, dtypes and constant bool tensors, as FedAvg checks them."""
-    wire = update.template()
-    check_same_structure(
-        template, wire, left_name="the model", right_name=repr(update), compare_dtypes=False
-    )
-    for name, spec in template.items():
-        got = wire[name].dtype
-        ok = got in FLOAT_DTYPES if spec.dtype in FLOAT_DTYPES else got == spec.dtype
-        if not ok:
-            raise ValueError(
-                f"tensor {name!r} of {update!r} has dtype {dtype_name(got)} but the model's is "
-                f"{dtype_name(spec.dtype)}; float tensors may travel as any float dtype, "
-                "others must keep theirs"
-            )
-        if spec.dtype == torch.bool and bool(update.get(name).any()):
-            raise ValueError(
-                f"bool tensor {name!r} of {update!r} changed (its delta is not all-False); "
-                "bool tensors are constants of the model and cannot be aggregated"
-            )
 
 
 def step_is_finite(
