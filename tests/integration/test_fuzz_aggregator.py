@@ -29,25 +29,18 @@ from fedcore import layout
 from fedcore.signing import signature_of
 from fedcore.validation import REJECT_REASONS
 from fedcore.weights import Tensors, load_weights, save_weights, sha256_file, update_metadata
-from tests.fixtures.fuzz import byte_edits, edit_bytes, fuzz_settings, hostile_float, json_value
+from tests.fixtures.fuzz import (
+    MANIFEST_FIELDS,
+    byte_edits,
+    edit_bytes,
+    fuzz_settings,
+    hostile_float,
+    json_value,
+)
 from tests.integration.test_aggregator_hostile import Scene, delta, make_job
 
 FUZZ = fuzz_settings(max_examples=50)
 HONEST = {"a": (delta(1.0, steps=2), 1), "b": (delta(-2.0, steps=1), 3)}
-FIELDS = [
-    "client",
-    "round",
-    "base_round",
-    "base_sha256",
-    "num_samples",
-    "metrics",
-    "update_sha256",
-    "update_bytes",
-    "dtype",
-    "created_at",
-    "signature",
-    "unexpected",
-]
 
 
 def by_hand(base: Tensors, updates: list[tuple[Tensors, int]], lr: float = 1.0) -> Tensors:
@@ -75,7 +68,9 @@ big_float = st.sampled_from([3e38, -3e38, 1e30, 1.7e308, -1e300])
 """Finite values that overflow once scaled or summed."""
 
 mutations = st.one_of(
-    st.tuples(st.just("field"), st.sampled_from(FIELDS), json_value, st.booleans(), st.booleans()),
+    st.tuples(
+        st.just("field"), st.sampled_from(MANIFEST_FIELDS), json_value, st.booleans(), st.booleans()
+    ),
     st.tuples(st.just("manifest-bytes"), byte_edits),
     st.tuples(st.just("weights-bytes"), byte_edits, st.booleans()),
     st.tuples(

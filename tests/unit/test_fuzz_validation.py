@@ -33,6 +33,7 @@ from fedcore.weights import (
     update_metadata,
 )
 from tests.fixtures.fuzz import (
+    MANIFEST_FIELDS,
     ByteEdit,
     byte_edits,
     edit_bytes,
@@ -73,20 +74,6 @@ def honest_delta() -> Tensors:
 
 
 TEMPLATE = template_of(base_model())
-FIELDS = [
-    "client",
-    "round",
-    "base_round",
-    "base_sha256",
-    "num_samples",
-    "metrics",
-    "update_sha256",
-    "update_bytes",
-    "dtype",
-    "created_at",
-    "signature",
-    "unexpected",
-]
 
 
 def manifest_fields(path: Path) -> dict[str, Any]:
@@ -158,7 +145,7 @@ def test_the_unmutated_update_is_accepted_and_folds() -> None:
 
 @FUZZ
 @given(
-    field=st.sampled_from(FIELDS),
+    field=st.sampled_from(MANIFEST_FIELDS),
     value=json_value,
     delete=st.booleans(),
     resign=st.booleans(),
