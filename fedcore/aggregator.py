@@ -86,6 +86,7 @@ from fedcore.store import ObjectStore, open_job_store
 from fedcore.strategies import Strategy, build_strategy
 from fedcore.strategies.spool import SpooledStrategy, clear_spools
 from fedcore.tasks.base import Task, TaskContext, load_task
+from fedcore.tracking import NoTracking, Tracker, tracker_for
 from fedcore.weights import (
     Template,
     Tensors,
@@ -136,9 +137,11 @@ class Aggregator:
         poll_seconds: float = POLL_SECONDS,
         task: Task | None = None,
         metrics: AggregatorMetrics | None = None,
+        tracker: Tracker | None = None,
     ) -> None:
         self.job = job
         self.metrics = metrics if metrics is not None else AggregatorMetrics()
+        self.tracker: Tracker = tracker if tracker is not None else NoTracking()
         self.commit_key = commit_key
         self.spec = job.spec
         self.store = store
@@ -255,9 +258,12 @@ class Aggregator:
         else:
             record = self.commit_initial()
         self.metrics.resumed(record)
+        self.tracker.resumed(record)
         while record.round < self.spec.rounds:
             record = self.run_round(record.round + 1, record)
-        return self.write_final(record)
+        final = self.write_final(record)
+        self.tracker.finished(final, self.store.uri(layout.FINAL_MODEL_KEY))
+        return final
 
     def commit_initial(self) -> layout.RoundRecord:
         started_at = _now()
@@ -459,6 +465,7 @@ class Aggregator:
         with self.metrics.committing():
             committed = self._commit(path, state_tensors, record)
         self.metrics.committed(committed, folded)
+        self.tracker.committed(committed)
         path.rename(self.workdir / "last-global.safetensors")
         return committed
 
@@ -564,6 +571,13 @@ def run_aggregator(job_path: Path) -> layout.FinalRecord:
     port = metrics_port()
     if port is not None:
         serve(metrics, port)
-    with tempfile.TemporaryDirectory(prefix="fedkube-aggregator-") as tmp:
-        aggregator = Aggregator(job, store, keys, Path(tmp), commit_key=commit_key, metrics=metrics)
-        return aggregator.run()
+    tracker = tracker_for(job, store_location(store))
+    try:
+        with tempfile.TemporaryDirectory(prefix="fedkube-aggregator-") as tmp:
+            aggregator = Aggregator(
+                job, store, keys, Path(tmp), commit_key=commit_key, metrics=metrics,
+                tracker=tracker,
+            )  # fmt: skip
+            return aggregator.run()
+    finally:
+        tracker.close()

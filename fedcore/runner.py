@@ -59,6 +59,7 @@ from fedcore.progress import header_lines, round_line, summary_lines, write_plot
 from fedcore.rounds import training_differences
 from fedcore.spec import FederatedJob, job_prefix, parse_job
 from fedcore.store import ObjectStore, open_store
+from fedcore.tracking import CREDENTIAL_ENV as TRACKING_CREDENTIAL_ENV
 
 POLL_SECONDS = 0.2
 """Supervision tick: how often exits are noticed and the store is checked for commits."""
@@ -478,6 +479,9 @@ class Runner:
 
     def _role_env(self, role: Role) -> dict[str, str]:
         env = self._base_env()
+        if role.client is not None:  # the tracking server's credential is the aggregator's
+            for name in TRACKING_CREDENTIAL_ENV:
+                env.pop(name, None)
         return env if self.credentials is None else self.credentials.environment(role, env)
 
     def _aggregator_members(self) -> list[Member]:

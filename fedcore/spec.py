@@ -108,6 +108,29 @@ class SecretRef(_Model):
     """Key inside the Secret holding the secret access key."""
 
 
+class TrackingSecretRef(_Model):
+    name: Annotated[str, Field(min_length=1, max_length=253)]
+    """Secret in the job's namespace with MLflow's own variables: ``MLFLOW_TRACKING_TOKEN``,
+    or ``MLFLOW_TRACKING_USERNAME`` and ``MLFLOW_TRACKING_PASSWORD``; only the aggregator
+    pod gets them."""
+
+
+class MlflowSpec(_Model):
+    uri: Annotated[str, Field(pattern=ENDPOINT, max_length=2048)]
+    """The tracking server, e.g. ``http://mlflow.mlflow:5000``; reached by the aggregator."""
+    experiment: Annotated[str, Field(min_length=1, max_length=256)] = "fedkube"
+    """Experiment the job's run goes in; created when missing."""
+    secret_ref: TrackingSecretRef | None = None
+    """Credentials for the server (cluster runs). Unset: none, or the aggregator's
+    environment (``fedkube run`` passes the ``MLFLOW_TRACKING_*`` variables on to it)."""
+
+
+class TrackingSpec(_Model):
+    mlflow: MlflowSpec | None = None
+    """Log parameters, every round's metrics and the final model's URI to MLflow
+    (``fedcore.tracking``). A server that is down never fails or slows the job."""
+
+
 class StorageSpec(_Model):
     endpoint: Annotated[str | None, Field(pattern=ENDPOINT, max_length=2048)] = None
     """S3 endpoint URL (MinIO, Ceph RGW, AWS). Unset: ``fedkube run`` uses a local directory."""
@@ -402,6 +425,8 @@ class FederatedJobSpec(_Model):
     strategy: StrategySpec = Field(default_factory=StrategySpec)
     aggregator: AggregatorSpec = Field(default_factory=AggregatorSpec)
     run_policy: RunPolicy = Field(default_factory=RunPolicy)
+    tracking: TrackingSpec | None = None
+    """Experiment tracking; unset: none."""
 
     @model_validator(mode="after")
     def _clients_are_consistent(self) -> FederatedJobSpec:

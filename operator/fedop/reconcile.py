@@ -453,9 +453,7 @@ def _ensure_shared_objects(obs: Observation, draft: _Draft) -> bool:
             created = True
         elif dict(current) != wanted_cm["data"]:
             draft.actions.append(Replace(wanted_cm))
-    for policy in network.network_policies(
-        job, spec, obs.settings.metrics_scrape_namespace
-    ):
+    for policy in network.network_policies(job, spec, obs.settings.metrics_scrape_namespace):
         if policy["metadata"]["name"] not in kids.network_policies:
             draft.actions.append(Create(policy))
             created = True
