@@ -115,10 +115,12 @@ class NormalStream:
     def _uniforms(self, count: int) -> torch.Tensor:
         """``count`` float64 uniforms in (0, 1), never 0 (its log is taken)."""
         raw = self._keystream.update(bytes(8 * count))
-        # Little-endian words on every machine ('<u8'), as signed int64 for torch.
-        words = torch.from_numpy(numpy.frombuffer(raw, dtype="<u8").astype(numpy.int64))
-        top = torch.bitwise_right_shift(words, 11).bitwise_and_(_MANTISSA - 1)
-        return top.to(torch.float64).add_(0.5).div_(_MANTISSA)
+        # Little-endian words on every machine ('<u8'); their top 53 bits, centred in (0, 1).
+        top = numpy.frombuffer(raw, dtype="<u8") >> numpy.uint64(11)
+        uniform = top.astype(numpy.float64)
+        uniform += 0.5
+        uniform *= 1.0 / _MANTISSA
+        return torch.from_numpy(uniform)
 
     def normals(self, count: int) -> torch.Tensor:
         """The next ``count`` standard normals, float64."""
