@@ -70,7 +70,9 @@ def epsilon(noise_multiplier: float, rounds: int, delta: float) -> float:
     if rounds == 0:
         return 0.0
     accountant = rdp.RdpAccountant()
-    event = dp_accounting.SelfComposedDpEvent(dp_accounting.GaussianDpEvent(noise_multiplier), rounds)
+    event = dp_accounting.SelfComposedDpEvent(
+        dp_accounting.GaussianDpEvent(noise_multiplier), rounds
+    )
     accountant.compose(event)
     return float(accountant.get_epsilon(delta))
 

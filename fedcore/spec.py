@@ -275,9 +275,7 @@ class StrategySpec(_Model):
             )
         problems = []
         if self.dp is not None and self.name != DP:
-            problems.append(
-                f"dp applies to {DP} only; set strategy.name: {DP}, or remove dp"
-            )
+            problems.append(f"dp applies to {DP} only; set strategy.name: {DP}, or remove dp")
         if self.name == DP:
             for field, value in (
                 ("maxWeightShare", self.max_weight_share),

@@ -3,8 +3,9 @@
 ``build_strategy(spec)`` is how the aggregator gets one; ``STRATEGIES`` lists them. The
 weighted-mean strategies stream (``fedcore.strategies.base``): memory O(model), whatever the
 client count; ``dpfedavg`` adds client-level differential privacy (clipping, equal weights,
-secret Gaussian noise; ``fedcore.strategies.dpfedavg``) to that. The robust ones (``median``, ``trimmedmean``, ``krum``) keep the round's
-updates on local disk and reduce them slice by slice (``fedcore.strategies.spool``).
+secret Gaussian noise; ``fedcore.strategies.dpfedavg``) to that. The robust ones
+(``median``, ``trimmedmean``, ``krum``) keep the round's updates on local disk and reduce them
+slice by slice (``fedcore.strategies.spool``).
 """
 
 from __future__ import annotations

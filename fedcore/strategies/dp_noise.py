@@ -45,6 +45,7 @@ import hmac
 import math
 import os
 from collections.abc import Iterable
+from typing import Any
 
 import numpy
 import torch
@@ -98,7 +99,7 @@ class NoiseKey:
 
     __str__ = __repr__
 
-    def __reduce__(self) -> object:
+    def __reduce__(self) -> str | tuple[Any, ...]:
         raise TypeError("a NoiseKey cannot be pickled (it would copy the secret)")
 
 

@@ -32,16 +32,16 @@ Gaussian mechanism with noise multiplier ``z``. Three choices keep that bound ho
   running statistics included, is part of the clipped, noised delta.
 
 Adaptive clipping (Andrew et al., 2021, "Differentially private learning with adaptive
-clipping"). The bound follows the ``γ``-quantile of the update norms: each folded update
+clipping"). The bound follows the ``gamma``-quantile of the update norms: each folded update
 contributes ``b_k - 1/2`` with ``b_k = [||Δ_k|| <= C]`` (centred: a zeroed-out client
-contributes 0, so the count's sensitivity is 1/2), the sum gets ``N(0, σ_b^2)`` noise, and::
+contributes 0, so the count's sensitivity is 1/2), the sum gets ``N(0, sigma_b^2)`` noise, and::
 
-    b̄ = 1/2 + (Σ_k (b_k - 1/2) + N(0, σ_b^2)) / m,       C <- C · exp(-η_C (b̄ - γ))
+    b̄ = 1/2 + (Σ_k (b_k - 1/2) + N(0, sigma_b^2)) / m,       C <- C · exp(-η_C (b̄ - gamma))
 
 The count is a second Gaussian query on the same data: releasing both is equivalent to one
-Gaussian mechanism with ``z^-2 = z_Δ^-2 + (2 σ_b)^-2``. ``strategy.dp.noiseMultiplier`` is
+Gaussian mechanism with ``z^-2 = z_Δ^-2 + (2 sigma_b)^-2``. ``strategy.dp.noiseMultiplier`` is
 that combined ``z`` (what the accountant charges), and the updates get
-``z_Δ = (z^-2 - (2 σ_b)^-2)^(-1/2)``, a little more noise than ``z``, as in Andrew et al.
+``z_Δ = (z^-2 - (2 sigma_b)^-2)^(-1/2)``, a little more noise than ``z``, as in Andrew et al.
 and TensorFlow Federated. The bound is strategy state (``clip/bound``): a restarted
 aggregator clips exactly as one that never stopped.
 
@@ -91,16 +91,17 @@ from fedcore.weights import (
 
 log = logging.getLogger(__name__)
 
+
 @dataclass(frozen=True)
 class AdaptiveClipping:
     """Andrew et al.'s geometric quantile tracking (module docstring)."""
 
     target_unclipped_quantile: float
-    """``γ``: the share of updates the bound aims to leave unclipped."""
+    """``gamma``: the share of updates the bound aims to leave unclipped."""
     learning_rate: float
     """``η_C``: step of the geometric update of the bound."""
     clipped_count_stddev: float
-    """``σ_b``: standard deviation of the noise on the centred count of unclipped updates."""
+    """``sigma_b``: standard deviation of the noise on the centred count of unclipped updates."""
 
 
 def update_noise_multiplier(noise_multiplier: float, adaptive: AdaptiveClipping | None) -> float:
@@ -115,7 +116,7 @@ def update_noise_multiplier(noise_multiplier: float, adaptive: AdaptiveClipping 
             f"noise_multiplier/2 ({noise_multiplier / 2:g}): the count would spend the whole "
             "privacy budget"
         )
-    return rest**-0.5
+    return float(rest**-0.5)
 
 
 class DPFedAvg(Strategy):

@@ -69,7 +69,9 @@ def test_round_is_the_clipped_sum_plus_the_secret_keyed_noise_over_the_selected_
 
     key = round_key(h.store, 1, ["a", "b"])
     for name, b in w0.items():
-        total = deltas(0.1)[name].double() + deltas(3.0)[name].double() * (2.0 / (3 * math.sqrt(10)))
+        total = deltas(0.1)[name].double() + deltas(3.0)[name].double() * (
+            2.0 / (3 * math.sqrt(10))
+        )
         total += key.stream(name).normals(b.numel()).view(b.shape) * (0.8 * 2.0)
         want = (total / 3 + b.double()).to(b.dtype)
         torch.testing.assert_close(got[name], want, rtol=1e-6, atol=1e-6)
@@ -94,7 +96,8 @@ def test_records_carry_signed_epsilon_and_no_client_declared_numbers(
     ]
     assert all(r.num_samples == {} and r.client_metrics == {} for r in records)
     assert records[1].participants == ["a", "b"]
-    assert final.privacy == records[2].privacy and final.rounds == 2
+    assert final.privacy == records[2].privacy
+    assert final.rounds == 2
     assert not final.privacy.budget_reached
     # epsilon is covered by the record's signature
     raw = json.loads(h.store.get_bytes(layout.round_record_key(2)))
@@ -117,8 +120,10 @@ def test_the_privacy_budget_ends_the_job_with_the_last_committed_model(
 
     last = h.record(2)
     assert last.next is None  # no client is asked to train round 3
-    assert final.rounds == 2 and final.model_sha256 == last.model_sha256
-    assert final.privacy is not None and final.privacy.budget_reached
+    assert final.rounds == 2
+    assert final.model_sha256 == last.model_sha256
+    assert final.privacy is not None
+    assert final.privacy.budget_reached
     assert final.privacy.epsilon <= target < (final.privacy.next_epsilon or 0)
     assert not h.store.exists(layout.round_record_key(3))
 
@@ -163,4 +168,5 @@ def test_a_crash_mid_job_resumes_to_the_same_bytes(
     resumed = [second.record(r).model_sha256 for r in range(4)]
     assert resumed == run_uninterrupted(job, tmp_path / "again", first.keys, 3)
     bounds = [second.record(r).privacy.clip_norm for r in (1, 2, 3)]  # type: ignore[union-attr]
-    assert bounds[0] == 2.0 and len(set(bounds)) == 3  # the bound adapted, as persisted
+    assert bounds[0] == 2.0
+    assert len(set(bounds)) == 3

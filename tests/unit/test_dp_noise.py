@@ -17,7 +17,9 @@ KEY = NoiseKey(bytes(range(32)))
 
 
 def test_the_same_key_draws_the_same_normals() -> None:
-    assert torch.equal(KEY.stream("w").normals(1000), NoiseKey(bytes(range(32))).stream("w").normals(1000))
+    assert torch.equal(
+        KEY.stream("w").normals(1000), NoiseKey(bytes(range(32))).stream("w").normals(1000)
+    )
 
 
 def test_keys_rounds_folded_sets_and_tensors_draw_independent_noise() -> None:
@@ -61,7 +63,9 @@ def test_fill_adds_std_times_the_stream_across_slices() -> None:
 
     KEY.stream("w").fill_normal_(target.view(-1, 1), 3.0)
 
-    expected = torch.full((n,), 2.0, dtype=torch.float64).add_(KEY.stream("w").normals(n), alpha=3.0)
+    expected = torch.full((n,), 2.0, dtype=torch.float64).add_(
+        KEY.stream("w").normals(n), alpha=3.0
+    )
     assert torch.equal(target, expected)
 
 

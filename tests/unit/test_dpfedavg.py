@@ -143,7 +143,10 @@ def test_one_client_moves_the_noiseless_sum_by_at_most_the_bound() -> None:
         strategy = DPFedAvg(noise_multiplier=1e-9, clip_norm=0.3)
         return one_round(strategy, base, us, m=3, key=without_noise)
 
-    with_all, zeroed = noiseless(ups), noiseless([*ups[:2], {k: torch.zeros_like(v) for k, v in ups[2].items()}])
+    with_all, zeroed = (
+        noiseless(ups),
+        noiseless([*ups[:2], {k: torch.zeros_like(v) for k, v in ups[2].items()}]),
+    )
 
     moved = math.sqrt(
         sum(float((with_all[n].double() - zeroed[n].double()).pow(2).sum()) for n in ("w", "b"))
@@ -278,7 +281,10 @@ def test_build_strategy_makes_it_from_the_spec() -> None:
     [
         ({"noise_multiplier": 0.0, "clip_norm": 1.0}, "noise_multiplier"),
         ({"noise_multiplier": 1.0, "clip_norm": math.inf}, "clip_norm"),
-        ({"noise_multiplier": 1.0, "clip_norm": 1.0, "server_learning_rate": -1}, "server_learning"),
+        (
+            {"noise_multiplier": 1.0, "clip_norm": 1.0, "server_learning_rate": -1},
+            "server_learning",
+        ),
     ],
 )
 def test_bad_options_are_refused_naming_them(kwargs: dict[str, float], words: str) -> None:

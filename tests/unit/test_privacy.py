@@ -52,9 +52,7 @@ def test_epsilon_is_dp_accountings_rdp_and_lies_between_the_tight_and_the_classi
     z: float, rounds: int
 ) -> None:
     direct = rdp.RdpAccountant()
-    direct.compose(
-        dp_accounting.SelfComposedDpEvent(dp_accounting.GaussianDpEvent(z), rounds)
-    )
+    direct.compose(dp_accounting.SelfComposedDpEvent(dp_accounting.GaussianDpEvent(z), rounds))
 
     got = epsilon(z, rounds, 1e-5)
 
@@ -97,7 +95,8 @@ def test_the_budget_stops_before_the_round_that_would_exceed_it() -> None:
     r1 = account(spec, r0, everyone, everyone, clip_norm=1.0)
     r2 = account(spec, r1, everyone, everyone, clip_norm=1.0)
 
-    assert not r0.budget_reached and not r1.budget_reached
+    assert not r0.budget_reached
+    assert not r1.budget_reached
     assert r2.budget_reached
     assert r2.epsilon <= target < (r2.next_epsilon or 0)
     assert "stopped after round 2 of 5" in r2.stop_message(2, 5)
