@@ -18,6 +18,11 @@ protocol"). A round ``r``:
    (``fedcore.commit_signing``); records read back (on resume, or a slot found taken) must
    verify with it.
 
+With ``dpfedavg`` (differential privacy), ``fedcore.aggregator_privacy`` fixes each round's
+denominator, hands the strategy its secret noise key before ``finalize`` and puts epsilon into
+the record; a record whose next round would pass ``targetEpsilon`` announces none, and the job
+ends there with that round's model as the final one.
+
 A record slot taken by a record this key did not sign means someone else holding a store
 credential that may write records got there first. Clients refuse that record, but the
 aggregator cannot replace it (create-if-absent; it may not delete), and overwriting would
