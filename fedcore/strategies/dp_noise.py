@@ -29,8 +29,8 @@ generator must not give its state away from its output either.
 
 Streaming: ``fill_normal_`` draws one slice at a time (``SLICE_ELEMENTS``, 2 MiB of keystream
 and a few float64 temporaries of the slice's size), so noising a tensor in place costs
-O(slice) memory beyond the tensor, and time linear in the model (ChaCha20 runs at about a
-GB/s; measured numbers in ``docs/privacy.md``).
+O(slice) memory beyond the tensor, and time linear in the model (``make bench-dp``; numbers
+in ``docs/privacy.md``).
 
 Limits, said plainly: the normals come from floating-point arithmetic, not an exact discrete
 Gaussian; Mironov's (2012) attack reads the low-order bits of floating-point noise. Here the
