@@ -714,7 +714,8 @@ def _finish(
     records = read_records(store, verifier)
     plot = write_plot(records, run.plot, f"{job.name}: global model per round")
     elapsed = None if t0 is None else time.monotonic() - t0
-    for line in summary_lines(final, store.uri(layout.FINAL_MODEL_KEY), plot, elapsed):
+    uri = store.uri(layout.FINAL_MODEL_KEY)
+    for line in summary_lines(final, uri, plot, elapsed, job.spec.rounds):
         print(line, file=out, flush=True)
 
 
@@ -860,6 +861,8 @@ def show_status(run_dir: Path | None, job_path: Path | None, out: TextIO) -> int
         print(f"in progress: {last} of {job.spec.rounds} rounds committed", file=out)
         return code
     plot = run.plot if run.plot.exists() else None
-    for line in summary_lines(final, store.uri(layout.FINAL_MODEL_KEY), plot, None):
+    for line in summary_lines(
+        final, store.uri(layout.FINAL_MODEL_KEY), plot, None, job.spec.rounds
+    ):
         print(line, file=out)
     return code

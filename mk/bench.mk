@@ -19,3 +19,9 @@ bench-deps: $(BENCH_STAMP) ## install the `bench` extra (flwr, psutil) into .ven
 
 bench-aggregation: install $(BENCH_STAMP) ## FedAvg time and peak memory: fedkube streaming vs Flower vs naive (BENCH_AGGREGATION_ARGS="--clients 10 --params 100000000")
 	$(PY) bench/aggregation.py $(BENCH_AGGREGATION_ARGS)
+
+BENCH_TARGETS += bench-dp
+BENCH_DP_ARGS ?=
+.PHONY: bench-dp
+bench-dp: install ## dpfedavg's cost over FedAvg with clipping: one round's time and peak memory (BENCH_DP_ARGS="--clients 4 --params 20000000")
+	$(PY) bench/dp_overhead.py $(BENCH_DP_ARGS)
