@@ -49,6 +49,7 @@ import json
 import logging
 import tempfile
 import threading
+import time
 from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
@@ -57,7 +58,13 @@ import torch
 from pydantic import ValidationError
 
 from fedcore import layout
-from fedcore.aggregator_metrics import AggregatorMetrics, metrics_port, serve
+from fedcore.aggregator_metrics import (
+    LINGER_ENV,
+    AggregatorMetrics,
+    linger_seconds,
+    metrics_port,
+    serve,
+)
 from fedcore.aggregator_privacy import RoundPrivacy
 from fedcore.commit_signing import (
     CommitSigner,
@@ -585,6 +592,7 @@ def run_aggregator(job_path: Path) -> layout.FinalRecord:
         )
     metrics = AggregatorMetrics()
     port = metrics_port()
+    linger = linger_seconds() if port is not None else 0.0
     if port is not None:
         serve(metrics, port)
     tracker = tracker_for(job, store_location(store))
@@ -594,6 +602,10 @@ def run_aggregator(job_path: Path) -> layout.FinalRecord:
                 job, store, keys, Path(tmp), commit_key=commit_key, metrics=metrics,
                 tracker=tracker,
             )  # fmt: skip
-            return aggregator.run()
+            final = aggregator.run()
     finally:
         tracker.close()
+    if linger:
+        log.info("job done; serving the final metrics for %.0f s more (%s)", linger, LINGER_ENV)
+        time.sleep(linger)
+    return final

@@ -61,6 +61,10 @@ class OperatorSettings:
     the jobs' NetworkPolicies (chart: ``metrics.scrapeNamespace``). Empty: the aggregator
     admits no ingress at all, so only clusters that do not enforce NetworkPolicies can scrape
     it. Applies to jobs whose policies are created after the change."""
+    metrics_linger_seconds: int = 75
+    """Seconds a finished aggregator keeps serving its metrics before its pod exits, so that
+    Prometheus scrapes the final round (chart: ``metrics.aggregatorLingerSeconds``). 75 covers
+    two scrapes at a 30 s interval; 0 exits at once (the last round may then never be seen)."""
     field_manager: str = "fedkube-operator"
     """Name the operator's writes are recorded under (``managedFields``)."""
     kubeconfig: str = ""
@@ -104,6 +108,11 @@ class OperatorSettings:
                 f"FEDKUBE_POD_USER_ID={self.pod_user_id} must be a non-root UID (> 0)"
             )
         self._check_credentials()
+        if not 0 <= self.metrics_linger_seconds <= 3600:
+            raise SettingsError(
+                f"FEDKUBE_METRICS_LINGER_SECONDS={self.metrics_linger_seconds} must be between "
+                "0 and 3600"
+            )
         ns = self.metrics_scrape_namespace
         if ns and not _DNS_LABEL.fullmatch(ns):
             raise SettingsError(

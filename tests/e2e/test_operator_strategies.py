@@ -9,6 +9,7 @@ proximal term, server state kept between rounds) work in pods.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -92,7 +93,7 @@ def test_a_dp_jobs_status_and_columns_show_epsilon_growing_each_round(runs: Runs
     header, row = table.splitlines()[:2]
 
     assert len(epsilons) == ROUNDS
-    assert all(0 < a < b for a, b in zip(epsilons, epsilons[1:], strict=False))
+    assert all(0 < a < b for a, b in itertools.pairwise(epsilons))
     assert runs.statuses["dpfedavg"]["lastRound"]["epsilon"] == epsilons[-1]
     column = header.split().index("EPSILON")
     assert float(row.split()[column]) == pytest.approx(epsilons[-1], rel=1e-3)

@@ -69,7 +69,9 @@ _COMMIT_PUBLIC_KEY_ENV = {
 }
 
 
-def aggregator_env(job: names.JobRef, spec: fs.FederatedJobSpec) -> list[dict[str, Any]]:
+def aggregator_env(
+    job: names.JobRef, spec: fs.FederatedJobSpec, metrics_linger_seconds: int = 0
+) -> list[dict[str, Any]]:
     own = [
         {"name": "FEDKUBE_SIGNING_KEYS_DIR", "value": SIGNING_KEYS_DIR},
         {
@@ -79,6 +81,7 @@ def aggregator_env(job: names.JobRef, spec: fs.FederatedJobSpec) -> list[dict[st
         _COMMIT_PUBLIC_KEY_ENV,
         *credentials.pod_credentials(job, spec, credentials.AGGREGATOR).env,
         {"name": "FEDKUBE_METRICS_PORT", "value": str(AGGREGATOR_METRICS_PORT)},
+        {"name": "FEDKUBE_METRICS_LINGER_SECONDS", "value": str(metrics_linger_seconds)},
         *tracking_env(spec),
     ]
     return _with_defaults(own, spec.aggregator.env)
@@ -284,7 +287,7 @@ def aggregator_pod_template(
         spec,
         settings,
         command,
-        aggregator_env(job, spec),
+        aggregator_env(job, spec, settings.metrics_linger_seconds),
         dict(spec.aggregator.resources),
         [spec_mount, keys_mount, commit_mount, *store.mounts, tmp_mount],
     )
