@@ -30,15 +30,19 @@ class Tracked:
 
 
 @pytest.fixture(scope="module")
-def tracked(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tracked]:
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
+    """One server for the module (it takes a while to start); the last test stops it."""
+    with MlflowServer(tmp_path_factory.mktemp("mlflow")) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def tracked(server: MlflowServer, tmp_path_factory: pytest.TempPathFactory) -> Tracked:
     root = tmp_path_factory.mktemp("tracked")
-    with MlflowServer(root / "mlflow") as server:
-        run = start_run(
-            write_job(root / "job.yaml", rounds=3, tracking=tracking(server)), root / "run"
-        )
-        assert run.wait() == 0, run.stderr()
-        (mlflow_run,) = server.runs(EXPERIMENT)
-        yield Tracked(server, run, mlflow_run)
+    run = start_run(write_job(root / "job.yaml", rounds=3, tracking=tracking(server)), root / "run")
+    assert run.wait() == 0, run.stderr()
+    (mlflow_run,) = server.runs(EXPERIMENT)
+    return Tracked(server, run, mlflow_run)
 
 
 def test_every_rounds_evaluation_is_logged_at_its_step(tracked: Tracked) -> None:
@@ -75,30 +79,32 @@ def test_the_jobs_parameters_and_final_model_are_on_the_finished_run(tracked: Tr
     assert tags["fedkube.job"].endswith("/")
 
 
-def test_a_tracking_server_gone_mid_job_neither_fails_nor_stalls_it(tmp_path: Path) -> None:
+def test_a_tracking_server_gone_mid_job_neither_fails_nor_stalls_it(
+    server: MlflowServer, tmp_path: Path
+) -> None:
     gate = tmp_path / "gate"
-    with MlflowServer(tmp_path / "mlflow") as server:
-        run = start_run(
-            write_job(
-                tmp_path / "job.yaml",
-                rounds=4,
-                clients=gated_clients(gate, round_=3),
-                tracking=tracking(server),
-            ),
-            tmp_path / "run",
+    experiment = {"mlflow": {"uri": server.uri, "experiment": "gone-mid-job"}}
+    run = start_run(
+        write_job(
+            tmp_path / "job.yaml",
+            rounds=4,
+            clients=gated_clients(gate, round_=3),
+            tracking=experiment,
+        ),
+        tmp_path / "run",
+    )
+
+    def round_two_logged() -> bool:
+        runs = server.runs("gone-mid-job") if _experiment_exists(server) else []
+        return bool(runs) and any(
+            step == 2 for step, _ in server.history(runs[0]["info"]["run_id"], "accuracy")
         )
 
-        def round_two_logged() -> bool:
-            runs = server.runs(EXPERIMENT) if _experiment_exists(server) else []
-            return bool(runs) and any(
-                step == 2 for step, _ in server.history(runs[0]["info"]["run_id"], "accuracy")
-            )
+    wait_for(round_two_logged, "round 2 in MLflow")
+    server.stop()  # the module's last test: nothing after it needs the server
+    gate.touch()  # rounds 3 and 4 commit with the server gone
 
-        wait_for(round_two_logged, "round 2 in MLflow")
-        server.stop()
-        gate.touch()  # rounds 3 and 4 commit with the server gone
-
-        assert run.wait() == 0, run.stderr()
+    assert run.wait() == 0, run.stderr()
 
     aggregator_log = run.log("aggregator")
     assert "cannot reach MLflow" in aggregator_log
@@ -108,7 +114,7 @@ def test_a_tracking_server_gone_mid_job_neither_fails_nor_stalls_it(tmp_path: Pa
 
 def _experiment_exists(server: MlflowServer) -> bool:
     try:
-        server.query("experiments/get-by-name", {"experiment_name": EXPERIMENT})
+        server.query("experiments/get-by-name", {"experiment_name": "gone-mid-job"})
     except OSError:
         return False
     return True
