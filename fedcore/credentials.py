@@ -10,9 +10,10 @@ process tries. Keys are relative to the job's prefix ``<p>``:
 role                   may
 =====================  ==========================================================================
 ``client <c>``         GetObject ``job.json``, ``rounds/??????/{global.safetensors, round.json,
-                       strategy.safetensors}``, ``final/*`` and its own
-                       ``rounds/??????/updates/<c>.{safetensors,json}``; PutObject (and abort its
-                       multipart uploads) only on those two update keys. No listing, no delete.
+                       strategy.safetensors}``, ``final/*`` and its own keys:
+                       ``rounds/??????/updates/<c>.{safetensors,json}`` and its SCAFFOLD control
+                       variate ``clients/<c>/scaffold.safetensors``; PutObject (and abort its
+                       multipart uploads) only on those own keys. No listing, no delete.
 ``aggregator``         GetObject and ListBucket under ``<p>``; PutObject on ``job.json``,
                        ``rounds/??????/{global.safetensors, round.json, strategy.safetensors}``
                        and ``final/*``. No delete, nothing under ``updates/``.
@@ -44,6 +45,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from fedcore.errors import CredentialsError
+from fedcore.layout import client_variate_key
 
 CREDENTIALS_FILE_ENV = "FEDKUBE_STORE_CREDENTIALS_FILE"
 """Environment variable naming a role's ``credentials.json``; set, the S3 store signs with
@@ -122,6 +124,7 @@ def writable_keys(role: Role) -> tuple[str, ...]:
     return (
         f"{_ROUND}updates/{role.client}.safetensors",
         f"{_ROUND}updates/{role.client}.json",
+        client_variate_key(role.client),
     )
 
 

@@ -152,6 +152,7 @@ class StrategySpec(_Model):
         "median",
         "trimmedmean",
         "krum",
+        "scaffold",
     ] = "fedavg"
     """``fedavg``: sample-weighted mean of client deltas. ``fedavgm``: FedAvg with server
     momentum (Hsu et al., 2019), which helps on non-IID data. ``fedadam``, ``fedyogi``,
@@ -161,7 +162,10 @@ class StrategySpec(_Model):
     loss; needs ``proximalMu``. ``median``, ``trimmedmean``, ``krum``: robust aggregation
     (coordinate-wise median, trimmed mean with ``trimFraction``, Krum/Multi-Krum with
     ``byzantineClients`` and ``krumSelect``); they count every update once, ignoring
-    ``num_samples`` (Multi-Krum weighs the updates it selects by it)."""
+    ``num_samples`` (Multi-Krum weighs the updates it selects by it). ``scaffold``: SCAFFOLD
+    (Karimireddy et al., 2020), FedAvg plus control variates that correct each client's local
+    gradient for client drift on non-IID data; the clients' local optimizer must be plain SGD
+    (``task.config.optimizer: sgd``)."""
     min_clients: Annotated[int | None, Field(ge=1)] = None
     """Updates a round needs before it may close at its deadline. Unset: every client."""
     fraction_fit: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
@@ -283,8 +287,8 @@ class StrategySpec(_Model):
 class AggregatorSpec(_Model):
     resources: Resources = Field(default_factory=dict)
     """Pod resources of the aggregator (it needs about 2x the model's size in memory; 3x for
-    fedavgm, 4x for fedadam, fedyogi and fedadagrad; median, trimmedmean and krum also need
-    the round's updates on local disk, N x the model's size)."""
+    fedavgm, 4x for fedadam, fedyogi and fedadagrad, 5x for scaffold; median, trimmedmean and
+    krum also need the round's updates on local disk, N x the model's size)."""
     node_selector: dict[str, LabelValue] = Field(default_factory=dict)
     tolerations: list[K8sObject] = Field(default_factory=list, max_length=64)
     env: list[EnvVar] = Field(default_factory=list, max_length=128)

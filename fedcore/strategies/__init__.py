@@ -4,6 +4,7 @@
 weighted-mean strategies stream (``fedcore.strategies.base``): memory O(model), whatever the
 client count. The robust ones (``median``, ``trimmedmean``, ``krum``) keep the round's
 updates on local disk and reduce them slice by slice (``fedcore.strategies.spool``).
+``scaffold`` streams too, and its updates carry the clients' control variate deltas.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from fedcore.strategies.fedopt import FedAdagrad, FedAdam, FedOpt, FedYogi
 from fedcore.strategies.fedprox import FedProx
 from fedcore.strategies.krum import Krum
 from fedcore.strategies.median import Median
+from fedcore.strategies.scaffold import Scaffold
 from fedcore.strategies.trimmedmean import TrimmedMean
 
 STRATEGIES: dict[str, Callable[[StrategySpec], Strategy]] = {
@@ -30,6 +32,7 @@ STRATEGIES: dict[str, Callable[[StrategySpec], Strategy]] = {
     Median.name: Median.from_spec,
     TrimmedMean.name: TrimmedMean.from_spec,
     Krum.name: Krum.from_spec,
+    Scaffold.name: Scaffold.from_spec,
 }
 """Strategy name (``spec.strategy.name``) -> factory."""
 
@@ -54,6 +57,7 @@ __all__ = [
     "FedYogi",
     "Krum",
     "Median",
+    "Scaffold",
     "Strategy",
     "TrimmedMean",
     "build_strategy",
