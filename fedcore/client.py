@@ -349,7 +349,7 @@ class ClientRank:
                 f"ctx.scaffold(model) {counts} times; every rank must call it once per "
                 "optimizer step, so all ranks count the same steps"
             )
-        return counts[0]
+        return int(counts[0])
 
     def _step_variate(
         self,

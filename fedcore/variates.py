@@ -71,8 +71,7 @@ def _check_tensors(
     unknown = sorted(set(tensors) - set(want))
     if missing or unknown:
         raise RoundProtocolError(
-            f"{what} does not fit the model: missing {missing[:5]}, unexpected {unknown[:5]}; "
-            f"{fix}"
+            f"{what} does not fit the model: missing {missing[:5]}, unexpected {unknown[:5]}; {fix}"
         )
     for key, spec in want.items():
         t = tensors[key]
@@ -185,9 +184,7 @@ def read_client_variate(
     side = CURRENT
     if p < train_round:
         try:
-            record = read_round_record(
-                store.get_bytes(layout.round_record_key(p)), p, verifier
-            )
+            record = read_round_record(store.get_bytes(layout.round_record_key(p)), p, verifier)
         except (ObjectNotFound, UnverifiedRecord) as e:
             raise RoundProtocolError(
                 f"{where} was written in round {p}, whose record cannot be read and verified "

@@ -79,7 +79,9 @@ def variate_template(model: Template) -> dict[str, TensorSpec]:
                 "its control variates; rename the module"
             )
         if spec.dtype in FLOAT_DTYPES:
-            out[CONTROL_PREFIX + name] = TensorSpec(tuple(spec.shape), server_state_dtype(spec.dtype))
+            out[CONTROL_PREFIX + name] = TensorSpec(
+                tuple(spec.shape), server_state_dtype(spec.dtype)
+            )
     return out
 
 
