@@ -164,8 +164,8 @@ class StrategySpec(_Model):
     ``byzantineClients`` and ``krumSelect``); they count every update once, ignoring
     ``num_samples`` (Multi-Krum weighs the updates it selects by it). ``scaffold``: SCAFFOLD
     (Karimireddy et al., 2020), FedAvg plus control variates that correct each client's local
-    gradient for client drift on non-IID data; the clients' local optimizer must be plain SGD
-    (``task.config.optimizer: sgd``)."""
+    gradient for client drift on non-IID data; the clients' local optimizer must be SGD, with
+    or without momentum (``task.config.optimizer: sgd``), not Adam."""
     min_clients: Annotated[int | None, Field(ge=1)] = None
     """Updates a round needs before it may close at its deadline. Unset: every client."""
     fraction_fit: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
