@@ -227,6 +227,17 @@ class Scaffold(FedAvg):
                     return False  # the server variate kept for the next round would hold inf
         return True
 
+    def server_variate(self, model: Template) -> Tensors:
+        """``c`` keyed ``control/<name>`` as clients read it (zeros before the first round), for
+        in-process use such as benchmarks; a job's clients read the persisted state instead."""
+        out: Tensors = {}
+        for key, spec in variate_template(model).items():
+            kept = self._control.get(key.removeprefix(CONTROL_PREFIX))
+            out[key] = (
+                kept.clone() if kept is not None else torch.zeros(spec.shape, dtype=spec.dtype)
+            )
+        return out
+
     def state_dict(self) -> Tensors:
         """``control/<name>`` per float tensor (``c``; empty before the first finalize), and
         FedAvg's own (the adaptive clipping bound)."""

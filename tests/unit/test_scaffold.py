@@ -14,7 +14,7 @@ from fedcore.errors import TaskError, UpdateRejected
 from fedcore.layout import UpdateManifest
 from fedcore.spec import StrategySpec
 from fedcore.strategies import FedAvg, Scaffold, build_strategy
-from fedcore.strategies.scaffold import CONTROL_PREFIX, variate_template
+from fedcore.strategies.scaffold import variate_template
 from fedcore.tasks.scaffold import (
     ControlCorrection,
     LocalSGD,
@@ -126,8 +126,7 @@ def test_the_model_half_is_fedavg_bit_for_bit() -> None:
 def run_rounds(strategy: Scaffold, x: Tensors, rounds: range, c_i: dict[str, Tensors]) -> Tensors:
     for r in rounds:
         selected = PARTICIPATION[r - 1]
-        c = {k: v for k, v in strategy.state_dict().items() if k.startswith(CONTROL_PREFIX)}
-        c = c or zero_variate(x)
+        c = strategy.server_variate(template_of(x))
         updates = {n: client_round(r, n, c_i[n], c) for n in selected}
         x = fold_round(strategy, x, [(*updates[n], SAMPLES[n]) for n in selected])
         for n in selected:
@@ -405,3 +404,42 @@ def test_a_task_that_never_adds_the_correction_is_caught() -> None:
 def test_variates_of_another_model_are_refused_at_snapshot() -> None:
     with pytest.raises(ValueError, match="made for another model"):
         ControlCorrection.snapshot(nn.Linear(2, 1), {}, {})
+
+
+def test_the_in_process_loop_a_benchmark_runs_keeps_c_the_mean_of_the_clients_variates() -> None:
+    from fedcore.tasks.base import train_loader
+    from fedcore.weights import delta as model_delta
+
+    task = SlopeTask()
+    ctx = make_ctx({"lr": 0.05, "momentum": 0.5})
+    model = task.build_model(ctx)
+    x = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    server = Scaffold(num_clients=3)
+    c_i = {name: zero_variate(x) for name in ("a", "b", "c")}
+    loader = train_loader(task.train_dataset(ctx), batch_size=16, ctx=ctx, shuffle_seed=1)
+
+    for selected in (["a", "b"], ["b", "c"]):
+        c = server.server_variate(template_of(x))
+        server.begin_round(template_of(x))
+        for name in selected:
+            model.load_state_dict(x)
+            term = ControlCorrection.snapshot(model, c, c_i[name])
+            task.train(model, loader, replace(ctx, scaffold=term))
+            local = dict(model.state_dict())
+            c_i[name], dc = next_variate(
+                x,
+                local,
+                c,
+                c_i[name],
+                steps=term.steps,
+                sgd=local_sgd(task, ctx),
+                trainable=trainable_names(model),
+            )
+            server.fold(InMemoryWeights({**model_delta(local, x), **dc}), 10)
+        x = server.finalize(InMemoryWeights(x))
+
+    c = server.server_variate(template_of(x))
+    for key, value in c.items():
+        mean = sum(v[key].double() for v in c_i.values()) / 3
+        assert float(value.abs().max()) > 0
+        torch.testing.assert_close(value.double(), mean, rtol=0, atol=1e-6)
