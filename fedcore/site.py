@@ -121,7 +121,10 @@ def site_policy(job: fs.FederatedJob, client: str) -> dict[str, Any]:
             "unset): the coordinator gives its pods minted credentials, it needs no store user"
         )
     return fc.session_policy(
-        job.spec.storage.bucket, fs.job_prefix(job), fc.Role.for_client(client)
+        job.spec.storage.bucket,
+        fs.job_prefix(job),
+        fc.Role.for_client(client),
+        variate=fc.keeps_variate(job.spec.strategy.name),
     )
 
 
