@@ -22,6 +22,9 @@ Exactly these API calls are made; the Helm chart's RBAC grants them and nothing 
     apiextensions.k8s.io  customresourcedefinitions  get list watch    (kopf: resource discovery)
     ""             namespaces                  get list watch          (kopf: --all-namespaces)
 
+In ``mode: site`` the operator makes the calls listed in ``fedop.site_handlers`` instead (its
+own FederatedSites, never a FederatedJob), through the same class.
+
 Errors become ``fedop.errors.ApiError`` (with ``transient`` for retrying); creating an object
 that exists is not an error when this FederatedJob owns it (``create`` adopts it), and raises
 ``OwnershipConflict`` when someone else does.
