@@ -5,9 +5,9 @@ the site's cluster (``site_cluster``: its own API server, nodes, namespaces and 
 runs the fedkube chart in ``mode: site`` and one FederatedSite holding the exported join
 bundle, whose operator runs the site's 2-pod DDP group. One job, in order:
 
-1. the site takes part in the rounds (its update is in the coordinator's commit records);
-2. killing the site's pods mid-job restarts its group there (the FederatedSite counts the
-   restart), and the site takes part in a later round again;
+1. killing the site's pods mid-job restarts its group there (the FederatedSite counts the
+   restart, Event ``GroupRestarted``), and the restarted group takes part in the round;
+2. the FederatedSite reports the rounds it read (verified) from the bucket;
 3. deleting the FederatedSite, with the site's timeout lowered to 60 s, makes the coordinator
    drop the site with the reason, and the job goes on without it and Succeeds with the
    accuracy of the single-cluster run;
@@ -47,9 +47,9 @@ GROUP = f"{SITE}-{SITE_CLIENT}"
 SITE_INDEX = 2
 """``spec.clients[2]``: hospital-c, the third client of examples/digits-k8s.yaml."""
 ROUNDS = 5
-ACCURACY = 0.85
-"""The digits example's three clients reach 0.91 in 5 rounds in one place (`fedkube run`
-with its task config); here the site leaves for the last rounds, so a little margin."""
+ACCURACY = 0.88
+"""In one place (`fedkube run` of this example's task config, 5 rounds) the three clients reach
+0.914 and two of them alone 0.939; here the site leaves after round 1, so in between."""
 
 
 def three_clients_one_a_site(obj: Obj) -> None:
@@ -168,6 +168,17 @@ def site_round(jobs: FedJobs, at_least: int) -> Obj:
     )
 
 
+def wait_for_update(jobs: FedJobs, round_: int, client: str) -> None:
+    """Until ``client``'s update for ``round_`` is in the store (read from MinIO)."""
+    suffix = f"rounds/{round_:06d}/updates/{client}.json"
+    jobs.cluster.wait_for(
+        lambda: any(k.endswith(suffix) for k in jobs.store_keys(f"fedkube/{jobs.namespace}/")),
+        300,
+        f"{client}'s update for round {round_}",
+        interval=0.5,
+    )
+
+
 def test_a_site_cluster_runs_its_group_from_the_bundle_alone(
     cluster: ClusterHandle,
     fedkube_operator: OperatorInstall,
@@ -181,37 +192,38 @@ def test_a_site_cluster_runs_its_group_from_the_bundle_alone(
     jobs = FedJobs(cluster, fedkube_operator, pod_minio, namespace, tmp_path)
     site = Site(site_cluster, site_ns)
     try:
-        # The coordinator applies the job and exports the site's bundle ...
+        # The coordinator applies the job and exports the site's bundle. hospital-a is held
+        # (SIGSTOP) once its round-1 update is in, so no round after the first can close
+        # until the test lets it: every step below happens mid-job, whatever the speed.
         jobs.apply(jobs.example(name=JOB, edit=three_clients_one_a_site))
         bundle = tmp_path / "bundle.json"
         export_bundle(cluster, namespace, bundle)
-        # ... which the site's admin puts into a Secret next to a FederatedSite.
+        wait_for_update(jobs, 1, "hospital-a")
+        assert jobs.signal_client(JOB, "hospital-a", signal.SIGSTOP) > 0
+
+        # The site's admin puts the bundle into a Secret next to a FederatedSite.
         site.kubectl("create", "secret", "generic", "hospital-c-join",
                      f"--from-file=bundle.json={bundle}")  # fmt: skip
         manifest = tmp_path / "site.yaml"
         manifest.write_text(yaml.safe_dump(federated_site("hospital-c-join")))
         site.kubectl("apply", "-f", str(manifest))
-
-        # 1. The site's group takes part.
-        first = site_round(jobs, 1)["clients"][SITE_CLIENT]["lastRound"]
         running = site.wait_until(lambda s: s.get("phase") == "Running", "to run its group")
-        assert running["client"] == SITE_CLIENT
 
-        # 2. Its pods die mid-job: the site's operator restarts the group, which joins again.
+        # 1-2. Its pods die: the site's operator restarts the whole group, which takes part.
         assert site.kill_group() > 0
         restarted = site.wait_until(lambda s: s.get("restarts") == 1, "to restart its group")
-        again = site_round(jobs, first + 1)
-        seen = site.wait_until(
-            lambda s: (s.get("lastRound") or 0) >= first + 1, "to see its update committed"
-        )
+        joined = site_round(jobs, 1)
+        seen = site.wait_until(lambda s: (s.get("lastRound") or 0) >= 1, "to see round 1")
         site_events = site.events()
 
-        # 3. The site leaves: the coordinator drops it after its (now 60 s) budget.
+        # 3. The site leaves: the coordinator drops it after its (now 60 s) budget, and the
+        # job goes on with the two others.
         site.kubectl("delete", "federatedsite", SITE, "--wait=false")
         jobs.kubectl("patch", "federatedjob", JOB, "--type", "json", "-p", json.dumps(
             [{"op": "replace", "path": f"/spec/clients/{SITE_INDEX}/site/timeoutSeconds",
               "value": 60}]
         ))  # fmt: skip
+        assert jobs.signal_client(JOB, "hospital-a", signal.SIGCONT) > 0
         dropped = jobs.wait_until(
             JOB,
             lambda s: (s.get("clients") or {}).get(SITE_CLIENT, {}).get("phase") == "Dropped",
@@ -221,14 +233,15 @@ def test_a_site_cluster_runs_its_group_from_the_bundle_alone(
         final = jobs.wait_for_phase(JOB, "Succeeded", "Failed", timeout=600)
         audit = site_cluster.audit_events()
     finally:
+        jobs.signal_client(JOB, "hospital-a", signal.SIGCONT)
         cluster.delete_namespace(namespace)
         site_cluster.delete_namespace(site_ns)
 
     # The site ran its group in its own cluster, restarted it once, and reported the rounds.
     assert (running["job"], running["client"]) == (JOB, SITE_CLIENT)
     assert restarted["phase"] in ("Restarting", "Pending", "Running")
-    assert again["clients"][SITE_CLIENT]["lastRound"] > first
-    assert seen["currentRound"] >= seen["lastRound"] >= first + 1
+    assert SITE_CLIENT in joined["history"][1]["participants"]
+    assert seen["currentRound"] >= seen["lastRound"] >= 1
     reasons = [r for r, _ in site_events]
     assert "GroupRestarted" in reasons
     assert "RoundCommitted" in reasons
