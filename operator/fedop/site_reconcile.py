@@ -98,6 +98,14 @@ def plan(obs: SiteObservation) -> SitePlan:
     if restarted_by_spec:
         values.update(phase="Pending", restarts=0, completion_time=None, message="")
         draft.conditions = [c for c in draft.conditions if c.type != "Failed"]
+        if obs.bundle is not None:
+            old_group = names.client_job(obs.site, obs.bundle.client)
+            if old_group in obs.children.jobs:
+                # The failed group goes first; the next pass makes the new one.
+                draft.actions.append(DeleteJob(old_group, "Foreground"))
+                values["phase"] = "Restarting"
+                _phase_news(obs, draft, old.phase)
+                return _done(draft)
     values["observed_generation"] = obs.generation
     if obs.bundle is None:
         values["message"] = obs.bundle_problem
@@ -106,6 +114,11 @@ def plan(obs: SiteObservation) -> SitePlan:
     if obs.bundle is not None:
         _progress(obs, obs.bundle, draft)
     _phase_news(obs, draft, old.phase)
+    return _done(draft)
+
+
+def _done(draft: _Draft) -> SitePlan:
+    values = draft.values
     values["message"] = status.truncate(values["message"])
     new = ss.FederatedSiteStatus.model_validate({**values, "conditions": draft.conditions})
     return SitePlan(new, tuple(draft.actions), tuple(draft.announcements))

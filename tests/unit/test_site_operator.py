@@ -297,6 +297,19 @@ def test_a_failed_site_starts_again_when_its_spec_changes() -> None:
     assert created(changed, "Job")
 
 
+def test_a_failed_sites_old_group_is_deleted_before_it_starts_again() -> None:
+    failed = ss.FederatedSiteStatus(phase="Failed", restarts=3, observed_generation=1)
+    kids = replace(all_made(), jobs={GROUP: ChildJob(GROUP, failed=True, restarts=3)})
+
+    changed = plan(observe(status=failed, generation=2, children=kids))
+    later = plan(observe(status=changed.status, generation=2, children=replace(kids, jobs={})))
+
+    assert changed.actions == (DeleteJob(GROUP, "Foreground"),)
+    assert (changed.status.phase, changed.status.restarts) == ("Restarting", 0)
+    (job,) = created(later, "Job")
+    assert job["metadata"]["annotations"]["fedkube.io/restarts"] == "0"
+
+
 def test_a_running_group_with_new_rounds_reports_them_once() -> None:
     kids = all_made()
     progress = SiteProgress(current_round=2, last_round=2)
