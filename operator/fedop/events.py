@@ -100,7 +100,8 @@ def round_problems(
 def event_object(
     job: names.JobRef, announcement: Announcement, now: datetime, *, count: int = 1
 ) -> dict[str, Any]:
-    """A core/v1 Event about the FederatedJob (``kubectl describe fj`` lists it)."""
+    """A core/v1 Event about the FederatedJob (``kubectl describe fj`` lists it), or about
+    the FederatedSite ``job`` names by its ``kind``."""
     stamp = now.replace(microsecond=0).isoformat().replace("+00:00", "Z")
     message = announcement.message
     if len(message) > MAX_EVENT_MESSAGE:
@@ -115,7 +116,7 @@ def event_object(
         },
         "involvedObject": {
             "apiVersion": f"{fs.API_GROUP}/{fs.API_VERSION}",
-            "kind": fs.KIND,
+            "kind": job.kind,
             "name": job.name,
             "namespace": job.namespace,
             "uid": job.uid,
