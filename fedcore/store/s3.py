@@ -15,8 +15,8 @@ import boto3.
   Downloads (``get_file``) are ranged GETs of our own (``fedcore.store.ranged``): each part
   written with ``pwrite`` at its offset and hashed in order behind the parts, every GET
   pinned to the HEAD's ETag (``If-Match``), so a replaced object is read again from the
-  start, never mixed. It is four times as fast as the transfer manager's download followed
-  by a hashing pass (``make bench-store-mc``).
+  start, never mixed. Against the transfer manager's download plus a hashing pass it
+  needs half the CPU (``make bench-store-mc``).
 - Each object's sha256 is the user metadata ``sha256`` (header ``x-amz-meta-sha256``),
   written with the object in the same request and checked on every read. A multipart ETag is
   not a content hash, and S3's own checksums differ between single and multipart uploads,
