@@ -197,3 +197,41 @@ def test_an_int8_update_needs_the_job_to_allow_narrow_updates(tmp_path: Path) ->
 def test_a_float16_model_bounds_scales_by_its_own_range() -> None:
     assert max_scale(torch.float16) == pytest.approx(65504 / Q_MAX)
     assert max_scale(torch.float64) == pytest.approx(torch.finfo(torch.float32).max / Q_MAX)
+
+
+# -- folding ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["fedavg", "median"])
+def test_strategies_fold_int8_updates_as_their_dequantised_values(
+    name: str, tmp_path: Path
+) -> None:
+    from fedcore.spec import StrategySpec
+    from fedcore.strategies import build_strategy
+    from fedcore.weights import InMemoryWeights, save_weights
+
+    base = {"w": torch.zeros(3 * SLICE_ELEMENTS + 5), "steps": torch.tensor([1, 2])}
+    gen = torch.Generator().manual_seed(7)
+    deltas = [
+        {"w": torch.randn(3 * SLICE_ELEMENTS + 5, generator=gen), "steps": torch.tensor([i, 0])}
+        for i in range(3)
+    ]
+    results = []
+    for quantised in (True, False):
+        strategy = build_strategy(StrategySpec(name=name))
+        strategy.begin_round(template_of(base))
+        for i, delta in enumerate(deltas):
+            wire = quantise_update(delta)
+            path = tmp_path / f"{name}-{quantised}-{i}.safetensors"
+            save_weights(path, wire)
+            with DequantisedWeights(path, template_of(base)) as source:
+                if quantised:
+                    strategy.fold(source, 10 + i)
+                else:  # the same values, already dequantised, as plain tensors
+                    plain = {n: source.get(n).clone() for n in template_of(base)}
+                    strategy.fold(InMemoryWeights(plain), 10 + i)
+        results.append(strategy.finalize(InMemoryWeights(base)))
+
+    assert torch.equal(results[0]["w"], results[1]["w"])
+    assert torch.equal(results[0]["steps"], results[1]["steps"])
+    assert not torch.equal(results[0]["w"], base["w"])
