@@ -71,6 +71,7 @@ from fedcore.errors import (
     TaskError,
 )
 from fedcore.exitcodes import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, exit_code_for
+from fedcore.quantization import quantise_update
 from fedcore.records import fit_metrics
 from fedcore.round_watch import WAIT, RoundWatcher, Work
 from fedcore.signing import SigningKey, key_from_env, sign_manifest
@@ -156,8 +157,10 @@ class ClientOptions:
     num_threads: int | None = None
     """``numThreads``: CPU threads per process; unset means 1 on CPU (see distributed.py)."""
     wire_dtype: torch.dtype | None = None
-    """``updateDtype``: float dtype of uploaded deltas (``float32`` default; ``bfloat16`` or
-    ``float16`` halve uploads, and need the aggregator to allow low precision)."""
+    """``updateDtype``: wire dtype of uploaded float deltas (``float32`` default; ``bfloat16``
+    or ``float16`` halve uploads, ``int8`` quarters them: per-slice quantised, see
+    ``fedcore.quantization``). The aggregator accepts a narrower wire dtype from a client
+    only when that client's task config names one."""
     deterministic: bool = True
     """``deterministic``: ``torch.use_deterministic_algorithms`` (warn-only), so rerunning a
     round gives the same bytes."""
@@ -171,10 +174,11 @@ class ClientOptions:
             raise TaskError(f"task.config.numThreads: must be a positive integer (got {threads!r})")
         wire_name = config.get("updateDtype", "float32")
         wire = DTYPE_NAMES.get(wire_name) if isinstance(wire_name, str) else None
-        if wire is None or wire not in FLOAT_DTYPES:
+        if wire is None or wire not in FLOAT_DTYPES | {torch.int8}:
             raise TaskError(
                 "task.config.updateDtype: must be one of "
-                f"{sorted(dtype_name(d) for d in FLOAT_DTYPES)} (got {wire_name!r})"
+                f"{sorted(dtype_name(d) for d in FLOAT_DTYPES | {torch.int8})} "
+                f"(got {wire_name!r})"
             )
         deterministic = config.get("deterministic", True)
         if not isinstance(deterministic, bool):
@@ -416,7 +420,11 @@ class ClientRank:
         r = work.base_round + 1
         local = {name: t.detach().cpu() for name, t in model.state_dict().items()}
         try:
-            update = delta(local, base, wire_dtype=self.options.wire_dtype)
+            wire_dtype = self.options.wire_dtype
+            if wire_dtype == torch.int8:
+                update = quantise_update(delta(local, base))
+            else:
+                update = delta(local, base, wire_dtype=wire_dtype)
         except ValueError as e:
             raise TaskError(f"cannot make the update of round {r}: {e}") from e
         update.update(extra or {})  # SCAFFOLD's variate delta, in its own dtype

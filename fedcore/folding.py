@@ -39,6 +39,7 @@ from fedcore.credentials import slot_writer
 from fedcore.errors import FedcoreError, StoreUnavailable, UpdateRejected
 from fedcore.guard import largest_magnitude
 from fedcore.intake import fetch_update
+from fedcore.quantization import open_update
 from fedcore.rounds import RoundState
 from fedcore.signing import SigningKey
 from fedcore.spec import FederatedJobSpec
@@ -189,7 +190,7 @@ class OpenRound:
                     base=base,
                     allow_low_precision=low_precision_allowed(inputs.spec, client),
                 )
-                with open_weights(update_path) as update:
+                with open_update(update_path, manifest, self.template) as update:
                     if alone:
                         self.magnitudes[client] = largest_magnitude(update)
                         if not self.strategy.alone_is_finite(update, base):
