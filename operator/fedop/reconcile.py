@@ -759,7 +759,11 @@ def _settle_clients(obs: Observation, draft: _Draft) -> None:
         if draft.phase == "Succeeded":
             draft.set_client(client.name, phase="Succeeded", message="")
         else:
-            draft.set_client(client.name, phase="Failed", message="stopped: the job failed")
+            draft.set_client(
+                client.name,
+                phase="Failed",
+                message="stopped: the job failed (its Failed condition says why)",
+            )
 
 
 def _set_phase_conditions(obs: Observation, draft: _Draft, old: Phase, creating: bool) -> None:

@@ -33,6 +33,24 @@ def test_every_warning_says_what_to_do_for_each_of_its_causes(reason: str) -> No
         assert action != NOTHING
 
 
+WARNINGS = [
+    pytest.param(reason, cause, id=f"{reason} ({cause or 'any cause'})")
+    for reason, entry in CATALOGUE.items()
+    if entry.event == "Warning"
+    for cause in (None, *entry.causes)
+]
+
+
+@pytest.mark.parametrize(("reason", "cause"), WARNINGS)
+def test_every_warning_event_ends_with_its_catalogue_action(reason: str, cause: str | None) -> None:
+    action = CATALOGUE[reason].action_for(cause).format(**events_doc.DOC_FIELDS)  # type: ignore[index]
+
+    announced = events.announce(reason, "something happened", cause=cause, **events_doc.DOC_FIELDS)  # type: ignore[arg-type]
+
+    assert announced.type == "Warning"
+    assert announced.message == f"something happened. {action}"
+
+
 @pytest.mark.parametrize("reason", REASONS)
 def test_every_entry_says_when_and_fills_its_actions_from_known_fields(reason: str) -> None:
     entry = CATALOGUE[reason]
