@@ -50,6 +50,22 @@ def announce(
     return Announcement(entry.event, reason, text)
 
 
+def normal(reason: catalogue.Reason, what: str) -> Announcement:
+    """``announce`` for a reason the catalogue calls Normal (no cause, no fields)."""
+    return _typed("Normal", announce(reason, what))
+
+
+def warning(reason: catalogue.Reason, what: str) -> Announcement:
+    """``announce`` for a reason the catalogue calls Warning (no cause, no fields)."""
+    return _typed("Warning", announce(reason, what))
+
+
+def _typed(expected: catalogue.EventType, announcement: Announcement) -> Announcement:
+    if announcement.type != expected:
+        raise ValueError(f"{announcement.reason} is a {announcement.type} Event, not {expected}")
+    return announcement
+
+
 def metrics_text(metrics: Mapping[str, float]) -> str:
     """The metrics a person looks at first: accuracy and loss when present."""
     shown = [f"{k} {metrics[k]:.4g}" for k in ("accuracy", "loss") if k in metrics]

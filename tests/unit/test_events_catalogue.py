@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,17 @@ from fedop.catalogue import CATALOGUE, NOTHING, REASONS
 REPO = Path(__file__).resolve().parents[2]
 OPERATOR = REPO / "operator" / "fedop"
 CAMEL = re.compile(r"^[A-Z][a-z]+(?:[A-Z][A-Za-z]*)*$")
-EMITTERS = {"announce", "message", "condition", "set_condition", "refuse", "_refuse", "_Failure"}
+EMITTERS = {
+    "announce",
+    "normal",
+    "warning",
+    "message",
+    "condition",
+    "set_condition",
+    "refuse",
+    "_refuse",
+    "_Failure",
+}
 """Calls whose CamelCase string arguments are reasons (or condition types)."""
 
 
@@ -79,6 +90,28 @@ def test_rejection_advice_covers_exactly_the_reject_reasons() -> None:
 def test_a_condition_reason_cannot_be_announced_as_an_event() -> None:
     with pytest.raises(ValueError, match="ChildrenCreated is a condition reason"):
         events.announce("ChildrenCreated", "created")
+
+
+@pytest.mark.parametrize(
+    ("helper", "reason"),
+    [
+        pytest.param(events.normal, "ClientDropped", id="a Warning cannot be announced as Normal"),
+        pytest.param(events.warning, "RoundCommitted", id="news cannot be announced as a Warning"),
+    ],
+)
+def test_the_type_of_an_event_is_the_catalogues(
+    helper: Callable[[str, str], events.Announcement], reason: str
+) -> None:
+    with pytest.raises(ValueError, match=f"{reason} is a"):
+        helper(reason, "x")
+
+
+def test_the_plain_helpers_still_add_the_action() -> None:
+    announced = events.warning("ClientDropped", "client a dropped")
+
+    assert announced.message == (
+        "client a dropped. The job goes on without it (a dropped client does not rejoin this job)."
+    )
 
 
 # ---- the docs page ----------------------------------------------------------------------------
