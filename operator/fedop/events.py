@@ -26,6 +26,8 @@ REJECTION_DETAIL_BYTES = 400
 """A rejection's detail in its Event (up to 1000 characters in ``round.json``): room is left
 for the writer and the advice within the 1 KiB note."""
 REJECTION_WRITER_BYTES = 300
+NAME_BYTES = 64
+"""A client name or code from a record, as an Event shows it (it may repeat in the advice)."""
 
 
 @dataclass(frozen=True)
@@ -102,13 +104,14 @@ def round_problems(
     they are cleaned and cut (``round.json`` keeps them whole)."""
     out = []
     for r in record.rejected:
+        client, code = _short(r.client), _short(r.reason)
         writer = r.writer or slot_writer(
             record.round, r.client, scoped=credentials == "scoped", is_client=True
         )
-        detail = catalogue.clip(catalogue.clean(r.detail), REJECTION_DETAIL_BYTES)
         what = (
-            f"round {record.round}: update from client {r.client} rejected ({r.reason}): "
-            f"{detail} ({catalogue.clip(catalogue.clean(writer), REJECTION_WRITER_BYTES)})"
+            f"round {record.round}: update from client {client} rejected ({code}): "
+            f"{_short(r.detail, REJECTION_DETAIL_BYTES)} "
+            f"({_short(writer, REJECTION_WRITER_BYTES)})"
         )
         known = r.reason in catalogue.CATALOGUE["UpdateRejected"].causes
         out.append(
@@ -116,21 +119,25 @@ def round_problems(
                 "UpdateRejected",
                 what,
                 cause=r.reason if known else None,
-                client=r.client,
-                child=names.client_job(job, r.client),
+                client=client,
+                child=names.client_job(job, client),
                 aggregator=names.aggregator_job(job),
             )
         )
     out += [
         announce(
             "LateUpdate",
-            f"update from client {late.client} for round {late.round} arrived after the "
-            "round closed; ignored",
-            client=late.client,
+            f"update from client {_short(late.client)} for round {late.round} arrived after "
+            "the round closed; ignored",
+            client=_short(late.client),
         )
         for late in record.late
     ]
     return out
+
+
+def _short(text: str, limit: int = NAME_BYTES) -> str:
+    return catalogue.clip(catalogue.clean(text), limit)
 
 
 def event_object(

@@ -450,6 +450,14 @@ def test_a_hostile_client_name_cannot_break_the_line() -> None:
     assert "client x FAKE: all good rejected" in message
 
 
+def test_a_huge_client_name_and_code_leave_the_advice_in_a_1_kib_event() -> None:
+    (message,) = messages(rejected("bad-signature", client="m" * 253), "UpdateRejected")
+
+    assert len(message.encode()) <= catalogue.EVENT_NOTE_BYTES
+    assert f"client {'m' * 61}... rejected (bad-signature)" in message
+    assert message.endswith("(named above; with shared credentials every participant holds it).")
+
+
 def test_a_refused_record_key_with_a_bidi_override_is_shown_escaped() -> None:
     key = "rounds/000002/\u202enosj.dnuor"
     snapshot = replace(store([record(0)]), refused=(replace(FORGED, key=key),))
