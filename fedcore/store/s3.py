@@ -455,7 +455,9 @@ class S3Store:
             # The urllib3 response under botocore's StreamingBody: read into the worker's
             # buffer without StreamingBody's copies. Its length and content checks are the
             # download's own (exact range length, sha256 of the whole).
-            body: ranged.Body = reply["Body"]._raw_stream
+            streaming = reply["Body"]
+            raw = getattr(streaming, "_raw_stream", None)  # private: fall back if it goes away
+            body: ranged.Body = raw if raw is not None else _ReadInto(streaming)
             return body
 
         with self._errors(key, "read"):
@@ -762,3 +764,19 @@ class _ReadAgain(Exception):
 
 
 __all__ = ["S3Config", "S3Store"]
+
+
+class _ReadInto:
+    """``readinto`` over any body with ``read(n)`` (one copy more than the urllib3 stream
+    under botocore's ``StreamingBody``, which the download uses when it is there)."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+
+    def readinto(self, buffer: memoryview) -> int:
+        data = self.stream.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        self.stream.close()

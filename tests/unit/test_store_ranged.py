@@ -162,3 +162,18 @@ def test_a_failure_stops_the_workers_before_download_returns(tmp_path: Path) -> 
     # Parts not started were cancelled; every started one was closed before the return.
     assert 1 <= len(opened) < 39
     assert len(closed) == len(opened)
+
+
+def test_a_body_with_only_read_is_read_into_the_buffer_through_the_fallback() -> None:
+    import io
+
+    from fedcore.store.s3 import _ReadInto
+
+    body = _ReadInto(io.BytesIO(b"abcdef"))
+    buffer = memoryview(bytearray(4))
+
+    assert body.readinto(buffer) == 4
+    assert bytes(buffer) == b"abcd"
+    assert body.readinto(buffer) == 2
+    assert bytes(buffer[:2]) == b"ef"
+    assert body.readinto(buffer) == 0
