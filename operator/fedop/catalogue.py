@@ -11,6 +11,12 @@ when it happens and the action; ``message`` joins what happened (worded by the c
 the facts of the pass) with the catalogue's action. ``docs/events.md`` is generated from it
 (``python -m fedop.events_doc``) and a unit test fails when the table is stale.
 
+A FederatedSite (the site operator, in a site's own cluster) has its own list:
+``SiteReason``, ``SITE_CATALOGUE`` and ``site_message``. Its person is the site's admin, not
+the job's coordinator, so the same reason can need another action there (a site's
+``ConfigurationError`` is fixed in its template or bundle Secret, not in ``spec.task``), and
+the types keep each controller to its own reasons. ``CATALOGUES`` holds both, by kind.
+
 A message is built partly from text the operator does not control: rejection details and
 key names read from the store, failure messages of pods. ``clean`` makes that text one
 printable line (control and bidirectional-format characters are shown as escapes) and
@@ -23,7 +29,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Final, Literal, get_args
+from typing import Any, Final, Literal, get_args
 
 from fedop.rejections import ADVICE
 
@@ -301,6 +307,143 @@ CATALOGUE: Final[Mapping[Reason, Entry]] = {
     ),
 }
 
+# ---- the FederatedSite ------------------------------------------------------------------------
+
+SiteReason = Literal[
+    # Events (some also a condition's reason)
+    "Running",
+    "RoundCommitted",
+    "Succeeded",
+    "GroupRestarted",
+    "BackoffLimitExceeded",
+    "ConfigurationError",
+    "CommitRefused",
+    "InvalidSpec",
+    # conditions only (Pending, Restarting and Failed are also the phase's)
+    "Pending",
+    "Restarting",
+    "Failed",
+    "GroupCompleted",
+    "Verified",
+]
+SITE_REASONS: Final[tuple[SiteReason, ...]] = get_args(SiteReason)
+
+_SITE_LOGS = "`kubectl logs job/{group}` (in the site's cluster)"
+_SITE_AGAIN = "then change the FederatedSite's spec (any change starts a Failed site again)"
+
+SITE_CATALOGUE: Final[Mapping[SiteReason, Entry]] = {
+    "Running": Entry(
+        "Normal",
+        ("Running",),
+        "The site's group trains (Event when it starts; condition Running=True while it does).",
+        NOTHING,
+    ),
+    "RoundCommitted": Entry(
+        "Normal",
+        (),
+        "The coordinator's aggregator committed a newer round (read from the bucket with the "
+        "bundle's credential and verified with the job's commit key); the message says "
+        "whether this site's update is in it.",
+        NOTHING,
+    ),
+    "Succeeded": Entry(
+        "Normal",
+        ("Running",),
+        "The site's group finished the job (Event; condition Running=False with this reason).",
+        NOTHING,
+    ),
+    "GroupCompleted": Entry(
+        None,
+        ("Succeeded",),
+        "The site's group finished the job (condition Succeeded=True).",
+        NOTHING,
+    ),
+    "GroupRestarted": Entry(
+        "Warning",
+        (),
+        "A pod of the site's group failed; the whole group was deleted and is made anew "
+        "(status.restarts counts it) and resumes from the newest committed round.",
+        "Nothing to do if the new group trains; " + _SITE_LOGS + " shows the failure. The "
+        "site fails after {left} more failure(s) (the FederatedSite's spec.backoffLimit).",
+    ),
+    "BackoffLimitExceeded": Entry(
+        "Warning",
+        ("Failed",),
+        "The site's group failed more often than the FederatedSite's spec.backoffLimit "
+        "allows; the site failed (the coordinator drops it after site.timeoutSeconds without "
+        "an update).",
+        _SITE_LOGS + " shows why its pods failed: fix that in the FederatedSite's "
+        "spec.template (nodes, volumes, resources) or raise spec.backoffLimit, "
+        + _SITE_AGAIN
+        + ".",
+    ),
+    "ConfigurationError": Entry(
+        "Warning",
+        ("Failed",),
+        "A pod of the site's group stopped on a configuration error (exit code 2), so it was "
+        "not restarted; the site failed.",
+        _SITE_LOGS + " says what is wrong. Fix the FederatedSite's spec.template (the data "
+        "volumes, mounts and env the task reads) or its bundle Secret "
+        "(spec.bundleSecretRef; a wrong or stale bundle: ask the coordinator for a fresh "
+        "export), " + _SITE_AGAIN + ".",
+    ),
+    "CommitRefused": Entry(
+        "Warning",
+        ("CommitsVerified",),
+        "A commit record in the bucket does not verify with the job's commit key from the "
+        "bundle (condition CommitsVerified=False): someone holding a store credential wrote "
+        "or edited it. The group does not train on it; the status leaves it out.",
+        "Nothing on this site can repair it: tell the job's coordinator, who revokes the "
+        "credential that wrote it. If the coordinator made the job again, replace the bundle "
+        "Secret (spec.bundleSecretRef) with a fresh export.",
+    ),
+    "InvalidSpec": Entry(
+        "Warning",
+        ("Failed",),
+        "The FederatedSite cannot run (the problem names its field), or the site's API "
+        "server refused a child object built from it; the site failed.",
+        "Fix what is named in the FederatedSite (its name, spec.template) and apply it again: "
+        "a changed spec starts it again.",
+    ),
+    "Pending": Entry(
+        None,
+        ("Running",),
+        "The site waits before training (condition Running=False, status.message says for "
+        "what): its bundle Secret, the group's pods being scheduled, or the bucket.",
+        "Nothing to do unless it stays Pending: `kubectl get pods -l fedkube.io/job={site}` "
+        "and `kubectl describe pod` say why a pod does not start (for example no node with "
+        "the requested GPUs).",
+        causes={
+            "bundle": "Fix the bundle Secret as said; the operator reads it again on its own.",
+        },
+    ),
+    "Restarting": Entry(
+        None,
+        ("Running",),
+        "The site's group is being deleted and made again after a failure or a spec change "
+        "(condition Running=False).",
+        "Nothing to do unless it stays Restarting: the GroupRestarted Event says why.",
+    ),
+    "Failed": Entry(
+        None,
+        ("Running",),
+        "The site failed (condition Running=False); the Failed condition's reason says why.",
+        "Read the Failed condition: its reason and message say what failed and what to do.",
+    ),
+    "Verified": Entry(
+        None,
+        ("CommitsVerified",),
+        "Every commit record read since verifies again (condition CommitsVerified=True).",
+        NOTHING,
+    ),
+}
+
+CATALOGUES: Final[Mapping[str, Mapping[Any, Entry]]] = {
+    "FederatedJob": CATALOGUE,
+    "FederatedSite": SITE_CATALOGUE,
+}
+"""Each kind's catalogue, for the docs page and the tests."""
+
 _SPACES = re.compile(r"[ ]*[\t\n\r\v\f][ \t\n\r\v\f]*")
 """A line break or tab with the blanks around it: one space."""
 _UNSAFE = re.compile(
@@ -337,11 +480,33 @@ def message(
     limit: int = CONDITION_MESSAGE_BYTES,
     **fields: object,
 ) -> str:
-    """The message for ``reason``: ``what`` happened (cleaned, cut to fit), then the
-    catalogue's action (filled from ``fields``), within ``limit`` bytes."""
-    action = CATALOGUE[reason].action_for(cause)
+    """The message for a FederatedJob's ``reason``: ``what`` happened (cleaned, cut to fit),
+    then the catalogue's action (filled from ``fields``), within ``limit`` bytes."""
+    return compose(CATALOGUE[reason], what, cause=cause, limit=limit, **fields)
+
+
+def site_message(
+    reason: SiteReason,
+    what: str,
+    *,
+    cause: str | None = None,
+    limit: int = CONDITION_MESSAGE_BYTES,
+    **fields: object,
+) -> str:
+    """``message`` for a FederatedSite's ``reason``, with the site's action."""
+    return compose(SITE_CATALOGUE[reason], what, cause=cause, limit=limit, **fields)
+
+
+def compose(entry: Entry, what: str, *, cause: str | None, limit: int, **fields: object) -> str:
+    """``what`` happened (cleaned, cut to fit), then ``entry``'s action for ``cause`` (filled
+    from ``fields``), within ``limit`` bytes. With nothing to say about what happened, the
+    message is the action alone."""
+    action = entry.action_for(cause)
+    head = clean(what).strip()
     if action == NOTHING:
-        return clip(clean(what).strip(), limit)
-    tail = " " + clean(action.format(**fields))
-    head = clean(what).strip().rstrip(".") + "."
-    return clip(head, limit - len(tail.encode())) + tail
+        return clip(head, limit)
+    tail = clean(action.format(**fields))
+    if not head:
+        return clip(tail, limit)
+    head = head.rstrip(".") + "."
+    return clip(head, limit - len(tail.encode()) - 1) + " " + tail

@@ -4,7 +4,8 @@
 updates, client restarts and drops, failures) and announces each thing once: it compares
 with what the status already records, which survives an operator restart. This module words
 the announcements (each reason's type and action come from ``fedop.catalogue``, so no other
-reason can be announced) and builds the core/v1 Event objects; ``kube`` posts them.
+reason can be announced) and builds the core/v1 Event objects; ``kube`` posts them. The site
+operator announces through ``announce_site``, from the FederatedSite's own catalogue.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ NAME_BYTES = 64
 class Announcement:
     type: catalogue.EventType
     """The catalogue's type for ``reason``: a caller never picks it."""
-    reason: catalogue.Reason
+    reason: catalogue.Reason | catalogue.SiteReason
     """CamelCase, as Kubernetes Event reasons are (``RoundCommitted``, ``ClientDropped``)."""
     message: str
     """What happened, then what to do (``fedop.catalogue.message``), within 1 KiB."""
@@ -45,10 +46,27 @@ def announce(
 ) -> Announcement:
     """The Event for ``reason``: its type and action come from the catalogue, ``what``
     happened from the caller; ``cause`` picks one of the reason's actions."""
-    entry = catalogue.CATALOGUE[reason]
+    return _announce(reason, catalogue.CATALOGUE[reason], what, cause, fields)
+
+
+def announce_site(
+    reason: catalogue.SiteReason, what: str, *, cause: str | None = None, **fields: object
+) -> Announcement:
+    """``announce`` about a FederatedSite: the type and the site's action come from
+    ``catalogue.SITE_CATALOGUE``."""
+    return _announce(reason, catalogue.SITE_CATALOGUE[reason], what, cause, fields)
+
+
+def _announce(
+    reason: catalogue.Reason | catalogue.SiteReason,
+    entry: catalogue.Entry,
+    what: str,
+    cause: str | None,
+    fields: Mapping[str, object],
+) -> Announcement:
     if entry.event is None:
         raise ValueError(f"{reason} is a condition reason, never an Event")
-    text = catalogue.message(reason, what, cause=cause, limit=catalogue.EVENT_NOTE_BYTES, **fields)
+    text = catalogue.compose(entry, what, cause=cause, limit=catalogue.EVENT_NOTE_BYTES, **fields)
     return Announcement(entry.event, reason, text)
 
 

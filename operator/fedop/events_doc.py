@@ -1,4 +1,4 @@
-"""Generate ``docs/events.md``, the table of reasons a person looks up, from ``fedop.catalogue``.
+"""Generate ``docs/events.md``, the tables of reasons a person looks up, from ``fedop.catalogue``.
 
 The catalogue is the source; the page is its rendering, committed so that it reads on the
 web, and a unit test fails when it is stale.
@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from fedop.catalogue import CATALOGUE, NOTHING, Entry
+from fedop.catalogue import CATALOGUES, NOTHING, Entry
 
 OUTPUT = Path("docs/events.md")
 DOC_FIELDS = {
@@ -25,6 +25,8 @@ DOC_FIELDS = {
     "child": "JOB-CLIENT",
     "aggregator": "JOB-aggregator",
     "left": "N",
+    "site": "SITE",
+    "group": "SITE-CLIENT",
 }
 """How an action's ``{fields}`` read in the docs."""
 
@@ -42,9 +44,20 @@ left out of the message. Text that comes from the store or from pods (rejection 
 record keys, failure messages) is shown on one line, with control characters escaped, and
 cut to fit an Event's 1 KiB; `round.json` in the store keeps a rejection's full detail.
 
+The coordinator's operator speaks about FederatedJobs; the site operator, in a site's own
+cluster, about FederatedSites (`kubectl describe fsite NAME` there). The same reason can need
+another action on a site, whose person is the site's admin: each kind has its own table.
+
 In the actions, JOB is the FederatedJob's name, CLIENT a client's (`spec.clients[].name`),
-JOB-CLIENT the client's Job and JOB-aggregator the aggregator's.
+JOB-CLIENT the client's Job and JOB-aggregator the aggregator's; SITE is the FederatedSite's
+name and SITE-CLIENT its group's Job.
 """
+SECTIONS = {
+    "FederatedJob": "The coordinator's operator, about a FederatedJob.",
+    "FederatedSite": "The site operator, in the site's cluster, about a FederatedSite "
+    "([sites.md](sites.md)).",
+}
+"""Each kind's section, in ``CATALOGUES``' order."""
 
 
 def _cell(text: str) -> str:
@@ -63,35 +76,48 @@ def _where(entry: Entry) -> tuple[str, str]:
 
 def render() -> str:
     """The page's text."""
+    lines = [HEADER]
+    for kind, catalogue in CATALOGUES.items():
+        lines += _section(kind, catalogue)
+    lines += [f"`{NOTHING}` means the message carries no action.", ""]
+    return "\n".join(lines)
+
+
+def _section(kind: str, catalogue: Mapping[str, Entry]) -> list[str]:
     lines = [
-        HEADER,
-        "## Reasons",
+        f"## {kind}",
+        "",
+        SECTIONS[kind],
         "",
         "| Reason | Event | Condition | When | What to do |",
         "|---|---|---|---|---|",
     ]
-    for reason, entry in CATALOGUE.items():
+    for reason, entry in catalogue.items():
         event, conditions = _where(entry)
         action = _action(entry.action)
         if entry.causes:
             action += " (By cause: see below.)"
         lines.append(f"| `{reason}` | {event} | {conditions} | {_cell(entry.when)} | {action} |")
-    lines += [
-        "",
-        "## What to do, by cause",
-        "",
-        "Where one action cannot fit every cause of a reason, the message ends with the one "
-        "for its cause. For `UpdateRejected` the cause is the rejection's code "
-        "([design.md](design.md#rejected-updates) says what each code means).",
-        "",
-        "| Reason | Cause | What to do |",
-        "|---|---|---|",
-    ]
-    for reason, entry in CATALOGUE.items():
-        for cause, action in entry.causes.items():
-            lines.append(f"| `{reason}` | `{cause}` | {_action(action)} |")
-    lines += ["", f"`{NOTHING}` means the message carries no action.", ""]
-    return "\n".join(lines)
+    causes = [(r, c, a) for r, e in catalogue.items() for c, a in e.causes.items()]
+    if causes:
+        lines += [
+            "",
+            f"### {kind}: what to do, by cause",
+            "",
+            "Where one action cannot fit every cause of a reason, the message ends with the "
+            "one for its cause."
+            + (
+                " For `UpdateRejected` the cause is the rejection's code "
+                "([design.md](design.md#rejected-updates) says what each code means)."
+                if "UpdateRejected" in catalogue
+                else ""
+            ),
+            "",
+            "| Reason | Cause | What to do |",
+            "|---|---|---|",
+        ]
+        lines += [f"| `{r}` | `{c}` | {_action(a)} |" for r, c, a in causes]
+    return [*lines, ""]
 
 
 def repo_root() -> Path:

@@ -44,7 +44,7 @@ from fedcore import join_bundle as jb
 from fedcore import site_spec as ss
 from fedcore import spec as fs
 from fedcore.errors import BundleError, SpecError
-from fedop import events, status
+from fedop import catalogue, events, status
 from fedop.builders import names
 from fedop.builders import site as builders
 from fedop.controller import Controller
@@ -102,7 +102,7 @@ def _sync(rt: SiteRuntime, namespace: str, name: str) -> None:
     try:
         site = ss.parse_site(body)
     except SpecError as e:
-        _write_status(rt, ref, old, _refused(old, generation, str(e), now))
+        _refuse(rt, ref, old, generation, str(e), now)
         raise kopf.PermanentError(str(e)) from e
 
     bundle, digest, problem = read_bundle(rt.kube, namespace, site.spec.bundle_secret_ref)
@@ -138,7 +138,7 @@ def _sync(rt: SiteRuntime, namespace: str, name: str) -> None:
         _apply(rt, ref, decided)
     except ChildRefused as e:
         message = f"the API server refused a child object (check spec.template): {e}"
-        _write_status(rt, ref, decided.status, _refused(decided.status, generation, message, now))
+        _refuse(rt, ref, decided.status, generation, message, now)
         raise kopf.PermanentError(message) from e
     for note in decided.announcements:
         _announce(rt, ref, note, now)
@@ -173,17 +173,44 @@ def read_bundle(
     return bundle, builders.bundle_digest(raw), ""
 
 
+def _refuse(
+    rt: SiteRuntime,
+    ref: names.JobRef,
+    old: ss.FederatedSiteStatus,
+    generation: int | None,
+    what: str,
+    now: datetime,
+) -> None:
+    """Write the refused status; announce ``InvalidSpec`` once per distinct message."""
+    new = _refused(old, generation, what, now)
+    _write_status(rt, ref, old, new)
+    before = next((c for c in old.conditions if c.type == "Failed"), None)
+    if before is None or (before.reason, before.message) != ("InvalidSpec", new.message):
+        _announce(rt, ref, events.announce_site("InvalidSpec", what), now)
+
+
 def _refused(
-    old: ss.FederatedSiteStatus, generation: int | None, message: str, now: datetime
+    old: ss.FederatedSiteStatus, generation: int | None, what: str, now: datetime
 ) -> ss.FederatedSiteStatus:
-    conditions = status.set_condition(
-        old.conditions, "Failed", "True", "InvalidSpec", message, now=now, generation=generation
+    """Failed with ``InvalidSpec``: ``what`` is wrong, then the site's action."""
+    text = catalogue.site_message("InvalidSpec", what, limit=fs.MAX_MESSAGE)
+    conditions = status.set_site_condition(
+        old.conditions, "Failed", "True", "InvalidSpec", text, now=now, generation=generation
+    )
+    conditions = status.set_site_condition(
+        conditions,
+        "Running",
+        "False",
+        "Failed",
+        catalogue.site_message("Failed", ""),
+        now=now,
+        generation=generation,
     )
     return old.model_copy(
         update={
             "phase": "Failed",
             "observed_generation": generation,
-            "message": status.truncate(message),
+            "message": text,
             "conditions": conditions,
             "completion_time": old.completion_time or status.second(now),
         }

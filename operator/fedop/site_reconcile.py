@@ -11,19 +11,23 @@ cannot lose a member, so a failed pod fails the whole Job (``backoffLimit: 0``),
 deleted (foreground, so groups never overlap) and made again, up to ``spec.backoffLimit``
 times; a pod exiting with ``EXIT_CONFIG`` stops the site at once (no restart can help).
 A Failed site starts again from scratch when its spec changes (``metadata.generation``).
+
+Every Event and condition reason is one of ``catalogue.SiteReason``: each message says what
+happened (pod failure text cleaned and cut to fit) and ends with what the site's admin does,
+from ``catalogue.SITE_CATALOGUE``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from fedcore import join_bundle as jb
 from fedcore import site_spec as ss
 from fedcore import spec as fs
 from fedcore.exitcodes import EXIT_CONFIG
-from fedop import events, status
+from fedop import catalogue, events, status
 from fedop.builders import names
 from fedop.builders import site as builders
 from fedop.events import Announcement
@@ -75,15 +79,21 @@ class _Draft:
         obs: SiteObservation,
         kind: status.ConditionType,
         value: bool,
-        reason: str,
-        message: str = "",
+        reason: catalogue.SiteReason,
+        what: str = "",
+        *,
+        cause: str | None = None,
+        group: str = "",
     ) -> None:
-        self.conditions = status.set_condition(
+        """Set condition ``kind``; its message is ``what`` happened and the site's action
+        (``group``: the group's Job, where the action names it)."""
+        text = catalogue.site_message(reason, what, cause=cause, site=obs.site.name, group=group)
+        self.conditions = status.set_site_condition(
             self.conditions,
             kind,
             "True" if value else "False",
             reason,
-            message,
+            text,
             now=obs.now,
             generation=obs.generation,
         )
@@ -119,7 +129,7 @@ def plan(obs: SiteObservation) -> SitePlan:
 
 def _done(draft: _Draft) -> SitePlan:
     values = draft.values
-    values["message"] = status.truncate(values["message"])
+    values["message"] = catalogue.clip(catalogue.clean(values["message"]), fs.MAX_MESSAGE)
     new = ss.FederatedSiteStatus.model_validate({**values, "conditions": draft.conditions})
     return SitePlan(new, tuple(draft.actions), tuple(draft.announcements))
 
@@ -130,7 +140,7 @@ def _run(obs: SiteObservation, bundle: jb.JoinBundle, draft: _Draft) -> None:
     values.update(job=bundle.job.name, client=client, total_rounds=bundle.job.spec.rounds)
     problems = builders.name_problems(ref, obs.spec, client)
     if problems:
-        _fail(obs, draft, "InvalidSpec", "; ".join(problems))
+        _fail(obs, draft, "InvalidSpec", "; ".join(problems), group=names.client_job(ref, client))
         return
     values["message"] = ""
     _ensure_mounted(obs, bundle, draft)
@@ -176,13 +186,14 @@ def _sync_group(obs: SiteObservation, bundle: jb.JoinBundle, draft: _Draft) -> N
     elif child.terminating:
         values["phase"] = "Restarting"
     elif child.failed and child.config_error:
+        failure = f": {child.failure}" if child.failure else ""
         _fail(
             obs,
             draft,
             "ConfigurationError",
-            f"the group stopped on a configuration error (exit code {EXIT_CONFIG}), so it was "
-            f"not restarted: fix the bundle's job or this site's template (`kubectl logs "
-            f"job/{name}` says what is wrong); {child.failure}",
+            f"the group {name} stopped on a configuration error (exit code {EXIT_CONFIG}), "
+            f"so it was not restarted{failure}",
+            group=name,
         )
     elif child.failed:
         why = child.failure or "a pod of the group failed"
@@ -194,15 +205,18 @@ def _sync_group(obs: SiteObservation, bundle: jb.JoinBundle, draft: _Draft) -> N
                 "BackoffLimitExceeded",
                 f"the group failed {attempt} times (restart budget spec.backoffLimit="
                 f"{budget}); last failure: {why}",
+                group=name,
             )
             return
         draft.actions.append(DeleteJob(name, "Foreground"))
         if values["restarts"] < attempt:
             draft.announcements.append(
-                events.warning(
+                events.announce_site(
                     "GroupRestarted",
                     f"the group failed ({why}); restarting the whole group "
                     f"(restart {attempt}/{budget})",
+                    group=name,
+                    left=budget - attempt + 1,
                 )
             )
         values.update(
@@ -216,10 +230,20 @@ def _sync_group(obs: SiteObservation, bundle: jb.JoinBundle, draft: _Draft) -> N
         values["phase"] = "Running" if child.running else "Pending"
 
 
-def _fail(obs: SiteObservation, draft: _Draft, reason: str, message: str) -> None:
-    draft.values.update(phase="Failed", message=message, completion_time=status.second(obs.now))
-    draft.condition(obs, "Failed", True, reason, message)
-    draft.announcements.append(events.warning(reason, message))
+def _fail(
+    obs: SiteObservation,
+    draft: _Draft,
+    reason: Literal["InvalidSpec", "ConfigurationError", "BackoffLimitExceeded"],
+    what: str,
+    *,
+    group: str,
+) -> None:
+    """Failed with ``reason``: the status, the Failed condition and a Warning, each ending
+    with what the site's admin does (``group``: the group's Job)."""
+    text = catalogue.site_message(reason, what, limit=fs.MAX_MESSAGE, group=group)
+    draft.values.update(phase="Failed", message=text, completion_time=status.second(obs.now))
+    draft.condition(obs, "Failed", True, reason, what, group=group)
+    draft.announcements.append(events.announce_site(reason, what, group=group))
 
 
 def _progress(obs: SiteObservation, bundle: jb.JoinBundle, draft: _Draft) -> None:
@@ -236,23 +260,29 @@ def _progress(obs: SiteObservation, bundle: jb.JoinBundle, draft: _Draft) -> Non
         r, total = seen.current_round, bundle.job.spec.rounds
         mine = " with this site's update" if seen.last_round == r else ""
         draft.announcements.append(
-            events.normal("RoundCommitted", f"round {r}/{total} committed by the aggregator{mine}")
+            events.announce_site(
+                "RoundCommitted", f"round {r}/{total} committed by the aggregator{mine}"
+            )
         )
     if seen.last_round is not None:
         values["last_round"] = seen.last_round
     verified = next((c for c in draft.conditions if c.type == "CommitsVerified"), None)
     if seen.refused:
-        if verified is None or verified.message != status.truncate(seen.refused):
-            draft.announcements.append(events.warning("CommitRefused", seen.refused))
+        text = catalogue.site_message("CommitRefused", seen.refused)
+        if verified is None or verified.message != text:
+            draft.announcements.append(events.announce_site("CommitRefused", seen.refused))
         draft.condition(obs, "CommitsVerified", False, "CommitRefused", seen.refused)
     elif verified is not None and verified.status == "False":
         draft.condition(obs, "CommitsVerified", True, "Verified", "")
 
 
 def _phase_news(obs: SiteObservation, draft: _Draft, old: str) -> None:
-    phase = draft.values["phase"]
+    phase: ss.SitePhase = draft.values["phase"]
     running = phase == "Running"
-    draft.condition(obs, "Running", running, phase, "" if running else draft.values["message"])
+    # A Failed site's message is in the Failed condition; this one says to read it.
+    what = "" if phase in ("Running", "Failed") else draft.values["message"]
+    cause = "bundle" if phase == "Pending" and obs.bundle is None else None
+    draft.condition(obs, "Running", running, phase, what, cause=cause)
     if phase == "Succeeded":
         draft.condition(obs, "Succeeded", True, "GroupCompleted", "the group finished the job")
     if phase == old:
@@ -260,10 +290,12 @@ def _phase_news(obs: SiteObservation, draft: _Draft, old: str) -> None:
     if phase == "Running":
         n = obs.spec.replicas * obs.spec.procs_per_replica
         draft.announcements.append(
-            events.normal("Running", f"the group is training ({n} process{'es' if n != 1 else ''})")
+            events.announce_site(
+                "Running", f"the group is training ({n} process{'es' if n != 1 else ''})"
+            )
         )
     elif phase == "Succeeded":
         r = draft.values["current_round"]
         draft.announcements.append(
-            events.normal("Succeeded", f"the group finished the job (round {r} committed)")
+            events.announce_site("Succeeded", f"the group finished the job (round {r} committed)")
         )

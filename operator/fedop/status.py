@@ -97,6 +97,33 @@ def set_condition(
     """Conditions with ``kind`` set; its ``lastTransitionTime`` moves only when the status
     flips, as metav1.Condition asks. The list keeps a fixed order by type. ``reason`` is one
     of the catalogue's; ``message`` is cleaned to one printable line and cut to fit."""
+    return _set(conditions, kind, status, reason, message, now=now, generation=generation)
+
+
+def set_site_condition(
+    conditions: Iterable[fs.Condition],
+    kind: ConditionType,
+    status: Literal["True", "False", "Unknown"],
+    reason: catalogue.SiteReason,
+    message: str,
+    *,
+    now: datetime,
+    generation: int | None,
+) -> list[fs.Condition]:
+    """``set_condition`` for a FederatedSite: ``reason`` is one of ``SITE_CATALOGUE``'s."""
+    return _set(conditions, kind, status, reason, message, now=now, generation=generation)
+
+
+def _set(
+    conditions: Iterable[fs.Condition],
+    kind: ConditionType,
+    status: Literal["True", "False", "Unknown"],
+    reason: str,
+    message: str,
+    *,
+    now: datetime,
+    generation: int | None,
+) -> list[fs.Condition]:
     by_type = {c.type: c for c in conditions}
     old = by_type.get(kind)
     changed_at = old.last_transition_time if old is not None and old.status == status else None

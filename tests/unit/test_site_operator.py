@@ -21,6 +21,7 @@ from fedcore import site_spec as ss
 from fedcore.commit_signing import CommitSigner
 from fedcore.errors import SpecError
 from fedcore.store import LocalStore, ObjectStore
+from fedop import catalogue
 from fedop.builders import site as builders
 from fedop.errors import SettingsError
 from fedop.observed import ChildJob, Children
@@ -334,6 +335,98 @@ def test_a_refused_commit_record_shows_as_a_false_condition() -> None:
     verified = next(c for c in p.status.conditions if c.type == "CommitsVerified")
     assert (verified.status, verified.reason) == ("False", "CommitRefused")
     assert "CommitRefused" in [a.reason for a in p.announcements]
+
+
+def test_a_refused_record_is_announced_once_while_it_stays() -> None:
+    progress = SiteProgress(current_round=1, refused="rounds/000002/round.json: bad signature")
+
+    first = plan(observe(children=all_made(), progress=progress))
+    again = plan(observe(children=all_made(), progress=progress, status=first.status))
+
+    assert [a.reason for a in first.announcements].count("CommitRefused") == 1
+    assert "CommitRefused" not in [a.reason for a in again.announcements]
+
+
+# ---- what the site's Events and conditions say --------------------------------------------
+
+HOSTILE = "OOM\n\u202ekill -9 all\x1b[2J" + "x" * 5000
+"""Pod failure text as a hostile pod could write it: line breaks, a bidi override, an escape
+sequence, and far more than an Event holds."""
+
+
+def test_a_restart_event_cleans_the_pods_text_and_ends_with_the_site_action() -> None:
+    failing = replace(all_made(), jobs={GROUP: ChildJob(GROUP, failed=True, failure=HOSTILE)})
+
+    (note,) = plan(observe(children=failing)).announcements
+
+    assert (note.type, note.reason) == ("Warning", "GroupRestarted")
+    assert len(note.message.encode()) <= catalogue.EVENT_NOTE_BYTES
+    assert note.message.startswith("the group failed (OOM \\u202ekill -9 all\\x1b[2J")
+    assert note.message.endswith(
+        "Nothing to do if the new group trains; `kubectl logs job/hosp-s` (in the site's "
+        "cluster) shows the failure. The site fails after 3 more failure(s) (the "
+        "FederatedSite's spec.backoffLimit)."
+    )
+
+
+@pytest.mark.parametrize(
+    ("job", "reason", "action"),
+    [
+        pytest.param(
+            ChildJob(GROUP, failed=True, config_error=True, failure=HOSTILE),
+            "ConfigurationError",
+            "Fix the FederatedSite's spec.template",
+            id="configuration error",
+        ),
+        pytest.param(
+            ChildJob(GROUP, failed=True, restarts=3, failure=HOSTILE),
+            "BackoffLimitExceeded",
+            "raise spec.backoffLimit",
+            id="past the budget",
+        ),
+    ],
+)
+def test_a_failed_site_says_why_and_what_its_admin_does_everywhere(
+    job: ChildJob, reason: str, action: str
+) -> None:
+    failing = replace(all_made(), jobs={GROUP: job})
+
+    p = plan(observe(children=failing, status=ss.FederatedSiteStatus(restarts=3)))
+
+    failed = next(c for c in p.status.conditions if c.type == "Failed")
+    running = next(c for c in p.status.conditions if c.type == "Running")
+    (note,) = p.announcements
+    assert (note.type, note.reason, failed.reason) == ("Warning", reason, reason)
+    assert (running.status, running.reason) == ("False", "Failed")
+    assert "Read the Failed condition" in running.message
+    assert len(note.message.encode()) <= catalogue.EVENT_NOTE_BYTES
+    for text in (note.message, failed.message, p.status.message):
+        assert action in text
+        assert not {"\n", "\u202e", "\x1b"} & set(text)
+        assert text.endswith("(any change starts a Failed site again).")
+        assert "spec.task" not in text
+
+
+def test_a_pending_site_without_its_bundle_says_so_in_its_condition() -> None:
+    p = plan(observe(bundle=None))
+
+    running = next(c for c in p.status.conditions if c.type == "Running")
+    assert (running.status, running.reason) == ("False", "Pending")
+    assert "waiting for Secret site-ns/join" in running.message
+    assert running.message.endswith("the operator reads it again on its own.")
+
+
+def test_a_refused_records_key_from_the_bucket_is_shown_escaped_in_one_line() -> None:
+    refused = "rounds/000002/round\u202e.json:\nbad signature" + "y" * 3000
+
+    p = plan(observe(children=all_made(), progress=SiteProgress(current_round=1, refused=refused)))
+
+    (note,) = [a for a in p.announcements if a.reason == "CommitRefused"]
+    verified = next(c for c in p.status.conditions if c.type == "CommitsVerified")
+    assert len(note.message.encode()) <= catalogue.EVENT_NOTE_BYTES
+    for text in (note.message, verified.message):
+        assert "round\\u202e.json: bad signature" in text
+        assert text.endswith(catalogue.SITE_CATALOGUE["CommitRefused"].action)
 
 
 def test_a_completed_group_succeeds() -> None:
