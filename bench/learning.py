@@ -323,6 +323,7 @@ def _flower_factories() -> dict[str, FlowerFactory]:
     """Flower's class for each strategy, configured as the row configures fedkube's."""
     import logging
 
+    flower_available()  # imports Flower quietly
     from flwr.common import ndarrays_to_parameters
     from flwr.server import strategy as fl
 
@@ -444,8 +445,12 @@ def evaluate(fed: Federation, model: Mapping[str, Any]) -> float:
 
 @lru_cache(maxsize=1)
 def flower_available() -> bool:
+    import warnings
+
     try:
-        import flwr.server.strategy  # noqa: F401
+        with warnings.catch_warnings():  # Flower's CLI dependencies warn about their own
+            warnings.simplefilter("ignore", DeprecationWarning)
+            import flwr.server.strategy  # noqa: F401
     except ImportError:
         return False
     return True
@@ -513,25 +518,42 @@ def fmt(values: Sequence[float] | None) -> str:
 
 def final_accuracies(
     results: Mapping[Run, list[float]], row: Row, side: str, setting: str
-) -> list[float]:
-    return [
-        accs[-1]
+) -> dict[int, float]:
+    """Seed -> final accuracy of one row's runs on one side in one setting."""
+    return {
+        run.seed: accs[-1]
         for run, accs in results.items()
         if run.row == row and run.side == side and run.setting == setting
-    ]
+    }
+
+
+def paired_difference(ours: Mapping[int, float], theirs: Mapping[int, float]) -> str:
+    """fedkube minus Flower in points, seed by seed (same shards, same attackers)."""
+    seeds = sorted(set(ours) & set(theirs))
+    if not seeds:
+        return "-"
+    mean, std = mean_std([ours[s] - theirs[s] for s in seeds])
+    return f"{100 * mean:+.1f} ± {100 * std:.1f}"
 
 
 def table(results: Mapping[Run, list[float]], rows: Sequence[Row]) -> list[str]:
-    """Markdown lines: final accuracy (%) per row, fedkube next to Flower, per setting."""
-    columns = [f"{setting}: {side}" for setting in SETTINGS for side in ("fedkube", "Flower")]
-    lines = ["| strategy | `spec.strategy` | " + " | ".join(columns) + " |", "|---" * 6 + "|"]
+    """Markdown lines: final accuracy (%) per row, fedkube next to Flower and their paired
+    difference, per setting."""
+    columns = [
+        f"{setting}: {what}" for setting in SETTINGS for what in ("fedkube", "Flower", "difference")
+    ]
+    lines = [
+        "| strategy | `spec.strategy` | " + " | ".join(columns) + " |",
+        "|---" * (2 + len(columns)) + "|",
+    ]
     for row in rows:
         spec = ", ".join(f"{k}: {v}" for k, v in row.strategy.items())
-        cells = [
-            fmt(final_accuracies(results, row, side, setting))
-            for setting in SETTINGS
-            for side in ("fedkube", "flower")
-        ]
+        cells = []
+        for setting in SETTINGS:
+            ours = final_accuracies(results, row, "fedkube", setting)
+            theirs = final_accuracies(results, row, "flower", setting)
+            cells += [fmt(list(ours.values())), fmt(list(theirs.values()))]
+            cells.append(paired_difference(ours, theirs))
         lines.append(f"| {row.label} | `{spec}` | " + " | ".join(cells) + " |")
     return lines
 
@@ -552,8 +574,9 @@ def report(
         "# Learning quality: fedkube's strategies next to Flower's",
         "",
         f"Final test accuracy (%) after {rounds} rounds, mean ± std over seeds "
-        f"{', '.join(map(str, seeds))}. Written by `bench/learning.py` "
-        "(see its docstring for the method).",
+        f"{', '.join(map(str, seeds))}; *difference*: fedkube minus Flower in points, seed by "
+        "seed (same shards, same attackers). Written by `bench/learning.py` (its docstring "
+        "has the method).",
         "",
         *table(results, rows),
         "",
@@ -582,6 +605,8 @@ def report(
             {
                 "rounds": rounds,
                 "seeds": list(seeds),
+                "command": command,
+                "seconds": seconds,
                 "task_config": TASK_CONFIG,
                 "runs": [
                     {
@@ -623,12 +648,14 @@ def plot(results: Mapping[Run, list[float]], rows: Sequence[Row], path: Path) ->
                     continue
                 mean = [statistics.fmean(c) for c in zip(*curves, strict=True)]
                 label = row.label if side == "fedkube" else f"{row.label} (Flower)"
-                ax.plot(range(len(mean)), mean, style, color=colors[(2 * i) % 20], label=label)
+                color = colors[(2 * i) % 20 + (2 * i) // 20]  # dark shades, then light ones
+                ax.plot(range(len(mean)), mean, style, color=color, label=label)
         ax.set_title(
             f"{setting}: {NUM_CLIENTS} clients, Dirichlet({ALPHA})"
             + (f", {NUM_POISONED} poisoned" if setting == "poisoned" else "")
         )
         ax.set_xlabel("round")
+        ax.xaxis.get_major_locator().set_params(integer=True)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("test accuracy (mean over seeds)")
     axes[0].set_ylim(0, 1)
@@ -637,6 +664,28 @@ def plot(results: Mapping[Run, list[float]], rows: Sequence[Row], path: Path) ->
     fig.tight_layout(rect=(0, 0, 0.84, 1))
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def replot(out: Path) -> Path:
+    """Rewrite ``learning.md`` and ``learning.png`` from ``learning.json`` (after a change to
+    the report, without training again)."""
+    saved = json.loads((out / "learning.json").read_text())
+    by_label = {row.label: row for row in ROWS}
+    results = {
+        Run(by_label[r["row"]], r["side"], r["setting"], r["seed"]): r["accuracy"]
+        for r in saved["runs"]
+        if r["row"] in by_label
+    }
+    rows = [row for row in ROWS if any(run.row == row for run in results)]
+    return report(
+        results,
+        rows,
+        seeds=saved["seeds"],
+        rounds=saved["rounds"],
+        command=saved["command"],
+        seconds=saved["seconds"],
+        out=out,
+    )
 
 
 # --- command line -------------------------------------------------------------------------
@@ -657,8 +706,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--out", type=Path, help="results directory (bench/results; --quick: bench/results/quick)"
     )
+    parser.add_argument(
+        "--replot", action="store_true", help="no training: rewrite the report from learning.json"
+    )
     args = parser.parse_args(argv)
     out = args.out or (RESULTS_DIR / "quick" if args.quick else RESULTS_DIR)
+    if args.replot:
+        md = replot(out)
+        print(f"results: {md}, {md.with_suffix('.png')}")
+        return 0
     rounds, n_seeds = (3, 1) if args.quick else (args.rounds, args.seeds)
     if rounds < 1 or n_seeds < 1 or args.jobs < 1:
         parser.error("--rounds, --seeds and --jobs must be >= 1")
