@@ -330,12 +330,13 @@ def _flower_factories() -> dict[str, FlowerFactory]:
     logging.getLogger("flwr").setLevel(logging.ERROR)  # "no metrics aggregation fn"
 
     def adaptive(cls: Any) -> FlowerFactory:
+        # Flower's FedAdagrad takes no betas (its momentum is FedOpt's default 0.9, as ours).
+        betas = {} if cls is fl.FedAdagrad else {"beta_1": 0.9, "beta_2": 0.99}
         return lambda init: cls(
             initial_parameters=ndarrays_to_parameters(init),
             eta=SERVER_LR_ADAPTIVE,
             tau=TAU,
-            beta_1=0.9,
-            **({} if cls is fl.FedAdagrad else {"beta_2": 0.99}),
+            **betas,
         )
 
     return {
@@ -467,17 +468,49 @@ def plan(rows: Sequence[Row], seeds: Sequence[int], *, flower: bool) -> list[Run
     return runs
 
 
+def run_key(run: Run, rounds: int) -> str:
+    """What makes two runs the same run (for resuming)."""
+    return json.dumps(
+        [
+            run.row.label,
+            dict(run.row.strategy),
+            run.side,
+            run.setting,
+            run.seed,
+            rounds,
+            TASK_CONFIG,
+        ],
+        sort_keys=True,
+    )
+
+
 def run_all(
-    runs: Sequence[Run], rounds: int, jobs: int, log: Callable[[str], None] = print
+    runs: Sequence[Run],
+    rounds: int,
+    jobs: int,
+    log: Callable[[str], None] = print,
+    checkpoint: Path | None = None,
 ) -> dict[Run, list[float]]:
-    """Every run, ``jobs`` at a time in worker processes (1: in this process)."""
+    """Every run, ``jobs`` at a time in worker processes (1: in this process). With
+    ``checkpoint``, each finished run is appended to it (a JSON line) and runs already
+    there are not run again: an interrupted benchmark resumes where it stopped."""
     results: dict[Run, list[float]] = {}
+    if checkpoint is not None and checkpoint.exists():
+        kept = dict(json.loads(line) for line in checkpoint.read_text().splitlines() if line)
+        results = {run: kept[run_key(run, rounds)] for run in runs if run_key(run, rounds) in kept}
+        if results:
+            log(f"resuming: {len(results)} of {len(runs)} runs are in {checkpoint}")
+    todo = [run for run in runs if run not in results]
+    resumed = len(results)
     started = time.perf_counter()
 
     def done(run: Run, accs: list[float]) -> None:
         results[run] = accs
+        if checkpoint is not None:
+            with checkpoint.open("a") as f:
+                f.write(json.dumps([run_key(run, rounds), accs]) + "\n")
         elapsed = time.perf_counter() - started
-        eta = elapsed / len(results) * (len(runs) - len(results))
+        eta = elapsed / (len(results) - resumed) * (len(runs) - len(results))
         log(
             f"[{len(results):>3}/{len(runs)}] {run.setting:<8} {run.row.label:<16} "
             f"{run.side:<7} seed {run.seed}: accuracy {accs[-1]:.3f}  "
@@ -485,15 +518,15 @@ def run_all(
         )
 
     if jobs <= 1:
-        for run in runs:
+        for run in todo:
             done(run, run_one(run, rounds))
-        return results
+        return {run: results[run] for run in runs}
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
-        futures = {pool.submit(run_one, run, rounds): run for run in runs}
+        futures = {pool.submit(run_one, run, rounds): run for run in todo}
         for future in as_completed(futures):
             done(futures[future], future.result())
     return {run: results[run] for run in runs}
@@ -516,12 +549,26 @@ def fmt(values: Sequence[float] | None) -> str:
     return f"{100 * mean:.1f} ± {100 * std:.1f}"
 
 
-def final_accuracies(
-    results: Mapping[Run, list[float]], row: Row, side: str, setting: str
+Metric = Callable[[list[float]], float]
+
+
+def final(accuracies: list[float]) -> float:
+    """Accuracy after the last round: where a run ends."""
+    return accuracies[-1]
+
+
+def over_rounds(accuracies: list[float]) -> float:
+    """Mean accuracy over rounds 1..R: how fast and how steadily a run gets there (a run
+    whose accuracy swings from round to round scores lower than its final round may say)."""
+    return statistics.fmean(0.0 if math.isnan(a) else a for a in accuracies[1:])
+
+
+def seed_values(
+    results: Mapping[Run, list[float]], row: Row, side: str, setting: str, metric: Metric
 ) -> dict[int, float]:
-    """Seed -> final accuracy of one row's runs on one side in one setting."""
+    """Seed -> ``metric`` of one row's runs on one side in one setting."""
     return {
-        run.seed: accs[-1]
+        run.seed: metric(accs)
         for run, accs in results.items()
         if run.row == row and run.side == side and run.setting == setting
     }
@@ -536,8 +583,10 @@ def paired_difference(ours: Mapping[int, float], theirs: Mapping[int, float]) ->
     return f"{100 * mean:+.1f} ± {100 * std:.1f}"
 
 
-def table(results: Mapping[Run, list[float]], rows: Sequence[Row]) -> list[str]:
-    """Markdown lines: final accuracy (%) per row, fedkube next to Flower and their paired
+def table(
+    results: Mapping[Run, list[float]], rows: Sequence[Row], metric: Metric = final
+) -> list[str]:
+    """Markdown lines: ``metric`` (%) per row, fedkube next to Flower and their paired
     difference, per setting."""
     columns = [
         f"{setting}: {what}" for setting in SETTINGS for what in ("fedkube", "Flower", "difference")
@@ -550,8 +599,8 @@ def table(results: Mapping[Run, list[float]], rows: Sequence[Row]) -> list[str]:
         spec = ", ".join(f"{k}: {v}" for k, v in row.strategy.items())
         cells = []
         for setting in SETTINGS:
-            ours = final_accuracies(results, row, "fedkube", setting)
-            theirs = final_accuracies(results, row, "flower", setting)
+            ours = seed_values(results, row, "fedkube", setting, metric)
+            theirs = seed_values(results, row, "flower", setting, metric)
             cells += [fmt(list(ours.values())), fmt(list(theirs.values()))]
             cells.append(paired_difference(ours, theirs))
         lines.append(f"| {row.label} | `{spec}` | " + " | ".join(cells) + " |")
@@ -579,6 +628,11 @@ def report(
         "has the method).",
         "",
         *table(results, rows),
+        "",
+        f"Mean test accuracy (%) over rounds 1-{rounds} (how fast and how steadily each run "
+        "learns; same layout):",
+        "",
+        *table(results, rows, over_rounds),
         "",
         "Settings:",
         "",
@@ -671,6 +725,13 @@ def replot(out: Path) -> Path:
     the report, without training again)."""
     saved = json.loads((out / "learning.json").read_text())
     by_label = {row.label: row for row in ROWS}
+    for r in saved["runs"]:
+        row = by_label.get(r["row"])
+        if row is not None and dict(row.strategy) != r["strategy"]:
+            raise SystemExit(
+                f"{out / 'learning.json'} ran row {r['row']!r} as {r['strategy']}, but ROWS now "
+                f"says {dict(row.strategy)}; run the benchmark again"
+            )
     results = {
         Run(by_label[r["row"]], r["side"], r["setting"], r["seed"]): r["accuracy"]
         for r in saved["runs"]
@@ -707,6 +768,9 @@ def main(argv: list[str] | None = None) -> int:
         "--out", type=Path, help="results directory (bench/results; --quick: bench/results/quick)"
     )
     parser.add_argument(
+        "--resume", action="store_true", help="keep the runs an interrupted benchmark finished"
+    )
+    parser.add_argument(
         "--replot", action="store_true", help="no training: rewrite the report from learning.json"
     )
     args = parser.parse_args(argv)
@@ -733,7 +797,13 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
     started = time.perf_counter()
-    results = run_all(runs, rounds, args.jobs, log=lambda line: print(line, flush=True))
+    out.mkdir(parents=True, exist_ok=True)
+    checkpoint = out / "learning.runs.jsonl"
+    if not args.resume:
+        checkpoint.unlink(missing_ok=True)
+    results = run_all(
+        runs, rounds, args.jobs, log=lambda line: print(line, flush=True), checkpoint=checkpoint
+    )
     seconds = time.perf_counter() - started
     print()
     print("\n".join(table(results, rows)))
