@@ -134,9 +134,9 @@ ROWS: tuple[Row, ...] = (
         flower="fedyogi",
         settings=CLEAN_ONLY,
     ),
-    Row(
+    Row(  # beta1 0: Flower's FedAdagrad has no first moment (fedkube's default is 0.9)
         "fedadagrad",
-        {"name": "fedadagrad", "serverLearningRate": SERVER_LR_ADAPTIVE, "tau": TAU},
+        {"name": "fedadagrad", "serverLearningRate": SERVER_LR_ADAPTIVE, "tau": TAU, "beta1": 0.0},
         flower="fedadagrad",
         settings=CLEAN_ONLY,
     ),
@@ -330,7 +330,7 @@ def _flower_factories() -> dict[str, FlowerFactory]:
     logging.getLogger("flwr").setLevel(logging.ERROR)  # "no metrics aggregation fn"
 
     def adaptive(cls: Any) -> FlowerFactory:
-        # Flower's FedAdagrad takes no betas (its momentum is FedOpt's default 0.9, as ours).
+        # Flower's FedAdagrad takes no betas: it fixes beta_1 = 0 (the row sets beta1 0 too).
         betas = {} if cls is fl.FedAdagrad else {"beta_1": 0.9, "beta_2": 0.99}
         return lambda init: cls(
             initial_parameters=ndarrays_to_parameters(init),
