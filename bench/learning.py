@@ -97,6 +97,8 @@ clipped at the median norm of the previous round's (1.0 in the first round)."""
 SETTINGS = ("clean", "poisoned")
 CLEAN_ONLY = ("clean",)
 """For rows with no defence against the attack: FedAvg's row shows what it does to them."""
+POISONED_ONLY = ("poisoned",)
+"""For variants of a row that runs clean too (FedAvg's defences, Multi-Krum)."""
 
 
 @dataclass(frozen=True)
@@ -142,7 +144,7 @@ ROWS: tuple[Row, ...] = (
     ),
     # SCAFFOLD: add its row here once the `scaffold` strategy is merged.
     # DP-FedAvg: add its row(s) here once `strategy.dp` is merged.
-    Row("fedavg+cap+clip", {"name": "fedavg", **CLIP}),
+    Row("fedavg+cap+clip", {"name": "fedavg", **CLIP}, settings=POISONED_ONLY),
     Row("median", {"name": "median"}, flower="median"),
     Row("trimmedmean", {"name": "trimmedmean", "trimFraction": 0.2}, flower="trimmedmean"),
     Row("krum", {"name": "krum", "byzantineClients": NUM_POISONED}, flower="krum"),
@@ -150,6 +152,7 @@ ROWS: tuple[Row, ...] = (
         "multikrum",
         {"name": "krum", "byzantineClients": NUM_POISONED, "krumSelect": 6},
         flower="multikrum",
+        settings=POISONED_ONLY,
     ),
 )
 """Every configuration; a strategy joins the benchmark by a row here."""
@@ -458,28 +461,23 @@ def flower_available() -> bool:
 
 
 def plan(rows: Sequence[Row], seeds: Sequence[int], *, flower: bool) -> list[Run]:
+    """Every run, seed by seed: an interrupted benchmark has whole seeds to report."""
     runs = []
-    for setting in SETTINGS:
-        for row in rows:
-            if setting not in row.settings:
-                continue
-            sides = ["fedkube"] + (["flower"] if flower and row.flower else [])
-            runs += [Run(row, side, setting, seed) for side in sides for seed in seeds]
+    for seed in seeds:
+        for setting in SETTINGS:
+            for row in rows:
+                if setting not in row.settings:
+                    continue
+                sides = ["fedkube"] + (["flower"] if flower and row.flower else [])
+                runs += [Run(row, side, setting, seed) for side in sides]
     return runs
 
 
-def run_key(run: Run, rounds: int) -> str:
-    """What makes two runs the same run (for resuming)."""
+def run_key(run: Run) -> str:
+    """What makes two runs the same run (for resuming). Not the rounds: a run is
+    deterministic, so the first R rounds of a longer run are the run of R rounds."""
     return json.dumps(
-        [
-            run.row.label,
-            dict(run.row.strategy),
-            run.side,
-            run.setting,
-            run.seed,
-            rounds,
-            TASK_CONFIG,
-        ],
+        [run.row.label, dict(run.row.strategy), run.side, run.setting, run.seed, TASK_CONFIG],
         sort_keys=True,
     )
 
@@ -497,7 +495,11 @@ def run_all(
     results: dict[Run, list[float]] = {}
     if checkpoint is not None and checkpoint.exists():
         kept = dict(json.loads(line) for line in checkpoint.read_text().splitlines() if line)
-        results = {run: kept[run_key(run, rounds)] for run in runs if run_key(run, rounds) in kept}
+        results = {
+            run: kept[run_key(run)][: rounds + 1]
+            for run in runs
+            if len(kept.get(run_key(run), [])) > rounds
+        }
         if results:
             log(f"resuming: {len(results)} of {len(runs)} runs are in {checkpoint}")
     todo = [run for run in runs if run not in results]
@@ -508,7 +510,7 @@ def run_all(
         results[run] = accs
         if checkpoint is not None:
             with checkpoint.open("a") as f:
-                f.write(json.dumps([run_key(run, rounds), accs]) + "\n")
+                f.write(json.dumps([run_key(run), accs]) + "\n")
         elapsed = time.perf_counter() - started
         eta = elapsed / (len(results) - resumed) * (len(runs) - len(results))
         log(
@@ -754,7 +756,7 @@ def replot(out: Path) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=20, help="rounds per run (20)")
+    parser.add_argument("--rounds", type=int, default=15, help="rounds per run (15)")
     parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per row (3)")
     parser.add_argument(
         "--quick", action="store_true", help="smoke run: 3 rounds, 1 seed (overrides both)"
