@@ -653,6 +653,9 @@ def report(
         "",
         "![accuracy per round](learning.png)",
         "",
+        "In the plot Flower's curves are dashed; where they coincide with fedkube's they lie "
+        "under them.",
+        "",
     ]
     md = out / "learning.md"
     md.write_text("\n".join(lines))
@@ -715,8 +718,13 @@ def plot(results: Mapping[Run, list[float]], rows: Sequence[Row], path: Path) ->
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("test accuracy (mean over seeds)")
     axes[0].set_ylim(0, 1)
-    handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="center right", fontsize=8)
+    legend: dict[str, Any] = {}  # rows of both panels (some run in one setting only)
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            legend.setdefault(label, handle)
+    order = [r.label + suffix for r in rows for suffix in ("", " (Flower)")]
+    labels = [label for label in order if label in legend]
+    fig.legend([legend[label] for label in labels], labels, loc="center right", fontsize=8)
     fig.tight_layout(rect=(0, 0, 0.84, 1))
     fig.savefig(path, dpi=100)
     plt.close(fig)
