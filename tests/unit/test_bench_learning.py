@@ -62,9 +62,11 @@ def test_every_row_is_a_valid_strategy_spec_and_names_a_known_flower_class(
         StrategySpec.model_validate(dict(row.strategy))  # raises on a bad row
     labels = [row.label for row in learning.ROWS]
     assert len(labels) == len(set(labels))
-    if learning.flower_available():
-        known = set(learning._flower_factories())
-        assert {row.flower for row in learning.ROWS if row.flower} <= known
+    if learning.flower_available():  # each Flower counterpart accepts the row's settings
+        initial = {"w": torch.zeros(3, 2), "b": torch.zeros(3)}
+        for row in learning.ROWS:
+            if row.flower:
+                learning.Theirs(row, initial)
 
 
 def test_one_round_of_fedavg_and_median_runs_clean_and_poisoned_and_is_reported(
