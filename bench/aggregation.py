@@ -17,6 +17,8 @@ on local disk to the averaged model in memory:
   (``fedcore.strategies.spool``, in the work directory here) and reduce them slice by slice;
   Krum withstands ``min(2, (N - 3) // 2)`` hostile clients. Their aim is at most 3x one
   model of peak memory, against FedAvg's 2.5x; their time includes keeping the updates.
+  Measured at 10 x 100M parameters on 2 busy CPUs: median 1.57x, trimmed mean 1.42x, Krum
+  2.14x, fedkube's FedAvg 2.12x, Flower's 20.9x.
 
 Memory is ``peak RSS - RSS after imports and a warm-up run on a tiny model``, in multiples of
 one model's size. The files are
