@@ -18,6 +18,11 @@ protocol"). A round ``r``:
    (``fedcore.commit_signing``); records read back (on resume, or a slot found taken) must
    verify with it.
 
+With ``dpfedavg`` (differential privacy), ``fedcore.aggregator_privacy`` fixes each round's
+denominator, hands the strategy its secret noise key before ``finalize`` and puts epsilon into
+the record; a record whose next round would pass ``targetEpsilon`` announces none, and the job
+ends there with that round's model as the final one.
+
 A record slot taken by a record this key did not sign means someone else holding a store
 credential that may write records got there first. Clients refuse that record, but the
 aggregator cannot replace it (create-if-absent; it may not delete), and overwriting would
@@ -44,6 +49,7 @@ import json
 import logging
 import tempfile
 import threading
+import time
 from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
@@ -52,7 +58,14 @@ import torch
 from pydantic import ValidationError
 
 from fedcore import layout
-from fedcore.aggregator_metrics import AggregatorMetrics, metrics_port, serve
+from fedcore.aggregator_metrics import (
+    LINGER_ENV,
+    AggregatorMetrics,
+    linger_seconds,
+    metrics_port,
+    serve,
+)
+from fedcore.aggregator_privacy import RoundPrivacy
 from fedcore.commit_signing import (
     CommitSigner,
     UnverifiedRecord,
@@ -86,6 +99,7 @@ from fedcore.store import ObjectStore, open_job_store
 from fedcore.strategies import Strategy, build_strategy
 from fedcore.strategies.spool import SpooledStrategy, clear_spools
 from fedcore.tasks.base import Task, TaskContext, load_task
+from fedcore.tracking import NoTracking, Tracker, tracker_for
 from fedcore.weights import (
     Template,
     Tensors,
@@ -136,9 +150,11 @@ class Aggregator:
         poll_seconds: float = POLL_SECONDS,
         task: Task | None = None,
         metrics: AggregatorMetrics | None = None,
+        tracker: Tracker | None = None,
     ) -> None:
         self.job = job
         self.metrics = metrics if metrics is not None else AggregatorMetrics()
+        self.tracker: Tracker = tracker if tracker is not None else NoTracking()
         self.commit_key = commit_key
         self.spec = job.spec
         self.store = store
@@ -149,6 +165,7 @@ class Aggregator:
         self._stopping = threading.Event()
         self._last_excluded: dict[str, str] = {}
         self._excluded_problem: str | None = None
+        self.privacy = RoundPrivacy(self.spec, commit_key)
 
     def stop(self) -> None:
         """Make the loop raise ``AggregatorStopped`` at its next wait (thread-safe)."""
@@ -255,9 +272,13 @@ class Aggregator:
         else:
             record = self.commit_initial()
         self.metrics.resumed(record)
-        while record.round < self.spec.rounds:
+        self.tracker.resumed(record)
+        # A record announcing no next round before spec.rounds: the privacy budget ended it.
+        while record.round < self.spec.rounds and record.next is not None:
             record = self.run_round(record.round + 1, record)
-        return self.write_final(record)
+        final = self.write_final(record)
+        self.tracker.finished(final, self.store.uri(layout.FINAL_MODEL_KEY))
+        return final
 
     def commit_initial(self) -> layout.RoundRecord:
         started_at = _now()
@@ -274,19 +295,18 @@ class Aggregator:
         save_weights(path, tensors, {"kind": "global", "round": 0})
         metrics = self._evaluate(tensors, 0)
         selected = select_clients(self.spec, 1, self._excluded())
-        return self._commit(
-            path,
-            None,
-            layout.RoundRecord(
-                round=0,
-                metrics=metrics,
-                model_key=layout.global_key(0),
-                model_sha256=sha256_file(path),
-                started_at=started_at,
-                next=self._next_round(1, selected),
-                closed_by="initial",
-            ),
+        next_round = self._next_round(1, selected)
+        record = layout.RoundRecord(
+            round=0,
+            metrics=metrics,
+            model_key=layout.global_key(0),
+            model_sha256=sha256_file(path),
+            started_at=started_at,
+            next=next_round,
+            closed_by="initial",
         )
+        privacy = self.privacy.account(None, [], next_round, None)
+        return self._commit(path, None, self.privacy.finish(record, privacy))
 
     def _next_round(self, round_: int, selected: list[str]) -> layout.NextRound | None:
         """What the record announces about ``round_`` (None past the last round); the
@@ -380,9 +400,11 @@ class Aggregator:
         finally:
             path.unlink(missing_ok=True)
 
-    def _fresh_strategy(self, r: int, template: Template) -> Strategy:
-        """The job's strategy with the state round ``r - 1`` committed, ready for round ``r``."""
+    def _fresh_strategy(self, r: int, template: Template, selected: list[str]) -> Strategy:
+        """The job's strategy with the state round ``r - 1`` committed, ready for round ``r``
+        (whose selected clients are ``selected``)."""
         strategy = build_strategy(self.spec.strategy)
+        self.privacy.begin(strategy, selected)
         if isinstance(strategy, SpooledStrategy):
             clear_spools(self.workdir)  # a crashed run's, or the strategy this one replaces
             strategy.spool_dir = self.workdir  # the round's updates are kept on local disk
@@ -417,7 +439,7 @@ class Aggregator:
             store=self.store,
             keys=self.keys,
             workdir=self.workdir,
-            fresh_strategy=lambda: self._fresh_strategy(r, template),
+            fresh_strategy=lambda: self._fresh_strategy(r, template, nxt.selected),
         )
         strategy = inputs.fresh_strategy()
         open_round = OpenRound(r, previous, nxt, template, base_path, inputs, strategy)
@@ -427,6 +449,7 @@ class Aggregator:
         while True:
             decision = self._collect(open_round)
             open_round.apply_weight_cap()
+            self.privacy.seal(open_round.strategy, r, open_round.folded)
             with open_weights(base_path) as base:
                 new = open_round.strategy.finalize(base)
             state_tensors = open_round.strategy.state_dict()
@@ -442,6 +465,7 @@ class Aggregator:
         base_path.unlink()
         folded = open_round.folded
         participants = [c for c in nxt.selected if c in folded]
+        next_round = self._next_round(r + 1, select_clients(self.spec, r + 1, self._excluded()))
         record = layout.RoundRecord(
             round=r,
             participants=participants,
@@ -453,12 +477,15 @@ class Aggregator:
             model_key=layout.global_key(r),
             model_sha256=sha256_file(path),
             started_at=previous.committed_at,
-            next=self._next_round(r + 1, select_clients(self.spec, r + 1, self._excluded())),
+            next=next_round,
             closed_by="deadline" if decision is Decision.DEADLINE else "all-reported",
         )
+        privacy = self.privacy.account(previous, nxt.selected, next_round, open_round.strategy)
+        record = self.privacy.finish(record, privacy)
         with self.metrics.committing():
             committed = self._commit(path, state_tensors, record)
         self.metrics.committed(committed, folded)
+        self.tracker.committed(committed)
         path.rename(self.workdir / "last-global.safetensors")
         return committed
 
@@ -517,7 +544,10 @@ class Aggregator:
         final = self.commit_key.sign(
             "final",
             layout.FinalRecord(
-                rounds=last.round, model_sha256=last.model_sha256, metrics=last.metrics
+                rounds=last.round,
+                model_sha256=last.model_sha256,
+                metrics=last.metrics,
+                privacy=last.privacy,
             ),
         )
         try:
@@ -562,8 +592,20 @@ def run_aggregator(job_path: Path) -> layout.FinalRecord:
         )
     metrics = AggregatorMetrics()
     port = metrics_port()
+    linger = linger_seconds() if port is not None else 0.0
     if port is not None:
         serve(metrics, port)
-    with tempfile.TemporaryDirectory(prefix="fedkube-aggregator-") as tmp:
-        aggregator = Aggregator(job, store, keys, Path(tmp), commit_key=commit_key, metrics=metrics)
-        return aggregator.run()
+    tracker = tracker_for(job, store_location(store))
+    try:
+        with tempfile.TemporaryDirectory(prefix="fedkube-aggregator-") as tmp:
+            aggregator = Aggregator(
+                job, store, keys, Path(tmp), commit_key=commit_key, metrics=metrics,
+                tracker=tracker,
+            )  # fmt: skip
+            final = aggregator.run()
+    finally:
+        tracker.close()
+    if linger:
+        log.info("job done; serving the final metrics for %.0f s more (%s)", linger, LINGER_ENV)
+        time.sleep(linger)
+    return final

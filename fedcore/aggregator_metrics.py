@@ -48,6 +48,8 @@ from fedcore.validation import REJECT_REASONS
 log = logging.getLogger(__name__)
 
 PORT_ENV = "FEDKUBE_METRICS_PORT"
+LINGER_ENV = "FEDKUBE_METRICS_LINGER_SECONDS"
+MAX_LINGER_SECONDS = 3600
 MAX_METRIC_NAMES = 16
 OTHER_REASON = "other"
 _SECONDS_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
@@ -170,6 +172,23 @@ def metrics_port(env: Mapping[str, str] | None = None) -> int | None:
             [(PORT_ENV, f"{raw!r} is not a TCP port; set 0-65535, or unset it for no metrics")]
         )
     return port
+
+
+def linger_seconds(env: Mapping[str, str] | None = None) -> float:
+    """Seconds ``$FEDKUBE_METRICS_LINGER_SECONDS`` asks a finished aggregator to keep serving
+    its metrics (so that a scrape sees the last round); 0 when unset."""
+    raw = (os.environ if env is None else env).get(LINGER_ENV, "").strip()
+    if not raw:
+        return 0.0
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds <= MAX_LINGER_SECONDS:
+        raise SpecError(
+            [(LINGER_ENV, f"{raw!r} is not a number of seconds in [0, {MAX_LINGER_SECONDS}]")]
+        )
+    return seconds
 
 
 def serve(metrics: AggregatorMetrics, port: int, addr: str = "0.0.0.0") -> Any:

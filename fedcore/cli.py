@@ -19,10 +19,14 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fedcore import __version__
 from fedcore.errors import FedcoreError, SpecError
 from fedcore.exitcodes import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, EXIT_OK, exit_code_for
+
+if TYPE_CHECKING:
+    from fedcore.cluster_view import ClusterTarget
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -66,9 +70,7 @@ def _parser() -> argparse.ArgumentParser:
     plot = sub.add_parser(
         "plot", help="draw a job's rounds (metrics, client loss, durations, stragglers)"
     )
-    where = plot.add_mutually_exclusive_group(required=True)
-    where.add_argument("--store", type=Path, metavar="DIR", help="a run directory of fedkube run")
-    where.add_argument("--job", type=Path, metavar="FILE", help="the job file of the run")
+    _job_source(plot)
     plot.add_argument(
         "--out", type=Path, metavar="FILE", help="where to write (default <run>/<job>-rounds.<fmt>)"
     )
@@ -77,9 +79,7 @@ def _parser() -> argparse.ArgumentParser:
     watch = sub.add_parser(
         "watch", help="a live view of a job's rounds, clients and rejections (until it ends)"
     )
-    where = watch.add_mutually_exclusive_group(required=True)
-    where.add_argument("--store", type=Path, metavar="DIR", help="a run directory of fedkube run")
-    where.add_argument("--job", type=Path, metavar="FILE", help="the job file of the run")
+    _job_source(watch)
     watch.add_argument("--once", action="store_true", help="print one frame and exit")
     watch.add_argument(
         "--interval", type=_positive_seconds, default=2.0, metavar="SECONDS", help="refresh period"
@@ -177,16 +177,64 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return show_status(run_dir=args.store, job_path=args.job, out=sys.stdout)
 
 
+def _job_source(parser: argparse.ArgumentParser) -> None:
+    """A local run (``--store``/``--job``) or a FederatedJob on a cluster (``NAME``, with
+    kubectl's ``-n``, ``--context`` and ``--kubeconfig``)."""
+    parser.add_argument(
+        "name", nargs="?", metavar="NAME", help="a FederatedJob on the cluster (read via kubectl)"
+    )
+    parser.add_argument("--store", type=Path, metavar="DIR", help="a run directory of fedkube run")
+    parser.add_argument("--job", type=Path, metavar="FILE", help="the job file of the run")
+    parser.add_argument("-n", "--namespace", help="the FederatedJob's namespace")
+    parser.add_argument("--context", help="kubeconfig context")
+    parser.add_argument("--kubeconfig", help="kubeconfig file (default: kubectl's)")
+    parser.add_argument(
+        "--endpoint",
+        metavar="URL",
+        help="S3 endpoint to read the job's store at, when its in-cluster address is not "
+        "reachable from here (credentials: the standard AWS variables)",
+    )
+
+
+def _cluster_target(args: argparse.Namespace) -> ClusterTarget | None:
+    sources = (("NAME", args.name), ("--store", args.store), ("--job", args.job))
+    given = [flag for flag, value in sources if value is not None]
+    if len(given) != 1:
+        got = f"; got {' and '.join(given)}" if given else ""
+        raise SpecError(
+            [("NAME", f"give exactly one of NAME (a cluster job), --store DIR or --job FILE{got}")]
+        )
+    if args.name is None:
+        flags = ("namespace", "context", "kubeconfig", "endpoint")
+        cluster_only = [f for f in flags if getattr(args, f) is not None]
+        if cluster_only:
+            raise SpecError(
+                [(f"--{cluster_only[0]}", "applies to a cluster job (NAME), not to a local run")]
+            )
+        return None
+    from fedcore.cluster_view import ClusterTarget
+
+    return ClusterTarget(args.name, args.namespace, args.context, args.kubeconfig)
+
+
 def _cmd_plot(args: argparse.Namespace) -> int:
     from fedcore.run_plot import plot_job
 
-    return plot_job(args.store, args.job, args.out, args.format, sys.stdout)
+    cluster = _cluster_target(args)
+    return plot_job(
+        args.store, args.job, args.out, args.format, sys.stdout,
+        cluster=cluster, endpoint=args.endpoint,
+    )  # fmt: skip
 
 
 def _cmd_watch(args: argparse.Namespace) -> int:
     from fedcore.watch import watch_job
 
-    return watch_job(args.store, args.job, once=args.once, interval=args.interval, out=sys.stdout)
+    cluster = _cluster_target(args)
+    return watch_job(
+        args.store, args.job, once=args.once, interval=args.interval, out=sys.stdout,
+        cluster=cluster, endpoint=args.endpoint,
+    )  # fmt: skip
 
 
 def _positive_seconds(value: str) -> float:

@@ -30,6 +30,7 @@ operator makes key pairs and verifies records with this module.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import os
 from collections.abc import Mapping
@@ -49,6 +50,9 @@ COMMIT_PUBLIC_KEY_FILE_ENV = "FEDKUBE_COMMIT_PUBLIC_KEY_FILE"
 SIGNATURE_FIELD = "signature"
 DOMAIN = b"fedkube commit record v1\n"
 """Prefix of every signed message: a signature made for anything else never verifies here."""
+
+DERIVE_DOMAIN = b"fedkube derived secret v1\n"
+"""Prefix of what ``CommitSigner.derive_secret`` authenticates: not a record's message."""
 
 RecordKind = Literal["round", "final"]
 _Rec = TypeVar("_Rec", layout.RoundRecord, layout.FinalRecord)
@@ -123,6 +127,18 @@ class CommitSigner:
         """A copy of ``record`` with its ``signature`` set (any old signature is ignored)."""
         signature = self._key.sign(canonical_bytes(kind, _fields(record))).hex()
         return record.model_copy(update={SIGNATURE_FIELD: signature})
+
+    def derive_secret(self, purpose: str) -> bytes:
+        """32 secret bytes for ``purpose`` (HMAC-SHA256 keyed by the private key): a secret
+        only the aggregator can compute, e.g. the seed of ``dpfedavg``'s noise
+        (``fedcore.strategies.dp_noise``). Distinct purposes give independent secrets, and
+        none of them reveals the key or a signature."""
+        raw = self._key.private_bytes(
+            serialization.Encoding.Raw,
+            serialization.PrivateFormat.Raw,
+            serialization.NoEncryption(),
+        )
+        return hmac.new(raw, DERIVE_DOMAIN + purpose.encode(), hashlib.sha256).digest()
 
     def __repr__(self) -> str:
         return f"CommitSigner(<redacted>, public {self.fingerprint})"

@@ -161,10 +161,46 @@ class NextRound(_Record):
     """Past it the round closes as soon as ``minClients`` updates are in."""
 
 
+class PrivacyRecord(BaseModel):
+    """What a ``dpfedavg`` round record says about privacy (``fedcore.privacy``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    epsilon: float = Field(ge=0.0, allow_inf_nan=False)
+    """Client-level epsilon of everything released up to and including this round, at
+    ``delta``."""
+    delta: float = Field(gt=0.0, lt=1.0)
+    noise_multiplier: float = Field(gt=0.0, allow_inf_nan=False)
+    """``z`` charged per round (update sum and, with adaptive clipping, the count together)."""
+    accountant: str
+    """Which accountant computed ``epsilon`` (method and library version)."""
+    clip_norm: float | None = Field(default=None, gt=0.0, allow_inf_nan=False)
+    """The bound this round clipped updates at (None in round 0)."""
+    rounds_accounted: int = Field(ge=0)
+    """Most rounds any one client was selected for so far: the count ``epsilon`` composes."""
+    selections: dict[str, int] = Field(default_factory=dict)
+    """Rounds each client was selected for so far (the next record adds to it)."""
+    target_epsilon: float | None = None
+    budget_reached: bool = False
+    """The next round would take epsilon past ``target_epsilon``: the job ends after this
+    round (its model is the final one) and ``next`` is None."""
+    next_epsilon: float | None = None
+    """Epsilon the job would reach with the next round (None after the last round)."""
+
+    def stop_message(self, round_: int, rounds: int) -> str:
+        """What a person is told when the budget ended the job after ``round_`` of ``rounds``."""
+        upcoming = "" if self.next_epsilon is None else f" to {self.next_epsilon:.3g}"
+        return (
+            f"privacy budget reached: stopped after round {round_} of {rounds} at epsilon "
+            f"{self.epsilon:.3g} (delta {self.delta:g}); round {round_ + 1} would take it"
+            f"{upcoming}, past strategy.dp.targetEpsilon {self.target_epsilon:g}"
+        )
+
+
 class RoundRecord(_Record):
     """``rounds/NNNNNN/round.json``: written last, it commits the round."""
 
-    OMITTED_WHEN_EMPTY = ("dropped_metrics",)
+    OMITTED_WHEN_EMPTY = ("dropped_metrics", "privacy")
 
     round: int
     participants: list[str] = Field(default_factory=list)
@@ -185,6 +221,10 @@ class RoundRecord(_Record):
     next: NextRound | None = None
     """None on the last round."""
     closed_by: Literal["initial", "all-reported", "deadline"] = "all-reported"
+    privacy: PrivacyRecord | None = None
+    """``dpfedavg`` only: epsilon so far, and whether the privacy budget ends the job here.
+    Such records leave ``num_samples`` and ``client_metrics`` empty: they are what clients
+    declare about their data, unclipped and unnoised (``fedcore.privacy``)."""
     signature: str = ""
     """Hex Ed25519 signature of every other field by the job's aggregator key
     (``fedcore.commit_signing``); readers refuse a record without a valid one."""
@@ -202,7 +242,7 @@ class RoundRecord(_Record):
 class FinalRecord(_Record):
     """``final/round.json``: the job is done."""
 
-    OMITTED_WHEN_EMPTY = ("dropped_metrics",)
+    OMITTED_WHEN_EMPTY = ("dropped_metrics", "privacy")
 
     rounds: int
     model_key: str = FINAL_MODEL_KEY
@@ -211,6 +251,9 @@ class FinalRecord(_Record):
     """The last round's metrics; finite values only."""
     dropped_metrics: dict[str, str] = Field(default_factory=dict)
     """As ``RoundRecord.dropped_metrics``."""
+    privacy: PrivacyRecord | None = None
+    """The last round's (``dpfedavg`` only); ``budget_reached``: the privacy budget, not
+    ``spec.rounds``, ended the job."""
     committed_at: datetime = Field(default_factory=utcnow)
     signature: str = ""
     """Hex Ed25519 signature by the job's aggregator key, as on ``RoundRecord``."""

@@ -23,7 +23,8 @@ def _metric(metrics: dict[str, float], name: str) -> str:
 
 
 def round_line(record: RoundRecord, total_rounds: int, selected: int | None) -> str:
-    """``round  3/10  clients 3/3  loss 0.412  acc 0.918  2.1s`` (+ rejected/late notes).
+    """``round  3/10  clients 3/3  loss 0.412  acc 0.918  2.1s`` (+ epsilon with
+    differential privacy, rejected/late notes).
 
     ``selected`` is how many clients the round asked for (from the previous record's
     ``next``); None when unknown.
@@ -41,6 +42,8 @@ def round_line(record: RoundRecord, total_rounds: int, selected: int | None) -> 
         f"{head}  loss {_metric(record.metrics, 'loss')}  "
         f"acc {_metric(record.metrics, 'accuracy')}  {record.duration_seconds:.1f}s"
     )
+    if record.privacy is not None:
+        line += f"  epsilon {record.privacy.epsilon:.3g}"
     if record.closed_by == "deadline":
         line += "  (closed at deadline)"
     if record.rejected:
@@ -66,7 +69,11 @@ def header_lines(
 
 
 def summary_lines(
-    final: FinalRecord, model_uri: str, plot: Path | None, elapsed: float | None
+    final: FinalRecord,
+    model_uri: str,
+    plot: Path | None,
+    elapsed: float | None,
+    total_rounds: int | None = None,
 ) -> list[str]:
     """The last words of a run: final metrics, where the model is, where the plot is."""
     metrics = "  ".join(f"{k} {v:.4f}" for k, v in sorted(final.metrics.items()))
@@ -77,6 +84,17 @@ def summary_lines(
         f"  model: {model_uri}",
         f"  model sha256: {final.model_sha256}",
     ]
+    privacy = final.privacy
+    if privacy is not None:
+        budget = "" if privacy.target_epsilon is None else f" of {privacy.target_epsilon:g}"
+        lines.insert(
+            2,
+            f"  privacy: epsilon {privacy.epsilon:.4g}{budget} at delta {privacy.delta:g} "
+            f"({privacy.rounds_accounted} rounds accounted, {privacy.accountant})",
+        )
+        if privacy.budget_reached:
+            stop = privacy.stop_message(final.rounds, total_rounds or final.rounds)
+            lines.insert(1, f"  {stop}")
     if plot is not None:
         lines.append(f"  plot:  {plot}")
     return lines

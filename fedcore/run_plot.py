@@ -13,6 +13,7 @@ import math
 from pathlib import Path
 from typing import Any, Literal, TextIO
 
+from fedcore.cluster_view import ClusterTarget, open_cluster_job
 from fedcore.errors import SpecError
 from fedcore.history import NO_UPDATE_TIMES, UPDATE_TIMES_SOURCE, History, read_history
 from fedcore.progress import draw_round_metrics, save_figure
@@ -130,18 +131,32 @@ def _notes(ax: Any, history: History) -> None:
 
 
 def plot_job(
-    run_dir: Path | None, job_path: Path | None, out_path: Path | None, fmt: PlotFormat, out: TextIO
+    run_dir: Path | None,
+    job_path: Path | None,
+    out_path: Path | None,
+    fmt: PlotFormat,
+    out: TextIO,
+    *,
+    cluster: ClusterTarget | None = None,
+    endpoint: str | None = None,
 ) -> int:
-    """``fedkube plot``: write the figure of a job's records; 1 when a record was refused."""
+    """``fedkube plot``: write the figure of a job's records; 1 when a record was refused.
+    ``cluster``: a FederatedJob read through kubectl (the figure goes to the current folder
+    unless ``out_path`` says otherwise)."""
     from fedcore.exitcodes import EXIT_FAILED, EXIT_OK
     from fedcore.runner import commit_verifier, open_for_reading
 
-    job, run, store = open_for_reading(run_dir, job_path)
-    history = read_history(store, job, commit_verifier(run))
+    if cluster is not None:
+        remote = open_cluster_job(cluster, endpoint)
+        job, store, verifier, folder = remote.job, remote.store, remote.verifier, Path.cwd()
+    else:
+        job, run, store = open_for_reading(run_dir, job_path)
+        verifier, folder = commit_verifier(run), run.root
+    history = read_history(store, job, verifier)
     if not history.records:
         print(f"{job.name}: no round committed yet, nothing to plot", file=out)
         return EXIT_FAILED if history.refused else EXIT_OK
-    path = out_path if out_path is not None else run.root / f"{job.name}-rounds.{fmt}"
+    path = out_path if out_path is not None else folder / f"{job.name}-rounds.{fmt}"
     save_figure(build_figure(history), path, fmt)
     if history.refused:
         print(f"REFUSED {history.refused}; plotted the rounds before it", file=out)

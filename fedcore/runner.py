@@ -59,6 +59,7 @@ from fedcore.progress import header_lines, round_line, summary_lines, write_plot
 from fedcore.rounds import training_differences
 from fedcore.spec import FederatedJob, job_prefix, parse_job
 from fedcore.store import ObjectStore, open_store
+from fedcore.tracking import CREDENTIAL_ENV as TRACKING_CREDENTIAL_ENV
 
 POLL_SECONDS = 0.2
 """Supervision tick: how often exits are noticed and the store is checked for commits."""
@@ -478,6 +479,9 @@ class Runner:
 
     def _role_env(self, role: Role) -> dict[str, str]:
         env = self._base_env()
+        if role.client is not None:  # the tracking server's credential is the aggregator's
+            for name in TRACKING_CREDENTIAL_ENV:
+                env.pop(name, None)
         return env if self.credentials is None else self.credentials.environment(role, env)
 
     def _aggregator_members(self) -> list[Member]:
@@ -710,7 +714,8 @@ def _finish(
     records = read_records(store, verifier)
     plot = write_plot(records, run.plot, f"{job.name}: global model per round")
     elapsed = None if t0 is None else time.monotonic() - t0
-    for line in summary_lines(final, store.uri(layout.FINAL_MODEL_KEY), plot, elapsed):
+    uri = store.uri(layout.FINAL_MODEL_KEY)
+    for line in summary_lines(final, uri, plot, elapsed, job.spec.rounds):
         print(line, file=out, flush=True)
 
 
@@ -856,6 +861,8 @@ def show_status(run_dir: Path | None, job_path: Path | None, out: TextIO) -> int
         print(f"in progress: {last} of {job.spec.rounds} rounds committed", file=out)
         return code
     plot = run.plot if run.plot.exists() else None
-    for line in summary_lines(final, store.uri(layout.FINAL_MODEL_KEY), plot, None):
+    for line in summary_lines(
+        final, store.uri(layout.FINAL_MODEL_KEY), plot, None, job.spec.rounds
+    ):
         print(line, file=out)
     return code

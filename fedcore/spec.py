@@ -108,6 +108,29 @@ class SecretRef(_Model):
     """Key inside the Secret holding the secret access key."""
 
 
+class TrackingSecretRef(_Model):
+    name: Annotated[str, Field(min_length=1, max_length=253)]
+    """Secret in the job's namespace with MLflow's own variables: ``MLFLOW_TRACKING_TOKEN``,
+    or ``MLFLOW_TRACKING_USERNAME`` and ``MLFLOW_TRACKING_PASSWORD``; only the aggregator
+    pod gets them."""
+
+
+class MlflowSpec(_Model):
+    uri: Annotated[str, Field(pattern=ENDPOINT, max_length=2048)]
+    """The tracking server, e.g. ``http://mlflow.mlflow:5000``; reached by the aggregator."""
+    experiment: Annotated[str, Field(min_length=1, max_length=256)] = "fedkube"
+    """Experiment the job's run goes in; created when missing."""
+    secret_ref: TrackingSecretRef | None = None
+    """Credentials for the server (cluster runs). Unset: none, or the aggregator's
+    environment (``fedkube run`` passes the ``MLFLOW_TRACKING_*`` variables on to it)."""
+
+
+class TrackingSpec(_Model):
+    mlflow: MlflowSpec | None = None
+    """Log parameters, every round's metrics and the final model's URI to MLflow
+    (``fedcore.tracking``). A server that is down never fails or slows the job."""
+
+
 class StorageSpec(_Model):
     endpoint: Annotated[str | None, Field(pattern=ENDPOINT, max_length=2048)] = None
     """S3 endpoint URL (MinIO, Ceph RGW, AWS). Unset: ``fedkube run`` uses a local directory."""
@@ -139,6 +162,59 @@ ROBUST = ("median", "trimmedmean", "krum")
 server learning rate."""
 DEFAULT_TRIM_FRACTION = 0.2
 """``trimmedmean``'s ``trimFraction`` when unset (Flower's FedTrimmedAvg default)."""
+DP = "dpfedavg"
+"""The differentially private strategy, the one that takes ``strategy.dp``."""
+
+
+class AdaptiveClippingSpec(_Model):
+    """Adaptive clipping (Andrew et al., 2021): the bound follows a quantile of the clients'
+    update norms, estimated privately from a noised count of unclipped updates."""
+
+    target_unclipped_quantile: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.5
+    """Share of updates the bound should leave unclipped (``gamma``; 0.5: the median norm)."""
+    learning_rate: Annotated[float, Field(gt=0.0, le=10.0)] = 0.2
+    """Step of the geometric bound update ``C <- C exp(-lr (unclipped share - gamma))`` (Andrew
+    et al. use 0.2)."""
+    clipped_count_stddev: Annotated[float, Field(gt=0.0, le=1e6)]
+    """Standard deviation of the Gaussian noise on the count of unclipped updates (Andrew et
+    al. suggest expected clients per round / 20). Must be more than ``noiseMultiplier / 2``:
+    this count spends privacy budget too, and the updates' own noise is raised to make up for
+    it (``fedcore.strategies.dpfedavg``)."""
+
+
+class DPSpec(_Model):
+    """Client-level differential privacy for ``dpfedavg`` (DP-FedAvg, McMahan et al., 2018)."""
+
+    noise_multiplier: Annotated[float, Field(gt=0.0, le=1e3)]
+    """``z``: the Gaussian noise's standard deviation in units of the clipping bound, on the
+    sum of the clipped updates (with adaptive clipping, of the update and count queries
+    together). Larger: more privacy per round, a noisier model (e.g. 0.5 to 2)."""
+    clip_norm: Annotated[float, Field(gt=0.0, le=1e9)]
+    """``C``: each client's delta is scaled down to this L2 norm (over all its float tensors)
+    before it is summed; with ``adaptiveClipping``, the first round's bound."""
+    delta: Annotated[float, Field(gt=0.0, lt=1.0)]
+    """The ``delta`` of the (epsilon, delta) guarantee the job reports (at the client level).
+    Pick it below 1/(number of clients), e.g. 1e-5; there is no default because it is a policy
+    decision of the job's owner."""
+    target_epsilon: Annotated[float | None, Field(gt=0.0, le=1e6)] = None
+    """Privacy budget: the job finishes (succeeded, with the last committed model) before a
+    round whose commit would take epsilon past it. Unset: all ``rounds`` run, epsilon is
+    reported only."""
+    adaptive_clipping: AdaptiveClippingSpec | None = None
+    """Set: the bound adapts every round (``clipNorm`` is the first round's). Unset: fixed."""
+
+    @model_validator(mode="after")
+    def _count_noise_leaves_update_noise(self) -> DPSpec:
+        adaptive = self.adaptive_clipping
+        if adaptive is not None and 2 * adaptive.clipped_count_stddev <= self.noise_multiplier:
+            raise ValueError(
+                f"adaptiveClipping.clippedCountStddev={adaptive.clipped_count_stddev} must be "
+                f"more than noiseMultiplier/2 ({self.noise_multiplier / 2:g}): the noised count "
+                "of unclipped updates spends privacy budget, and below that it would need all of "
+                "it; raise clippedCountStddev (e.g. expected clients per round / 20, at least "
+                "noiseMultiplier) or lower noiseMultiplier"
+            )
+        return self
 
 
 class StrategySpec(_Model):
@@ -152,6 +228,7 @@ class StrategySpec(_Model):
         "median",
         "trimmedmean",
         "krum",
+        "dpfedavg",
     ] = "fedavg"
     """``fedavg``: sample-weighted mean of client deltas. ``fedavgm``: FedAvg with server
     momentum (Hsu et al., 2019), which helps on non-IID data. ``fedadam``, ``fedyogi``,
@@ -161,7 +238,9 @@ class StrategySpec(_Model):
     loss; needs ``proximalMu``. ``median``, ``trimmedmean``, ``krum``: robust aggregation
     (coordinate-wise median, trimmed mean with ``trimFraction``, Krum/Multi-Krum with
     ``byzantineClients`` and ``krumSelect``); they count every update once, ignoring
-    ``num_samples`` (Multi-Krum weighs the updates it selects by it)."""
+    ``num_samples`` (Multi-Krum weighs the updates it selects by it). ``dpfedavg``:
+    DP-FedAvg (McMahan et al., 2018), client-level differential privacy: equal client
+    weights, clipped updates, Gaussian noise on the server; needs ``dp``."""
     min_clients: Annotated[int | None, Field(ge=1)] = None
     """Updates a round needs before it may close at its deadline. Unset: every client."""
     fraction_fit: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
@@ -206,6 +285,35 @@ class StrategySpec(_Model):
     krum_select: Annotated[int | None, Field(ge=1, le=1024)] = None
     """``krum`` only: updates kept and averaged (1: Krum, more: Multi-Krum); at most the
     quorum minus ``byzantineClients``. Unset: 1."""
+
+    dp: DPSpec | None = None
+    """``dpfedavg`` only (and required by it): noise, clipping and the privacy budget."""
+
+    @model_validator(mode="after")
+    def _dp_options_need_dpfedavg(self) -> StrategySpec:
+        if self.name == DP and self.dp is None:
+            raise ValueError(
+                "dpfedavg needs dp: set strategy.dp with noiseMultiplier, clipNorm and delta "
+                "(e.g. {noiseMultiplier: 1.0, clipNorm: 1.0, delta: 1e-5})"
+            )
+        problems = []
+        if self.dp is not None and self.name != DP:
+            problems.append(f"dp applies to {DP} only; set strategy.name: {DP}, or remove dp")
+        if self.name == DP:
+            for field, value in (
+                ("maxWeightShare", self.max_weight_share),
+                ("clipNorm", self.clip_norm),
+                ("clipQuantile", self.clip_quantile),
+            ):
+                if value is not None:
+                    problems.append(
+                        f"{field}={value} does not apply to {DP}, which weighs every client "
+                        f"equally and clips with dp.clipNorm (and dp.adaptiveClipping); remove "
+                        f"{field}"
+                    )
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
 
     @model_validator(mode="after")
     def _robust_options_need_their_strategy(self) -> StrategySpec:
@@ -402,6 +510,8 @@ class FederatedJobSpec(_Model):
     strategy: StrategySpec = Field(default_factory=StrategySpec)
     aggregator: AggregatorSpec = Field(default_factory=AggregatorSpec)
     run_policy: RunPolicy = Field(default_factory=RunPolicy)
+    tracking: TrackingSpec | None = None
+    """Experiment tracking; unset: none."""
 
     @model_validator(mode="after")
     def _clients_are_consistent(self) -> FederatedJobSpec:
@@ -518,6 +628,9 @@ class RoundSummary(_Model):
     metrics: dict[str, float] = Field(default_factory=dict)
     duration_seconds: float | None = None
     rejected: int = 0
+    epsilon: float | None = None
+    """``dpfedavg`` only: client-level epsilon spent up to this round (at ``strategy.dp.delta``),
+    copied from the signed round record: the Epsilon column of ``kubectl get fj``."""
 
 
 class ModelRef(_Model):

@@ -6,9 +6,10 @@ state comes from the newest record and the round now open: ``participated`` (fol
 the newest round), ``rejected`` (with the reason), ``late``, ``excluded`` (with why, from
 ``control/excluded.json``), ``uploaded`` (its update for the open round is in the store),
 ``waiting`` (selected for the open round, nothing uploaded yet) or ``not selected``.
-Restarts are not recorded in the store; a local store's view says so (the operator's
-``kubectl describe fj`` shows them for cluster jobs). The view refreshes until the final
-record appears or Ctrl-C; ``--once`` prints one frame.
+Restarts are not recorded in the store: for a cluster job (``fedkube watch NAME``,
+``fedcore.cluster_view``) the view adds the FederatedJob's phase, newest condition and each
+client's restarts from its status; a local store's view says they are not known. The view
+refreshes until the final record appears or Ctrl-C; ``--once`` prints one frame.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
@@ -25,6 +26,7 @@ from rich.table import Table
 from rich.text import Text
 
 from fedcore import layout
+from fedcore.cluster_view import ClusterTarget, open_cluster_job, restarts, status_line
 from fedcore.history import History, extend_history
 from fedcore.progress import round_line
 from fedcore.store import ObjectStore
@@ -32,6 +34,8 @@ from fedcore.store import ObjectStore
 SHOWN_ROUNDS = 8
 """Latest rounds in the rounds table (the sparkline covers all)."""
 SPARKS = "▁▂▃▄▅▆▇█"
+FINISHED_PHASES = ("Succeeded", "Failed")
+"""FederatedJob phases after which a cluster job's view stops refreshing."""
 RESTARTS_UNKNOWN = "restarts: not recorded in the store (kubectl describe fj shows a cluster job's)"
 
 
@@ -84,8 +88,10 @@ def client_states(history: History, store: ObjectStore | None) -> dict[str, str]
     return states
 
 
-def frame(history: History, store: ObjectStore | None) -> RenderableType:
-    """One frame of the view."""
+def frame(
+    history: History, store: ObjectStore | None, status: dict[str, Any] | None = None
+) -> RenderableType:
+    """One frame of the view; ``status``: a cluster job's FederatedJob status."""
     job = history.job
     total = job.spec.rounds
     records = history.records
@@ -96,7 +102,10 @@ def frame(history: History, store: ObjectStore | None) -> RenderableType:
         progress = f"{trained} of {total} rounds committed"
     else:
         progress = "no round committed yet"
-    head = Text.assemble((f"job {job.name}", "bold"), f"  {progress}  ({RESTARTS_UNKNOWN})")
+    if status is None:
+        head = Text.assemble((f"job {job.name}", "bold"), f"  {progress}  ({RESTARTS_UNKNOWN})")
+    else:
+        head = Text.assemble((f"job {job.name}", "bold"), f"  {progress}  {status_line(status)}")
     parts: list[RenderableType] = [head]
     if history.refused:
         parts.append(Text(f"REFUSED {history.refused}", style="bold red"))
@@ -116,9 +125,15 @@ def frame(history: History, store: ObjectStore | None) -> RenderableType:
     clients = Table(title="clients", show_edge=False)
     clients.add_column("client")
     clients.add_column("state")
+    restarted = restarts(status) if status is not None else None
+    if restarted is not None:
+        clients.add_column("restarts")
     for client, state in client_states(history, store).items():
         style = "red" if state.startswith(("rejected", "excluded")) else None
-        clients.add_row(client, state, style=style)
+        cells = [client, state]
+        if restarted is not None:
+            cells.append(str(restarted.get(client, 0)))
+        clients.add_row(*cells, style=style)
     parts.append(clients)
     rejections = [(r.round, u) for r in records for u in r.rejected]
     if rejections:
@@ -138,25 +153,51 @@ def watch_job(
     once: bool,
     interval: float,
     out: TextIO,
+    cluster: ClusterTarget | None = None,
+    endpoint: str | None = None,
 ) -> int:
     """``fedkube watch``: refresh until the final record appears (0), Ctrl-C (130) or a
-    record that does not verify (1)."""
+    record that does not verify (1). ``cluster``: a FederatedJob read through kubectl."""
     from fedcore.exitcodes import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
     from fedcore.runner import commit_verifier, open_for_reading
 
-    job, run, store = open_for_reading(run_dir, job_path)
-    verifier = commit_verifier(run)
+    if cluster is not None:
+        remote = open_cluster_job(cluster, endpoint)
+        job, store, verifier = remote.job, remote.store, remote.verifier
+        status_now = remote.status
+    else:
+        job, run, store = open_for_reading(run_dir, job_path)
+        verifier = commit_verifier(run)
+        status_now = None
+
+    status: dict[str, Any] | None = None
+
+    def draw() -> RenderableType:
+        nonlocal status
+        status = status_now() if status_now is not None else None
+        return frame(history, store, status)
+
+    def ended() -> bool:
+        """A local run ends with its final record; a cluster job when its phase says so
+        (the operator sees the final record a resync later, or fails the job without one)."""
+        if history.refused is not None:
+            return True
+        if status is None:
+            return history.final is not None
+        return status.get("phase") in FINISHED_PHASES
+
     history = extend_history(History(job), store, verifier, arrivals=False)
     console = Console(file=out)
     if once:
-        console.print(frame(history, store))
+        console.print(draw())
         return EXIT_FAILED if history.refused else EXIT_OK
     try:
-        with Live(frame(history, store), console=console, auto_refresh=False) as live:
-            while history.final is None and history.refused is None:
+        with Live(draw(), console=console, auto_refresh=False) as live:
+            while not ended():
                 time.sleep(interval)
                 extend_history(history, store, verifier, arrivals=False)
-                live.update(frame(history, store), refresh=True)
+                live.update(draw(), refresh=True)
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
-    return EXIT_FAILED if history.refused else EXIT_OK
+    failed = history.refused is not None or (status or {}).get("phase") == "Failed"
+    return EXIT_FAILED if failed else EXIT_OK

@@ -22,6 +22,12 @@ bench-deps: $(BENCH_STAMP) ## install the `bench` extra (flwr, psutil) into .ven
 bench-aggregation: install $(BENCH_STAMP) ## aggregation time and peak memory: FedAvg (fedkube streaming vs Flower vs naive), median, trimmed mean, Krum (BENCH_AGGREGATION_ARGS="--clients 10 --params 100000000")
 	$(PY) bench/aggregation.py $(BENCH_AGGREGATION_ARGS)
 
-# Not in BENCH_TARGETS: it trains for tens of minutes and rewrites the committed results.
+# Not in BENCH_TARGETS: it trains for about ten minutes and rewrites the committed results.
 bench-learning: install $(BENCH_STAMP) ## learning quality: every strategy on Dirichlet(0.1) digits, clean and with 2/10 poisoned clients, next to Flower; writes bench/results/learning.{md,png} (BENCH_LEARNING_ARGS=--quick: smoke run)
 	$(PY) bench/learning.py $(BENCH_LEARNING_ARGS)
+
+BENCH_TARGETS += bench-dp
+BENCH_DP_ARGS ?=
+.PHONY: bench-dp
+bench-dp: install ## dpfedavg's cost over FedAvg with clipping: one round's time and peak memory (BENCH_DP_ARGS="--clients 4 --params 20000000")
+	$(PY) bench/dp_overhead.py $(BENCH_DP_ARGS)

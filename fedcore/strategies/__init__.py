@@ -2,8 +2,10 @@
 
 ``build_strategy(spec)`` is how the aggregator gets one; ``STRATEGIES`` lists them. The
 weighted-mean strategies stream (``fedcore.strategies.base``): memory O(model), whatever the
-client count. The robust ones (``median``, ``trimmedmean``, ``krum``) keep the round's
-updates on local disk and reduce them slice by slice (``fedcore.strategies.spool``).
+client count; ``dpfedavg`` adds client-level differential privacy (clipping, equal weights,
+secret Gaussian noise; ``fedcore.strategies.dpfedavg``) to that. The robust ones
+(``median``, ``trimmedmean``, ``krum``) keep the round's updates on local disk and reduce them
+slice by slice (``fedcore.strategies.spool``).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from collections.abc import Callable
 
 from fedcore.spec import StrategySpec
 from fedcore.strategies.base import MAX_NUM_SAMPLES, Strategy
+from fedcore.strategies.dpfedavg import DPFedAvg
 from fedcore.strategies.fedavg import FedAvg
 from fedcore.strategies.fedavgm import FedAvgM
 from fedcore.strategies.fedopt import FedAdagrad, FedAdam, FedOpt, FedYogi
@@ -30,6 +33,7 @@ STRATEGIES: dict[str, Callable[[StrategySpec], Strategy]] = {
     Median.name: Median.from_spec,
     TrimmedMean.name: TrimmedMean.from_spec,
     Krum.name: Krum.from_spec,
+    DPFedAvg.name: DPFedAvg.from_spec,
 }
 """Strategy name (``spec.strategy.name``) -> factory."""
 
@@ -45,6 +49,7 @@ def build_strategy(spec: StrategySpec) -> Strategy:
 __all__ = [
     "MAX_NUM_SAMPLES",
     "STRATEGIES",
+    "DPFedAvg",
     "FedAdagrad",
     "FedAdam",
     "FedAvg",

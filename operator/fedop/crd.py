@@ -321,6 +321,33 @@ EXTRAS: dict[str, Schema] = {
                 "reason": "FieldValueRequired",
             },
             {
+                "rule": f"!has(self.dp) || (has(self.name) && self.name == '{fs.DP}')",
+                "message": f"dp applies to {fs.DP} only; set strategy.name: {fs.DP}, or remove dp",
+                "fieldPath": ".dp",
+                "reason": "FieldValueForbidden",
+            },
+            {
+                "rule": f"!has(self.name) || self.name != '{fs.DP}' || has(self.dp)",
+                "message": (
+                    f"{fs.DP} needs dp: set strategy.dp with noiseMultiplier, clipNorm and delta "
+                    "(e.g. {noiseMultiplier: 1.0, clipNorm: 1.0, delta: 1e-5})"
+                ),
+                "fieldPath": ".dp",
+                "reason": "FieldValueRequired",
+            },
+            *(
+                {
+                    "rule": f"!has(self.name) || self.name != '{fs.DP}' || !has(self.{field})",
+                    "message": (
+                        f"{field} does not apply to {fs.DP}, which weighs every client equally "
+                        f"and clips with dp.clipNorm (and dp.adaptiveClipping); remove {field}"
+                    ),
+                    "fieldPath": f".{field}",
+                    "reason": "FieldValueForbidden",
+                }
+                for field in ("maxWeightShare", "clipNorm", "clipQuantile")
+            ),
+            {
                 "rule": "!has(self.clipQuantile) || has(self.clipNorm)",
                 "message": (
                     "clipQuantile needs clipNorm, the first round's bound (no norm has been "
@@ -328,6 +355,22 @@ EXTRAS: dict[str, Schema] = {
                 ),
                 "fieldPath": ".clipQuantile",
                 "reason": "FieldValueRequired",
+            },
+        ],
+    },
+    "spec.strategy.dp": {
+        "x-kubernetes-validations": [
+            {
+                "rule": "!has(self.adaptiveClipping)"
+                " || 2.0 * self.adaptiveClipping.clippedCountStddev > self.noiseMultiplier",
+                "message": (
+                    "must be more than noiseMultiplier/2: the noised count of unclipped updates "
+                    "spends privacy budget, and below that it would need all of it; raise "
+                    "clippedCountStddev (e.g. expected clients per round / 20, at least "
+                    "noiseMultiplier) or lower noiseMultiplier"
+                ),
+                "fieldPath": ".adaptiveClipping.clippedCountStddev",
+                "reason": "FieldValueInvalid",
             },
         ],
     },
@@ -394,6 +437,12 @@ PRINTER_COLUMNS: list[Schema] = [
         "type": "number",
         "jsonPath": ".status.lastRound.metrics.accuracy",
         "description": "Accuracy of the newest committed global model",
+    },
+    {
+        "name": "Epsilon",
+        "type": "number",
+        "jsonPath": ".status.lastRound.epsilon",
+        "description": "Client-level privacy spent so far (dpfedavg jobs only)",
     },
     {
         "name": "Clients",

@@ -51,9 +51,19 @@ def round_committed(record: RoundRecord, total: int) -> Announcement:
     shown = metrics_text(record.metrics)
     if shown:
         text += f", {shown}"
+    if record.privacy is not None:
+        text += f", epsilon {record.privacy.epsilon:.4g}"
     if record.closed_by == "deadline":
         text += " (closed at its deadline with a quorum)"
     return normal("RoundCommitted", text)
+
+
+def privacy_budget_reached(record: RoundRecord, total: int) -> Announcement | None:
+    """A Normal Event when ``record`` ends the job because the next round would spend more
+    privacy than ``strategy.dp.targetEpsilon`` allows; None otherwise."""
+    if record.privacy is None or not record.privacy.budget_reached:
+        return None
+    return normal("PrivacyBudgetReached", record.privacy.stop_message(record.round, total))
 
 
 def round_problems(

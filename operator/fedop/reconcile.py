@@ -326,10 +326,16 @@ def _run(obs: Observation, draft: _Draft) -> None:
             draft.model = fs.ModelRef(uri=obs.store.final_model_uri, sha256=final.model_sha256)
         shown = events.metrics_text(final.metrics or _last_metrics(draft))
         message = f"finished {final.rounds} rounds" + (f": {shown}" if shown else "")
+        reason = "RoundsCompleted"
+        if final.privacy is not None:
+            message += f"; epsilon {final.privacy.epsilon:.4g} at delta {final.privacy.delta:g}"
+            if final.privacy.budget_reached:
+                reason = "PrivacyBudgetReached"
+                message += f"; {final.privacy.stop_message(final.rounds, spec.rounds)}"
         if draft.model is not None:
             message += f"; model {draft.model.uri}"
         draft.message = message
-        draft.condition(obs, "Succeeded", "True", "RoundsCompleted", message)
+        draft.condition(obs, "Succeeded", "True", reason, message)
         draft.announcements.append(events.normal("Succeeded", message))
     elif suspend:
         draft.phase = "Suspended"
@@ -379,6 +385,7 @@ def _fold_rounds(obs: Observation, draft: _Draft) -> None:
             metrics={k: _shown(v) for k, v in record.metrics.items()},
             duration_seconds=round(record.duration_seconds, 3),
             rejected=len(record.rejected),
+            epsilon=None if record.privacy is None else _shown(record.privacy.epsilon),
         )
         kept = summary
         if len(summary.participants) > HISTORY_PARTICIPANTS:
@@ -395,6 +402,9 @@ def _fold_rounds(obs: Observation, draft: _Draft) -> None:
                     draft.set_client(name, last_seen=status.second(obs.now))
         if record.round >= 1:
             draft.announcements.append(events.round_committed(record, obs.spec.rounds))
+        budget = events.privacy_budget_reached(record, obs.spec.rounds)
+        if budget is not None:
+            draft.announcements.append(budget)
         draft.announcements.extend(events.round_problems(record, credentials.mode(obs.spec)))
         expected += 1
 
@@ -453,7 +463,7 @@ def _ensure_shared_objects(obs: Observation, draft: _Draft) -> bool:
             created = True
         elif dict(current) != wanted_cm["data"]:
             draft.actions.append(Replace(wanted_cm))
-    for policy in network.network_policies(job, spec):
+    for policy in network.network_policies(job, spec, obs.settings.metrics_scrape_namespace):
         if policy["metadata"]["name"] not in kids.network_policies:
             draft.actions.append(Create(policy))
             created = True

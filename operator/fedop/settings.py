@@ -8,6 +8,7 @@ the in-cluster one behave alike.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any, TypeVar
@@ -15,6 +16,7 @@ from typing import Any, TypeVar
 from fedop.errors import SettingsError
 
 _T = TypeVar("_T")
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 
 STS_MIN_DURATION_SECONDS = 900
 STS_MAX_DURATION_SECONDS = 43200
@@ -54,6 +56,15 @@ class OperatorSettings:
     """Age at which a role's credentials are replaced by fresh ones. Half the lifetime leaves
     the pods half an hour to pick the new file up (a kubelet propagates a Secret within a
     minute or two); it must stay ``CREDENTIAL_MARGIN_SECONDS`` below the lifetime."""
+    metrics_scrape_namespace: str = ""
+    """Namespace whose pods (a Prometheus) may reach the aggregator pods' metrics port through
+    the jobs' NetworkPolicies (chart: ``metrics.scrapeNamespace``). Empty: the aggregator
+    admits no ingress at all, so only clusters that do not enforce NetworkPolicies can scrape
+    it. Applies to jobs whose policies are created after the change."""
+    metrics_linger_seconds: int = 75
+    """Seconds a finished aggregator keeps serving its metrics before its pod exits, so that
+    Prometheus scrapes the final round (chart: ``metrics.aggregatorLingerSeconds``). 75 covers
+    two scrapes at a 30 s interval; 0 exits at once (the last round may then never be seen)."""
     field_manager: str = "fedkube-operator"
     """Name the operator's writes are recorded under (``managedFields``)."""
     kubeconfig: str = ""
@@ -97,6 +108,17 @@ class OperatorSettings:
                 f"FEDKUBE_POD_USER_ID={self.pod_user_id} must be a non-root UID (> 0)"
             )
         self._check_credentials()
+        if not 0 <= self.metrics_linger_seconds <= 3600:
+            raise SettingsError(
+                f"FEDKUBE_METRICS_LINGER_SECONDS={self.metrics_linger_seconds} must be between "
+                "0 and 3600"
+            )
+        ns = self.metrics_scrape_namespace
+        if ns and not _DNS_LABEL.fullmatch(ns):
+            raise SettingsError(
+                f"FEDKUBE_METRICS_SCRAPE_NAMESPACE={ns!r} is not a namespace name (lower-case "
+                "letters, digits and '-', at most 63); name the namespace your Prometheus runs in"
+            )
         if not 1 <= self.master_port <= 65535:
             raise SettingsError(f"FEDKUBE_MASTER_PORT={self.master_port} is not a TCP port")
         if self.image_pull_policy not in ("Always", "IfNotPresent", "Never"):

@@ -28,6 +28,7 @@ _PIN_VARIABLE = {
     "helm": "HELM_VERSION",
     "minio": "MINIO_VERSION",
     "mc": "MC_VERSION",
+    "prometheus": "PROMETHEUS_VERSION",
 }
 _EXECUTABLES = {
     "etcd": ("etcd",),
@@ -35,6 +36,7 @@ _EXECUTABLES = {
     "helm": ("helm",),
     "minio": ("minio",),
     "mc": ("mc",),
+    "prometheus": ("prometheus",),
 }
 
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds the real Kubernetes control plane, etcd, helm, MinIO and mc from their Go
+# Builds the real Kubernetes control plane, etcd, helm, MinIO, mc and Prometheus from their Go
 # modules with the local Go toolchain. Each component lands in its own versioned folder
 # under the cache, so a pin change rebuilds only that component and a warm run is a no-op.
 #
@@ -153,13 +153,19 @@ build_mc() {
   wrapper_build mc github.com/minio/mc "$MC_VERSION" "$MC_VERSION" "" github.com/minio/mc
 }
 
+build_prometheus() {
+  local pkg=github.com/prometheus/common/version
+  wrapper_build prometheus github.com/prometheus/prometheus "$PROMETHEUS_VERSION" "$PROMETHEUS_VERSION" \
+    "-X $pkg.Version=$PROMETHEUS_VERSION -X $pkg.Branch=release" github.com/prometheus/prometheus/cmd/prometheus
+}
+
 components=("$@")
-[ ${#components[@]} -gt 0 ] || components=(etcd kubernetes helm minio mc)
+[ ${#components[@]} -gt 0 ] || components=(etcd kubernetes helm minio mc prometheus)
 total=$SECONDS
 for c in "${components[@]}"; do
   case "$c" in
-    etcd|kubernetes|helm|minio|mc) "build_$c" ;;
-    *) log "unknown component '$c' (known: etcd kubernetes helm minio mc)"; exit 2 ;;
+    etcd|kubernetes|helm|minio|mc|prometheus) "build_$c" ;;
+    *) log "unknown component '$c' (known: etcd kubernetes helm minio mc prometheus)"; exit 2 ;;
   esac
 done
 log "all requested components ready in $((SECONDS - total))s"

@@ -8,6 +8,8 @@ Events, the store, the columns, and finally its deletion.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,9 +21,11 @@ import yaml
 from tests.cluster.handle import ClusterHandle
 from tests.fixtures.minio import MinioServer
 from tests.fixtures.operator import FedJobs, OperatorInstall
+from tests.fixtures.terminal import Terminal
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(900)]
 
+REPO = Path(__file__).resolve().parents[2]
 ROUNDS = 10
 """The example's rounds; the test trusts the file rather than overriding it."""
 
@@ -32,6 +36,8 @@ class Run:
     name: str
     status: dict[str, Any]
     obj: dict[str, Any]
+    watched: str
+    """The terminal after ``fedkube watch digits`` ran beside the job (typed before it ran)."""
 
 
 @pytest.fixture(scope="module")
@@ -47,13 +53,37 @@ def digits(
     )
     manifest = jobs.example()
     jobs.apply(manifest)
-    status = jobs.wait_for_phase("digits", "Succeeded", "Failed", timeout=720)
+    with Terminal("watch", user_env(cluster, pod_minio)) as terminal:
+        cluster.wait_for(lambda: "digits-spec" in jobs.owned("digits")["configmaps"] or None,
+                         120, "the job's ConfigMap (its job file and public key)")  # fmt: skip
+        watch_cluster_job(terminal, "digits", namespace, cluster)
+        status = jobs.wait_for_phase("digits", "Succeeded", "Failed", timeout=720)
+        watched = terminal.wait_for("watch exited", timeout=120)
     obj = jobs.get("digits")
     assert obj is not None
     try:
-        yield Run(jobs, "digits", status, obj)
+        yield Run(jobs, "digits", status, obj, watched)
     finally:
         cluster.delete_namespace(namespace)
+
+
+def user_env(cluster: ClusterHandle, minio: MinioServer) -> dict[str, str]:
+    """A person's shell: kubectl and a kubeconfig, and read access to the bucket."""
+    return {
+        **{k: v for k, v in cluster.env().items() if k in ("PATH", "KUBECONFIG", "HOME")},
+        "AWS_ACCESS_KEY_ID": minio.access_key,
+        "AWS_SECRET_ACCESS_KEY": minio.secret_key,
+        "PYTHONPATH": str(REPO),
+        "TERM": "xterm-256color",
+    }
+
+
+def watch_cluster_job(
+    terminal: Terminal, name: str, namespace: str, cluster: ClusterHandle
+) -> None:
+    terminal.type([sys.executable, "-m", "fedcore.cli", "watch", name, "-n", namespace,
+                   "--interval", "1", "--kubeconfig", str(cluster.kubeconfig)])  # fmt: skip
+    terminal.type(["echo", "watch", "exited"])  # runs once watch returns (typed ahead)
 
 
 def test_operator_runs_in_cluster_under_its_service_account(
@@ -91,6 +121,34 @@ def test_status_names_the_model_and_the_store_holds_it(digits: Run) -> None:
     key = uri.removeprefix(f"s3://{bucket}/")
     assert digits.jobs.store_keys(key) == [key]
     assert len(digits.status["model"]["sha256"]) == 64
+
+
+def test_fedkube_watch_in_a_terminal_followed_the_cluster_job_to_its_end(digits: Run) -> None:
+    screen = digits.watched
+
+    assert f"finished {ROUNDS} rounds" in screen
+    assert "Succeeded" in screen
+    assert "test accuracy" in screen
+    assert "restarts" in screen
+    for client in ("hospital-a", "hospital-b", "hospital-c"):
+        assert client in screen
+    assert "Traceback" not in screen
+
+
+def test_fedkube_plot_draws_a_cluster_job_from_its_store(digits: Run, tmp_path: Path) -> None:
+    out = tmp_path / "digits.png"
+    env = user_env(digits.jobs.cluster, digits.jobs.minio)
+
+    done = subprocess.run(
+        [sys.executable, "-m", "fedcore.cli", "plot", digits.name, "-n", digits.jobs.namespace,
+         "--out", str(out)],
+        env=env, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+
+    assert done.returncode == 0, done.stderr
+    assert f"plot: {out}" in done.stdout
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert out.stat().st_size > 20_000  # six panels of curves, not an empty canvas
 
 
 def test_clients_report_their_rounds_samples_and_no_restarts(digits: Run) -> None:

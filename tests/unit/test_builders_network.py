@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 from fedop.builders import names, network, pods
+from fedop.builders.pods import AGGREGATOR_METRICS_PORT
 from tests.fixtures.fedjobs import JOB, SETTINGS, make_spec
 
 
@@ -65,6 +66,19 @@ def test_the_aggregator_policy_selects_only_the_aggregator_and_admits_nothing() 
 
     assert selected == {"aggregator"}
     assert policy["spec"]["ingress"] == []
+
+
+def test_a_scrape_namespace_opens_only_the_aggregators_metrics_port_to_that_namespace() -> None:
+    policies = network.network_policies(JOB, make_spec(), "monitoring")
+    aggregator, *clients = policies
+
+    (rule,) = aggregator["spec"]["ingress"]
+
+    assert rule["from"] == [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+    ]
+    assert rule["ports"] == [{"protocol": "TCP", "port": AGGREGATOR_METRICS_PORT}]
+    assert clients == network.network_policies(JOB, make_spec())[1:]  # clients stay closed
 
 
 def test_every_pod_of_the_job_is_selected_by_some_policy() -> None:

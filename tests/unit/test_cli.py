@@ -50,6 +50,15 @@ def test_validate_accepts_the_example_job(capsys: pytest.CaptureFixture[str]) ->
     assert "fedcore.tasks.digits:task (loads)" in out
 
 
+def test_validate_accepts_the_differential_privacy_example(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code = main(["validate", str(EXAMPLES / "digits-dp.yaml")])
+
+    assert code == EXIT_OK
+    assert "strategy dpfedavg" in capsys.readouterr().out
+
+
 def test_validate_names_every_bad_field_and_exits_2(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -310,7 +310,7 @@ def test_resource_names_short_names_and_category(generated: Schema) -> None:
     ]
 
 
-def test_printer_columns_show_phase_round_accuracy_clients_age(
+def test_printer_columns_show_phase_round_accuracy_epsilon_clients_age(
     generated: Schema, schema: Schema
 ) -> None:
     columns = generated["spec"]["versions"][0]["additionalPrinterColumns"]
@@ -319,10 +319,12 @@ def test_printer_columns_show_phase_round_accuracy_clients_age(
         ("Phase", ".status.phase"),
         ("Round", ".status.progress"),
         ("Accuracy", ".status.lastRound.metrics.accuracy"),
+        ("Epsilon", ".status.lastRound.epsilon"),
         ("Clients", ".status.activeClients"),
         ("Age", ".metadata.creationTimestamp"),
     ]
     assert at(schema, "status.progress")["type"] == "string"
+    assert at(schema, "status.lastRound.epsilon")["type"] == "number"
     assert at(schema, "status.activeClients")["type"] == "integer"
     assert at(schema, "status.lastRound.metrics")["additionalProperties"]["type"] == "number"
 

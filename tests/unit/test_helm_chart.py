@@ -8,6 +8,7 @@ tests skip (laptops); with ``FEDKUBE_E2E=required`` (CI) they fail instead.
 from __future__ import annotations
 
 import ast
+import json
 import os
 import subprocess
 from collections.abc import Iterator
@@ -17,6 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
+from fedop.builders import names
 from tests.cluster.binaries import ensure
 from tests.cluster.errors import BinariesUnavailable
 
@@ -24,6 +26,7 @@ REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "fedkube"
 RELEASE, NAMESPACE = "fk", "fedkube-system"
 KUBE_VERSION = "1.34.0"
+DASHBOARD = CHART / "dashboards" / "fedkube.json"
 Obj = dict[str, Any]
 
 
@@ -258,6 +261,7 @@ def test_values_become_operator_settings(helm: Path) -> None:
         "image.tag=9.9.9",
         "credentials.lifetimeSeconds=900",
         "credentials.refreshSeconds=20",
+        "metrics.scrapeNamespace=monitoring",
     )
     container = operator_container(objects)
     env = {e["name"]: e.get("value") for e in container["env"]}
@@ -267,6 +271,7 @@ def test_values_become_operator_settings(helm: Path) -> None:
     assert env["FEDKUBE_RESYNC_SECONDS"] == "7"
     assert env["FEDKUBE_CREDENTIAL_LIFETIME_SECONDS"] == "900"
     assert env["FEDKUBE_CREDENTIAL_REFRESH_SECONDS"] == "20"
+    assert env["FEDKUBE_METRICS_SCRAPE_NAMESPACE"] == "monitoring"
     assert "--verbose" in container["args"]
     assert container["image"].endswith(":9.9.9")
 
@@ -378,6 +383,31 @@ def test_service_monitor_behind_a_value_scrapes_the_metrics_port(helm: Path) -> 
     ]
     assert monitor["spec"]["selector"]["matchLabels"] == one(objects, "Service")["spec"]["selector"]
     assert monitor["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
+
+
+def test_a_pod_monitor_scrapes_every_jobs_aggregator_pod(helm: Path) -> None:
+    objects = render(helm, "metrics.serviceMonitor.enabled=true")
+
+    monitor = one(objects, "PodMonitor")
+
+    assert monitor["spec"]["selector"]["matchLabels"] == {names.LABEL_ROLE: "aggregator"}
+    assert monitor["spec"]["namespaceSelector"] == {"any": True}
+    (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+    assert endpoint["port"] == "metrics"  # the aggregator container's named port
+    assert not [o for o in render(helm, "metrics.serviceMonitor.enabled=true",
+                                  "metrics.serviceMonitor.aggregators=false")
+                if o["kind"] == "PodMonitor"]  # fmt: skip
+
+
+def test_the_grafana_dashboard_ships_as_a_sidecar_configmap_behind_a_value(helm: Path) -> None:
+    shipped = json.loads(DASHBOARD.read_text())
+
+    objects = render(helm, "metrics.grafanaDashboard.enabled=true")
+
+    dashboard = one(objects, "ConfigMap")
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert json.loads(dashboard["data"]["fedkube.json"]) == shipped
+    assert not [o for o in render(helm) if o["kind"] == "ConfigMap"]
 
 
 def test_metrics_off_renders_no_port_service_or_env(helm: Path) -> None:

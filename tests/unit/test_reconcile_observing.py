@@ -238,6 +238,11 @@ def test_settings_come_from_fedkube_variables() -> None:
             "must be positive",
             id="a zero refresh interval is refused",
         ),
+        pytest.param(
+            {"FEDKUBE_METRICS_SCRAPE_NAMESPACE": "Monitoring"},
+            "not a namespace name",
+            id="a scrape namespace that cannot exist is refused",
+        ),
     ],
 )
 def test_bad_settings_are_refused(env: dict[str, str], words: str) -> None:

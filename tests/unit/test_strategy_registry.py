@@ -32,6 +32,7 @@ def test_public_names_are_pinned() -> None:
     assert fedcore.strategies.__all__ == [
         "MAX_NUM_SAMPLES",
         "STRATEGIES",
+        "DPFedAvg",
         "FedAdagrad",
         "FedAdam",
         "FedAvg",

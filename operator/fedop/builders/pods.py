@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from fedcore import spec as fs
+from fedcore.tracking import CREDENTIAL_ENV as TRACKING_CREDENTIAL_ENV
 from fedop.builders import configmap, credentials, names, secrets
 from fedop.settings import OperatorSettings
 
@@ -68,7 +69,9 @@ _COMMIT_PUBLIC_KEY_ENV = {
 }
 
 
-def aggregator_env(job: names.JobRef, spec: fs.FederatedJobSpec) -> list[dict[str, Any]]:
+def aggregator_env(
+    job: names.JobRef, spec: fs.FederatedJobSpec, metrics_linger_seconds: int = 0
+) -> list[dict[str, Any]]:
     own = [
         {"name": "FEDKUBE_SIGNING_KEYS_DIR", "value": SIGNING_KEYS_DIR},
         {
@@ -78,8 +81,27 @@ def aggregator_env(job: names.JobRef, spec: fs.FederatedJobSpec) -> list[dict[st
         _COMMIT_PUBLIC_KEY_ENV,
         *credentials.pod_credentials(job, spec, credentials.AGGREGATOR).env,
         {"name": "FEDKUBE_METRICS_PORT", "value": str(AGGREGATOR_METRICS_PORT)},
+        {"name": "FEDKUBE_METRICS_LINGER_SECONDS", "value": str(metrics_linger_seconds)},
+        *tracking_env(spec),
     ]
     return _with_defaults(own, spec.aggregator.env)
+
+
+def tracking_env(spec: fs.FederatedJobSpec) -> list[dict[str, Any]]:
+    """MLflow's credential variables from ``spec.tracking.mlflow.secretRef``, each optional
+    (a token, or a user name and password): for the aggregator only."""
+    mlflow = spec.tracking.mlflow if spec.tracking is not None else None
+    if mlflow is None or mlflow.secret_ref is None:
+        return []
+    return [
+        {
+            "name": name,
+            "valueFrom": {
+                "secretKeyRef": {"name": mlflow.secret_ref.name, "key": name, "optional": True}
+            },
+        }
+        for name in TRACKING_CREDENTIAL_ENV
+    ]
 
 
 def pod_security_context(settings: OperatorSettings) -> dict[str, Any]:
@@ -265,7 +287,7 @@ def aggregator_pod_template(
         spec,
         settings,
         command,
-        aggregator_env(job, spec),
+        aggregator_env(job, spec, settings.metrics_linger_seconds),
         dict(spec.aggregator.resources),
         [spec_mount, keys_mount, commit_mount, *store.mounts, tmp_mount],
     )
