@@ -46,6 +46,7 @@ Run ``make bench-learning`` (``BENCH_LEARNING_ARGS=--quick`` for a smoke run).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -93,6 +94,10 @@ TAU = 1e-3
 CLIP = {"maxWeightShare": 0.2, "clipNorm": 1.0, "clipQuantile": 0.5}
 """The weighted-mean defences together: no client above a fifth of the round, each delta
 clipped at the median norm of the previous round's (1.0 in the first round)."""
+
+DP = {"noiseMultiplier": 0.5, "clipNorm": 1.0, "delta": 1e-3}
+"""``strategy.dp`` of the DP-FedAvg row: noise of std 0.5 x the bound on the sum of the
+clipped deltas, i.e. 0.05 on the mean of 10 clients' (not tuned for accuracy)."""
 
 SETTINGS = ("clean", "poisoned")
 CLEAN_ONLY = ("clean",)
@@ -142,8 +147,9 @@ ROWS: tuple[Row, ...] = (
         flower="fedadagrad",
         settings=CLEAN_ONLY,
     ),
-    # SCAFFOLD: add its row here once the `scaffold` strategy is merged.
-    # DP-FedAvg: add its row(s) here once `strategy.dp` is merged.
+    # SCAFFOLD: add its row here once the `scaffold` strategy is merged (train_client then
+    # needs the client's correction and variate step: fedcore.tasks.scaffold).
+    Row("dpfedavg", {"name": "dpfedavg", "dp": DP}, flower="dpfedavg"),
     Row("fedavg+cap+clip", {"name": "fedavg", **CLIP}, settings=POISONED_ONLY),
     Row("median", {"name": "median"}, flower="median"),
     Row("trimmedmean", {"name": "trimmedmean", "trimFraction": 0.2}, flower="trimmedmean"),
@@ -281,11 +287,12 @@ def is_finite(tensors: Mapping[str, Any]) -> bool:
 class Ours:
     """fedkube's strategy, driven as the aggregator drives it (``fedcore.folding``)."""
 
-    def __init__(self, row: Row, workdir: Path) -> None:
+    def __init__(self, row: Row, workdir: Path, seed: int = 0) -> None:
         from fedcore.spec import StrategySpec
 
         self.spec = StrategySpec.model_validate(dict(row.strategy))
         self.workdir = workdir
+        self.seed = seed
         self.strategy = self._fresh()
 
     def _fresh(self) -> Any:
@@ -303,6 +310,12 @@ class Ours:
 
         saved = {k: v.clone() for k, v in self.strategy.state_dict().items()}
         strategy = self.strategy
+        if hasattr(strategy, "noise_key"):  # dpfedavg: as the aggregator sets them
+            from fedcore.strategies.dp_noise import NoiseKey
+
+            secret = hashlib.sha256(f"bench-learning/{self.seed}/{round_}".encode()).digest()
+            strategy.noise_key = NoiseKey(secret)  # the aggregator's is secret; this one fixed
+            strategy.expected_clients = NUM_CLIENTS  # every client is selected every round
         strategy.begin_round(template_of(base))
         counts = {u.client: u.num_samples for u in updates}
         # The aggregator folds the plain counts first and again with these when the cap
@@ -357,6 +370,11 @@ def _flower_factories() -> dict[str, FlowerFactory]:
         "multikrum": lambda init: fl.Krum(
             num_malicious_clients=NUM_POISONED, num_clients_to_keep=6
         ),
+        # Flower's server-side DP wraps its FedAvg, which weighs by num_examples (fedkube's
+        # dpfedavg weighs every client equally).
+        "dpfedavg": lambda init: fl.DifferentialPrivacyServerSideFixedClipping(
+            fl.FedAvg(), DP["noiseMultiplier"], DP["clipNorm"], NUM_CLIENTS
+        ),
     }
 
 
@@ -379,6 +397,8 @@ class Theirs:
             parameters_to_ndarrays,
         )
 
+        if hasattr(self.strategy, "current_round_params"):  # its DP wrapper: set in configure_fit
+            self.strategy.current_round_params = [base[n].numpy() for n in self.names]
         results = []
         for u in updates:
             weights = [(base[n] + u.delta[n]).numpy() for n in self.names]
@@ -430,7 +450,9 @@ def run_one(run: Run, rounds: int) -> list[float]:
     model = initial_model(fed)
     mu = run.row.strategy.get("proximalMu")
     with tempfile.TemporaryDirectory(prefix="bench-learning-") as tmp:
-        side = Ours(run.row, Path(tmp)) if run.side == "fedkube" else Theirs(run.row, model)
+        side = (
+            Ours(run.row, Path(tmp), run.seed) if run.side == "fedkube" else Theirs(run.row, model)
+        )
         accuracies = [evaluate(fed, model)]
         for r in range(1, rounds + 1):
             updates = [train_client(fed, model, r, c, mu) for c in range(NUM_CLIENTS)]
@@ -647,9 +669,14 @@ def report(
         "- Flower: its `flwr.server.strategy` class for the same strategy, given the same "
         "clients' results through `aggregate_fit`; `-`: not run (Flower has no such strategy, "
         "or the row has no defence against the attack and runs clean only)",
-        "- SCAFFOLD and DP-FedAvg: not in this table yet (their strategies are not merged)",
+        "- dpfedavg: fedkube's noise from a fixed per-seed, per-round key (the aggregator's "
+        "is secret); Flower's `DifferentialPrivacyServerSideFixedClipping` around its FedAvg, "
+        "which weighs clients by num_examples where fedkube's weighs them equally",
+        "- SCAFFOLD: not in this table yet (the strategy is not merged)",
         "",
-        f"Command: `{command}` ({seconds / 60:.1f} min on {os.cpu_count()} CPUs).",
+        f"Command: `{command}` ({seconds / 60:.1f} min on {os.cpu_count()} CPUs"
+        + (", for the runs not already in learning.runs.jsonl" if "--resume" in command else "")
+        + ").",
         "",
         "![accuracy per round](learning.png)",
         "",
