@@ -7,7 +7,8 @@ round's floor on a fast network. This measures ``S3Store.put_file`` / ``get_file
 sha256 included (the store hashes what it sends and verifies what it receives), against a
 MinIO started on loopback with a temp data folder, for:
 
-* ``multipart``: the defaults (16 MiB parts, 8 in flight), boto3's transfer manager;
+* ``multipart``: the defaults (16 MiB parts, 8 in flight): boto3's transfer manager up,
+  the store's own ranged GETs down (``fedcore.store.ranged``);
 * ``multipart, create-if-absent``: the same parts through the store's own conditional
   multipart upload (how the aggregator commits), upload only;
 * ``single-part``: threshold above the file size, one PUT and one GET.
@@ -16,6 +17,7 @@ Each row is the median of ``--repeats`` runs; the local sha256 speed is printed 
 Results: a table and ``bench/results/store_throughput.json``.
 
 Run ``python bench/store_throughput.py --mib 256`` (needs the MinIO binary: ``make minio``).
+``bench/store_vs_mc.py`` compares a 1 GiB object against MinIO's own ``mc cp``.
 """
 
 from __future__ import annotations

@@ -96,7 +96,7 @@ from fedcore.rounds import (
 from fedcore.signing import SigningKey, keys_from_env
 from fedcore.spec import FederatedJob, load_job, parse_job
 from fedcore.store import ObjectStore, open_job_store
-from fedcore.strategies import Strategy, build_strategy
+from fedcore.strategies import Scaffold, Strategy, build_strategy
 from fedcore.strategies.spool import SpooledStrategy, clear_spools
 from fedcore.tasks.base import Task, TaskContext, load_task
 from fedcore.tracking import NoTracking, Tracker, tracker_for
@@ -330,6 +330,8 @@ class Aggregator:
             state_path = self.workdir / f"state-{r}.safetensors"
             save_weights(state_path, state, {"kind": "state", "round": r})
             self.store.put_file(layout.strategy_state_key(r), state_path)
+            record = record.model_copy(update={"strategy_sha256": sha256_file(state_path)})
+            state_path.unlink()
         record = record.model_copy(update={"committed_at": _now()})
         if record.next is not None:
             record = record.model_copy(
@@ -379,13 +381,17 @@ class Aggregator:
             )
         return theirs
 
-    def _load_state(self, strategy: Strategy, round_: int) -> None:
+    def _load_state(self, strategy: Strategy, round_: int, sha256: str) -> None:
+        """Load round ``round_``'s state into ``strategy``; ``sha256``: what the round's
+        record names (empty: a record of a version that did not name it)."""
         key = layout.strategy_state_key(round_)
         if not self.store.exists(key):
             strategy.load_state_dict({})
             return
         path = self._download(key, f"state-{round_}.safetensors")
         try:
+            if sha256 and sha256_file(path) != sha256:
+                raise ValueError(f"its sha256 is not the {sha256[:12]}... its round record names")
             state = load_weights(path)
             bad = non_finite_tensors(state)
             if bad:
@@ -400,15 +406,19 @@ class Aggregator:
         finally:
             path.unlink(missing_ok=True)
 
-    def _fresh_strategy(self, r: int, template: Template, selected: list[str]) -> Strategy:
-        """The job's strategy with the state round ``r - 1`` committed, ready for round ``r``
-        (whose selected clients are ``selected``)."""
+    def _fresh_strategy(
+        self, r: int, template: Template, selected: list[str], state_sha256: str
+    ) -> Strategy:
+        """The job's strategy with the state round ``r - 1`` committed (``state_sha256``),
+        ready for round ``r`` (whose selected clients are ``selected``)."""
         strategy = build_strategy(self.spec.strategy)
         self.privacy.begin(strategy, selected)
         if isinstance(strategy, SpooledStrategy):
             clear_spools(self.workdir)  # a crashed run's, or the strategy this one replaces
             strategy.spool_dir = self.workdir  # the round's updates are kept on local disk
-        self._load_state(strategy, r - 1)
+        if isinstance(strategy, Scaffold):
+            strategy.num_clients = len(self.spec.clients)  # N of c += |S|/N mean(dc)
+        self._load_state(strategy, r - 1, state_sha256)
         try:
             strategy.begin_round(template)
         except ValueError as e:
@@ -439,7 +449,9 @@ class Aggregator:
             store=self.store,
             keys=self.keys,
             workdir=self.workdir,
-            fresh_strategy=lambda: self._fresh_strategy(r, template, nxt.selected),
+            fresh_strategy=lambda: self._fresh_strategy(
+                r, template, nxt.selected, previous.strategy_sha256
+            ),
         )
         strategy = inputs.fresh_strategy()
         open_round = OpenRound(r, previous, nxt, template, base_path, inputs, strategy)

@@ -14,6 +14,10 @@ pod's processes with torch's elastic launcher (static rendezvous, from the opera
   its ``DistributedSampler`` shard of the client's data (the task's ``train``); rank 0
   uploads ``local - global`` and then the signed manifest (its commit), with
   ``num_samples`` = the whole client's data.
+* with ``strategy.name: scaffold`` rank 0 also reads the server's and its own control
+  variates (``fedcore.variates``) and broadcasts them; every rank corrects its gradients
+  (``fedcore.tasks.scaffold``); rank 0 stores the client's next variate, then uploads the
+  update with the variate's delta in it.
 * it exits 0 once ``final/round.json`` exists. An update already in the store (a restarted
   group) is not trained again. Any failure on any rank fails the whole group (DDP cannot
   lose a member): the operator or the local runner restarts it.
@@ -46,7 +50,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from fedcore import layout
-from fedcore.commit_signing import CommitVerifier, verifier_from_env
+from fedcore.commit_signing import CommitVerifier, read_round_record, verifier_from_env
 from fedcore.credentials import Role
 from fedcore.distributed import (
     DistContext,
@@ -67,6 +71,7 @@ from fedcore.errors import (
     TaskError,
 )
 from fedcore.exitcodes import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, exit_code_for
+from fedcore.quantization import quantise_update
 from fedcore.records import fit_metrics
 from fedcore.round_watch import WAIT, RoundWatcher, Work
 from fedcore.signing import SigningKey, key_from_env, sign_manifest
@@ -81,14 +86,24 @@ from fedcore.tasks.base import (
     train_loader,
 )
 from fedcore.tasks.proximal import ProximalTerm
+from fedcore.tasks.scaffold import (
+    ControlCorrection,
+    LocalSGD,
+    local_sgd,
+    next_variate,
+    trainable_names,
+)
+from fedcore.variates import read_client_variate, read_server_variate, write_client_variate
 from fedcore.weights import (
     DTYPE_NAMES,
     FLOAT_DTYPES,
+    Tensors,
     delta,
     dtype_name,
     load_weights,
     save_weights,
     sha256_file,
+    template_of,
     update_metadata,
 )
 
@@ -98,6 +113,10 @@ CLIENT_MODULE = "fedcore.client"
 """What the launcher runs per rank: ``python -m fedcore.client --job FILE --client NAME``."""
 """Root folder of the local store (jobs without ``spec.storage.endpoint``); same variable as
 the aggregator's."""
+
+_SERVER = "server/"
+_OWN = "own/"
+"""Name prefixes of SCAFFOLD's two variates in the one broadcast that carries both."""
 
 POLL_MIN_SECONDS = 0.2
 """First wait after a poll found nothing to do: a new round is usually seconds away."""
@@ -138,8 +157,10 @@ class ClientOptions:
     num_threads: int | None = None
     """``numThreads``: CPU threads per process; unset means 1 on CPU (see distributed.py)."""
     wire_dtype: torch.dtype | None = None
-    """``updateDtype``: float dtype of uploaded deltas (``float32`` default; ``bfloat16`` or
-    ``float16`` halve uploads, and need the aggregator to allow low precision)."""
+    """``updateDtype``: wire dtype of uploaded float deltas (``float32`` default; ``bfloat16``
+    or ``float16`` halve uploads, ``int8`` quarters them: per-slice quantised, see
+    ``fedcore.quantization``). The aggregator accepts a narrower wire dtype from a client
+    only when that client's task config names one."""
     deterministic: bool = True
     """``deterministic``: ``torch.use_deterministic_algorithms`` (warn-only), so rerunning a
     round gives the same bytes."""
@@ -153,10 +174,11 @@ class ClientOptions:
             raise TaskError(f"task.config.numThreads: must be a positive integer (got {threads!r})")
         wire_name = config.get("updateDtype", "float32")
         wire = DTYPE_NAMES.get(wire_name) if isinstance(wire_name, str) else None
-        if wire is None or wire not in FLOAT_DTYPES:
+        if wire is None or wire not in FLOAT_DTYPES | {torch.int8}:
             raise TaskError(
                 "task.config.updateDtype: must be one of "
-                f"{sorted(dtype_name(d) for d in FLOAT_DTYPES)} (got {wire_name!r})"
+                f"{sorted(dtype_name(d) for d in FLOAT_DTYPES | {torch.int8})} "
+                f"(got {wire_name!r})"
             )
         deterministic = config.get("deterministic", True)
         if not isinstance(deterministic, bool):
@@ -181,6 +203,7 @@ class ClientRank:
         store: ObjectStore | None,
         signing_key: SigningKey | None,
         workdir: Path,
+        commit_verifier: CommitVerifier | None = None,
     ) -> None:
         self.job = job
         self.spec = job.spec
@@ -191,6 +214,8 @@ class ClientRank:
         self.dist = dist_ctx
         self.store = store
         self.signing_key = signing_key
+        self.commit_verifier = commit_verifier
+        """The aggregator's public key (rank 0): SCAFFOLD reads records beyond the watcher's."""
         self.workdir = workdir
         self.task: Task = load_task(self.spec.task.entrypoint)
         self._model: nn.Module | None = None
@@ -260,6 +285,12 @@ class ClientRank:
         mu = self.spec.strategy.proximal_mu
         if mu:  # FedProx: anchored on this round's global, on every rank
             ctx = replace(ctx, proximal=ProximalTerm.snapshot(model, mu))
+        variates: tuple[Tensors, Tensors] | None = None
+        sgd = LocalSGD(lr=1.0)
+        if self.spec.strategy.name == "scaffold":  # SCAFFOLD: c - c_i, on every rank
+            sgd = local_sgd(self.task, ctx)  # before training: fail fast
+            variates = self._read_variates(work, base, ctx)
+            ctx = replace(ctx, scaffold=ControlCorrection.snapshot(model, *variates))
         _seed_everything(derive_seed(self.spec.seed, "train", r, self.client.name, self.dist.rank))
         loader = train_loader(
             data,
@@ -272,13 +303,78 @@ class ClientRank:
         seconds = time.monotonic() - started
         if ctx.proximal is not None:
             ctx.proximal.require_used(self.spec.task.entrypoint)
+        steps = self._group_steps(ctx.scaffold, r)
         self._check_identical(model, r)
         group_metrics = _mean_metrics(all_gather_object(_float_metrics(metrics)))
         if self.dist.is_leader:
             if base is None:
                 raise RuntimeError("rank 0 lost the base model")  # unreachable: set above
             num_samples = _length(data, self.spec.task.entrypoint)
-            self._upload(work, model, base, num_samples, group_metrics, seconds)
+            extra: Tensors = {}
+            if variates is not None:
+                extra = self._step_variate(r, model, base, variates, steps=steps, sgd=sgd)
+            self._upload(work, model, base, num_samples, group_metrics, seconds, extra=extra)
+
+    def _read_variates(
+        self, work: Work, base: Mapping[str, torch.Tensor] | None, ctx: TaskContext
+    ) -> tuple[Tensors, Tensors]:
+        """SCAFFOLD's ``(c, c_i)`` for this round on every rank: rank 0 reads and checks them
+        (``fedcore.variates``) and broadcasts them."""
+        both: Tensors | None = None
+        if self.dist.is_leader:
+            if base is None or self.commit_verifier is None:
+                raise FedcoreError("rank 0 of a scaffold client needs the aggregator's public key")
+            store, model = self._store(), template_of(base)
+            record = read_round_record(
+                store.get_bytes(layout.round_record_key(work.base_round)),
+                work.base_round,
+                self.commit_verifier,
+            )
+            server = read_server_variate(store, record, model, self.workdir)
+            own = read_client_variate(
+                store, self.client.name, ctx.round, self.commit_verifier, model, self.workdir
+            )
+            both = {_SERVER + k: v for k, v in server.items()}
+            both.update({_OWN + k: v for k, v in own.items()})
+        got = broadcast_state_dict(both, device=ctx.device)
+        server = {k.removeprefix(_SERVER): v for k, v in got.items() if k.startswith(_SERVER)}
+        own = {k.removeprefix(_OWN): v for k, v in got.items() if k.startswith(_OWN)}
+        return server, own
+
+    def _group_steps(self, correction: ControlCorrection | None, r: int) -> int:
+        """SCAFFOLD's ``K``: the optimizer steps the group made (the same on every rank)."""
+        if correction is None:
+            return 0
+        correction.require_used(self.spec.task.entrypoint)
+        counts = all_gather_object(correction.steps)
+        if len(set(counts)) != 1:
+            raise TaskError(
+                f"in round {r} the ranks of client {self.client.name!r} computed "
+                f"ctx.scaffold(model) {counts} times; every rank must call it once per "
+                "optimizer step, so all ranks count the same steps"
+            )
+        return int(counts[0])
+
+    def _step_variate(
+        self,
+        r: int,
+        model: nn.Module,
+        base: Mapping[str, torch.Tensor],
+        variates: tuple[Tensors, Tensors],
+        *,
+        steps: int,
+        sgd: LocalSGD,
+    ) -> Tensors:
+        """Compute and store ``c_i+`` (before the manifest: ``fedcore.variates``); return
+        ``Δc_i``, the tensors the update carries besides the model delta."""
+        server, own = ({k: v.cpu() for k, v in t.items()} for t in variates)
+        local = {name: t.detach().cpu() for name, t in model.state_dict().items()}
+        new, change = next_variate(
+            base, local, server, own, steps=steps, sgd=sgd, trainable=trainable_names(model)
+        )
+        write_client_variate(self._store(), self.client.name, r, own, new, self.workdir)
+        log.info("round %d: control variate stepped over %d local steps (%s)", r, steps, sgd)
+        return change
 
     def _download_global(self, work: Work) -> dict[str, torch.Tensor]:
         store = self._store()
@@ -317,14 +413,21 @@ class ClientRank:
         num_samples: int,
         metrics: dict[str, float],
         seconds: float,
+        *,
+        extra: Mapping[str, torch.Tensor] | None = None,
     ) -> None:
         store = self._store()
         r = work.base_round + 1
         local = {name: t.detach().cpu() for name, t in model.state_dict().items()}
         try:
-            update = delta(local, base, wire_dtype=self.options.wire_dtype)
+            wire_dtype = self.options.wire_dtype
+            if wire_dtype == torch.int8:
+                update = quantise_update(delta(local, base))
+            else:
+                update = delta(local, base, wire_dtype=wire_dtype)
         except ValueError as e:
             raise TaskError(f"cannot make the update of round {r}: {e}") from e
+        update.update(extra or {})  # SCAFFOLD's variate delta, in its own dtype
         path = self.workdir / f"update-{r:06d}.safetensors"
         save_weights(path, update, update_metadata(r, self.client.name))
         floats = [t.dtype for t in update.values() if t.dtype in FLOAT_DTYPES]
@@ -391,7 +494,9 @@ def run_client(
     if options.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
     with tempfile.TemporaryDirectory(prefix=f"fedkube-{client_name}-") as tmp:
-        rank = ClientRank(job, client, dist_ctx, store, signing_key, workdir or Path(tmp))
+        rank = ClientRank(
+            job, client, dist_ctx, store, signing_key, workdir or Path(tmp), commit_verifier
+        )
         watcher = (
             RoundWatcher(store, client_name, commit_verifier)
             if store is not None and commit_verifier is not None and dist_ctx.is_leader

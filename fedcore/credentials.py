@@ -10,9 +10,11 @@ process tries. Keys are relative to the job's prefix ``<p>``:
 role                   may
 =====================  ==========================================================================
 ``client <c>``         GetObject ``job.json``, ``rounds/??????/{global.safetensors, round.json,
-                       strategy.safetensors}``, ``final/*`` and its own
-                       ``rounds/??????/updates/<c>.{safetensors,json}``; PutObject (and abort its
-                       multipart uploads) only on those two update keys. No listing, no delete.
+                       strategy.safetensors}``, ``final/*`` and its own keys:
+                       ``rounds/??????/updates/<c>.{safetensors,json}`` and, in a SCAFFOLD job,
+                       its control variate ``clients/<c>/scaffold.safetensors``; PutObject (and
+                       abort its multipart uploads) only on those own keys. No listing, no
+                       delete.
 ``aggregator``         GetObject and ListBucket under ``<p>``; PutObject on ``job.json``,
                        ``rounds/??????/{global.safetensors, round.json, strategy.safetensors}``
                        and ``final/*``. No delete, nothing under ``updates/``.
@@ -44,6 +46,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from fedcore.errors import CredentialsError
+from fedcore.layout import client_variate_key
 
 CREDENTIALS_FILE_ENV = "FEDKUBE_STORE_CREDENTIALS_FILE"
 """Environment variable naming a role's ``credentials.json``; set, the S3 store signs with
@@ -108,21 +111,32 @@ class Role:
         return "aggregator" if self.client is None else f"client {self.client}"
 
 
-def readable_keys(role: Role) -> tuple[str, ...]:
-    """Keys (IAM globs relative to the job's prefix) ``role`` may GetObject."""
+VARIATE_STRATEGIES = frozenset({"scaffold"})
+"""Strategies whose clients keep state of their own between rounds (SCAFFOLD's control
+variate, ``clients/<c>/scaffold.safetensors``): only their jobs' client policies name that
+key, so other jobs' policies stay as short as before (STS's 2048 characters are tight)."""
+
+
+def keeps_variate(strategy: str) -> bool:
+    """Whether a job whose ``spec.strategy.name`` is ``strategy`` gives clients a variate slot."""
+    return strategy in VARIATE_STRATEGIES
+
+
+def readable_keys(role: Role, *, variate: bool = False) -> tuple[str, ...]:
+    """Keys (IAM globs relative to the job's prefix) ``role`` may GetObject; ``variate``: the
+    job's strategy keeps a client variate (``keeps_variate``)."""
     if role.client is None:
         return ("*",)
-    return PUBLIC_KEYS + writable_keys(role)
+    return PUBLIC_KEYS + writable_keys(role, variate=variate)
 
 
-def writable_keys(role: Role) -> tuple[str, ...]:
-    """Keys (IAM globs relative to the job's prefix) ``role`` may PutObject."""
+def writable_keys(role: Role, *, variate: bool = False) -> tuple[str, ...]:
+    """Keys (IAM globs relative to the job's prefix) ``role`` may PutObject; ``variate``: a
+    client also keeps its own control variate (``keeps_variate``)."""
     if role.client is None:
         return PUBLIC_KEYS
-    return (
-        f"{_ROUND}updates/{role.client}.safetensors",
-        f"{_ROUND}updates/{role.client}.json",
-    )
+    own = (f"{_ROUND}updates/{role.client}.safetensors", f"{_ROUND}updates/{role.client}.json")
+    return own + ((client_variate_key(role.client),) if variate else ())
 
 
 def may_list(role: Role) -> bool:
@@ -134,9 +148,10 @@ def denied_is_missing_keys(role: Role | None) -> tuple[str, ...]:
     """Keys (IAM globs) where an ``AccessDenied`` to ``role`` means "no such key": AWS and
     Ceph RGW answer a missing key with 403, not 404, to a reader that may not list it (a
     client; and the aggregator too, should a store not count its prefix-bound ListBucket).
-    These are exactly the keys the role may read; None (role unknown): the keys every role
-    may read. The S3 store reads AccessDenied as "missing" on these keys only."""
-    return PUBLIC_KEYS if role is None else readable_keys(role)
+    These are exactly the keys the role may read (a client's variate slot included: reading
+    it is harmless where the job keeps none); None (role unknown): the keys every role may
+    read. The S3 store reads AccessDenied as "missing" on these keys only."""
+    return PUBLIC_KEYS if role is None else readable_keys(role, variate=True)
 
 
 def glob_matches(pattern: str, key: str) -> bool:
@@ -145,9 +160,9 @@ def glob_matches(pattern: str, key: str) -> bool:
     return _glob_regex(pattern).fullmatch(key) is not None
 
 
-def may_read(role: Role, key: str) -> bool:
+def may_read(role: Role, key: str, *, variate: bool = False) -> bool:
     """Whether ``role``'s session policy lets it GetObject ``key`` (relative to the prefix)."""
-    return any(glob_matches(p, key) for p in readable_keys(role))
+    return any(glob_matches(p, key) for p in readable_keys(role, variate=variate))
 
 
 @cache
@@ -157,9 +172,12 @@ def _glob_regex(pattern: str) -> re.Pattern[str]:
     )
 
 
-def session_policy(bucket: str, prefix: str, role: Role) -> dict[str, Any]:
+def session_policy(
+    bucket: str, prefix: str, role: Role, *, variate: bool = False
+) -> dict[str, Any]:
     """The inline session policy (IAM JSON) limiting ``role`` to its keys of the job stored
-    under ``prefix`` (the job's full key prefix) in ``bucket``.
+    under ``prefix`` (the job's full key prefix) in ``bucket``; ``variate``: the job's
+    strategy keeps a client variate (``keeps_variate(spec.strategy.name)``).
 
     Raises ``CredentialsError`` when the bucket or prefix holds characters IAM would read
     as wildcards, or when the policy outgrows the 2048 characters AWS accepts.
@@ -193,7 +211,11 @@ def session_policy(bucket: str, prefix: str, role: Role) -> dict[str, Any]:
         # enough for STS's 2048 characters with long prefixes.
         statements += [
             _allow("ReadJobKeys", ["s3:GetObject"], arns(PUBLIC_KEYS)),
-            _allow("OwnUpdate", ["s3:GetObject", *writes], arns(writable_keys(role))),
+            _allow(
+                "OwnUpdate",
+                ["s3:GetObject", *writes],
+                arns(writable_keys(role, variate=variate)),
+            ),
         ]
     policy = {"Version": POLICY_VERSION, "Statement": statements}
     size = len(policy_json(policy))

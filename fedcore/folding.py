@@ -39,6 +39,7 @@ from fedcore.credentials import slot_writer
 from fedcore.errors import FedcoreError, StoreUnavailable, UpdateRejected
 from fedcore.guard import largest_magnitude
 from fedcore.intake import fetch_update
+from fedcore.quantization import open_update
 from fedcore.rounds import RoundState
 from fedcore.signing import SigningKey
 from fedcore.spec import FederatedJobSpec
@@ -131,11 +132,11 @@ class OpenRound:
 
     @property
     def max_update_bytes(self) -> int:
-        """Largest update accepted: the model's tensor bytes plus header slack."""
-        tensor_bytes = sum(
-            spec.dtype.itemsize * math.prod(spec.shape) for spec in self.template.values()
-        )
-        return tensor_bytes + HEADER_ALLOWANCE_BYTES + 256 * len(self.template)
+        """Largest update accepted: the bytes of the tensors an update carries (the model's,
+        and the strategy's extras: ``Strategy.update_template``) plus header slack."""
+        carried = self.strategy.update_template(self.template)
+        tensor_bytes = sum(spec.dtype.itemsize * math.prod(spec.shape) for spec in carried.values())
+        return tensor_bytes + HEADER_ALLOWANCE_BYTES + 256 * len(carried)
 
     def state(self, min_clients: int, excluded: Mapping[str, str]) -> RoundState:
         selected = self.next.selected
@@ -183,13 +184,13 @@ class OpenRound:
                     client=client,
                     expected_round=r,
                     base_sha256=self.previous.model_sha256,
-                    template=self.template,
+                    template=self.strategy.update_template(self.template),
                     max_bytes=self.max_update_bytes,
                     key=inputs.keys.get(client),
                     base=base,
                     allow_low_precision=low_precision_allowed(inputs.spec, client),
                 )
-                with open_weights(update_path) as update:
+                with open_update(update_path, manifest, self.template) as update:
                     if alone:
                         self.magnitudes[client] = largest_magnitude(update)
                         if not self.strategy.alone_is_finite(update, base):

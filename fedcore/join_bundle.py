@@ -206,6 +206,22 @@ def _credentials(value: Any, source: str) -> SiteCredentials:
         ) from e
 
 
+def group_job_document(
+    bundle: JoinBundle, replicas: int, procs_per_replica: int, gpu: bool | None = None
+) -> dict[str, Any]:
+    """The job file of the site's processes: the bundle's, with the site client's group size
+    (and ``gpu``, when given) set to the site's own: how the site runs its share is the
+    site's business, not the coordinator's."""
+    doc = bundle.job.to_object()
+    for client in doc["spec"]["clients"]:
+        if client["name"] == bundle.client:
+            client["replicas"] = replicas
+            client["procsPerReplica"] = procs_per_replica
+            if gpu is not None:
+                client["gpu"] = gpu
+    return doc
+
+
 def read_bundle(path: str | os.PathLike[str]) -> JoinBundle:
     try:
         data = Path(path).read_bytes()

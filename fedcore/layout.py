@@ -12,6 +12,8 @@ layout is the protocol (see DESIGN.md, "The round protocol")::
     rounds/000001/round.json                    written last: round 1 is committed
     final/model.safetensors, final/round.json
     control/excluded.json                       clients dropped by the operator (or runner)
+    clients/<client>/scaffold.safetensors       a SCAFFOLD client's own control variate
+
 
 A round is committed exactly when its ``round.json`` exists. Records are immutable once
 written, which lets readers (the operator) cache them forever. What a record may hold (finite
@@ -42,7 +44,12 @@ FINAL_RECORD_KEY = "final/round.json"
 EXCLUDED_KEY = "control/excluded.json"
 ROUNDS_PREFIX = "rounds/"
 STRATEGY_STATE = "strategy.safetensors"
-"""Per-round server-optimizer state (FedAvgM momentum), next to that round's global."""
+"""Per-round server-optimizer state (FedAvgM momentum, SCAFFOLD's server variate), next to
+that round's global; the round's record names its sha256 (``strategy_sha256``)."""
+CLIENTS_PREFIX = "clients/"
+"""Per-client objects that outlive a round, each written only by its client."""
+CLIENT_VARIATE = "scaffold.safetensors"
+"""A SCAFFOLD client's own control variate (``fedcore.variates``)."""
 
 _ROUND_RECORD = re.compile(r"^rounds/(\d{6})/round\.json$")
 
@@ -59,6 +66,14 @@ def global_key(r: int) -> str:
 
 def strategy_state_key(r: int) -> str:
     return f"{round_dir(r)}{STRATEGY_STATE}"
+
+
+def client_variate_key(client: str) -> str:
+    """Where ``client`` keeps its SCAFFOLD control variate; only its own role may read or
+    write it (``fedcore.credentials``)."""
+    if not client or "/" in client:
+        raise ValueError(f"client name must be non-empty without '/', got {client!r}")
+    return f"{CLIENTS_PREFIX}{client}/{CLIENT_VARIATE}"
 
 
 def round_record_key(r: int) -> str:
@@ -200,7 +215,7 @@ class PrivacyRecord(BaseModel):
 class RoundRecord(_Record):
     """``rounds/NNNNNN/round.json``: written last, it commits the round."""
 
-    OMITTED_WHEN_EMPTY = ("dropped_metrics", "privacy")
+    OMITTED_WHEN_EMPTY = ("dropped_metrics", "privacy", "strategy_sha256")
 
     round: int
     participants: list[str] = Field(default_factory=list)
@@ -216,6 +231,9 @@ class RoundRecord(_Record):
     late: list[LateUpdate] = Field(default_factory=list)
     model_key: str
     model_sha256: str
+    strategy_sha256: str = ""
+    """sha256 of ``rounds/NNNNNN/strategy.safetensors`` when the round wrote strategy state
+    (empty: none). Clients that read the state (SCAFFOLD's server variate) check it."""
     started_at: datetime
     committed_at: datetime = Field(default_factory=utcnow)
     next: NextRound | None = None

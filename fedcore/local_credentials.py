@@ -32,6 +32,7 @@ from fedcore.credentials import (
     CREDENTIALS_FILE_NAME,
     Role,
     ScopedCredentials,
+    keeps_variate,
     session_policy,
     write_credentials_file,
 )
@@ -97,7 +98,13 @@ class LocalCredentials:
         self.roles = [Role.aggregator()] + [Role.for_client(c.name) for c in job.spec.clients]
         self._job_key = job_key
         self._policies = {
-            role: session_policy(storage.bucket, job_prefix(job), role) for role in self.roles
+            role: session_policy(
+                storage.bucket,
+                job_prefix(job),
+                role,
+                variate=keeps_variate(job.spec.strategy.name),
+            )
+            for role in self.roles
         }
         self.folder = Path(tempfile.mkdtemp(prefix="fedkube-credentials-"))
         os.chmod(self.folder, 0o700)

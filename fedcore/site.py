@@ -121,7 +121,10 @@ def site_policy(job: fs.FederatedJob, client: str) -> dict[str, Any]:
             "unset): the coordinator gives its pods minted credentials, it needs no store user"
         )
     return fc.session_policy(
-        job.spec.storage.bucket, fs.job_prefix(job), fc.Role.for_client(client)
+        job.spec.storage.bucket,
+        fs.job_prefix(job),
+        fc.Role.for_client(client),
+        variate=fc.keeps_variate(job.spec.strategy.name),
     )
 
 
@@ -184,12 +187,7 @@ class SiteGroup:
 def site_job_document(bundle: jb.JoinBundle, group: SiteGroup) -> dict[str, Any]:
     """The job file for this site's processes: the coordinator's, with the site client's
     group size set to the site's own (it is the site's business, not the coordinator's)."""
-    doc = bundle.job.to_object()
-    for client in doc["spec"]["clients"]:
-        if client["name"] == bundle.client:
-            client["replicas"] = group.nnodes
-            client["procsPerReplica"] = group.nproc_per_node
-    return doc
+    return jb.group_job_document(bundle, group.nnodes, group.nproc_per_node)
 
 
 def materialize(

@@ -229,6 +229,7 @@ class StrategySpec(_Model):
         "trimmedmean",
         "krum",
         "dpfedavg",
+        "scaffold",
     ] = "fedavg"
     """``fedavg``: sample-weighted mean of client deltas. ``fedavgm``: FedAvg with server
     momentum (Hsu et al., 2019), which helps on non-IID data. ``fedadam``, ``fedyogi``,
@@ -240,7 +241,10 @@ class StrategySpec(_Model):
     ``byzantineClients`` and ``krumSelect``); they count every update once, ignoring
     ``num_samples`` (Multi-Krum weighs the updates it selects by it). ``dpfedavg``:
     DP-FedAvg (McMahan et al., 2018), client-level differential privacy: equal client
-    weights, clipped updates, Gaussian noise on the server; needs ``dp``."""
+    weights, clipped updates, Gaussian noise on the server; needs ``dp``. ``scaffold``:
+    SCAFFOLD (Karimireddy et al., 2020), FedAvg plus control variates that correct each
+    client's local gradient for client drift on non-IID data; the clients' local optimizer
+    must be SGD, with or without momentum (``task.config.optimizer: sgd``), not Adam."""
     min_clients: Annotated[int | None, Field(ge=1)] = None
     """Updates a round needs before it may close at its deadline. Unset: every client."""
     fraction_fit: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
@@ -391,8 +395,8 @@ class StrategySpec(_Model):
 class AggregatorSpec(_Model):
     resources: Resources = Field(default_factory=dict)
     """Pod resources of the aggregator (it needs about 2x the model's size in memory; 3x for
-    fedavgm, 4x for fedadam, fedyogi and fedadagrad; median, trimmedmean and krum also need
-    the round's updates on local disk, N x the model's size)."""
+    fedavgm, 4x for fedadam, fedyogi and fedadagrad, 5x for scaffold; median, trimmedmean and
+    krum also need the round's updates on local disk, N x the model's size)."""
     node_selector: dict[str, LabelValue] = Field(default_factory=dict)
     tolerations: list[K8sObject] = Field(default_factory=list, max_length=64)
     env: list[EnvVar] = Field(default_factory=list, max_length=128)

@@ -32,11 +32,13 @@ missing-tensor        a model tensor is absent
 unknown-tensor        a tensor the model does not have is present
 shape-mismatch        a tensor has another shape than the model's
 dtype-mismatch        a tensor has a dtype the model and job do not allow
-non-finite            a float tensor holds NaN or +-inf
+non-finite            a float tensor holds NaN or +-inf (an int8 update: a scale does)
 constant-changed      a bool tensor (a constant of the model, such as a mask) was changed
-out-of-range          an integer tensor's base + delta leaves its dtype's range, or its weighted
-                      delta (``num_samples x delta``) would leave the exact int64 accumulator's
-                      range (``MAX_INT_ACCUMULATOR``), alone or with the updates folded before it
+out-of-range          an int8 update's scale is <= 0 or too large, or it holds -128 (see
+                      ``fedcore.quantization``); an integer tensor's base + delta leaves its
+                      dtype's range, or its weighted delta (``num_samples x delta``) would
+                      leave the exact int64 accumulator's range (``MAX_INT_ACCUMULATOR``),
+                      alone or with the updates folded before it
 not-selected          (aggregator) the client was not selected for the round, or is not a
                       client of the job
 non-finite-aggregate  (aggregator) the round's new global model (or server state) would hold
@@ -52,7 +54,10 @@ changed-during-round  (aggregator) read again to fold it with its capped weight
 Values are checked one tensor at a time (the file is never loaded whole), so validation's
 memory is one tensor. A float tensor may travel in a lower-precision float dtype than the
 model's (``float16``/``bfloat16`` for a ``float32`` model) only when the job allows it and the
-manifest's ``dtype`` names that dtype; every other tensor keeps the model's dtype.
+manifest's ``dtype`` names that dtype; every other tensor keeps the model's dtype. An update
+whose manifest ``dtype`` is ``int8`` (allowed likewise) must have exactly the structure
+``fedcore.quantization`` defines for the model: an int8 tensor and its float32 per-slice
+scales for every float tensor.
 """
 
 from __future__ import annotations
@@ -69,6 +74,9 @@ from pydantic import ValidationError
 
 from fedcore.errors import FedcoreError, UpdateRejected
 from fedcore.layout import UpdateManifest
+from fedcore.quantization import INT8_WIRE, scales_name
+from fedcore.quantization import check_structure as check_int8_structure
+from fedcore.quantization import check_values as check_int8_values
 from fedcore.records import MAX_MANIFEST_BYTES
 from fedcore.signing import SigningKey, verify
 from fedcore.strategies.base import MAX_INT_ACCUMULATOR, MAX_NUM_SAMPLES, arithmetic_threads
@@ -229,12 +237,19 @@ def validate_update(
             "bad-manifest",
             f"num_samples is {m.num_samples}; it must be between 1 and {MAX_NUM_SAMPLES}",
         )
+    int8 = m.dtype == INT8_WIRE
     low_precision = DTYPE_NAMES.get(m.dtype)
-    if low_precision not in FLOAT_DTYPES:
+    if not int8 and low_precision not in FLOAT_DTYPES:
         raise reject(
             "bad-manifest",
-            f"dtype {m.dtype!r} is not a float dtype name; use one of "
-            f"{sorted(dtype_name(d) for d in FLOAT_DTYPES)}",
+            f"dtype {m.dtype!r} is not a wire format; use one of "
+            f"{sorted(dtype_name(d) for d in FLOAT_DTYPES)} or {INT8_WIRE!r}",
+        )
+    if int8 and not allow_low_precision:
+        raise reject(
+            "dtype-mismatch",
+            f"the update is {INT8_WIRE}-quantised, but the job does not let client {client!r} "
+            "upload narrower deltas (task.config.updateDtype)",
         )
     if not _SHA256.match(m.update_sha256) or m.update_bytes < 0:
         raise reject(
@@ -267,7 +282,13 @@ def validate_update(
         try:
             with arithmetic_threads():
                 _check_contents(
-                    path, m, template, base, reject, low_precision if allow_low_precision else None
+                    path,
+                    m,
+                    template,
+                    base,
+                    reject,
+                    low_precision if allow_low_precision else None,
+                    int8=int8,
                 )
         except UpdateRejected as e:
             content_problem = e
@@ -333,6 +354,8 @@ def _check_contents(
     base: TensorSource,
     reject: _Rejector,
     low_precision: torch.dtype | None,
+    *,
+    int8: bool = False,
 ) -> None:
     try:
         reader = open_weights(path)
@@ -349,37 +372,47 @@ def _check_contents(
             )
 
         wire = reader.template()
-        missing = sorted(set(template) - set(wire))
-        if missing:
-            raise reject("missing-tensor", f"the update lacks model tensors {_names(missing)}")
-        unknown = sorted(set(wire) - set(template))
-        if unknown:
-            raise reject(
-                "unknown-tensor", f"the update has tensors the model lacks: {_names(unknown)}"
-            )
+        if int8:  # fedcore.quantization: the structure follows from the model alone
+            mismatch = check_int8_structure(template, wire)
+            if mismatch is not None:
+                raise reject(*mismatch)
+        else:
+            missing = sorted(set(template) - set(wire))
+            if missing:
+                raise reject("missing-tensor", f"the update lacks model tensors {_names(missing)}")
+            unknown = sorted(set(wire) - set(template))
+            if unknown:
+                raise reject(
+                    "unknown-tensor", f"the update has tensors the model lacks: {_names(unknown)}"
+                )
 
-        for name in sorted(template):
-            want: TensorSpec = template[name]
-            got = wire[name]
-            if tuple(got.shape) != tuple(want.shape):
-                raise reject(
-                    "shape-mismatch",
-                    f"tensor {name!r} has shape {list(got.shape)}, "
-                    f"the model's is {list(want.shape)}",
-                )
-            if not _allowed_dtype(want.dtype, got.dtype, low_precision):
-                allowed = dtype_name(want.dtype)
-                if low_precision is not None and want.dtype in FLOAT_DTYPES:
-                    allowed += f" or {dtype_name(low_precision)}"
-                raise reject(
-                    "dtype-mismatch",
-                    f"tensor {name!r} has dtype {dtype_name(got.dtype)}; allowed: {allowed}",
-                )
+            for name in sorted(template):
+                want: TensorSpec = template[name]
+                got = wire[name]
+                if tuple(got.shape) != tuple(want.shape):
+                    raise reject(
+                        "shape-mismatch",
+                        f"tensor {name!r} has shape {list(got.shape)}, "
+                        f"the model's is {list(want.shape)}",
+                    )
+                if not _allowed_dtype(want.dtype, got.dtype, low_precision):
+                    allowed = dtype_name(want.dtype)
+                    if low_precision is not None and want.dtype in FLOAT_DTYPES:
+                        allowed += f" or {dtype_name(low_precision)}"
+                    raise reject(
+                        "dtype-mismatch",
+                        f"tensor {name!r} has dtype {dtype_name(got.dtype)}; allowed: {allowed}",
+                    )
 
         scratch, base_scratch = Scratch(), Scratch()
         for name in sorted(template):
             dtype = wire[name].dtype
-            if dtype in FLOAT_DTYPES:
+            if int8 and template[name].dtype in FLOAT_DTYPES:
+                values, scales = reader.get(name, scratch), reader.get(scales_name(name))
+                unusable = check_int8_values(name, template[name].dtype, values, scales)
+                if unusable is not None:
+                    raise reject(*unusable)
+            elif dtype in FLOAT_DTYPES:
                 tensor = reader.get(name, scratch)
                 if not _all_finite(tensor):
                     bad = tensor.numel() - int(torch.isfinite(tensor).sum())

@@ -1,19 +1,22 @@
 # Packaging: the generated CRD, the Helm chart, the container images.
-.PHONY: crds verify helm-lint hadolint images
+.PHONY: crds events-doc verify helm-lint hadolint images
 
 FEDKUBE_CACHE ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/fedkube
 HELM ?= $(FEDKUBE_CACHE)/bin/helm/helm
 IMAGE_PREFIX ?= fedkube
 FEDKUBE_VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
-GENERATED := crds charts/fedkube/crds
+GENERATED := crds charts/fedkube/crds docs/events.md
 
 crds: install ## regenerate crds/federatedjob.yaml and the chart's copy from fedcore/spec.py
 	$(PY) -m fedop.crd
 
-verify: crds ## regenerate generated files and fail when they differ from what git has
+events-doc: install ## regenerate docs/events.md (Event and condition reasons) from operator/fedop/catalogue.py
+	$(PY) -m fedop.events_doc
+
+verify: crds events-doc ## regenerate generated files and fail when they differ from what git has
 	@if [ -n "$$(git status --porcelain -- $(GENERATED))" ]; then \
 	  git status --short -- $(GENERATED); git --no-pager diff --stat -- $(GENERATED); \
-	  echo "generated files are stale: commit the output of 'make crds'" >&2; exit 1; \
+	  echo "generated files are stale: commit the output of 'make crds events-doc'" >&2; exit 1; \
 	fi
 	@echo "generated files are up to date"
 

@@ -4,4 +4,5 @@ pytest_plugins = [
     "tests.fixtures.minio",
     "tests.fixtures.stores",
     "tests.fixtures.operator",
+    "tests.fixtures.site_cluster",
 ]

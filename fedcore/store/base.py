@@ -189,8 +189,9 @@ def atomic_output(path: Path) -> Iterator[tuple[BinaryIO, Path]]:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{RESERVED_SEGMENT_PREFIX}tmp-{secrets.token_hex(8)}")
     # O_EXCL: never write through someone else's file; 0o666 lets the umask decide, as for
-    # any file the user creates (mkstemp would force 0o600).
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    # any file the user creates (mkstemp would force 0o600). O_RDWR: a parallel download
+    # reads back what its workers wrote to hash it (fedcore.store.ranged).
+    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
             yield f, tmp

@@ -3,9 +3,10 @@
 ``build_strategy(spec)`` is how the aggregator gets one; ``STRATEGIES`` lists them. The
 weighted-mean strategies stream (``fedcore.strategies.base``): memory O(model), whatever the
 client count; ``dpfedavg`` adds client-level differential privacy (clipping, equal weights,
-secret Gaussian noise; ``fedcore.strategies.dpfedavg``) to that. The robust ones
-(``median``, ``trimmedmean``, ``krum``) keep the round's updates on local disk and reduce them
-slice by slice (``fedcore.strategies.spool``).
+secret Gaussian noise; ``fedcore.strategies.dpfedavg``) to that, and ``scaffold`` streams
+too, its updates carrying the clients' control variate deltas. The robust ones (``median``,
+``trimmedmean``, ``krum``) keep the round's updates on local disk and reduce them slice by
+slice (``fedcore.strategies.spool``).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from fedcore.strategies.fedopt import FedAdagrad, FedAdam, FedOpt, FedYogi
 from fedcore.strategies.fedprox import FedProx
 from fedcore.strategies.krum import Krum
 from fedcore.strategies.median import Median
+from fedcore.strategies.scaffold import Scaffold
 from fedcore.strategies.trimmedmean import TrimmedMean
 
 STRATEGIES: dict[str, Callable[[StrategySpec], Strategy]] = {
@@ -34,6 +36,7 @@ STRATEGIES: dict[str, Callable[[StrategySpec], Strategy]] = {
     TrimmedMean.name: TrimmedMean.from_spec,
     Krum.name: Krum.from_spec,
     DPFedAvg.name: DPFedAvg.from_spec,
+    Scaffold.name: Scaffold.from_spec,
 }
 """Strategy name (``spec.strategy.name``) -> factory."""
 
@@ -59,6 +62,7 @@ __all__ = [
     "FedYogi",
     "Krum",
     "Median",
+    "Scaffold",
     "Strategy",
     "TrimmedMean",
     "build_strategy",

@@ -153,6 +153,12 @@ class Strategy(ABC):
         Discards anything folded in an unfinished round.
         """
 
+    def update_template(self, model: Template) -> dict[str, TensorSpec]:
+        """The tensors an update for a model of this structure carries: the model's deltas,
+        and whatever else the strategy's clients send with them (SCAFFOLD's variate deltas).
+        ``fedcore.validation`` checks an update against it, and its bytes bound the upload."""
+        return dict(model)
+
     max_weight_share: float | None = None
     """Cap on any one client's share of a round (``fedcore.strategies.weighting``); None:
     shares are the plain sample counts'."""

@@ -16,8 +16,10 @@ from fedcore.tasks.base import (
     load_task,
     seeded,
 )
+from fedcore.tasks.scaffold import LocalSGD
 
 __all__ = [
+    "LocalSGD",
     "SupervisedTask",
     "Task",
     "TaskContext",

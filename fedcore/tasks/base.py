@@ -35,6 +35,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from fedcore.errors import TaskError
 from fedcore.taskcheck import REQUIRED_METHODS  # what every task provides (see ``Task``)
 from fedcore.tasks.proximal import ProximalTerm
+from fedcore.tasks.scaffold import ControlCorrection, LocalSGD
 
 if TYPE_CHECKING:
     from fedcore.spec import FederatedJobSpec
@@ -71,6 +72,11 @@ class TaskContext:
     """FedProx's term for this round (``strategy.proximalMu`` > 0, clients only): a task's
     ``train`` adds ``ctx.proximal(model)`` to each batch's loss before ``backward``, as
     ``SupervisedTask.train`` does (``fedcore.tasks.proximal``)."""
+    scaffold: ControlCorrection | None = None
+    """SCAFFOLD's gradient correction for this round (``strategy.name: scaffold``, clients
+    only): a task's ``train`` adds ``ctx.scaffold(model)`` to each batch's loss before
+    ``backward``, once per optimizer step, as ``SupervisedTask.train`` does
+    (``fedcore.tasks.scaffold``)."""
 
     @classmethod
     def for_aggregator(cls, spec: FederatedJobSpec, round_: int) -> TaskContext:
@@ -115,7 +121,9 @@ class Task(Protocol):
         ``model`` is wrapped in DistributedDataParallel when the group has several ranks, and
         ``loader`` draws from a ``DistributedSampler``: call ``loader.sampler.set_epoch(e)``
         at the start of every local epoch. When ``ctx.proximal`` is set (FedProx), add
-        ``ctx.proximal(model)`` to each batch's loss before ``backward``.
+        ``ctx.proximal(model)`` to each batch's loss before ``backward``; when
+        ``ctx.scaffold`` is set (SCAFFOLD), add ``ctx.scaffold(model)`` likewise, once per
+        optimizer step, and provide ``local_sgd(ctx)``.
         """
         ...
 
@@ -371,13 +379,26 @@ class SupervisedTask:
     def batch_size(self, ctx: TaskContext) -> int:
         return self.train_config(ctx).batch_size
 
+    def local_sgd(self, ctx: TaskContext) -> LocalSGD:
+        """The SGD learning rate and momentum of ``train`` (SCAFFOLD's variate step needs
+        them); Adam and AdamW are refused: their steps are not ``lr x gradient``."""
+        cfg = self.train_config(ctx)
+        if cfg.optimizer != "sgd":
+            raise TaskError(
+                f"task.config.optimizer: strategy scaffold needs plain SGD local steps, got "
+                f"{cfg.optimizer!r}; set optimizer: sgd (SCAFFOLD's variate update assumes steps "
+                "of lr x gradient)"
+            )
+        return LocalSGD(lr=cfg.lr, momentum=cfg.momentum)
+
     def train(
         self, model: nn.Module, loader: DataLoader[Any], ctx: TaskContext
     ) -> dict[str, float]:
         """``localEpochs`` passes of the optimizer over ``loader``; returns the mean batch
         loss over all steps (``loss``) and, for classification, the training accuracy.
-        With FedProx the optimizer minimises the loss plus ``ctx.proximal(model)``; the
-        reported ``loss`` is the task's own, without the term."""
+        With FedProx the optimizer minimises the loss plus ``ctx.proximal(model)``, with
+        SCAFFOLD plus ``ctx.scaffold(model)``; the reported ``loss`` is the task's own,
+        without the terms."""
         cfg = self.train_config(ctx)
         classification = self.is_classification(ctx)
         optimizer = self.make_optimizer(model.parameters(), cfg)
@@ -395,6 +416,8 @@ class SupervisedTask:
                 outputs = model(inputs)
                 loss = self.loss(outputs, targets, ctx)
                 objective = loss if ctx.proximal is None else loss + ctx.proximal(model)
+                if ctx.scaffold is not None:
+                    objective = objective + ctx.scaffold(model)
                 objective.backward()  # type: ignore[no-untyped-call]
                 optimizer.step()
                 n = int(targets.shape[0])

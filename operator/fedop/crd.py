@@ -14,7 +14,7 @@ never disagree.
 
 ::
 
-    python -m fedop.crd            # write crds/federatedjob.yaml and the chart's copy
+    python -m fedop.crd            # write crds/federated{job,site}.yaml and the chart's copies
     python -m fedop.crd --check    # exit 1 when either file is stale (CI, ``make verify``)
     python -m fedop.crd --stdout   # print the CRD
 """
@@ -650,10 +650,25 @@ def repo_root() -> Path:
     return Path(__file__).resolve().parents[2]
 
 
+def generated() -> dict[Path, str]:
+    """Every generated file (relative to the repository root) with its text: both copies of
+    the FederatedJob CRD and of the FederatedSite CRD (``fedop.site_crd``)."""
+    from fedop import site_crd
+
+    job, site = render(), site_crd.render()
+    return {
+        **dict.fromkeys(OUTPUTS, job),
+        **dict.fromkeys(site_crd.OUTPUTS, site),
+    }
+
+
 def stale(root: Path) -> list[Path]:
     """Outputs under ``root`` whose content differs from what the models generate."""
-    text = render()
-    return [p for p in OUTPUTS if not (root / p).is_file() or (root / p).read_text() != text]
+    return [
+        p
+        for p, text in generated().items()
+        if not (root / p).is_file() or (root / p).read_text() != text
+    ]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -669,15 +684,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     root = args.root or repo_root()
     if args.stdout:
-        sys.stdout.write(render())
+        sys.stdout.write("---\n".join(dict.fromkeys(generated().values())))
         return 0
     if args.check:
         old = stale(root)
         for path in old:
             print(f"{path} is stale: run `make crds` and commit the result", file=sys.stderr)
         return 1 if old else 0
-    text = render()
-    for path in OUTPUTS:
+    for path, text in generated().items():
         (root / path).parent.mkdir(parents=True, exist_ok=True)
         (root / path).write_text(text)
         print(f"wrote {path}")

@@ -3,7 +3,8 @@
 ``reconcile`` decides what to announce (phase changes, committed rounds, rejected and late
 updates, client restarts and drops, failures) and announces each thing once: it compares
 with what the status already records, which survives an operator restart. This module words
-the announcements and builds the core/v1 Event objects; ``kube`` posts them.
+the announcements (each reason's type and action come from ``fedop.catalogue``, so no other
+reason can be announced) and builds the core/v1 Event objects; ``kube`` posts them.
 """
 
 from __future__ import annotations
@@ -17,26 +18,54 @@ from typing import Any, Literal
 from fedcore import spec as fs
 from fedcore.credentials import slot_writer
 from fedcore.layout import RoundRecord
+from fedop import catalogue
 from fedop.builders import names
 
 REPORTING_CONTROLLER = "fedkube.io/operator"
-MAX_EVENT_MESSAGE = 1024
+REJECTION_DETAIL_BYTES = 400
+"""A rejection's detail in its Event (up to 1000 characters in ``round.json``): room is left
+for the writer and the advice within the 1 KiB note."""
+REJECTION_WRITER_BYTES = 300
+NAME_BYTES = 64
+"""A client name or code from a record, as an Event shows it (it may repeat in the advice)."""
 
 
 @dataclass(frozen=True)
 class Announcement:
-    type: Literal["Normal", "Warning"]
-    reason: str
+    type: catalogue.EventType
+    """The catalogue's type for ``reason``: a caller never picks it."""
+    reason: catalogue.Reason
     """CamelCase, as Kubernetes Event reasons are (``RoundCommitted``, ``ClientDropped``)."""
     message: str
+    """What happened, then what to do (``fedop.catalogue.message``), within 1 KiB."""
 
 
-def normal(reason: str, message: str) -> Announcement:
-    return Announcement("Normal", reason, message)
+def announce(
+    reason: catalogue.Reason, what: str, *, cause: str | None = None, **fields: object
+) -> Announcement:
+    """The Event for ``reason``: its type and action come from the catalogue, ``what``
+    happened from the caller; ``cause`` picks one of the reason's actions."""
+    entry = catalogue.CATALOGUE[reason]
+    if entry.event is None:
+        raise ValueError(f"{reason} is a condition reason, never an Event")
+    text = catalogue.message(reason, what, cause=cause, limit=catalogue.EVENT_NOTE_BYTES, **fields)
+    return Announcement(entry.event, reason, text)
 
 
-def warning(reason: str, message: str) -> Announcement:
-    return Announcement("Warning", reason, message)
+def normal(reason: catalogue.Reason, what: str) -> Announcement:
+    """``announce`` for a reason the catalogue calls Normal (no cause, no fields)."""
+    return _typed("Normal", announce(reason, what))
+
+
+def warning(reason: catalogue.Reason, what: str) -> Announcement:
+    """``announce`` for a reason the catalogue calls Warning (no cause, no fields)."""
+    return _typed("Warning", announce(reason, what))
+
+
+def _typed(expected: catalogue.EventType, announcement: Announcement) -> Announcement:
+    if announcement.type != expected:
+        raise ValueError(f"{announcement.reason} is a {announcement.type} Event, not {expected}")
+    return announcement
 
 
 def metrics_text(metrics: Mapping[str, float]) -> str:
@@ -55,7 +84,7 @@ def round_committed(record: RoundRecord, total: int) -> Announcement:
         text += f", epsilon {record.privacy.epsilon:.4g}"
     if record.closed_by == "deadline":
         text += " (closed at its deadline with a quorum)"
-    return normal("RoundCommitted", text)
+    return announce("RoundCommitted", text)
 
 
 def privacy_budget_reached(record: RoundRecord, total: int) -> Announcement | None:
@@ -63,48 +92,61 @@ def privacy_budget_reached(record: RoundRecord, total: int) -> Announcement | No
     privacy than ``strategy.dp.targetEpsilon`` allows; None otherwise."""
     if record.privacy is None or not record.privacy.budget_reached:
         return None
-    return normal("PrivacyBudgetReached", record.privacy.stop_message(record.round, total))
+    return announce("PrivacyBudgetReached", record.privacy.stop_message(record.round, total))
 
 
 def round_problems(
-    record: RoundRecord, credentials: Literal["scoped", "shared"] = "scoped"
+    job: names.JobRef, record: RoundRecord, credentials: Literal["scoped", "shared"] = "scoped"
 ) -> list[Announcement]:
     """Events for a record's rejected and late updates. Each rejection names whose credential
-    wrote the slot: the record's own word, or (records of earlier versions) the job's mode."""
-    out = [
-        warning(
-            "UpdateRejected",
-            f"round {record.round}: update from client {r.client} rejected ({r.reason}): "
-            f"{r.detail} ("
-            + (
-                r.writer
-                or slot_writer(
-                    record.round, r.client, scoped=credentials == "scoped", is_client=True
-                )
-            )
-            + ")",
+    wrote the slot: the record's own word, or (records of earlier versions) the job's mode.
+    The record verified, but its client names, codes and details repeat what the store held:
+    they are cleaned and cut (``round.json`` keeps them whole)."""
+    out = []
+    for r in record.rejected:
+        client, code = _short(r.client), _short(r.reason)
+        writer = r.writer or slot_writer(
+            record.round, r.client, scoped=credentials == "scoped", is_client=True
         )
-        for r in record.rejected
-    ]
+        what = (
+            f"round {record.round}: update from client {client} rejected ({code}): "
+            f"{_short(r.detail, REJECTION_DETAIL_BYTES)} "
+            f"({_short(writer, REJECTION_WRITER_BYTES)})"
+        )
+        known = r.reason in catalogue.CATALOGUE["UpdateRejected"].causes
+        out.append(
+            announce(
+                "UpdateRejected",
+                what,
+                cause=r.reason if known else None,
+                client=client,
+                child=names.client_job(job, client),
+                aggregator=names.aggregator_job(job),
+            )
+        )
     out += [
-        normal(
+        announce(
             "LateUpdate",
-            f"update from client {late.client} for round {late.round} arrived after the "
-            "round closed; ignored",
+            f"update from client {_short(late.client)} for round {late.round} arrived after "
+            "the round closed; ignored",
+            client=_short(late.client),
         )
         for late in record.late
     ]
     return out
 
 
+def _short(text: str, limit: int = NAME_BYTES) -> str:
+    return catalogue.clip(catalogue.clean(text), limit)
+
+
 def event_object(
     job: names.JobRef, announcement: Announcement, now: datetime, *, count: int = 1
 ) -> dict[str, Any]:
-    """A core/v1 Event about the FederatedJob (``kubectl describe fj`` lists it)."""
+    """A core/v1 Event about the FederatedJob (``kubectl describe fj`` lists it), or about
+    the FederatedSite ``job`` names by its ``kind``."""
     stamp = now.replace(microsecond=0).isoformat().replace("+00:00", "Z")
-    message = announcement.message
-    if len(message) > MAX_EVENT_MESSAGE:
-        message = message[: MAX_EVENT_MESSAGE - 3] + "..."
+    message = catalogue.clip(catalogue.clean(announcement.message), catalogue.EVENT_NOTE_BYTES)
     return {
         "apiVersion": "v1",
         "kind": "Event",
@@ -115,7 +157,7 @@ def event_object(
         },
         "involvedObject": {
             "apiVersion": f"{fs.API_GROUP}/{fs.API_VERSION}",
-            "kind": fs.KIND,
+            "kind": job.kind,
             "name": job.name,
             "namespace": job.namespace,
             "uid": job.uid,

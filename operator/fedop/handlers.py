@@ -21,14 +21,14 @@ from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 import kopf
 
 from fedcore import spec as fs
 from fedcore.commit_signing import CommitVerifier, verifier_from_pem
 from fedcore.errors import CredentialsError, FedcoreError, SpecError, StoreError, StsUnavailable
-from fedop import minting, reconcile, status
+from fedop import catalogue, minting, reconcile, status
 from fedop.apply import Executor, Target
 from fedop.builders import configmap, names
 from fedop.builders.credentials import roles
@@ -199,7 +199,9 @@ def _sync(rt: Runtime, namespace: str, name: str) -> None:
     except StsUnavailable as e:
         no_sts = SpecError([("spec.storage.credentials", _no_sts_message(job, e))])
         _refuse(rt, ref, generation, plan.status, no_sts, now, reconcile.STORE_WITHOUT_STS)
-        raise kopf.PermanentError(str(no_sts)) from e
+        raise kopf.PermanentError(
+            catalogue.message(reconcile.STORE_WITHOUT_STS, str(no_sts))
+        ) from e
     except CredentialsError as e:
         # Refused (a wrong key pair in the job's Secret, a role it may not assume): fixing
         # the Secret or the store needs no spec change, so keep trying, unhurried.
@@ -211,16 +213,11 @@ def _sync(rt: Runtime, namespace: str, name: str) -> None:
 
 
 def _no_sts_message(job: fs.FederatedJob, error: StsUnavailable) -> str:
-    message = (
+    """What happened; the catalogue's ``StoreWithoutSTS`` says what to do."""
+    return (
         "scoped (the default) mints each role's credentials with the store's STS AssumeRole, "
         f"and the store {job.spec.storage.endpoint} cannot: {error}"
     )
-    if "credentials: shared" not in message:
-        message += (
-            "; set spec.storage.credentials: shared to give every pod the job's own "
-            "credential (participants can then read and overwrite each other's updates)"
-        )
-    return message
 
 
 def _refuse(
@@ -230,7 +227,7 @@ def _refuse(
     old: fs.FederatedJobStatus,
     error: SpecError,
     now: datetime,
-    reason: str = reconcile.INVALID_SPEC,
+    reason: Literal["InvalidSpec", "StoreWithoutSTS"] = reconcile.INVALID_SPEC,
 ) -> None:
     plan = reconcile.refuse(old, generation, str(error), now, reason)
     target = Target(job=ref, parsed=None, credentials=None, old_status=old)

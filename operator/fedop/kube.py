@@ -22,6 +22,9 @@ Exactly these API calls are made; the Helm chart's RBAC grants them and nothing 
     apiextensions.k8s.io  customresourcedefinitions  get list watch    (kopf: resource discovery)
     ""             namespaces                  get list watch          (kopf: --all-namespaces)
 
+In ``mode: site`` the operator makes the calls listed in ``fedop.site_handlers`` instead (its
+own FederatedSites, never a FederatedJob), through the same class.
+
 Errors become ``fedop.errors.ApiError`` (with ``transient`` for retrying); creating an object
 that exists is not an error when this FederatedJob owns it (``create`` adopts it), and raises
 ``OwnershipConflict`` when someone else does.
@@ -42,6 +45,7 @@ from kubernetes import config as k8s_config
 from kubernetes.config.config_exception import ConfigException
 
 from fedcore import spec as fs
+from fedcore.site_spec import PLURAL as SITE_PLURAL
 from fedop.builders import names
 from fedop.errors import ApiError, OwnershipConflict
 from fedop.observed import controller_uid
@@ -64,6 +68,7 @@ _PATHS = {
     ("v1", "Event"): "/api/v1/namespaces/{ns}/events",
 }
 _FJ_PATH = f"/apis/{fs.API_GROUP}/{fs.API_VERSION}/namespaces/{{ns}}/{fs.PLURAL}"
+_SITE_PATH = f"/apis/{fs.API_GROUP}/{fs.API_VERSION}/namespaces/{{ns}}/{SITE_PLURAL}"
 
 
 @dataclass(frozen=True)
@@ -191,6 +196,30 @@ class Kube:
             if e.status not in (404, 409):  # gone already / a new namesake: leave it
                 raise
 
+    # -- FederatedSites (the site operator, ``fedop.site_handlers``) -----------------------------
+
+    def get_federatedsite(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            obj: dict[str, Any] = self.request(
+                "GET", f"{_SITE_PATH.format(ns=namespace)}/{quote(name, safe='')}"
+            )
+        except ApiError as e:
+            if e.status == 404:
+                return None
+            raise
+        return obj
+
+    def patch_site_status(self, site: names.JobRef, patch: Mapping[str, Any]) -> None:
+        """Merge-patch a FederatedSite's ``status`` (uid precondition, as ``patch_status``)."""
+        body = {"metadata": {"uid": site.uid}, "status": patch}
+        self.request(
+            "PATCH",
+            f"{_SITE_PATH.format(ns=site.namespace)}/{quote(site.name, safe='')}/status",
+            body=body,
+            content_type=MERGE_PATCH,
+            query=self._manager(),
+        )
+
     # -- children -------------------------------------------------------------------------------
 
     def list_children(self, job: names.JobRef) -> ChildLists:
@@ -229,7 +258,7 @@ class Kube:
         if holder != owner.uid:
             raise OwnershipConflict(
                 f"{obj['kind']} {owner.namespace}/{name} exists but is controlled by "
-                f"{'uid ' + holder if holder else 'no FederatedJob'}, not by FederatedJob "
+                f"{'uid ' + holder if holder else 'no ' + owner.kind}, not by {owner.kind} "
                 f"{owner.name} (uid {owner.uid}); waiting for it to be deleted (delete it "
                 "yourself if it is not a leftover of a deleted job)"
             )

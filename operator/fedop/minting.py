@@ -88,4 +88,9 @@ def mint_with_sts(
 def policy(job: fs.FederatedJob, role: StoreRole) -> dict[str, Any]:
     """The session policy of ``role`` in ``job`` (``CredentialsError`` when the job's bucket
     or prefix cannot make one: the edge checks this before anything is created)."""
-    return fc.session_policy(job.spec.storage.bucket, fs.job_prefix(job), policy_role(role))
+    return fc.session_policy(
+        job.spec.storage.bucket,
+        fs.job_prefix(job),
+        policy_role(role),
+        variate=fc.keeps_variate(job.spec.strategy.name),
+    )

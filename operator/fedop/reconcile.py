@@ -17,21 +17,21 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from fedcore import spec as fs
 from fedcore.exitcodes import EXIT_CONFIG
-from fedop import events, refused, rotation, sites, status
+from fedop import catalogue, events, refused, rotation, sites, status
 from fedop.builders import configmap, credentials, jobs, names, network, services
 from fedop.events import Announcement
 from fedop.observed import ChildJob, Children, StoreSnapshot
 from fedop.settings import OperatorSettings
 
-INVALID_SPEC = "InvalidSpec"
-STORE_WITHOUT_STS = "StoreWithoutSTS"
-REFUSED_FOR_SPEC = frozenset({INVALID_SPEC, STORE_WITHOUT_STS})
+INVALID_SPEC: Final = "InvalidSpec"
+STORE_WITHOUT_STS: Final = "StoreWithoutSTS"
+REFUSED_FOR_SPEC: frozenset[catalogue.Reason] = frozenset({INVALID_SPEC, STORE_WITHOUT_STS})
 """Failure reasons a spec change can cure: the job starts again when the spec changes."""
-SHARED_CREDENTIALS: status.ConditionType = "SharedCredentials"
+SHARED_CREDENTIALS: Final = "SharedCredentials"
 HISTORY_PARTICIPANTS = 16
 """History entries name their participants only up to this many: 50 rounds x 256 names would
 make the status half a megabyte, rewritten at every commit. ``lastRound`` always names them."""
@@ -180,7 +180,7 @@ class _Draft:
         obs: Observation,
         kind: status.ConditionType,
         value: Literal["True", "False"],
-        reason: str,
+        reason: catalogue.Reason,
         message: str = "",
     ) -> None:
         self.conditions = status.set_condition(
@@ -242,29 +242,30 @@ def refuse(
     generation: int | None,
     message: str,
     now: datetime,
-    reason: str = INVALID_SPEC,
+    reason: Literal["InvalidSpec", "StoreWithoutSTS"] = INVALID_SPEC,
 ) -> Plan:
     """The plan for a FederatedJob whose spec cannot be run: Failed with ``reason`` (one of
-    ``REFUSED_FOR_SPEC``; announced once per distinct message). Changing the spec lets the
-    job start again."""
+    ``REFUSED_FOR_SPEC``; announced once per distinct message). ``message`` says what is
+    wrong; the catalogue adds what to do. Changing the spec lets the job start again."""
+    text = catalogue.message(reason, message)
     failed = status.condition(old, "Failed")
-    announce = failed is None or failed.reason != reason or failed.message != message
+    announce = failed is None or failed.reason != reason or failed.message != text
     conditions = status.set_condition(
-        old.conditions, "Failed", "True", reason, message, now=now, generation=generation
+        old.conditions, "Failed", "True", reason, text, now=now, generation=generation
     )
     conditions = status.set_condition(
-        conditions, "Running", "False", "Failed", message, now=now, generation=generation
+        conditions, "Running", "False", "Failed", text, now=now, generation=generation
     )
     new = old.model_copy(
         update={
             "phase": "Failed",
             "observed_generation": generation,
             "conditions": conditions,
-            "message": status.truncate(message),
+            "message": text,
             "completion_time": old.completion_time or status.second(now),
         }
     )
-    notes = (events.warning(reason, message),) if announce else ()
+    notes = (events.announce(reason, message),) if announce else ()
     return Plan(status=new, announcements=notes)
 
 
@@ -284,21 +285,31 @@ def _run(obs: Observation, draft: _Draft) -> None:
     suspend = spec.run_policy.suspend
     if obs.children.foreign:
         # A deleted namesake's children are still being garbage-collected: wait for them.
-        draft.message = (
+        draft.message = catalogue.message(
+            "Pending",
             "waiting for objects of a previous FederatedJob of the same name to be deleted: "
-            + ", ".join(obs.children.foreign[:5])
+            + ", ".join(obs.children.foreign[:5]),
+            cause="foreign",
         )
         return
-    draft.message = "" if obs.store.available else f"object store unavailable: {obs.store.problem}"
+    draft.message = (
+        ""
+        if obs.store.available
+        else catalogue.message(
+            "Pending", f"object store unavailable: {obs.store.problem}", cause="store"
+        )
+    )
 
     creating = _ensure_shared_objects(obs, draft)
     _credentials_condition(obs, draft)
     if _commit_public_key(obs) is None:
         # Every pod mounts the public key with the job file: the ConfigMap and the Jobs are
         # made once the key Secret is listed with it (the next pass).
-        draft.message = (
+        draft.message = catalogue.message(
+            "Pending",
             f"waiting for Secret {names.commit_key_secret(obs.job)} (the job's commit signing "
-            f"key) to be listed with its {names.ANNOTATION_COMMIT_PUBLIC_KEY} annotation"
+            f"key) to be listed with its {names.ANNOTATION_COMMIT_PUBLIC_KEY} annotation",
+            cause="commit-key",
         )
         _set_phase_conditions(obs, draft, old_phase, True)
         return
@@ -314,11 +325,15 @@ def _run(obs: Observation, draft: _Draft) -> None:
 
     failure = _failure(obs, draft, aggregator)
     if failure is not None:
-        reason, message = failure
+        where = names.aggregator_job(obs.job)
         draft.phase = "Failed"
-        draft.message = message
-        draft.condition(obs, "Failed", "True", reason, message)
-        draft.announcements.append(events.warning(reason, message))
+        draft.message = catalogue.message(
+            failure.reason, failure.what, cause=failure.cause, aggregator=where
+        )
+        draft.condition(obs, "Failed", "True", failure.reason, draft.message)
+        draft.announcements.append(
+            events.announce(failure.reason, failure.what, cause=failure.cause, aggregator=where)
+        )
     elif aggregator is not None and aggregator.complete and obs.store.final is not None:
         draft.phase = "Succeeded"
         final = obs.store.final
@@ -326,7 +341,7 @@ def _run(obs: Observation, draft: _Draft) -> None:
             draft.model = fs.ModelRef(uri=obs.store.final_model_uri, sha256=final.model_sha256)
         shown = events.metrics_text(final.metrics or _last_metrics(draft))
         message = f"finished {final.rounds} rounds" + (f": {shown}" if shown else "")
-        reason = "RoundsCompleted"
+        reason: catalogue.Reason = "RoundsCompleted"
         if final.privacy is not None:
             message += f"; epsilon {final.privacy.epsilon:.4g} at delta {final.privacy.delta:g}"
             if final.privacy.budget_reached:
@@ -334,9 +349,9 @@ def _run(obs: Observation, draft: _Draft) -> None:
                 message += f"; {final.privacy.stop_message(final.rounds, spec.rounds)}"
         if draft.model is not None:
             message += f"; model {draft.model.uri}"
-        draft.message = message
-        draft.condition(obs, "Succeeded", "True", reason, message)
-        draft.announcements.append(events.normal("Succeeded", message))
+        draft.message = catalogue.message(reason, message)
+        draft.condition(obs, "Succeeded", "True", reason, draft.message)
+        draft.announcements.append(events.announce("Succeeded", message))
     elif suspend:
         draft.phase = "Suspended"
     elif draft.current_round >= 1 or old_phase == "Running" or _anything_running(obs):
@@ -405,7 +420,9 @@ def _fold_rounds(obs: Observation, draft: _Draft) -> None:
         budget = events.privacy_budget_reached(record, obs.spec.rounds)
         if budget is not None:
             draft.announcements.append(budget)
-        draft.announcements.extend(events.round_problems(record, credentials.mode(obs.spec)))
+        draft.announcements.extend(
+            events.round_problems(obs.job, record, credentials.mode(obs.spec))
+        )
         expected += 1
 
 
@@ -414,10 +431,10 @@ def _report_refused(obs: Observation, draft: _Draft) -> None:
     current = status.condition(
         fs.FederatedJobStatus(conditions=draft.conditions), refused.CONDITION
     )
-    text = refused.news(obs.store.refused, current)
-    if text is not None:
-        draft.condition(obs, refused.CONDITION, "False", refused.REASON, text)
-        draft.announcements.append(events.warning(refused.REASON, text))
+    what = refused.news(obs.store.refused, current)
+    if what is not None:
+        draft.condition(obs, refused.CONDITION, "False", refused.REASON, refused.message(what))
+        draft.announcements.append(events.announce(refused.REASON, what))
 
 
 def _is_client(obs: Observation, name: str) -> bool:
@@ -491,17 +508,27 @@ def _credentials_condition(obs: Observation, draft: _Draft) -> None:
     and keep saying it (a condition), naming the fix."""
     before = status.condition(obs.status, SHARED_CREDENTIALS)
     if credentials.mode(obs.spec) == "shared":
-        message = (
+        what = (
             "spec.storage.credentials is shared: every pod holds the job's own store "
             "credential, so any participant can read the others' updates, overwrite their "
-            "slots and write global models; set it to scoped (needs a store with STS)"
+            "slots and write global models"
         )
-        draft.condition(obs, SHARED_CREDENTIALS, "True", SHARED_CREDENTIALS, message)
+        draft.condition(
+            obs,
+            SHARED_CREDENTIALS,
+            "True",
+            SHARED_CREDENTIALS,
+            catalogue.message(SHARED_CREDENTIALS, what),
+        )
         if before is None or before.status != "True":
-            draft.announcements.append(events.warning(SHARED_CREDENTIALS, message))
+            draft.announcements.append(events.announce(SHARED_CREDENTIALS, what))
     elif before is not None and before.status == "True":
         draft.condition(
-            obs, SHARED_CREDENTIALS, "False", "ScopedCredentials", "each role has its own"
+            obs,
+            SHARED_CREDENTIALS,
+            "False",
+            "ScopedCredentials",
+            "spec.storage.credentials is scoped: each role has its own minted store credential",
         )
 
 
@@ -560,11 +587,14 @@ def _judge_site(
     verdict = sites.judge(
         obs.job, index, client, draft.client(client.name), started=started, now=obs.now
     )
-    draft.set_client(client.name, phase=verdict.phase, message=status.truncate(verdict.message))
-    if verdict.phase == "Dropped":
-        draft.announcements.append(
-            events.warning("ClientDropped", f"client {client.name} {verdict.message}")
-        )
+    if verdict.phase != "Dropped":
+        draft.set_client(client.name, phase=verdict.phase, message=status.truncate(verdict.message))
+        return
+    message = catalogue.message("ClientDropped", verdict.message, cause="site")
+    draft.set_client(client.name, phase="Dropped", message=message)
+    draft.announcements.append(
+        events.announce("ClientDropped", f"client {client.name} {verdict.message}", cause="site")
+    )
 
 
 def _restart_or_drop(
@@ -573,29 +603,36 @@ def _restart_or_drop(
     current = draft.client(name)
     attempt = child.restarts + 1
     why = child.failure or "a pod of the group failed"
-    message = None
+    dropped: tuple[str, str] | None = None
     if child.config_error:
-        message = (
+        dropped = (
+            "config",
             f"dropped: its group stopped on a configuration error (exit code {EXIT_CONFIG}), "
-            "so it was not restarted: fix spec.task or this client's taskConfig, env or "
-            f"volumes (`kubectl logs job/{child.name}` says what is wrong); {why}"
+            f"so it was not restarted; {why}",
         )
     elif attempt > budget:
-        message = (
+        dropped = (
+            "budget",
             f"dropped: its group failed {attempt} times (restart budget "
-            f"spec.runPolicy.backoffLimit={budget}); last failure: {why}"
+            f"spec.runPolicy.backoffLimit={budget}); last failure: {why}",
         )
-    if message is not None:
-        draft.set_client(name, phase="Dropped", message=status.truncate(message))
-        draft.announcements.append(events.warning("ClientDropped", f"client {name} {message}"))
+    if dropped is not None:
+        cause, what = dropped
+        message = catalogue.message("ClientDropped", what, cause=cause, child=child.name)
+        draft.set_client(name, phase="Dropped", message=message)
+        draft.announcements.append(
+            events.announce("ClientDropped", f"client {name} {what}", cause=cause, child=child.name)
+        )
         return
     draft.actions.append(DeleteJob(child.name, "Foreground"))
     if current.restarts < attempt:
         draft.announcements.append(
-            events.warning(
+            events.announce(
                 "ClientRestarted",
                 f"client {name}: its group failed ({why}); restarting the whole group "
                 f"(restart {attempt}/{budget})",
+                child=child.name,
+                left=budget - attempt + 1,
             )
         )
     draft.set_client(
@@ -637,21 +674,26 @@ def _anything_running(obs: Observation) -> bool:
 # ---- outcome ----------------------------------------------------------------------------------
 
 
-def _failure(
-    obs: Observation, draft: _Draft, aggregator: ChildJob | None
-) -> tuple[str, str] | None:
-    """(reason, message) when the job has failed, else None."""
+@dataclass(frozen=True)
+class _Failure:
+    reason: catalogue.Reason
+    what: str
+    """What happened; the catalogue adds what to do."""
+    cause: str | None = None
+
+
+def _failure(obs: Observation, draft: _Draft, aggregator: ChildJob | None) -> _Failure | None:
+    """Why the job has failed, or None."""
     spec = obs.spec
     if aggregator is not None and aggregator.config_error:
-        return (
+        return _Failure(
             "ConfigurationError",
             f"the aggregator stopped on a configuration error (exit code {EXIT_CONFIG}), so it "
-            f"was not retried: fix spec.task (`kubectl logs job/{aggregator.name}` says what "
-            f"is wrong); {aggregator.failure}",
+            f"was not retried: {aggregator.failure or 'its pod failed'}",
         )
     if aggregator is not None and aggregator.failed:
         why = aggregator.failure or "its pod failed"
-        return (
+        return _Failure(
             "AggregatorFailed",
             f"the aggregator failed past its retry budget (spec.runPolicy.backoffLimit="
             f"{spec.run_policy.backoff_limit}): {why}",
@@ -662,18 +704,20 @@ def _failure(
         and obs.store.available
         and obs.store.final is None
     ):
-        return (
+        return _Failure(
             "AggregatorFailed",
             "the aggregator exited successfully but wrote no final/round.json",
+            cause="no-final",
         )
     remaining = [c.name for c in spec.clients if draft.client(c.name).phase != "Dropped"]
     if len(remaining) < spec.min_clients:
         dropped = sorted(c.name for c in spec.clients if c.name not in remaining)
-        return (
+        return _Failure(
             "TooFewClients",
-            f"clients {', '.join(dropped)} were dropped (status.clients says why); "
-            f"{len(remaining)} remain but the job needs at least {spec.min_clients} "
-            "(spec.strategy.minClients)",
+            f"{'clients' if len(dropped) > 1 else 'client'} {', '.join(dropped)} "
+            f"{'were' if len(dropped) > 1 else 'was'} dropped; {len(remaining)} "
+            f"{'remain' if len(remaining) != 1 else 'remains'} but the job needs at least "
+            f"{spec.min_clients} (spec.strategy.minClients)",
         )
     deadline = spec.run_policy.active_deadline_seconds
     if (
@@ -682,7 +726,7 @@ def _failure(
         and not spec.run_policy.suspend
         and obs.now >= draft.start_time + timedelta(seconds=deadline)
     ):
-        return (
+        return _Failure(
             "DeadlineExceeded",
             f"the job ran longer than spec.runPolicy.activeDeadlineSeconds={deadline} "
             f"(round {draft.current_round}/{spec.rounds} committed)",
@@ -715,29 +759,34 @@ def _settle_clients(obs: Observation, draft: _Draft) -> None:
         if draft.phase == "Succeeded":
             draft.set_client(client.name, phase="Succeeded", message="")
         else:
-            draft.set_client(client.name, phase="Failed", message="stopped: the job failed")
+            draft.set_client(
+                client.name,
+                phase="Failed",
+                message="stopped: the job failed (its Failed condition says why)",
+            )
 
 
 def _set_phase_conditions(obs: Observation, draft: _Draft, old: Phase, creating: bool) -> None:
     created = status.condition(fs.FederatedJobStatus(conditions=draft.conditions), "Created")
+    total = obs.spec.rounds
     if not creating and (created is None or created.status != "True"):
         n = sum(1 for c in obs.spec.clients if not c.is_site)  # sites run their own
+        groups = f"{n} client group{'s' if n != 1 else ''}"
+        draft.condition(
+            obs, "Created", "True", "ChildrenCreated", f"created the aggregator and {groups}"
+        )
+        draft.announcements.append(events.announce("Created", _created(obs, n)))
+    elif creating and created is None:
         draft.condition(
             obs,
             "Created",
-            "True",
-            "ChildrenCreated",
-            f"created the aggregator and {n} client group{'s' if n != 1 else ''}",
+            "False",
+            "CreatingChildren",
+            catalogue.message(
+                "CreatingChildren",
+                "creating the job's Secrets, ConfigMap, Services, NetworkPolicies and Jobs",
+            ),
         )
-        draft.announcements.append(
-            events.normal(
-                "Created",
-                f"created the aggregator Job and {n} client Jobs with their Services "
-                "and signing keys",
-            )
-        )
-    elif creating and created is None:
-        draft.condition(obs, "Created", "False", "CreatingChildren", "creating child objects")
 
     phase = draft.phase
     draft.condition(
@@ -745,31 +794,77 @@ def _set_phase_conditions(obs: Observation, draft: _Draft, old: Phase, creating:
         "Running",
         "True" if phase == "Running" else "False",
         phase,
-        draft.message if phase != "Running" else "",
+        _phase_message(obs, draft),
     )
     if phase == "Suspended":
         draft.condition(
-            obs, "Suspended", "True", "Suspended", "spec.runPolicy.suspend is true: no pods run"
+            obs,
+            "Suspended",
+            "True",
+            "Suspended",
+            catalogue.message("Suspended", "spec.runPolicy.suspend is true: no pods run"),
         )
     elif status.condition(fs.FederatedJobStatus(conditions=draft.conditions), "Suspended"):
-        draft.condition(obs, "Suspended", "False", "Resumed", "")
+        draft.condition(
+            obs,
+            "Suspended",
+            "False",
+            "Resumed",
+            "spec.runPolicy.suspend is false: the job's pods may run",
+        )
 
     if phase == old:
         return
-    if phase == "Running":
+    at = f"round {draft.current_round}/{total}"
+    if phase == "Running" and old == "Suspended":
         draft.announcements.append(
-            events.normal(
-                "Resumed" if old == "Suspended" else "Running",
-                f"training: round {draft.current_round}/{obs.spec.rounds} committed so far",
+            events.announce(
+                "Resumed", f"resumed: training goes on from {at}, the newest committed round"
             )
         )
+    elif phase == "Running":
+        draft.announcements.append(events.announce("Running", f"training: {at} committed so far"))
     elif phase == "Suspended":
         draft.announcements.append(
-            events.normal(
+            events.announce(
                 "Suspended",
-                f"suspended at round {draft.current_round}/{obs.spec.rounds}: pods "
-                "stopped; training resumes from the newest committed round",
+                f"suspended at {at}: pods stopped; training resumes from the newest committed "
+                "round",
             )
         )
     elif phase == "Pending" and old == "Suspended":
-        draft.announcements.append(events.normal("Resumed", "resumed; waiting for pods"))
+        draft.announcements.append(
+            events.announce("Resumed", f"resumed at {at}; waiting for the pods to start")
+        )
+
+
+def _created(obs: Observation, groups: int) -> str:
+    """The ``Created`` Event: what was made, and how the sites (which run no pods here) join."""
+    text = (
+        f"created the aggregator Job and {groups} client Job{'s' if groups != 1 else ''} "
+        "with their Services and signing keys"
+    )
+    site_names = [c.name for c in obs.spec.clients if c.is_site]
+    if site_names:
+        text += (
+            f"; site clients {', '.join(site_names)} join with their bundles "
+            f"(`fedkube site bundle {obs.job.name} CLIENT`)"
+        )
+    return text
+
+
+def _phase_message(obs: Observation, draft: _Draft) -> str:
+    """The Running condition's message: what the job does now, and what to do about it."""
+    if draft.phase == "Running":
+        return (
+            f"training: status.currentRound and `kubectl get fj {obs.job.name}` show the progress"
+        )
+    if draft.message:
+        return draft.message
+    if draft.phase == "Pending":
+        return catalogue.message(
+            "Pending", "waiting for the aggregator's and the clients' pods to run", job=obs.job.name
+        )
+    if draft.phase == "Suspended":
+        return catalogue.message("Suspended", "spec.runPolicy.suspend is true: no pods run")
+    return ""

@@ -10,33 +10,36 @@ when what is refused changes, as every announcement of a level-based pass must.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Final
 
 from fedcore import spec as fs
-from fedop import status
+from fedop import catalogue, status
 from fedop.observed import RefusedRecord
 
-REASON = "CommitRecordRefused"
+REASON: Final = "CommitRecordRefused"
 CONDITION: status.ConditionType = "CommitsVerified"
 
 
-def message(refused: Sequence[RefusedRecord]) -> str:
-    """The condition's and the Event's text for these refused records."""
-    text = "; ".join(
+def what(refused: Sequence[RefusedRecord]) -> str:
+    """What happened to these records; ``message`` adds what to do. Keys and reasons come
+    from the store's listing: ``fedop.catalogue`` cleans them."""
+    return "; ".join(
         f"commit record {x.key} refused ({x.reason}): it does not verify with the job's commit "
         f"key {x.fingerprint}"
         for x in refused
     )
-    return status.truncate(
-        text + ". Someone holding a store credential that may write records wrote it; "
-        "clients do not train on it and the status does not show it"
-    )
+
+
+def message(what: str) -> str:
+    """The condition's text."""
+    return catalogue.message(REASON, what)
 
 
 def news(refused: Sequence[RefusedRecord], current: fs.Condition | None) -> str | None:
-    """The message to set and announce, or None when there is nothing (new) to report."""
+    """What happened, to set and announce, or None when there is nothing (new) to report."""
     if not refused:
         return None
-    text = message(refused)
-    if current is not None and current.status == "False" and current.message == text:
+    text = what(refused)
+    if current is not None and current.status == "False" and current.message == message(text):
         return None
     return text

@@ -11,7 +11,7 @@ import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from fedop.errors import SettingsError
 
@@ -23,6 +23,23 @@ STS_MAX_DURATION_SECONDS = 43200
 CREDENTIAL_MARGIN_SECONDS = 300
 """Least time between a rotation and the old credentials' expiry: a kubelet's sync period
 plus its Secret cache, and the pods' own re-read of the file before expiry, fit in it."""
+
+
+Mode = Literal["coordinator", "site"]
+MODE_ENV = "FEDKUBE_OPERATOR_MODE"
+
+
+def operator_mode(env: Mapping[str, str] | None = None) -> Mode:
+    """``$FEDKUBE_OPERATOR_MODE``: ``coordinator`` (the default) runs FederatedJobs, ``site``
+    runs a site's FederatedSites (the chart's ``mode`` value). One process runs one mode: a
+    site's cluster needs no FederatedJob CRD and no right to mint store credentials."""
+    env = os.environ if env is None else env
+    raw = env.get(MODE_ENV, "").strip() or "coordinator"
+    if raw == "coordinator":
+        return "coordinator"
+    if raw == "site":
+        return "site"
+    raise SettingsError(f"{MODE_ENV}={raw!r} must be coordinator or site")
 
 
 @dataclass(frozen=True)

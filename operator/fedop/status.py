@@ -16,6 +16,7 @@ from typing import Any, Literal
 from pydantic import ValidationError
 
 from fedcore import spec as fs
+from fedop import catalogue
 
 log = logging.getLogger(__name__)
 
@@ -87,14 +88,15 @@ def set_condition(
     conditions: Iterable[fs.Condition],
     kind: ConditionType,
     status: Literal["True", "False", "Unknown"],
-    reason: str,
+    reason: catalogue.Reason,
     message: str,
     *,
     now: datetime,
     generation: int | None,
 ) -> list[fs.Condition]:
     """Conditions with ``kind`` set; its ``lastTransitionTime`` moves only when the status
-    flips, as metav1.Condition asks. The list keeps a fixed order by type."""
+    flips, as metav1.Condition asks. The list keeps a fixed order by type. ``reason`` is one
+    of the catalogue's; ``message`` is cleaned to one printable line and cut to fit."""
     by_type = {c.type: c for c in conditions}
     old = by_type.get(kind)
     changed_at = old.last_transition_time if old is not None and old.status == status else None
@@ -102,7 +104,7 @@ def set_condition(
         type=kind,
         status=status,
         reason=reason,
-        message=truncate(message),
+        message=catalogue.clip(catalogue.clean(message), catalogue.CONDITION_MESSAGE_BYTES),
         last_transition_time=changed_at or second(now),
         observed_generation=generation,
     )

@@ -41,7 +41,12 @@ def cmd_up(args: argparse.Namespace) -> int:
     if info is None:
         print(f"starting the test cluster (state in {state}) ...", file=sys.stderr)
         t0 = time.monotonic()
-        config = ClusterConfig(state_dir=state, nodes=_nodes(args.nodes, args.gpus))
+        config = ClusterConfig(
+            state_dir=state,
+            nodes=_nodes(args.nodes, args.gpus),
+            audit_log=args.audit_log,
+            extra_routes=tuple(args.route),
+        )
         info = launcher.start(config, progress=sys.stderr).info
         elapsed = time.monotonic() - t0
         print(
@@ -152,6 +157,19 @@ def main(argv: list[str] | None = None) -> int:
         if name == "up":
             p.add_argument("--nodes", help="comma-separated node names (default: node-a,node-b)")
             p.add_argument("--gpus", type=int, default=4, help="nvidia.com/gpu per node")
+            p.add_argument(
+                "--audit-log",
+                action="store_true",
+                help="record every API request in logs/control-plane/audit.log",
+            )
+            p.add_argument(
+                "--route",
+                action="append",
+                default=[],
+                metavar="ADDRESS",
+                help="a host address pods reach through the bridge (e.g. another cluster's "
+                "bridge address, where a shared MinIO listens); repeatable",
+            )
     args = parser.parse_args(argv)
     try:
         return int(args.fn(args))

@@ -73,6 +73,14 @@ class ClusterConfig:
     """Seconds the whole control plane gets to become healthy (about 15 s on 2 cores)."""
     parent_pid: int | None = None
     """When set, the cluster stops itself once this process is gone (a crashed pytest)."""
+    audit_log: bool = False
+    """Record every API request (who, from where, what) in ``logs/control-plane/audit.log``
+    (``kube-apiserver --audit-log-path``, metadata level): how a test proves that nobody
+    outside this cluster called its API server. Off by default: it costs a write per request."""
+    extra_routes: tuple[str, ...] = ()
+    """Host addresses (e.g. another cluster's bridge address, where a shared MinIO listens)
+    that pods reach through this cluster's bridge: a /32 route each, delivered to this
+    machine, never forwarded. Empty: pods reach only their own pod network."""
 
     @property
     def config_path(self) -> Path:
@@ -96,4 +104,6 @@ class ClusterConfig:
             kubelet=KubeletSettings(**kubelet),
             ready_timeout_s=float(data.get("ready_timeout_s", 120.0)),
             parent_pid=data.get("parent_pid"),
+            audit_log=bool(data.get("audit_log", False)),
+            extra_routes=tuple(data.get("extra_routes", ())),
         )

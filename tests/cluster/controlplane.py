@@ -33,6 +33,14 @@ log = logging.getLogger(__name__)
 
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
 HEALTH_POLL_S = 0.2
+AUDIT_POLICY = """\
+apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+  - level: Metadata
+"""
+"""Every request at metadata level, once (when the response is sent)."""
 
 
 @dataclass(frozen=True)
@@ -48,11 +56,15 @@ class Endpoints:
 class ControlPlane:
     """Starts the four components in dependency order and waits until each is healthy."""
 
-    def __init__(self, bins: Binaries, pki: Pki, state_dir: Path, bind_ip: str) -> None:
+    def __init__(
+        self, bins: Binaries, pki: Pki, state_dir: Path, bind_ip: str, *, audit_log: bool = False
+    ) -> None:
         self.bins = bins
         self.pki = pki
         self.state_dir = state_dir
         self.logs = state_dir / "logs" / "control-plane"
+        self.audit_log: Path | None = self.logs / "audit.log" if audit_log else None
+        """Where the API server records every request (None: not recorded)."""
         etcd_port, kcm_port, sched_port = free_port(), free_port(), free_port()
         api_port = free_port(bind_ip)
         self._etcd_peer_port = free_port()
@@ -117,12 +129,28 @@ class ControlPlane:
                 "--allow-privileged=true",
                 "--profiling=false",
                 f"--cert-dir={self.state_dir / 'apiserver-certs'}",
+                *self._audit_flags(),
                 "--v=1",
             ],
             self.logs / "kube-apiserver.log",
             # Its graceful shutdown waits for open watches; the data is throwaway anyway.
             stop_timeout_s=2.0,
         )
+
+    def _audit_flags(self) -> list[str]:
+        """Metadata of every request (user, source IPs, verb, resource), written as it
+        happens (``--audit-log-mode=blocking``) so a test reads a complete log."""
+        if self.audit_log is None:
+            return []
+        policy = self.state_dir / "audit-policy.yaml"
+        policy.write_text(AUDIT_POLICY)
+        return [
+            f"--audit-policy-file={policy}",
+            f"--audit-log-path={self.audit_log}",
+            "--audit-log-format=json",
+            "--audit-log-mode=blocking",
+            "--audit-log-maxbackup=0",
+        ]
 
     def _secure_component_flags(self, kubeconfig_path: Path, health_url: str) -> list[str]:
         port = health_url.rsplit(":", 1)[1].split("/")[0]

@@ -93,6 +93,16 @@ class ClusterHandle:
         self.batch = client.BatchV1Api(self.api_client)
         self.rbac = client.RbacAuthorizationV1Api(self.api_client)
         self.logs = LogStore(info.logs_dir)
+        audit = info.raw.get("audit_log") or ""
+        self.audit_log: Path | None = Path(audit) if audit else None
+        """The API server's audit log (``ClusterConfig.audit_log``), else None."""
+
+    def audit_events(self) -> list[dict[str, Any]]:
+        """Every request the API server recorded so far (``ClusterConfig(audit_log=True)``)."""
+        if self.audit_log is None:
+            raise RuntimeError("this cluster was started without ClusterConfig(audit_log=True)")
+        lines = self.audit_log.read_text().splitlines() if self.audit_log.exists() else []
+        return [json.loads(line) for line in lines if line.strip()]
 
     def close(self) -> None:
         self.api_client.close()  # type: ignore[no-untyped-call]

@@ -145,6 +145,8 @@ def start(
         kubelet=config.kubelet,
         ready_timeout_s=config.ready_timeout_s,
         parent_pid=config.parent_pid,
+        audit_log=config.audit_log,
+        extra_routes=config.extra_routes,
     )
     config.save()
     for name in (INFO_FILE, FAILED_FILE):

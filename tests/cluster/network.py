@@ -8,6 +8,9 @@ crashed run are told apart from a live cluster's objects: same name prefix, free
 
 Nothing here routes or NATs: pods have only the on-link route of their slot, IP forwarding is
 left as it is, so pod traffic reaches other pods and this machine's bridge address, nothing else.
+A cluster may name extra host addresses (``ClusterConfig.extra_routes``: a MinIO shared by two
+clusters listens on the first one's bridge address) that its pods reach through their own
+bridge: a /32 route to the bridge address, which this machine owns and delivers locally.
 
 Names (at most 15 characters, as Linux requires): bridge ``fkbr<slot>``, namespaces
 ``fk<slot>-<n>``, host-side veths ``fkv<slot>-<n>``. A pod's /etc/hosts lives at
@@ -220,8 +223,11 @@ class Sandbox:
 class PodNetwork:
     """The bridge of one slot and the sandboxes on it."""
 
-    def __init__(self, slot: Slot) -> None:
+    def __init__(self, slot: Slot, routes: tuple[str, ...] = ()) -> None:
         self.slot = slot
+        self.routes = routes
+        """Host addresses off the pod network that pods reach through the bridge (a /32
+        route each to the bridge address: this machine delivers them locally)."""
         self._lock = threading.Lock()
         self._next = 1
         self._in_use: set[int] = set()
@@ -269,6 +275,8 @@ class PodNetwork:
             ip("-n", box.netns, "addr", "add", f"{box.ip}/{SLOT_PREFIX_LEN}", "dev", "eth0")
             ip("-n", box.netns, "link", "set", "eth0", "up")
             ip("-n", box.netns, "link", "set", "lo", "up")
+            for address in self.routes:
+                ip("-n", box.netns, "route", "add", f"{address}/32", "via", s.bridge_ip)
         except Exception:
             self.destroy_sandbox(box)
             raise

@@ -133,7 +133,7 @@ class Daemon:
             log.info("removed leftovers of crashed clusters in slots %s", sorted(stale))
         lease = network.acquire_slot()
         teardown.callback(lease.release)
-        pod_net = network.PodNetwork(lease.slot)
+        pod_net = network.PodNetwork(lease.slot, self.config.extra_routes)
         teardown.callback(pod_net.teardown)
         pod_net.setup()
         bridge_ip = lease.slot.bridge_ip
@@ -146,7 +146,7 @@ class Daemon:
             service_ip=network.SERVICE_IP,
             kubelet_ips=(bridge_ip,),
         )
-        cp = ControlPlane(bins, pki, self.state, bridge_ip)
+        cp = ControlPlane(bins, pki, self.state, bridge_ip, audit_log=self.config.audit_log)
         teardown.callback(cp.stop)
         cp.start(deadline)
         log.info("control plane healthy after %.1fs", time.monotonic() - started)
@@ -189,6 +189,7 @@ class Daemon:
             "endpoints": endpoints_to_json(cp.endpoints),
             "pki": {"ca": str(pki.ca.cert), "cert": str(pki.admin.cert), "key": str(pki.admin.key)},
             "ready_seconds": round(ready_s, 2),
+            "audit_log": str(cp.audit_log) if cp.audit_log else "",
         }
         _write_atomic(self.state / INFO_FILE, json.dumps(info, indent=2) + "\n")
         log.info("cluster ready in %.1fs", ready_s)

@@ -27,13 +27,14 @@ ROUNDS = 4
 STRATEGIES: dict[str, dict[str, Any]] = {
     "fedprox": {"name": "fedprox", "proximalMu": 0.1},
     "fedadam": {"name": "fedadam", "serverLearningRate": 0.05},
+    "scaffold": {"name": "scaffold"},
     "dpfedavg": {
         "name": "dpfedavg",
         "dp": {"noiseMultiplier": 0.3, "clipNorm": 2.0, "delta": 1.0e-5},
     },
 }
 """Job name -> ``spec.strategy`` (merged over the example's)."""
-MIN_ACCURACY = {"fedprox": 0.6, "fedadam": 0.6, "dpfedavg": 0.0}
+MIN_ACCURACY = {"fedprox": 0.6, "fedadam": 0.6, "scaffold": 0.6, "dpfedavg": 0.0}
 """Well above chance (0.1), but for DP: its noise, averaged over only two clients, leaves the
 model near chance (``fedkube run`` of the same job: 0.14 after 4 rounds); its test below
 checks what DP adds instead."""
@@ -84,6 +85,16 @@ def test_digits_job_succeeds_with_the_strategy(runs: Runs, name: str) -> None:
     assert status["currentRound"] == ROUNDS
     assert all(len(h["participants"]) == 2 for h in status["history"][1:])
     assert status["lastRound"]["metrics"]["accuracy"] >= MIN_ACCURACY[name]
+
+
+def test_each_scaffold_client_keeps_its_variate_in_its_own_slot(runs: Runs) -> None:
+    job_prefix = f"fedkube/{runs.jobs.namespace}/scaffold-"
+    keys = [k for k in runs.jobs.store_keys(job_prefix) if "/clients/" in k]
+
+    assert sorted(k.split("/clients/")[1] for k in keys) == [
+        "hospital-a/scaffold.safetensors",
+        "hospital-b/scaffold.safetensors",
+    ]
 
 
 def test_a_dp_jobs_status_and_columns_show_epsilon_growing_each_round(runs: Runs) -> None:

@@ -544,3 +544,37 @@ def _fetch(scene: Scene, key: str) -> Path:
     path = scene.workdir / key.replace("/", "_")
     scene.store.get_file(key, path)
     return path
+
+
+def variate_delta(value: float) -> Tensors:
+    """A SCAFFOLD variate delta for CounterNet (float tensors only, float64 stays float64)."""
+    return {
+        "control/fc.weight": torch.full((2, 4), value),
+        "control/fc.bias": torch.full((2,), value),
+        "control/scale": torch.full((2,), value, dtype=torch.float64),
+    }
+
+
+def test_scaffold_updates_with_a_bad_or_missing_variate_delta_are_rejected(
+    tmp_path: Path,
+) -> None:
+    scene = Scene(tmp_path, make_job(("a", "b", "nan", "none"), strategy={"name": "scaffold"}))
+    scene.send("a", {**delta(1.0), **variate_delta(0.5)}, 1)
+    scene.send("b", {**delta(2.0), **variate_delta(1.0)}, 3)
+    scene.send("nan", {**delta(3.0), **variate_delta(float("nan"))}, 5)
+    scene.send("none", delta(4.0), 5)
+
+    scene.finish()
+
+    assert scene.reasons() == {"nan": "non-finite", "none": "missing-tensor"}
+    assert "control/" in " ".join(x.detail for x in scene.record(1).rejected)
+    assert_model(scene.global_model(1), fedavg(scene.w0, [(delta(1.0), 1), (delta(2.0), 3)]))
+    record = scene.record(1)
+    path = tmp_path / "state.safetensors"
+    scene.store.get_file(layout.strategy_state_key(1), path)
+    assert record.strategy_sha256 == sha256_file(path)
+    state = load_weights(path)
+    assert sorted(state) == sorted(variate_delta(0.0))
+    for key, c in state.items():
+        assert torch.equal(c, ((variate_delta(0.5)[key].double() + 1.0) / 4).to(c.dtype)), key
+    assert_every_reader_accepts(scene, tmp_path)

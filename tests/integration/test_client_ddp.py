@@ -19,6 +19,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -212,8 +213,10 @@ def run_group(
     procs: int,
     entrypoint: str = "fedcore.tasks.synthetic:task",
     strategy: dict[str, Any] | None = None,
+    prepare: Callable[[LocalStore], None] | None = None,
 ) -> GroupRun:
-    """Commit round 0, run the group until its update is in, finish the job, collect."""
+    """Commit round 0 (then ``prepare`` the store), run the group until its update is in,
+    finish the job, collect."""
     folder.mkdir(parents=True, exist_ok=True)
     job_path = write_job(
         folder, replicas=replicas, procs=procs, entrypoint=entrypoint, strategy=strategy
@@ -221,6 +224,8 @@ def run_group(
     job = load_job(job_path)
     store = LocalStore(folder / "store", job_prefix(job))
     commit_round_zero(job, store, folder)
+    if prepare is not None:
+        prepare(store)
     port = free_port()
     pods = [
         start_pod(folder, job_path, nnodes=replicas, node_rank=i, nproc=procs, port=port)

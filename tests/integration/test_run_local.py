@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -30,11 +31,12 @@ from torch.utils.data import DataLoader
 
 from fedcore import layout
 from fedcore.commit_signing import CommitSigner, load_verifier
+from fedcore.quantization import scales_name
 from fedcore.spec import FederatedJob, job_prefix, load_job
 from fedcore.store import LocalStore, ObjectStore
 from fedcore.tasks.base import TaskContext
 from fedcore.tasks.digits import DigitsTask
-from fedcore.weights import load_weights, save_weights, sha256_file
+from fedcore.weights import load_weights, open_weights, save_weights, sha256_file
 from tests.fixtures.minio import MinioServer
 
 REPO = Path(__file__).resolve().parents[2]
@@ -530,3 +532,42 @@ def test_a_forged_round_is_refused_by_every_client_and_stops_the_run(
     assert "cannot commit round 2" in run.log("aggregator")
     assert "round 2/4  REFUSED" in run.stdout()
     assert "rounds/000002/round.json" in run.stderr()
+
+
+# ---- int8 updates -------------------------------------------------------------------------------
+
+
+def test_a_client_uploading_int8_updates_finishes_the_run_like_float32(
+    undisturbed: Run, tmp_path: Path
+) -> None:
+    gate = tmp_path / "gate"
+    gate.touch()  # the reference run's gated client, gate open
+    clients = [
+        {"name": "a", "taskConfig": {"updateDtype": "int8"}},
+        {"name": "b", "taskConfig": {"gateFile": str(gate), "gateRound": 2}},
+    ]
+    run = start_run(write_job(tmp_path / "job.yaml", clients=clients), tmp_path / "run")
+
+    assert run.wait() == 0, run.stderr()
+
+    store = run.store
+    for r in range(1, 5):
+        record = json.loads(store.get_bytes(layout.round_record_key(r)))
+        assert record["participants"] == ["a", "b"]
+        assert record["rejected"] == []
+    manifest = json.loads(store.get_bytes(layout.manifest_key(4, "a")))
+    assert manifest["dtype"] == "int8"
+    update = tmp_path / "a.safetensors"
+    store.get_file(layout.update_key(4, "a"), update)
+    with open_weights(update) as reader:
+        floats = [n for n in reader if scales_name(n) in reader]
+        assert floats
+        assert all(reader.spec(n).dtype == torch.int8 for n in floats)
+    # The quantised run scores close to the float32 one (digits: within 5 points).
+    assert _accuracy(run) > _accuracy(undisturbed) - 0.05
+
+
+def _accuracy(run: Run) -> float:
+    found = re.search(r"final metrics: accuracy ([0-9.]+)", run.stdout())
+    assert found, run.stdout()
+    return float(found.group(1))

@@ -37,7 +37,7 @@ from fedcore.credentials import (
 from fedcore.errors import ObjectNotFound, StoreError, StoreUnavailable, StsUnavailable
 from fedcore.exitcodes import EXIT_CONFIG
 from fedcore.local_credentials import SHARED_WARNING, LocalCredentials
-from fedcore.spec import load_job
+from fedcore.spec import job_prefix, load_job
 from fedcore.store import open_job_store
 from fedcore.store.s3 import CREDENTIALS_ADVISORY_REFRESH_S, MIN_PART_BYTES, S3Config, S3Store
 from fedcore.store.sts import assume_role
@@ -62,10 +62,15 @@ Attack = Callable[[Any, str, str], object]
 
 
 def mint(
-    minio: MinioServer, prefix: str, role: Role, keys: tuple[str, str] | None = None
+    minio: MinioServer,
+    prefix: str,
+    role: Role,
+    keys: tuple[str, str] | None = None,
+    *,
+    variate: bool = False,
 ) -> ScopedCredentials:
     access, secret = keys or (minio.access_key, minio.secret_key)
-    policy = session_policy(minio.bucket, prefix, role)
+    policy = session_policy(minio.bucket, prefix, role, variate=variate)
     return assume_role(minio.endpoint, access, secret, policy, LIFETIME)
 
 
@@ -98,9 +103,11 @@ def file_store(minio: MinioServer, prefix: str, path: Path, role: Role | None = 
     return S3Store.from_credentials_file(config, path)
 
 
-def role_store(minio: MinioServer, prefix: str, role: Role, tmp_path: Path) -> S3Store:
+def role_store(
+    minio: MinioServer, prefix: str, role: Role, tmp_path: Path, *, variate: bool = False
+) -> S3Store:
     path = tmp_path / f"{secrets.token_hex(4)}.json"
-    write_credentials_file(path, mint(minio, prefix, role))
+    write_credentials_file(path, mint(minio, prefix, role, variate=variate))
     return file_store(minio, prefix, path, role)
 
 
@@ -404,6 +411,48 @@ def test_a_client_store_cannot_write_outside_its_slot(
         store.list(layout.ROUNDS_PREFIX)
 
 
+# ---- a SCAFFOLD client's own variate ------------------------------------------------------------
+
+
+SCAFFOLD_CLIENT_ATTACKS: dict[str, Attack] = {
+    "read another client's variate": get(layout.client_variate_key(OTHER)),
+    "write another client's variate": put(layout.client_variate_key(OTHER)),
+    "write beside its own variate": put(f"{layout.CLIENTS_PREFIX}{ME}/other.safetensors"),
+    "delete its own variate": delete(layout.client_variate_key(ME)),
+    "list the clients' variates": list_under(layout.CLIENTS_PREFIX),
+    "write the next global model": put(layout.global_key(2)),
+}
+
+
+@pytest.mark.parametrize("attack", list(SCAFFOLD_CLIENT_ATTACKS), ids=list(SCAFFOLD_CLIENT_ATTACKS))
+def test_a_scaffold_client_is_refused(attack: str, minio: MinioServer, prefix: str) -> None:
+    client = raw_client(minio, mint(minio, prefix, Role.for_client(ME), variate=True))
+
+    assert_denied(lambda: SCAFFOLD_CLIENT_ATTACKS[attack](client, minio.bucket, prefix))
+
+
+def test_a_scaffold_client_finds_no_variate_at_first_then_writes_and_reads_its_own(
+    minio: MinioServer, prefix: str, tmp_path: Path
+) -> None:
+    store = role_store(minio, prefix, Role.for_client(ME), tmp_path, variate=True)
+    key = layout.client_variate_key(ME)
+
+    with pytest.raises(ObjectNotFound):
+        store.size(key)
+    store.put_bytes(key, b"variate")
+
+    assert store.size(key) == 7
+    assert store.get_bytes(key) == b"variate"
+
+
+def test_a_client_of_a_job_without_scaffold_has_no_variate_slot(
+    minio: MinioServer, prefix: str
+) -> None:
+    client = raw_client(minio, mint(minio, prefix, Role.for_client(ME)))
+
+    assert_denied(lambda: put(layout.client_variate_key(ME))(client, minio.bucket, prefix))
+
+
 # ---- the aggregator's limits -------------------------------------------------------------------
 
 
@@ -586,6 +635,27 @@ def test_fedkube_run_gives_each_process_only_its_own_scoped_credentials_and_succ
     assert not any(Path(f).exists() for f in files.values())  # deleted with the run
     assert SHARED_WARNING not in run.stderr()
     assert "model: s3://" in run.stdout()
+
+
+def test_fedkube_run_with_scaffold_on_scoped_credentials_keeps_each_clients_variate(
+    minio: MinioServer, tmp: Path
+) -> None:
+    storage = s3_storage(minio)
+    job_file = write_job(tmp / "job.yaml", rounds=2, strategy={"name": "scaffold"}, storage=storage)
+    run = start_run(job_file, tmp / "run", env=minio.env())
+
+    code = run.wait()
+
+    assert code == 0, run.stderr()
+    root = S3Store(
+        S3Config(
+            endpoint=minio.endpoint, bucket=minio.bucket, prefix=job_prefix(load_job(job_file))
+        ),
+        session=minio.session(),
+    )
+    for client in ("a", "b"):
+        assert root.size(layout.client_variate_key(client)) > 0
+    assert root.exists(layout.strategy_state_key(2))
 
 
 def test_fedkube_run_with_shared_credentials_warns_and_runs_with_the_jobs_own(

@@ -340,13 +340,15 @@ def test_client_options_read_threads_and_wire_dtype() -> None:
     assert options.num_threads == 3
     assert options.wire_dtype == torch.bfloat16
     assert ClientOptions.from_config({}).wire_dtype is None
+    assert ClientOptions.from_config({"updateDtype": "int8"}).wire_dtype == torch.int8
 
 
 @pytest.mark.parametrize(
     ("config", "message"),
     [
         ({"numThreads": 0}, "task.config.numThreads: must be a positive integer"),
-        ({"updateDtype": "int8"}, "task.config.updateDtype: must be one of"),
+        ({"updateDtype": "int4"}, "task.config.updateDtype: must be one of"),
+        ({"updateDtype": "uint8"}, "task.config.updateDtype: must be one of"),
         ({"deterministic": "yes"}, "task.config.deterministic: must be true or false"),
     ],
 )

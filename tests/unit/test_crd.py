@@ -18,7 +18,7 @@ from pydantic import BaseModel, Field
 
 from fedcore import spec as fs
 from fedcore.errors import SpecError
-from fedop import crd
+from fedop import crd, site_crd
 
 REPO = Path(__file__).resolve().parents[2]
 Schema = dict[str, Any]
@@ -70,10 +70,17 @@ def test_committed_crd_copy_is_what_the_models_generate(copy: Path) -> None:
     assert committed == crd.render(), f"{copy} is stale: run `make crds` and commit the result"
 
 
+@pytest.mark.parametrize("copy", site_crd.OUTPUTS, ids=str)
+def test_committed_site_crd_copy_is_what_the_models_generate(copy: Path) -> None:
+    committed = (REPO / copy).read_text()
+
+    assert committed == site_crd.render(), f"{copy} is stale: run `make crds` and commit it"
+
+
 def test_check_mode_reports_a_stale_copy(tmp_path: Path) -> None:
-    for copy in crd.OUTPUTS:
-        (tmp_path / copy).parent.mkdir(parents=True)
-        (tmp_path / copy).write_text(crd.render())
+    for copy, text in crd.generated().items():
+        (tmp_path / copy).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / copy).write_text(text)
     (tmp_path / crd.OUTPUTS[1]).write_text(crd.render().replace("maxLength: 40", "maxLength: 41"))
 
     assert crd.main(["--check", "--root", str(tmp_path)]) == 1
@@ -85,6 +92,7 @@ def test_write_mode_makes_both_copies_identical(tmp_path: Path) -> None:
 
     texts = {(tmp_path / copy).read_text() for copy in crd.OUTPUTS}
     assert texts == {crd.render()}
+    assert {(tmp_path / copy).read_text() for copy in site_crd.OUTPUTS} == {site_crd.render()}
     assert crd.main(["--check", "--root", str(tmp_path)]) == 0
 
 

@@ -14,11 +14,13 @@ from fedcore.credentials import (
     ScopedCredentials,
     dump_credentials,
     glob_matches,
+    keeps_variate,
     load_credentials,
     may_read,
     policy_json,
     read_credentials_file,
     session_policy,
+    writable_keys,
     write_credentials_file,
 )
 from fedcore.errors import CredentialsError
@@ -72,6 +74,31 @@ def test_client_policy_reads_public_keys_and_reads_and_writes_only_its_own_slot(
             },
         ],
     }
+
+
+def test_in_a_scaffold_job_a_client_reads_and_writes_its_own_variate_and_no_other() -> None:
+    mine, theirs = Role.for_client("hospital-a"), Role.for_client("hospital-b")
+    key = "clients/hospital-a/scaffold.safetensors"
+    variate = keeps_variate("scaffold")
+
+    assert may_read(mine, key, variate=variate)
+    assert not may_read(theirs, key, variate=variate)
+    assert not may_read(mine, "clients/hospital-b/scaffold.safetensors", variate=variate)
+    assert key in writable_keys(mine, variate=variate)
+    assert not any(glob_matches(p, key) for p in writable_keys(theirs, variate=variate))
+    assert not any(glob_matches(p, key) for p in writable_keys(Role.aggregator()))
+    own = session_policy("fedkube", PREFIX, mine, variate=variate)["Statement"][1]
+    assert own["Sid"] == "OwnUpdate"
+    assert own["Resource"][-1] == f"{OBJ}{key}"
+
+
+def test_other_strategies_give_clients_no_variate_slot() -> None:
+    mine = Role.for_client("hospital-a")
+    key = "clients/hospital-a/scaffold.safetensors"
+
+    assert not keeps_variate("fedavg")
+    assert not may_read(mine, key)
+    assert key not in policy_json(session_policy("fedkube", PREFIX, mine))
 
 
 def test_aggregator_policy_lists_and_reads_the_job_and_writes_rounds_and_final() -> None:

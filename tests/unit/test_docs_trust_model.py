@@ -48,3 +48,22 @@ def test_trust_model_shows_the_policies_session_policy_makes() -> None:
     assert fs.job_prefix(job) == "fedkube/fl/digits-0f1e2d3c/"
     assert documented_policies() == expected
     assert fc.Role.for_client("hospital-a").client == "hospital-a"
+
+
+def test_a_scaffold_jobs_client_policy_names_its_own_variate_and_no_other() -> None:
+    job = sample_job()
+    spec = job.spec.model_copy(
+        update={"strategy": job.spec.strategy.model_copy(update={"name": "scaffold"})}
+    )
+    scaffold = job.model_copy(update={"spec": spec})
+    prefix = "arn:aws:s3:::fedkube/fedkube/fl/digits-0f1e2d3c/"
+
+    policy = minting.policy(scaffold, credentials.client_role("hospital-a"))
+    aggregator = minting.policy(scaffold, credentials.AGGREGATOR)
+
+    own = policy["Statement"][1]
+    assert own["Sid"] == "OwnUpdate"
+    assert f"{prefix}clients/hospital-a/scaffold.safetensors" in own["Resource"]
+    assert "hospital-b" not in json.dumps(policy)
+    assert "clients/" not in json.dumps(aggregator)  # it reads everything, writes no variate
+    assert "clients/" not in json.dumps(minting.policy(job, credentials.client_role("hospital-a")))

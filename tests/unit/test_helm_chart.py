@@ -27,6 +27,9 @@ CHART = REPO / "charts" / "fedkube"
 RELEASE, NAMESPACE = "fk", "fedkube-system"
 KUBE_VERSION = "1.34.0"
 DASHBOARD = CHART / "dashboards" / "fedkube.json"
+CRD_FILES = ("federatedjob.yaml", "federatedsite.yaml")
+"""Helm installs both CRDs in either mode (its crds/ folder is not templated); a site's
+cluster gets the FederatedJob CRD too, unused."""
 Obj = dict[str, Any]
 
 
@@ -86,10 +89,11 @@ KNOWN_VERBS = {"get", "list", "watch", "create", "update", "patch", "delete", "d
 CLUSTER_SCOPED = {"customresourcedefinitions", "namespaces"}
 
 
-def documented_calls() -> set[tuple[str, str, str]]:
-    """The (group, resource, verb) table in operator/fedop/kube.py's docstring: the calls the
-    operator makes, which the chart must grant exactly."""
-    source = (REPO / "operator" / "fedop" / "kube.py").read_text()
+def documented_calls(module: str = "kube.py") -> set[tuple[str, str, str]]:
+    """The (group, resource, verb) table in operator/fedop/<module>'s docstring: the calls the
+    operator makes (kube.py: as a coordinator; site_handlers.py: as a site), which the chart
+    must grant exactly."""
+    source = (REPO / "operator" / "fedop" / module).read_text()
     doc = ast.get_docstring(ast.parse(source)) or ""
     calls: set[tuple[str, str, str]] = set()
     for line in doc.splitlines():
@@ -344,11 +348,13 @@ def test_values_schema_refuses_bad_values_naming_them(
     assert complaint in result.stderr
 
 
-def test_chart_installs_the_generated_crd(helm: Path) -> None:
+def test_chart_installs_the_generated_crds(helm: Path) -> None:
     result = run_helm(helm, "show", "crds", str(CHART))
 
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == (REPO / "crds" / "federatedjob.yaml").read_text().strip()
+    # Helm prints the files one after the other (in name order), without a separator.
+    files = " ".join((REPO / "crds" / f).read_text() for f in CRD_FILES)
+    assert result.stdout.split() == files.split()
 
 
 def test_operator_metrics_port_is_on_by_default_behind_a_service(cluster_wide: list[Obj]) -> None:
@@ -417,3 +423,32 @@ def test_metrics_off_renders_no_port_service_or_env(helm: Path) -> None:
     assert [p["name"] for p in container["ports"]] == ["health"]
     assert "FEDKUBE_OPERATOR_METRICS_PORT" not in {e["name"] for e in container["env"]}
     assert not [o for o in objects if o["kind"] in ("Service", "ServiceMonitor")]
+
+
+SITE_CALLS = documented_calls("site_handlers.py")
+
+
+def test_site_mode_grants_exactly_the_site_operators_calls(helm: Path) -> None:
+    objects = render(helm, "mode=site")
+
+    allowed = set(grants(one(objects, "ClusterRole")["rules"]))
+    env = {e["name"]: e.get("value") for e in operator_container(objects)["env"]}
+    assert allowed == SITE_CALLS
+    assert ("fedkube.io", "federatedsites/status", "patch") in allowed
+    assert not [g for g in allowed if g[1].startswith("federatedjobs")]
+    assert env["FEDKUBE_OPERATOR_MODE"] == "site"
+
+
+def test_site_mode_per_namespace_grants_the_site_calls_in_each(helm: Path) -> None:
+    objects = render(helm, "mode=site", "watchNamespaces={hospital}")
+
+    assert set(grants(one(objects, "Role", "hospital")["rules"])) == {
+        c for c in SITE_CALLS if c[1] not in CLUSTER_SCOPED
+    }
+
+
+def test_an_unknown_mode_is_refused_by_the_values_schema(helm: Path) -> None:
+    result = run_helm(helm, "template", RELEASE, str(CHART), "--set", "mode=both")
+
+    assert result.returncode != 0
+    assert "mode" in result.stderr

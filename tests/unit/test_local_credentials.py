@@ -116,7 +116,10 @@ def test_a_job_process_with_a_credentials_file_opens_a_scoped_s3_store(tmp_path:
     )
 
     assert isinstance(store, S3Store)
-    assert store.config.denied_is_missing[-1] == "rounds/??????/updates/a.json"
+    assert store.config.denied_is_missing[-2:] == (
+        "rounds/??????/updates/a.json",
+        "clients/a/scaffold.safetensors",
+    )
 
 
 def test_a_job_process_with_a_bad_credentials_file_fails_naming_the_field(tmp_path: Path) -> None:

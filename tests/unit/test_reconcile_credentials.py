@@ -212,4 +212,4 @@ def test_rejected_update_event_uses_the_writer_the_record_names() -> None:
     result = plan(observe(spec, snapshot=store([record(0), record(1, rejected=[bad])])))
 
     (message,) = messages(result, "UpdateRejected")
-    assert message.endswith("hmac mismatch (recorded writer)")
+    assert "hmac mismatch (recorded writer). The round went on without it." in message

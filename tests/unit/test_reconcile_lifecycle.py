@@ -224,7 +224,7 @@ def test_aggregator_stopped_by_a_configuration_error_fails_the_job_at_once() -> 
     assert result.status.phase == "Failed"
     assert failed is not None
     assert failed.reason == "ConfigurationError"
-    assert "fix spec.task" in failed.message
+    assert "Fix spec.task" in failed.message
     assert "kubectl logs job/digits-aggregator" in failed.message
     assert "ConfigurationError" in reasons(result)
 

@@ -33,7 +33,9 @@ def test_failed_group_is_deleted_with_its_pods_before_it_is_recreated() -> None:
     assert result.status.clients["a"].restarts == 1
     assert messages(result, "ClientRestarted") == [
         "client a: its group failed (BackoffLimitExceeded: pod digits-a-1 exited 137); "
-        "restarting the whole group (restart 1/3)"
+        "restarting the whole group (restart 1/3). Nothing to do if the new group trains; "
+        "`kubectl logs job/digits-a` shows the failure. It is dropped after 3 more failure(s) "
+        "(spec.runPolicy.backoffLimit)."
     ]
 
 
@@ -123,8 +125,10 @@ def test_too_few_clients_names_them_and_the_quorum() -> None:
 
     assert result.status.phase == "Failed"
     assert messages(result, "TooFewClients") == [
-        "clients a were dropped (status.clients says why); 2 remain but the job needs "
-        "at least 3 (spec.strategy.minClients)"
+        "client a was dropped; 2 remain but the job needs at least 3 "
+        "(spec.strategy.minClients). Each dropped client's message in status.clients says "
+        "why: fix that (or lower spec.strategy.minClients), then create the job again (a "
+        "new job starts from round 0)."
     ]
 
 

@@ -6,6 +6,7 @@ from fedcore import layout
 from fedcore import spec as fs
 from fedcore.validation import REJECT_REASONS
 from fedop.reconcile import plan
+from fedop.rejections import ADVICE
 from tests.fixtures.fedjobs import (
     make_spec,
     messages,
@@ -52,7 +53,10 @@ def test_every_rejection_reason_code_reaches_an_event_as_is() -> None:
     assert messages(result, "UpdateRejected") == [
         f"round 1: update from client c{i} rejected ({reason}): why {reason} "
         f"(written with client c{i}'s own store credential: only it may write "
-        f"rounds/000001/updates/c{i}.*)"
+        f"rounds/000001/updates/c{i}.*). The round went on without it. "
+        + ADVICE[reason].format(
+            client=f"c{i}", child=f"digits-c{i}", aggregator="digits-aggregator"
+        )
         for i, reason in enumerate(REJECT_REASONS)
     ]
 
@@ -95,7 +99,10 @@ def test_rejected_and_late_updates_are_announced_with_the_round() -> None:
 
     assert messages(result, "UpdateRejected") == [
         "round 1: update from client b rejected (bad-signature): HMAC mismatch (written "
-        "with client b's own store credential: only it may write rounds/000001/updates/b.*)"
+        "with client b's own store credential: only it may write rounds/000001/updates/b.*). "
+        "The round went on without it. It is not signed with client b's key (Secret "
+        "digits-b-key). If client b did not send it, revoke the credential that wrote it "
+        "(named above; with shared credentials every participant holds it)."
     ]
     assert reasons(result).count("LateUpdate") == 1
     assert result.status.last_round is not None

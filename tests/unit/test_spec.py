@@ -84,7 +84,7 @@ def test_camel_case_wire_names_round_trip() -> None:
         pytest.param(
             {"strategy": {"name": "fedsgd"}},
             "spec.strategy.name",
-            "'trimmedmean', 'krum' or 'dpfedavg'",
+            "'trimmedmean', 'krum', 'dpfedavg' or 'scaffold'",
             id="unknown strategy",
         ),
         pytest.param(

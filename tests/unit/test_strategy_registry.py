@@ -42,6 +42,7 @@ def test_public_names_are_pinned() -> None:
         "FedYogi",
         "Krum",
         "Median",
+        "Scaffold",
         "Strategy",
         "TrimmedMean",
         "build_strategy",

@@ -309,6 +309,7 @@ def test_the_public_task_api_is_pinned() -> None:
     import fedcore.tasks
 
     assert fedcore.tasks.__all__ == [
+        "LocalSGD",
         "SupervisedTask",
         "Task",
         "TaskContext",

@@ -171,10 +171,10 @@ REJECTIONS = [
         id="the sample count is absurd",
     ),
     pytest.param(
-        Case(manifest={"dtype": "int8"}),
+        Case(manifest={"dtype": "int16"}),
         "bad-manifest",
-        "not a float dtype",
-        id="the manifest's wire dtype is not a float dtype",
+        "not a wire format",
+        id="the manifest's wire dtype is not a float dtype nor int8",
     ),
     pytest.param(
         Case(sign_key=OTHER_KEY),

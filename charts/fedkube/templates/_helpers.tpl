@@ -78,6 +78,50 @@ owner references. Secrets: each client's signing key, and the S3 credentials a j
 {{- end -}}
 
 {{/*
+What the site operator (mode: site) calls inside a namespace it watches: exactly the table in
+the docstring of operator/fedop/site_handlers.py (tests/unit/test_helm_chart.py compares them).
+No FederatedJob, and no Secret is ever read but a FederatedSite's bundle and the site's own.
+*/}}
+{{- define "fedkube.siteRules" -}}
+- apiGroups: [fedkube.io]
+  resources: [federatedsites]
+  verbs: [get, list, watch]
+- apiGroups: [fedkube.io]
+  resources: [federatedsites/status]
+  verbs: [get, patch]
+- apiGroups: [fedkube.io]
+  resources: [federatedsites/finalizers]
+  verbs: [update]
+- apiGroups: [batch]
+  resources: [jobs]
+  verbs: [get, list, watch, create, patch, delete]
+- apiGroups: [""]
+  resources: [services]
+  verbs: [get, list, create]
+- apiGroups: [""]
+  # get: the bundle; patch: objects derived from a replaced bundle.
+  resources: [secrets]
+  verbs: [get, list, create, patch]
+- apiGroups: [""]
+  resources: [configmaps]
+  verbs: [get, list, create, patch]
+- apiGroups: [networking.k8s.io]
+  resources: [networkpolicies]
+  verbs: [get, list, create]
+- apiGroups: [""]
+  resources: [events]
+  verbs: [create, patch]
+{{- end -}}
+
+{{- define "fedkube.modeRules" -}}
+{{- if eq .Values.mode "site" }}
+{{- include "fedkube.siteRules" . }}
+{{- else }}
+{{- include "fedkube.namespacedRules" . }}
+{{- end }}
+{{- end -}}
+
+{{/*
 Read-only and cluster-scoped, in both modes: kopf discovers its resources through their
 definitions, and follows namespaces even when given explicit --namespace names (it treats
 them as patterns).

@@ -39,6 +39,9 @@ class JobRef:
     name: str
     namespace: str
     uid: str
+    kind: str = fs.KIND
+    """The owner's kind: ``FederatedJob``, or ``FederatedSite`` for a site's group (whose
+    children the same builders make in the site's cluster)."""
 
 
 def spec_configmap(job: JobRef) -> str:
@@ -102,7 +105,7 @@ def owner_reference(job: JobRef) -> dict[str, Any]:
     """Makes the child garbage-collected with its FederatedJob (``controller: true``)."""
     return {
         "apiVersion": f"{fs.API_GROUP}/{fs.API_VERSION}",
-        "kind": fs.KIND,
+        "kind": job.kind,
         "name": job.name,
         "uid": job.uid,
         "controller": True,
