@@ -147,8 +147,7 @@ ROWS: tuple[Row, ...] = (
         flower="fedadagrad",
         settings=CLEAN_ONLY,
     ),
-    # SCAFFOLD: add its row here once the `scaffold` strategy is merged (train_client then
-    # needs the client's correction and variate step: fedcore.tasks.scaffold).
+    Row("scaffold", {"name": "scaffold"}, settings=CLEAN_ONLY),  # Flower has no SCAFFOLD
     Row("dpfedavg", {"name": "dpfedavg", "dp": DP}, flower="dpfedavg"),
     Row("fedavg+cap+clip", {"name": "fedavg", **CLIP}, settings=POISONED_ONLY),
     Row("median", {"name": "median"}, flower="median"),
@@ -242,11 +241,27 @@ def initial_model(fed: Federation) -> dict[str, Any]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
+@dataclass
+class Variates:
+    """SCAFFOLD's control variates in one run: the server's ``c`` (``control/<name>``, read
+    from the strategy every round) and each client's own ``c_i`` (zeros until it has one)."""
+
+    server: dict[str, Any]
+    clients: dict[int, dict[str, Any]] = field(default_factory=dict)
+
+
 def train_client(
-    fed: Federation, global_model: Mapping[str, Any], round_: int, client: int, mu: float | None
+    fed: Federation,
+    global_model: Mapping[str, Any],
+    round_: int,
+    client: int,
+    mu: float | None,
+    variates: Variates | None = None,
 ) -> Update:
-    """One client's round, as ``fedcore.client.ClientRank.train_round`` runs it on one rank;
-    a poisoned client's delta then goes through ``poison``."""
+    """One client's round, as ``fedcore.client.ClientRank.train_round`` runs it on one rank
+    (with SCAFFOLD's correction and variate step when ``variates`` is given: its ``Δc_i``
+    travels in the update as ``control/<name>``); a poisoned client's update then goes
+    through ``poison``."""
     from fedcore.tasks.base import derive_seed, global_batch_size, train_loader
     from fedcore.tasks.proximal import ProximalTerm
     from fedcore.weights import delta
@@ -256,6 +271,13 @@ def train_client(
     ctx = fed.ctx(round_, client)
     if mu:
         ctx = replace(ctx, proximal=ProximalTerm.snapshot(model, mu))
+    own: dict[str, Any] = {}
+    if variates is not None:
+        from fedcore.tasks.scaffold import ControlCorrection, zero_variate
+        from fedcore.weights import template_of
+
+        own = variates.clients.get(client) or zero_variate(template_of(global_model))
+        ctx = replace(ctx, scaffold=ControlCorrection.snapshot(model, variates.server, own))
     seed_everything(derive_seed(fed.seed, "train", round_, name, 0))
     loader = train_loader(
         fed.shards[client],
@@ -266,6 +288,20 @@ def train_client(
     fed.task.train(model, loader, ctx)
     local = {k: v.detach().clone() for k, v in model.state_dict().items()}
     update = Update(client, delta(local, global_model), len(fed.shards[client]))
+    if variates is not None and ctx.scaffold is not None:
+        from fedcore.tasks.scaffold import local_sgd, next_variate, trainable_names
+
+        new, change = next_variate(
+            global_model,
+            local,
+            variates.server,
+            own,
+            steps=ctx.scaffold.steps,
+            sgd=local_sgd(fed.task, ctx),
+            trainable=trainable_names(model),
+        )
+        variates.clients[client] = new
+        update.delta.update(change)
     return poison(update) if client in fed.poisoned else update
 
 
@@ -302,6 +338,8 @@ class Ours:
         strategy = build_strategy(self.spec)
         if isinstance(strategy, SpooledStrategy):
             strategy.spool_dir = self.workdir
+        if hasattr(strategy, "num_clients"):  # scaffold: N of c += |S|/N mean(dc)
+            strategy.num_clients = NUM_CLIENTS
         return strategy
 
     def step(self, round_: int, base: dict[str, Any], updates: list[Update]) -> dict[str, Any]:
@@ -454,8 +492,14 @@ def run_one(run: Run, rounds: int) -> list[float]:
             Ours(run.row, Path(tmp), run.seed) if run.side == "fedkube" else Theirs(run.row, model)
         )
         accuracies = [evaluate(fed, model)]
+        strategy = getattr(side, "strategy", None)
+        variates = Variates({}) if hasattr(strategy, "server_variate") else None
         for r in range(1, rounds + 1):
-            updates = [train_client(fed, model, r, c, mu) for c in range(NUM_CLIENTS)]
+            if variates is not None:
+                from fedcore.weights import template_of
+
+                variates.server = side.strategy.server_variate(template_of(model))
+            updates = [train_client(fed, model, r, c, mu, variates) for c in range(NUM_CLIENTS)]
             updates = [u for u in updates if is_finite(u.delta)]  # validation's finite check
             model = side.step(r, model, updates) if updates else model
             accuracies.append(evaluate(fed, model))
@@ -672,7 +716,8 @@ def report(
         "- dpfedavg: fedkube's noise from a fixed per-seed, per-round key (the aggregator's "
         "is secret); Flower's `DifferentialPrivacyServerSideFixedClipping` around its FedAvg, "
         "which weighs clients by num_examples where fedkube's weighs them equally",
-        "- SCAFFOLD: not in this table yet (the strategy is not merged)",
+        "- scaffold: each client keeps its control variate across rounds, the server's is "
+        "the strategy's; Flower has no SCAFFOLD",
         "",
         f"Command: `{command}` ({seconds / 60:.1f} min on {os.cpu_count()} CPUs"
         + (", for the runs not already in learning.runs.jsonl" if "--resume" in command else "")
