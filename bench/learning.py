@@ -10,8 +10,9 @@ What one run is. The built-in digits task (``fedcore.tasks.digits``) with 10 cli
 shards are cut by Dirichlet(0.1) label skew (``partition: dirichlet, alpha: 0.1``: most
 clients hold two or three classes). Every round every client loads the global model and
 trains it with the task's own ``train`` (``SupervisedTask.train``, with FedProx's proximal
-term as ``ctx.proximal`` when the row sets ``proximalMu``), seeded as ``fedcore.client``
-seeds it; its delta goes to the strategy (``fedcore.strategies``, built from the row's
+term as ``ctx.proximal`` when the row sets ``proximalMu``, SCAFFOLD's correction as
+``ctx.scaffold`` and its variate step for ``scaffold``), seeded as ``fedcore.client`` seeds
+it; its delta goes to the strategy (``fedcore.strategies``, built from the row's
 ``spec.strategy`` by ``build_strategy``, folded through ``InMemoryWeights`` with the weight
 cap applied as the aggregator applies it), and the new global model is scored on the
 held-out split with the task's ``evaluate``. Everything runs in one process: no store, no
