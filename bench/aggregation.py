@@ -11,7 +11,14 @@ on local disk to the averaged model in memory:
   sha256 of the bytes, structure, finite values), as the aggregator really runs;
 * ``flower``: Flower's ``aggregate`` (``flwr.server.strategy.aggregate``) on numpy arrays
   loaded from the same files; its time is also given for the ``aggregate`` call alone;
-* ``naive``: load every state_dict with torch, then average them.
+* ``naive``: load every state_dict with torch, then average them;
+* ``median``, ``trimmedmean``, ``krum``: fedkube's robust strategies
+  (``fedcore.strategies``), which keep the round's updates on local disk
+  (``fedcore.strategies.spool``, in the work directory here) and reduce them slice by slice;
+  Krum withstands ``min(2, (N - 3) // 2)`` hostile clients. Their aim is at most 3x one
+  model of peak memory, against FedAvg's 2.5x; their time includes keeping the updates.
+  Measured at 10 x 100M parameters on 2 busy CPUs: median 1.57x, trimmed mean 1.42x, Krum
+  2.14x, fedkube's FedAvg 2.12x, Flower's 20.9x.
 
 Memory is ``peak RSS - RSS after imports and a warm-up run on a tiny model``, in multiples of
 one model's size. The files are
@@ -40,7 +47,8 @@ from pathlib import Path
 from typing import Any
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-METHODS = ("fedkube", "fedkube+validation", "flower", "naive")
+ROBUST = ("median", "trimmedmean", "krum")
+METHODS = ("fedkube", "fedkube+validation", "flower", "naive", *ROBUST)
 REFERENCE = "flower"
 SAMPLES_PER_TENSOR = 512
 """Elements per tensor each method reports, to check that all methods agree."""
@@ -165,6 +173,31 @@ def run_fedkube(workdir: Path, validate: bool) -> tuple[dict[str, Any], dict[str
     return {name: t.numpy() for name, t in result.items()}, {}
 
 
+def run_robust(workdir: Path, name: str) -> tuple[dict[str, Any], dict[str, float]]:
+    from fedcore.spec import StrategySpec
+    from fedcore.strategies import build_strategy
+    from fedcore.strategies.spool import SpooledStrategy
+    from fedcore.weights import open_weights
+
+    files = client_files(workdir)
+    options: dict[str, Any] = {"name": name}
+    if name == "krum":
+        options["byzantineClients"] = min(2, (len(files) - 3) // 2)
+    strategy = build_strategy(StrategySpec.model_validate(options))
+    if not isinstance(strategy, SpooledStrategy):
+        raise TypeError(f"{name} is not a spooled strategy")
+    strategy.spool_dir = workdir  # the aggregator keeps them in its workdir, on local disk
+    base_path = workdir / "base.safetensors"
+    with open_weights(base_path) as base:
+        strategy.begin_round(base.template())
+    for path, n in files:
+        with open_weights(path) as update:
+            strategy.fold(update, n)
+    with open_weights(base_path) as base:
+        result = strategy.finalize(base)
+    return {name: t.numpy() for name, t in result.items()}, {}
+
+
 def run_flower(workdir: Path) -> tuple[dict[str, Any], dict[str, float]]:
     from flwr.server.strategy.aggregate import aggregate
     from safetensors.numpy import load_file
@@ -220,6 +253,7 @@ def worker(method: str, workdir: Path) -> None:
         "fedkube+validation": lambda d: run_fedkube(d, validate=True),
         "flower": run_flower,
         "naive": run_naive,
+        **{name: lambda d, name=name: run_robust(d, name) for name in ROBUST},
     }
     # A run on a tiny model first: the code pages of the kernels a method uses, lazily
     # loaded shared libraries and thread pools are then in place and not counted as its
@@ -313,6 +347,11 @@ def print_table(setup: dict[str, Any], runs: dict[str, dict[str, Any]]) -> None:
             else ""
         )
     )
+    for method in ROBUST:
+        if method in runs:
+            mem = runs[method]["peak_above_baseline"] / model
+            verdict = "within" if mem <= 3.0 else "ABOVE"
+            print(f"{method}: peak {mem:.2f}x one model, {verdict} the aim of 3x")
     if ref and "aggregate_only_s" in ref:
         print(
             f"(flower: {ref['aggregate_only_s']:.2f} s of its time is the aggregate() call "
@@ -320,7 +359,7 @@ def print_table(setup: dict[str, Any], runs: dict[str, dict[str, Any]]) -> None:
         )
     if ref:
         for method, run in runs.items():
-            if method != REFERENCE:
+            if method != REFERENCE and method not in ROBUST:  # those differ by design
                 diff = max_sample_diff(run["samples"], ref["samples"])
                 print(f"max |{method} - flower| over sampled elements: {diff:.2e}")
 
@@ -334,7 +373,10 @@ def draw_chart(setup: dict[str, Any], runs: dict[str, dict[str, Any]], path: Pat
     methods = list(runs)
     model = setup["model_bytes"]
     fig, (ax_time, ax_mem) = plt.subplots(1, 2, figsize=(12, 4.4))
-    colors = ["#2a7ab9" if m.startswith("fedkube") else "#999999" for m in methods]
+    colors = [
+        "#2a7ab9" if m.startswith("fedkube") else "#7b4fa0" if m in ROBUST else "#999999"
+        for m in methods
+    ]
     xs = list(range(len(methods)))
     walls = [runs[m]["seconds"] for m in methods]
     cpus = [runs[m]["cpu_seconds"] for m in methods]
@@ -348,14 +390,16 @@ def draw_chart(setup: dict[str, Any], runs: dict[str, dict[str, Any]], path: Pat
         ax_time.annotate(f"{cpu:.1f}", (x + 0.2, cpu), ha="center", va="bottom", fontsize=8)
     ax_mem.bar(xs, mems, color=colors)
     ax_mem.set_ylabel("peak memory above baseline [x one model]")
-    ax_mem.axhline(2.5, color="#c0392b", linestyle="--", linewidth=1, label="aim: 2.5x")
+    ax_mem.axhline(2.5, color="#c0392b", linestyle="--", linewidth=1, label="aim FedAvg: 2.5x")
+    if any(m in ROBUST for m in methods):
+        ax_mem.axhline(3.0, color="#8e44ad", linestyle=":", linewidth=1, label="aim robust: 3x")
     ax_mem.legend()
     for x, mem in zip(xs, mems, strict=True):
         ax_mem.annotate(f"{mem:.2f}x", (x, mem), ha="center", va="bottom", fontsize=9)
     for ax in (ax_time, ax_mem):
         ax.set_xticks(xs, methods, rotation=15)
     fig.suptitle(
-        f"FedAvg of {setup['clients']} updates of a {setup['params'] / 1e6:.0f}M-parameter "
+        f"Aggregating {setup['clients']} updates of a {setup['params'] / 1e6:.0f}M-parameter "
         f"float32 model (load average {setup['load_average'][1]:.1f} on {setup['cpus']} CPUs)"
     )
     fig.tight_layout()
@@ -410,7 +454,7 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
         (workdir / WARMUP).mkdir(exist_ok=True)
-        make_files(workdir / WARMUP, 2, 4096, args.seed)
+        make_files(workdir / WARMUP, 3, 4096, args.seed)  # Krum needs 3
         warm_page_cache(workdir)
         runs: dict[str, dict[str, Any]] = {}
         # Round-robin repeats: load from other processes on the machine then hits every

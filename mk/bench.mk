@@ -4,7 +4,9 @@ BENCH_TARGETS += bench-aggregation
 BENCH_AGGREGATION_ARGS ?=
 BENCH_STAMP := $(VENV)/.bench-installed
 
-.PHONY: bench bench-deps bench-aggregation
+BENCH_LEARNING_ARGS ?=
+
+.PHONY: bench bench-deps bench-aggregation bench-learning
 
 # The recipe expands BENCH_TARGETS when it runs, after every mk/*.mk has been read, so
 # targets appended in files included after this one are run too.
@@ -17,8 +19,12 @@ $(BENCH_STAMP): pyproject.toml | $(STAMP)
 
 bench-deps: $(BENCH_STAMP) ## install the `bench` extra (flwr, psutil) into .venv if missing
 
-bench-aggregation: install $(BENCH_STAMP) ## FedAvg time and peak memory: fedkube streaming vs Flower vs naive (BENCH_AGGREGATION_ARGS="--clients 10 --params 100000000")
+bench-aggregation: install $(BENCH_STAMP) ## aggregation time and peak memory: FedAvg (fedkube streaming vs Flower vs naive), median, trimmed mean, Krum (BENCH_AGGREGATION_ARGS="--clients 10 --params 100000000")
 	$(PY) bench/aggregation.py $(BENCH_AGGREGATION_ARGS)
+
+# Not in BENCH_TARGETS: it trains for about ten minutes and rewrites the committed results.
+bench-learning: install $(BENCH_STAMP) ## learning quality: every strategy on Dirichlet(0.1) digits, clean and with 2/10 poisoned clients, next to Flower; writes bench/results/learning.{md,png} (BENCH_LEARNING_ARGS=--quick: smoke run)
+	$(PY) bench/learning.py $(BENCH_LEARNING_ARGS)
 
 BENCH_TARGETS += bench-dp
 BENCH_DP_ARGS ?=
