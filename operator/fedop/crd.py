@@ -443,6 +443,8 @@ PRINTER_COLUMNS: list[Schema] = [
         "type": "number",
         "jsonPath": ".status.lastRound.epsilon",
         "description": "Client-level privacy spent so far (dpfedavg jobs only)",
+        # -o wide only: every other job would show <none> in the default view
+        "priority": 1,
     },
     {
         "name": "Clients",

@@ -97,10 +97,10 @@ def test_each_scaffold_client_keeps_its_variate_in_its_own_slot(runs: Runs) -> N
     ]
 
 
-def test_a_dp_jobs_status_and_columns_show_epsilon_growing_each_round(runs: Runs) -> None:
+def test_a_dp_jobs_status_and_wide_columns_show_epsilon_growing_each_round(runs: Runs) -> None:
     history = runs.statuses["dpfedavg"]["history"]
     epsilons = [h["epsilon"] for h in history[1:]]
-    table = runs.jobs.kubectl("get", "fj", "dpfedavg")
+    table = runs.jobs.kubectl("get", "fj", "dpfedavg", "-o", "wide")
     header, row = table.splitlines()[:2]
 
     assert len(epsilons) == ROUNDS

@@ -331,6 +331,7 @@ def test_printer_columns_show_phase_round_accuracy_epsilon_clients_age(
         ("Clients", ".status.activeClients"),
         ("Age", ".metadata.creationTimestamp"),
     ]
+    assert [c["name"] for c in columns if c.get("priority")] == ["Epsilon"]  # -o wide
     assert at(schema, "status.progress")["type"] == "string"
     assert at(schema, "status.lastRound.epsilon")["type"] == "number"
     assert at(schema, "status.activeClients")["type"] == "integer"
