@@ -16,7 +16,6 @@ import asyncio
 import base64
 import binascii
 import logging
-import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -28,7 +27,7 @@ import kopf
 from fedcore import spec as fs
 from fedcore.commit_signing import CommitVerifier, verifier_from_pem
 from fedcore.errors import CredentialsError, FedcoreError, SpecError, StoreError, StsUnavailable
-from fedop import catalogue, minting, reconcile, status
+from fedop import catalogue, loop_kit, minting, reconcile, status
 from fedop.apply import Executor, Target
 from fedop.builders import configmap, names
 from fedop.builders.credentials import roles
@@ -312,41 +311,22 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
 @kopf.on.cleanup()
 async def stop(memo: kopf.Memo, **_: Any) -> None:
     rt = _runtime(memo)
-    if rt.task is not None:
-        rt.task.cancel()
-        await asyncio.gather(rt.task, return_exceptions=True)
-    rt.controller.stop()
-    rt.pool.shutdown(wait=False, cancel_futures=True)
-    rt.kube.close()
+    await loop_kit.stop_loop(rt.task, rt.controller, rt.kube, rt.pool)
 
 
 @kopf.on.probe(id="reconcileLoop")
 def probe(memo: kopf.Memo, **_: Any) -> float:
     """Liveness: seconds since the resync loop last ticked; fails when it is stuck or dead."""
     rt = _runtime(memo)
-    if rt.task is None or rt.task.done():
-        raise kopf.PermanentError("the reconcile loop is not running")
-    last = rt.controller.last_resync
-    age = 0.0 if last is None else time.monotonic() - last
-    if age > max(60.0, 10 * rt.settings.resync_seconds):
-        raise kopf.PermanentError(f"the reconcile loop has not ticked for {age:.0f} s")
-    return round(age, 1)
+    return loop_kit.loop_age(rt.task, rt.controller, rt.settings.resync_seconds)
 
 
 @kopf.on.event(fs.API_GROUP, fs.API_VERSION, fs.PLURAL)
 async def federatedjob_event(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     rt = _runtime(memo)
-    meta = body.get("metadata", {})
-    key = (meta.get("namespace", "default"), meta.get("name", ""))
-    deleted = type == "DELETED"
-    rt.controller.observe(key, meta.get("generation"), deleted=deleted)
-    if deleted and meta.get("uid"):
-        rt.store.forget(meta["uid"])
+    loop_kit.route_resource_event(rt.controller, rt.store, type, body)
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={names.LABEL_MANAGED_BY: names.MANAGED_BY})
 async def child_job_event(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    meta = body.get("metadata", {})
-    owner = (meta.get("labels") or {}).get(names.LABEL_JOB)
-    if owner:
-        _runtime(memo).controller.child_changed((meta.get("namespace", "default"), owner))
+    loop_kit.route_child_job(_runtime(memo).controller, body)

@@ -33,7 +33,6 @@ import asyncio
 import base64
 import binascii
 import logging
-import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -44,7 +43,7 @@ from fedcore import join_bundle as jb
 from fedcore import site_spec as ss
 from fedcore import spec as fs
 from fedcore.errors import BundleError, SpecError
-from fedop import catalogue, events, status
+from fedop import catalogue, events, loop_kit, status
 from fedop.builders import names
 from fedop.builders import site as builders
 from fedop.controller import Controller
@@ -302,40 +301,22 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
 @kopf.on.cleanup()
 async def stop(memo: kopf.Memo, **_: Any) -> None:
     rt = _runtime(memo)
-    if rt.task is not None:
-        rt.task.cancel()
-        await asyncio.gather(rt.task, return_exceptions=True)
-    rt.controller.stop()
-    rt.kube.close()
+    await loop_kit.stop_loop(rt.task, rt.controller, rt.kube)
 
 
 @kopf.on.probe(id="reconcileLoop")
 def probe(memo: kopf.Memo, **_: Any) -> float:
     """Liveness: seconds since the resync loop last ticked."""
     rt = _runtime(memo)
-    if rt.task is None or rt.task.done():
-        raise kopf.PermanentError("the reconcile loop is not running")
-    last = rt.controller.last_resync
-    age = 0.0 if last is None else time.monotonic() - last
-    if age > max(60.0, 10 * rt.settings.resync_seconds):
-        raise kopf.PermanentError(f"the reconcile loop has not ticked for {age:.0f} s")
-    return round(age, 1)
+    return loop_kit.loop_age(rt.task, rt.controller, rt.settings.resync_seconds)
 
 
 @kopf.on.event(fs.API_GROUP, fs.API_VERSION, ss.PLURAL)
 async def federatedsite_event(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     rt = _runtime(memo)
-    meta = body.get("metadata", {})
-    key = (meta.get("namespace", "default"), meta.get("name", ""))
-    deleted = type == "DELETED"
-    rt.controller.observe(key, meta.get("generation"), deleted=deleted)
-    if deleted and meta.get("uid"):
-        rt.store.forget(meta["uid"])
+    loop_kit.route_resource_event(rt.controller, rt.store, type, body)
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={names.LABEL_MANAGED_BY: names.MANAGED_BY})
 async def child_job_event(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    meta = body.get("metadata", {})
-    owner = (meta.get("labels") or {}).get(names.LABEL_JOB)
-    if owner:
-        _runtime(memo).controller.child_changed((meta.get("namespace", "default"), owner))
+    loop_kit.route_child_job(_runtime(memo).controller, body)
