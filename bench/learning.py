@@ -72,22 +72,40 @@ ATTACK_SCALE = -10.0
 """A poisoned client sends this multiple of its honest delta."""
 ATTACK_NUM_SAMPLES = 10**9
 """...and declares this many samples (the honest ones hold 10 to 500)."""
-TASK_CONFIG: dict[str, Any] = {
-    "partition": "dirichlet",
-    "alpha": ALPHA,
-    "hidden": 64,
-    "optimizer": "sgd",
-    "lr": 0.1,
-    "momentum": 0.9,
-    "localEpochs": 2,
-    "batchSize": 32,
+LOCAL_TRAINING: dict[str, dict[str, Any]] = {
+    "sgd": {
+        "partition": "dirichlet",
+        "alpha": ALPHA,
+        "hidden": 64,
+        "optimizer": "sgd",
+        "lr": 0.05,
+        "momentum": 0.0,
+        "localEpochs": 5,
+        "batchSize": 32,
+    },
+    "momentum": {
+        "partition": "dirichlet",
+        "alpha": ALPHA,
+        "hidden": 64,
+        "optimizer": "sgd",
+        "lr": 0.1,
+        "momentum": 0.9,
+        "localEpochs": 2,
+        "batchSize": 32,
+    },
 }
-"""``spec.task.config`` of every run: the digits task's own optimizer (SGD, momentum 0.9) with
-2 local epochs, enough local steps that the clients drift toward their two or three classes
-(FedAvg's accuracy swings from round to round), which is what FedProx and server momentum
-are for. Chosen by a short search on fedkube's FedAvg and FedProx (seeds 0-1, 15 rounds) for
-visible drift at a low cost: 5 epochs of plain SGD at lr 0.05 learned slower and showed no
-drift to correct."""
+"""The clients' local training, chosen by ``$FEDKUBE_BENCH_LOCAL`` (read at import, so the
+worker processes agree). ``sgd`` (the default): plain SGD for 5 local epochs, the setting
+SCAFFOLD and FedProx were designed for (Karimireddy et al. and Li et al. train with plain
+local SGD): many local steps on two or three classes make the clients drift, and FedAvg
+learns slowly and unsteadily. ``momentum``: the digits task's own optimizer (SGD, momentum
+0.9) for 2 epochs, which learns faster and drifts less; there SCAFFOLD's variate step, taken
+through momentum, swings on one seed (``bench/results/momentum/``)."""
+LOCAL = os.environ.get("FEDKUBE_BENCH_LOCAL", "sgd")
+if LOCAL not in LOCAL_TRAINING:
+    raise SystemExit(f"FEDKUBE_BENCH_LOCAL={LOCAL!r}: choose one of {sorted(LOCAL_TRAINING)}")
+TASK_CONFIG: dict[str, Any] = LOCAL_TRAINING[LOCAL]
+"""``spec.task.config`` of every run."""
 PROXIMAL_MU = 0.1
 SERVER_LR_ADAPTIVE = 0.03
 """``serverLearningRate`` of the FedOpt rows (Reddi et al.'s grid holds 0.01 to 0.1)."""
@@ -890,7 +908,10 @@ def main(argv: list[str] | None = None) -> int:
     seconds = time.perf_counter() - started
     print()
     print("\n".join(table(results, rows)))
-    command = "python bench/learning.py " + shlex.join(sys.argv[1:] if argv is None else argv)
+    local = "" if LOCAL == "sgd" else f"FEDKUBE_BENCH_LOCAL={LOCAL} "
+    command = f"{local}python bench/learning.py " + shlex.join(
+        sys.argv[1:] if argv is None else argv
+    )
     md = report(
         results,
         rows,
