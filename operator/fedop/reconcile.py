@@ -561,10 +561,12 @@ def _sync_clients(obs: Observation, draft: _Draft, suspend: bool) -> None:
             )
         elif child.terminating:
             draft.set_client(name, phase="Restarting")
-        elif child.failed and suspend:
-            # Suspending stops the group's pods; that is not the group's fault.
+        elif child.failed and (suspend or child.suspended):
+            # Suspending stops the group's pods; that is not the group's fault. The Job may
+            # be marked failed only after the job was resumed (a busy controller-manager), so
+            # a Job that is itself still suspended failed because of the suspension too.
             draft.actions.append(DeleteJob(child.name, "Foreground"))
-            draft.set_client(name, phase="Pending", message="suspended")
+            draft.set_client(name, phase="Pending", message="suspended" if suspend else "")
         elif child.failed:
             _restart_or_drop(obs, draft, name, child, budget)
         elif child.complete:

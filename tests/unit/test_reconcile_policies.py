@@ -74,6 +74,29 @@ def test_a_group_failing_because_it_was_suspended_costs_no_restart() -> None:
     assert "ClientRestarted" not in reasons(result)
 
 
+def test_a_group_marked_failed_only_after_the_job_resumed_still_costs_no_restart() -> None:
+    # The controller-manager marked the Job failed late: the FederatedJob is resumed already,
+    # but the Job itself is still suspended, so the suspension stopped its pods.
+    spec = make_spec()
+    jobs = running_jobs(spec, a=child("a", failed=True, suspended=True))
+
+    result = plan(observe(spec, status=status_of("Running"), jobs=jobs))
+
+    assert deleted(result) == {"digits-a": "Foreground"}
+    assert result.status.clients["a"].restarts == 0
+    assert "ClientRestarted" not in reasons(result)
+
+
+def test_a_group_that_failed_while_running_costs_a_restart() -> None:
+    spec = make_spec()
+    jobs = running_jobs(spec, a=child("a", failed=True))
+
+    result = plan(observe(spec, status=status_of("Running"), jobs=jobs))
+
+    assert result.status.clients["a"].restarts == 1
+    assert "ClientRestarted" in reasons(result)
+
+
 @pytest.mark.parametrize(
     ("elapsed", "phase"),
     [
