@@ -36,7 +36,7 @@ SHOWN_ROUNDS = 8
 SPARKS = "▁▂▃▄▅▆▇█"
 FINISHED_PHASES = ("Succeeded", "Failed")
 """FederatedJob phases after which a cluster job's view stops refreshing."""
-RESTARTS_UNKNOWN = "restarts: not recorded in the store (kubectl describe fj shows a cluster job's)"
+RESTARTS_UNKNOWN = "restarts: not recorded in the store (fedkube watch NAME shows a cluster job's)"
 
 
 def sparkline(values: Sequence[float]) -> str:
