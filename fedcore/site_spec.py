@@ -32,14 +32,8 @@ SITE_RESERVED_ENV: Final = fs.RESERVED_ENV | frozenset(fs.CREDENTIAL_ENV)
 store credentials (from the bundle)."""
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(
-        alias_generator=to_camel,
-        populate_by_name=True,
-        extra="forbid",
-        frozen=True,
-        use_attribute_docstrings=True,
-    )
+_Model = fs._Model
+"""The spec models' shared configuration (camelCase on the wire, unknown fields refused)."""
 
 
 class BundleSecretRef(_Model):

@@ -30,6 +30,7 @@ import torch
 from fedcore.strategies.weighting import FoldWeight
 from fedcore.weights import (
     FLOAT_DTYPES,
+    INT_DTYPES,
     Template,
     Tensors,
     TensorSource,
@@ -113,6 +114,19 @@ def check_update(template: Mapping[str, TensorSpec], update: TensorSource) -> No
                 f"bool tensor {name!r} of {update!r} changed (its delta is not all-False); "
                 "bool tensors are constants of the model and cannot be aggregated"
             )
+
+
+def averageable_template(template: Template, strategy: str) -> dict[str, TensorSpec]:
+    """``template`` as sorted ``TensorSpec``s, refusing a tensor whose dtype no averaging
+    strategy can combine (float, integer and bool tensors only)."""
+    specs = {name: TensorSpec(tuple(s.shape), s.dtype) for name, s in template.items()}
+    for name, spec in specs.items():
+        if spec.dtype not in FLOAT_DTYPES | INT_DTYPES | {torch.bool}:
+            raise ValueError(
+                f"tensor {name!r} has dtype {dtype_name(spec.dtype)}, which {strategy} "
+                "cannot average; keep it out of the state_dict or store it as float/int"
+            )
+    return dict(sorted(specs.items()))
 
 
 def server_state_dtype(model_dtype: torch.dtype) -> torch.dtype:

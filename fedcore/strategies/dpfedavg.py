@@ -72,21 +72,25 @@ from typing import ClassVar
 import torch
 
 from fedcore.spec import DPSpec, StrategySpec
-from fedcore.strategies.base import Strategy, arithmetic_threads, check_num_samples, check_update
+from fedcore.strategies.base import (
+    Strategy,
+    arithmetic_threads,
+    averageable_template,
+    check_num_samples,
+    check_update,
+)
 from fedcore.strategies.clipping import BOUND_KEY, clip_scale, update_norm
 from fedcore.strategies.dp_noise import NoiseKey
 from fedcore.strategies.fedavg import add_chunked_
 from fedcore.strategies.weighting import FoldWeight
 from fedcore.weights import (
     FLOAT_DTYPES,
-    INT_DTYPES,
     Scratch,
     Template,
     Tensors,
     TensorSource,
     TensorSpec,
     check_same_structure,
-    dtype_name,
 )
 
 log = logging.getLogger(__name__)
@@ -198,15 +202,9 @@ class DPFedAvg(Strategy):
         return self._num_samples
 
     def begin_round(self, template: Template) -> None:
-        specs = {name: TensorSpec(tuple(s.shape), s.dtype) for name, s in template.items()}
-        for name, spec in specs.items():
-            if spec.dtype not in FLOAT_DTYPES | INT_DTYPES | {torch.bool}:
-                raise ValueError(
-                    f"tensor {name!r} has dtype {dtype_name(spec.dtype)}, which {self.name} "
-                    "cannot average; keep it out of the state_dict or store it as float/int"
-                )
+        specs = averageable_template(template, self.name)
         self._acc = {}
-        self._template = dict(sorted(specs.items()))
+        self._template = specs
         with arithmetic_threads():
             for name, spec in self._template.items():
                 if spec.dtype in FLOAT_DTYPES:

@@ -71,6 +71,7 @@ from fedcore.strategies.base import (
     OutOfRange,
     Strategy,
     arithmetic_threads,
+    averageable_template,
     check_num_samples,
     check_update,
 )
@@ -154,15 +155,9 @@ class FedAvg(Strategy):
         return self._num_samples
 
     def begin_round(self, template: Template) -> None:
-        spec_by_name = {name: TensorSpec(tuple(s.shape), s.dtype) for name, s in template.items()}
-        for name, spec in spec_by_name.items():
-            if spec.dtype not in FLOAT_DTYPES | INT_DTYPES | {torch.bool}:
-                raise ValueError(
-                    f"tensor {name!r} has dtype {dtype_name(spec.dtype)}, which {self.name} "
-                    "cannot average; keep it out of the state_dict or store it as float/int"
-                )
+        specs = averageable_template(template, self.name)
         self._acc = {}  # drop the old round's buffers before allocating the new ones
-        self._template = dict(sorted(spec_by_name.items()))
+        self._template = specs
         with arithmetic_threads():
             for name, spec in self._template.items():
                 if spec.dtype in FLOAT_DTYPES:
