@@ -112,7 +112,14 @@ def open_cluster_job(target: ClusterTarget, endpoint: str | None = None) -> Clus
             f"ConfigMap {configmap} has no {JOB_FILE_KEY} and {COMMIT_PUBLIC_KEY_KEY} yet: the "
             "operator writes it once the job's commit key exists; try again in a few seconds"
         )
-    job = parse_job(json.loads(job_text))
+    try:
+        document = json.loads(job_text)
+    except json.JSONDecodeError as e:
+        raise ClusterUnreachable(
+            f"ConfigMap {configmap}'s {JOB_FILE_KEY} is not JSON ({e}); the operator writes it, "
+            "so delete the ConfigMap and it is written again"
+        ) from e
+    job = parse_job(document)
     if endpoint:
         storage = job.spec.storage.model_copy(update={"endpoint": endpoint})
         job = job.model_copy(update={"spec": job.spec.model_copy(update={"storage": storage})})
@@ -136,5 +143,7 @@ def restarts(status: dict[str, Any]) -> dict[str, int]:
     if not isinstance(clients, dict):
         return {}
     return {
-        str(name): int(c.get("restarts") or 0) for name, c in clients.items() if isinstance(c, dict)
+        str(name): c["restarts"] if isinstance(c.get("restarts"), int) else 0
+        for name, c in clients.items()
+        if isinstance(c, dict)
     }

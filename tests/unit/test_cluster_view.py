@@ -42,9 +42,9 @@ def test_status_line_leads_with_the_phase(status: dict[str, Any], line: str) -> 
 
 
 def test_restarts_come_from_the_clients_status() -> None:
-    status = {"clients": {"a": {"restarts": 2}, "b": {}, "c": "garbage"}}
+    status = {"clients": {"a": {"restarts": 2}, "b": {}, "c": "garbage", "d": {"restarts": "x"}}}
 
-    assert restarts(status) == {"a": 2, "b": 0}
+    assert restarts(status) == {"a": 2, "b": 0, "d": 0}
     assert restarts({"clients": []}) == {}
 
 
