@@ -5,4 +5,5 @@ pytest_plugins = [
     "tests.fixtures.stores",
     "tests.fixtures.operator",
     "tests.fixtures.site_cluster",
+    "tests.fixtures.images",
 ]

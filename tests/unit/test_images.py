@@ -1,8 +1,8 @@
 """The Dockerfiles lint clean and start exactly the programs the operator and chart expect.
 
-Images are built with Docker elsewhere (``make images``); these tests check what can be
-checked without building: hadolint, the final stage's user and entrypoint, that the operator
-image carries no torch, and that the commands the operator puts into pods exist.
+What can be checked without building: hadolint, the final stage's user and entrypoint, that
+the operator image carries no torch, and that the commands the operator puts into pods exist.
+tests/images builds the images and runs them (``make images``, ``images/build.sh``).
 """
 
 from __future__ import annotations
@@ -40,6 +40,31 @@ class Stage:
     runs: list[str] = field(default_factory=list)
 
 
+def base_args(dockerfile: Path) -> dict[str, str]:
+    """The defaults of the ``ARG``s declared before the first ``FROM`` (what ``FROM`` may use)."""
+    args: dict[str, str] = {}
+    for line in dockerfile.read_text().splitlines():
+        if line.startswith("FROM "):
+            break
+        if line.startswith("ARG "):
+            name, _, default = line.removeprefix("ARG ").strip().partition("=")
+            args[name] = default
+    return args
+
+
+def from_images(dockerfile: Path) -> list[str]:
+    """Every ``FROM`` image, with the ``ARG`` defaults filled in (the official bases)."""
+    args = base_args(dockerfile)
+    images = []
+    for line in dockerfile.read_text().splitlines():
+        if line.startswith("FROM "):
+            image = line.split()[1]
+            for name, default in args.items():
+                image = image.replace(f"${{{name}}}", default)
+            images.append(image)
+    return images
+
+
 def final_stage(dockerfile: Path) -> Stage:
     text = dockerfile.read_text().replace("\\\n", " ")
     stage = Stage()
@@ -48,7 +73,7 @@ def final_stage(dockerfile: Path) -> Stage:
         rest = rest.strip()
         match instruction.upper():
             case "FROM":
-                stage = Stage(base=rest.split()[0])
+                stage = Stage(base=from_images(dockerfile)[-1])
             case "USER":
                 stage.user = rest
             case "ENTRYPOINT":
@@ -93,12 +118,21 @@ def test_image_runs_as_a_numeric_non_root_user(dockerfile: Path) -> None:
 
 @pytest.mark.parametrize("dockerfile", [OPERATOR, RUNTIME], ids=lambda p: p.name)
 def test_base_image_is_pinned_by_tag(dockerfile: Path) -> None:
-    for line in dockerfile.read_text().splitlines():
-        if line.startswith("FROM "):
-            image = line.split()[1]
-            repository, _, tag = image.rpartition(":")
-            assert repository, f"{image}: pin the base image by tag"
-            assert tag not in ("latest", ""), f"{image}: pin the base image by tag"
+    for image in from_images(dockerfile):
+        repository, _, tag = image.rpartition(":")
+        assert "$" not in image, f"{image}: give the build argument a default"
+        assert repository, f"{image}: pin the base image by tag"
+        assert tag not in ("latest", ""), f"{image}: pin the base image by tag"
+
+
+@pytest.mark.parametrize("dockerfile", [OPERATOR, RUNTIME], ids=lambda p: p.name)
+def test_every_stage_builds_on_the_base_image_argument(dockerfile: Path) -> None:
+    # images/build.sh --stand-in-bases (and air-gapped users) point FROM at a local base.
+    froms = [ln.split()[1] for ln in dockerfile.read_text().splitlines() if ln.startswith("FROM ")]
+
+    assert "BASE_IMAGE" in base_args(dockerfile)
+    assert froms
+    assert all(image == "${BASE_IMAGE}" for image in froms)
 
 
 @pytest.mark.parametrize("dockerfile", [OPERATOR, RUNTIME], ids=lambda p: p.name)
