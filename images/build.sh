@@ -36,9 +36,12 @@ out="$cache/images"
 mkdir -p "$out" "$cache/locks"
 version=$(sed -n 's/^version = "\(.*\)"/\1/p' "$repo/pyproject.toml")
 torch_version=$(sed -n 's/^torch==\(.*\)/\1/p' "$repo/constraints.txt")
-# Debian release and packages of the stand-in bases; changing them changes every key below.
-suite=bookworm
-base_packages=python3,python3-venv,ca-certificates
+# Where the runtime stand-in's torch comes from: debian (trixie's CPU build, ~1 GB) or pypi
+# (the version constraints.txt pins: the CUDA build, ~5 GB installed, ~3 GB download).
+stand_in_torch=${FEDKUBE_STAND_IN_TORCH:-debian}
+case $stand_in_torch in debian | pypi) ;; *)
+  echo "FEDKUBE_STAND_IN_TORCH=$stand_in_torch: use debian or pypi" >&2; exit 2 ;;
+esac
 
 log() { printf '[build-images %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
@@ -51,10 +54,13 @@ unavailable() {
   exit 3
 }
 
+declare -A held=()
 lock() {  # lock NAME: hold an exclusive lock until this script exits
+  [ -z "${held[$1]:-}" ] || return 0
   local fd
   exec {fd}>"$cache/locks/$1.lock"
   flock -n "$fd" || { log "$1: another build holds the lock; waiting for it"; flock "$fd"; }
+  held[$1]=1
 }
 
 # ---- the builder ------------------------------------------------------------------------------
@@ -102,25 +108,26 @@ debian_mirror() {  # the host's Debian mirror (apt sources), unless FEDKUBE_DEBI
     grep -E -o '(URIs:|deb) +[a-z]+://[^ ]*/debian/?( |$)' | head -1 | awk '{print $2}'
 }
 
-python_base() {  # prints the tag of Debian + Python (a venv at /opt/venv first on PATH)
-  local key tag
-  key=$(printf '%s\n' "$suite" "$base_packages" "venv:/opt/venv" | sha256sum | cut -c1-12)
-  tag="localhost/fedkube-stand-in/python:$suite-$key"
+debootstrap_base() {  # debootstrap_base NAME SUITE PACKAGES VENV_OPTIONS: prints its tag
+  local name=$1 suite=$2 packages=$3 venv_opts=$4 key tag
+  key=$(printf '%s\n' "$suite" "$packages" "venv:/opt/venv${venv_opts:+ $venv_opts}" | sha256sum | cut -c1-12)
+  tag="localhost/fedkube-stand-in/$name:$suite-$key"
   if [ -z "$(image_id "$tag")" ]; then
-    lock "base-python-$key"
+    lock "base-$name-$key"
     if [ -z "$(image_id "$tag")" ]; then
       command -v debootstrap >/dev/null 2>&1 ||
-        unavailable "debootstrap is not installed, so the stand-in base cannot be built: make images-tools"
+        unavailable "debootstrap is not installed, so the stand-in base $tag cannot be built: make images-tools"
       [ "$(id -u)" = 0 ] || unavailable "debootstrap needs root to build the stand-in base $tag"
-      local work="$cache/build/base-python-$key" mirror start=$SECONDS
+      local work="$cache/build/base-$name-$key" mirror start=$SECONDS
       mirror=$(debian_mirror)
       rm -rf --one-file-system "$work"; mkdir -p "$work"
-      log "stand-in base $tag: debootstrap $suite (${mirror:-default mirror}), about 3 minutes"
-      debootstrap --variant=minbase --include="$base_packages" "$suite" "$work/rootfs" ${mirror:+"$mirror"} \
+      log "stand-in base $tag: debootstrap $suite with $packages (${mirror:-default mirror}), a few minutes"
+      debootstrap --variant=minbase --include="$packages" "$suite" "$work/rootfs" ${mirror:+"$mirror"} \
         >"$work/debootstrap.log" 2>&1 || { tail -20 "$work/debootstrap.log" >&2; exit 1; }
       # Debian's python refuses `pip install` into itself (PEP 668); a venv on PATH behaves
-      # like the official python image's /usr/local.
-      chroot "$work/rootfs" python3 -m venv /opt/venv
+      # like the official images' Python (and sees Debian's packages with --system-site-packages).
+      # shellcheck disable=SC2086
+      chroot "$work/rootfs" python3 -m venv $venv_opts /opt/venv
       rm -rf "$work/rootfs/var/cache/apt/archives"/*.deb "$work/rootfs/var/lib/apt/lists"/*
       tar -C "$work/rootfs" --numeric-owner -c . | engine import \
         --change 'ENV PATH=/opt/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
@@ -130,6 +137,10 @@ python_base() {  # prints the tag of Debian + Python (a venv at /opt/venv first 
     fi
   fi
   echo "$tag"
+}
+
+python_base() {  # Debian + Python: the operator image's stand-in
+  debootstrap_base python bookworm python3,python3-venv,ca-certificates ""
 }
 
 torch_wheels() {  # prints a folder holding torch $torch_version and its dependencies' wheels
@@ -152,7 +163,15 @@ torch_wheels() {  # prints a folder holding torch $torch_version and its depende
   echo "$dir"
 }
 
-torch_base() {  # prints the tag of the Python stand-in + torch from PyPI
+free_gb() { df -Pk "$1" | awk 'NR == 2 { print int($4 / 1048576) }'; }
+
+torch_base() {  # the runtime image's stand-in: Debian + Python + torch ($stand_in_torch)
+  if [ "$stand_in_torch" = debian ]; then
+    # Debian's own CPU build of torch: ~1 GB, where PyPI's (CUDA) build needs ~11 GB to build.
+    debootstrap_base python-torch trixie python3,python3-venv,python3-torch,ca-certificates \
+      --system-site-packages
+    return
+  fi
   local python key tag wheels
   python=$(python_base)
   key=$(printf '%s\n' "$(image_id "$python")" "torch==$torch_version" | sha256sum | cut -c1-12)
@@ -160,6 +179,9 @@ torch_base() {  # prints the tag of the Python stand-in + torch from PyPI
   if [ -z "$(image_id "$tag")" ]; then
     lock "base-torch-$key"
     if [ -z "$(image_id "$tag")" ]; then
+      # The wheels (2.8 GB), the installed layer (5.2 GB) and, while it is committed, a copy.
+      local need=14
+      [ "$(free_gb "$cache")" -ge "$need" ] || unavailable "the stand-in base with torch from PyPI (CUDA build) needs about $need GB free under $cache, $(free_gb "$cache") GB are; free some, or build Debian's CPU torch instead: FEDKUBE_STAND_IN_TORCH=debian"
       wheels=$(torch_wheels "$python")
       local start=$SECONDS
       log "stand-in base $tag: installing torch $torch_version from the wheel cache (offline)"
@@ -198,7 +220,8 @@ build_image() {  # build_image NAME BASE
   if [ -f "$archive" ] && [ -f "$out/$name-$key.json" ]; then
     log "$name $key: cached ($archive)"
   else
-    lock "image-$name-$key"
+    # One image build at a time: the prune below must not see another build's stages.
+    lock images-build
     if [ ! -f "$out/$name-$key.json" ]; then
       local start=$SECONDS
       log "$name $key: building on $base with $builder"
@@ -206,7 +229,7 @@ build_image() {  # build_image NAME BASE
         DOCKER_BUILDKIT=1 docker build "${pull[@]}" --build-arg "BASE_IMAGE=$base" \
           --file "$dockerfile" --tag "$ref" "$repo" >&2
       else
-        podman build "${pull[@]}" "${build_opts[@]}" --layers --ignorefile "$dockerfile.dockerignore" \
+        podman build "${pull[@]}" "${build_opts[@]}" --ignorefile "$dockerfile.dockerignore" \
           --build-arg "BASE_IMAGE=$base" --file "$dockerfile" --tag "$ref" "$repo" >&2
       fi
       local built=$SECONDS
@@ -217,6 +240,13 @@ build_image() {  # build_image NAME BASE
         podman save --format docker-archive --output "$archive.partial" "$ref"
       fi
       mv -f "$archive.partial" "$archive"
+      # Keep one archive per image and base: older keys are what earlier sources built.
+      for stale in "$out/$name"-*.json; do
+        [ "$stale" != "$out/$name-$key.json" ] || continue
+        if grep -qF "\"base\": \"$base\"" "$stale" 2>/dev/null; then rm -f "${stale%.json}.tar" "$stale"; fi
+      done
+      # Build stages and the images earlier builds tagged are dangling now (fedkube's storage only).
+      if [ "$builder" = podman ]; then podman image prune --force >/dev/null; fi
       python3 - "$out/$name-$key.json" <<PY
 import json, sys
 record = {"name": "$name", "ref": "$ref", "archive": "$archive", "key": "$key",
