@@ -8,7 +8,7 @@
 # Builds with Docker when an engine answers (`docker info`), else with podman (configured by
 # images/containers-env.sh, state under the cache). FEDKUBE_IMAGE_BUILDER=docker|podman forces one.
 # --stand-in-bases: build on local Debian stand-ins of the FROM images (debootstrap: Python, and
-#   Python + torch from PyPI for the runtime) instead of pulling the official ones; what tests
+#   Python + torch for the runtime) instead of pulling the official ones; what tests
 #   and air-gapped users do. OPERATOR_BASE / RUNTIME_BASE name any other base instead.
 # --bases-only: build (or find) the stand-in bases, print `<name>-base <tag>` lines, stop there.
 # --optional: when nothing can build images, say why and exit 0 (the image tests then skip with
@@ -36,12 +36,6 @@ out="$cache/images"
 mkdir -p "$out" "$cache/locks"
 version=$(sed -n 's/^version = "\(.*\)"/\1/p' "$repo/pyproject.toml")
 torch_version=$(sed -n 's/^torch==\(.*\)/\1/p' "$repo/constraints.txt")
-# Where the runtime stand-in's torch comes from: debian (trixie's CPU build, ~1 GB) or pypi
-# (the version constraints.txt pins: the CUDA build, ~5 GB installed, ~3 GB download).
-stand_in_torch=${FEDKUBE_STAND_IN_TORCH:-debian}
-case $stand_in_torch in debian | pypi) ;; *)
-  echo "FEDKUBE_STAND_IN_TORCH=$stand_in_torch: use debian or pypi" >&2; exit 2 ;;
-esac
 
 log() { printf '[build-images %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
@@ -125,7 +119,7 @@ debootstrap_base() {  # debootstrap_base NAME SUITE PACKAGES VENV_OPTIONS: print
       debootstrap --variant=minbase --include="$packages" "$suite" "$work/rootfs" ${mirror:+"$mirror"} \
         >"$work/debootstrap.log" 2>&1 || { tail -20 "$work/debootstrap.log" >&2; exit 1; }
       # Debian's python refuses `pip install` into itself (PEP 668); a venv on PATH behaves
-      # like the official images' Python (and sees Debian's packages with --system-site-packages).
+      # like the official images' Python.
       # shellcheck disable=SC2086
       chroot "$work/rootfs" python3 -m venv $venv_opts /opt/venv
       rm -rf "$work/rootfs/var/cache/apt/archives"/*.deb "$work/rootfs/var/lib/apt/lists"/*
@@ -143,35 +137,20 @@ python_base() {  # Debian + Python: the operator image's stand-in
   debootstrap_base python bookworm python3,python3-venv,ca-certificates ""
 }
 
-torch_wheels() {  # prints a folder holding torch $torch_version and its dependencies' wheels
-  local dir="$cache/wheels/torch-$torch_version"
-  if [ ! -f "$dir/.complete" ]; then
-    lock "wheels-torch-$torch_version"
-    if [ ! -f "$dir/.complete" ]; then
-      local start=$SECONDS
-      log "downloading torch $torch_version and its dependencies (the CUDA build, about 3 GB) once"
-      rm -rf "$dir.partial"; mkdir -p "$dir.partial"
-      # Inside the stand-in, so the wheels fit its Python and platform; pinned by constraints.txt.
-      engine run --rm --network=host ${pip_mounts[@]+"${pip_mounts[@]}"} \
-        --volume "$dir.partial:/wheels" --volume "$repo/constraints.txt:/constraints.txt:ro" \
-        "$1" pip download --progress-bar off -c /constraints.txt -d /wheels "torch==$torch_version" >&2
-      touch "$dir.partial/.complete"
-      mv -T "$dir.partial" "$dir"
-      log "torch wheels: downloaded in $((SECONDS - start))s"
-    fi
-  fi
-  echo "$dir"
+torch_wheels() {  # torch_wheels BASE DIR: download torch $torch_version and its dependencies
+  local start=$SECONDS
+  log "downloading torch $torch_version and its dependencies from the package index (the CUDA build, about 2.8 GB)"
+  rm -rf "$2"; mkdir -p "$2"
+  # Inside the stand-in, so the wheels fit its Python and platform; pinned by constraints.txt.
+  engine run --rm --network=host ${pip_mounts[@]+"${pip_mounts[@]}"} \
+    --volume "$2:/wheels" --volume "$repo/constraints.txt:/constraints.txt:ro" \
+    "$1" pip download --progress-bar off --quiet -c /constraints.txt -d /wheels "torch==$torch_version" >&2
+  log "torch wheels: downloaded in $((SECONDS - start))s"
 }
 
 free_gb() { df -Pk "$1" | awk 'NR == 2 { print int($4 / 1048576) }'; }
 
-torch_base() {  # the runtime image's stand-in: Debian + Python + torch ($stand_in_torch)
-  if [ "$stand_in_torch" = debian ]; then
-    # Debian's own CPU build of torch: ~1 GB, where PyPI's (CUDA) build needs ~11 GB to build.
-    debootstrap_base python-torch trixie python3,python3-venv,python3-torch,ca-certificates \
-      --system-site-packages
-    return
-  fi
+torch_base() {  # the runtime image's stand-in: Debian + Python + torch from PyPI; prints its tag
   local python key tag wheels
   python=$(python_base)
   key=$(printf '%s\n' "$(image_id "$python")" "torch==$torch_version" | sha256sum | cut -c1-12)
@@ -179,17 +158,24 @@ torch_base() {  # the runtime image's stand-in: Debian + Python + torch ($stand_
   if [ -z "$(image_id "$tag")" ]; then
     lock "base-torch-$key"
     if [ -z "$(image_id "$tag")" ]; then
-      # The wheels (2.8 GB), the installed layer (5.2 GB) and, while it is committed, a copy.
+      # PyPI's Linux torch is the CUDA build, and `import torch` loads the NVIDIA libraries even
+      # on CPU: wheels 2.8 GB, installed 5.2 GB, and as much again while the layer is committed.
       local need=14
-      [ "$(free_gb "$cache")" -ge "$need" ] || unavailable "the stand-in base with torch from PyPI (CUDA build) needs about $need GB free under $cache, $(free_gb "$cache") GB are; free some, or build Debian's CPU torch instead: FEDKUBE_STAND_IN_TORCH=debian"
-      wheels=$(torch_wheels "$python")
+      [ "$(free_gb "$cache")" -ge "$need" ] ||
+        unavailable "the stand-in base with torch from PyPI (the CUDA build) needs about $need GB free under $cache to build, $(free_gb "$cache") GB are"
+      wheels="$cache/build/torch-wheels-$torch_version"
+      torch_wheels "$python" "$wheels"
       local start=$SECONDS
-      log "stand-in base $tag: installing torch $torch_version from the wheel cache (offline)"
+      log "stand-in base $tag: installing torch $torch_version from the downloaded wheels (no network)"
+      local never=()
+      [ "$builder" = docker ] || never=(--pull=never)
       # The wheel folder is the build context, bound (not copied) into the one RUN.
-      engine build --pull=never --network=none --tag "$tag" --file - "$wheels" >&2 <<DOCKERFILE
+      engine build "${never[@]}" --network=none --tag "$tag" --file - "$wheels" >&2 <<DOCKERFILE
 FROM $python
 RUN --mount=type=bind,target=/wheels pip install --no-cache-dir --no-index --find-links=/wheels "torch==$torch_version"
 DOCKERFILE
+      # The image is the cache; the wheels would only double it on disk.
+      rm -rf "$wheels"
       log "stand-in base $tag: built in $((SECONDS - start))s"
     fi
   fi
@@ -226,7 +212,8 @@ build_image() {  # build_image NAME BASE
       local start=$SECONDS
       log "$name $key: building on $base with $builder"
       if [ "$builder" = docker ]; then
-        DOCKER_BUILDKIT=1 docker build "${pull[@]}" --build-arg "BASE_IMAGE=$base" \
+        # (docker build has no --pull=never; it uses a local base without asking a registry)
+        DOCKER_BUILDKIT=1 docker build --build-arg "BASE_IMAGE=$base" \
           --file "$dockerfile" --tag "$ref" "$repo" >&2
       else
         podman build "${pull[@]}" "${build_opts[@]}" --ignorefile "$dockerfile.dockerignore" \

@@ -86,9 +86,7 @@ def test_image_runs_as_the_pod_user_by_default(
     image = built_images[name]
     options = [o for o in docker_compatible(engine, pod_like()) if not o.startswith("--user")]
 
-    result = engine.run(
-        [*options, "--entrypoint=id", image.ref, "-u"], timeout=RUN_SECONDS
-    )
+    result = engine.run([*options, "--entrypoint=id", image.ref, "-u"], timeout=RUN_SECONDS)
 
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == POD_USER.split(":")[0]

@@ -8,6 +8,7 @@ tests/images builds the images and runs them (``make images``, ``images/build.sh
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -258,3 +259,41 @@ def test_kopf_can_import_fedop_without_torch() -> None:
 
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+# ---- images/build.sh without a container engine ------------------------------------------------
+
+
+def run_build_without_engines(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    """images/build.sh --optional on a PATH holding only the shell tools it needs first."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("bash", "dirname", "sed", "mkdir", "date", "cat"):
+        found = shutil.which(tool)
+        assert found, tool
+        (bin_dir / tool).symlink_to(found)
+    return subprocess.run(
+        ["bash", str(IMAGES / "build.sh"), "--optional", "--stand-in-bases"],
+        env={"PATH": str(bin_dir), "HOME": str(tmp_path), "FEDKUBE_CACHE": str(tmp_path), **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_build_without_podman_or_docker_names_them_and_builds_nothing(tmp_path: Path) -> None:
+    result = run_build_without_engines(tmp_path)
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == ""  # no image lines: the image tests skip
+    assert "podman" in result.stderr
+    assert "make images-tools" in result.stderr
+
+
+def test_build_without_podman_or_docker_fails_when_images_are_required(tmp_path: Path) -> None:
+    result = run_build_without_engines(tmp_path, FEDKUBE_E2E="required")
+
+    assert result.returncode == 3
+    assert result.stdout == ""
+    assert "podman" in result.stderr
