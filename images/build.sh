@@ -73,6 +73,10 @@ if [ "$builder" = podman ]; then
   command -v podman >/dev/null 2>&1 || unavailable "podman is not installed: make images-tools"
   # shellcheck source=containers-env.sh
   source "$here/containers-env.sh"
+  # buildah writes each committed layer's tarball here first (default /var/tmp): keep it with
+  # the storage, on the disk whose free space is checked below.
+  export TMPDIR="$cache/containers/tmp"
+  mkdir -p "$TMPDIR"
   # Builds reach the package index the way pip on this host does: its index, CA bundle and
   # timeout (from `pip config list`, which includes PIP_* variables), mounted read-only.
   pip_conf="$cache/containers/pip.conf"
@@ -159,8 +163,9 @@ torch_base() {  # the runtime image's stand-in: Debian + Python + torch from PyP
     lock "base-torch-$key"
     if [ -z "$(image_id "$tag")" ]; then
       # PyPI's Linux torch is the CUDA build, and `import torch` loads the NVIDIA libraries even
-      # on CPU: wheels 2.8 GB, installed 5.2 GB, and as much again while the layer is committed.
-      local need=14
+      # on CPU: wheels 2.8 GB, installed 5.2 GB, and while the layer is committed a tarball of it
+      # and the new layer (2 x 5.2 GB more; measured: ~20 GB at the peak, ~5.3 GB after).
+      local need=20
       [ "$(free_gb "$cache")" -ge "$need" ] ||
         unavailable "the stand-in base with torch from PyPI (the CUDA build) needs about $need GB free under $cache to build, $(free_gb "$cache") GB are"
       wheels="$cache/build/torch-wheels-$torch_version"
