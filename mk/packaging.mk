@@ -32,7 +32,7 @@ hadolint: install ## lint the Dockerfiles in images/
 
 IMAGE_BUILD := images/build.sh $(if $(STAND_IN_BASES),--stand-in-bases)
 
-images: ## build the operator and runtime images (Docker if an engine answers, else podman) and save them under $(FEDKUBE_CACHE)/images; STAND_IN_BASES=1: on local Debian bases, no registry
+images: ## build the operator and runtime images (Docker if an engine answers, else podman) and save them as archives in the cache (images/CONTRACT.md); STAND_IN_BASES=1: on local Debian bases, no registry
 	@$(IMAGE_BUILD)
 
 images-tools: ## install podman, buildah, runc and debootstrap with apt-get (root; what `make images` needs without Docker)
