@@ -7,8 +7,9 @@
 #   source images/containers-env.sh      # exports CONTAINERS_CONF, CONTAINERS_STORAGE_CONF, ...
 #   images/containers-env.sh             # prints the same as `export` lines (for tests, shells)
 #
-# FEDKUBE_CACHE overrides the cache root; FEDKUBE_CONTAINERS_ULIMITS the ulimits (nofile:nproc).
-set -euo pipefail
+# FEDKUBE_CACHE overrides the cache root.
+# Strict mode only when run: sourced, it must not change the caller's shell options.
+if [ "${BASH_SOURCE[0]}" = "$0" ]; then set -euo pipefail; fi
 
 _fk_cache=${FEDKUBE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/fedkube}
 _fk_state="$_fk_cache/containers"
