@@ -802,6 +802,7 @@ _PATTERN_HINTS: dict[str, str] = {
     BUCKET: "an S3 bucket name: 3-63 lowercase letters, digits, '.' or '-'",
     PREFIX: "a relative key path without a leading '/', empty ('//'), '.' or '..' segments "
     "(e.g. 'teams/a/')",
+    QUANTITY: "a Kubernetes quantity such as '200Gi' or '1.5T'",
 }
 
 
