@@ -72,10 +72,10 @@ def layout_order(template: Mapping[str, TensorSpec]) -> list[str]:
 
 def header_bytes(template: Mapping[str, TensorSpec], metadata: Mapping[str, str | int]) -> bytes:
     """The 8-byte length and the padded JSON header of a file holding ``template``."""
-    header: dict[str, object] = {}
-    meta = {str(k): str(v) for k, v in sorted(metadata.items())}
-    if meta:
-        header["__metadata__"] = meta
+    # save_weights always passes a metadata map, so safetensors always writes one.
+    header: dict[str, object] = {
+        "__metadata__": {str(k): str(v) for k, v in sorted(metadata.items())}
+    }
     offset = 0
     for name in layout_order(template):
         spec = template[name]

@@ -41,6 +41,7 @@ from __future__ import annotations
 import math
 import os
 import tempfile
+import weakref
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,6 +110,8 @@ class DiskAccumulator:
                 "local disk (spec.aggregator.scratchSizeLimit) or use "
                 "spec.aggregator.accumulator: memory"
             ) from e
+        # An abandoned strategy (the aggregator refolds into a fresh one) gives it back too.
+        self._close = weakref.finalize(self, self._file.close)
 
     def read(self, name: str, start: int, stop: int) -> torch.Tensor:
         """Elements ``[start, stop)`` of ``name``'s sum, into a reused buffer (valid until
@@ -144,7 +147,7 @@ class DiskAccumulator:
 
     def close(self) -> None:
         """Give the file's space back (also when the process dies: the file has no name)."""
-        self._file.close()
+        self._close()
 
 
 __all__ = ["SLICE_ELEMENTS", "AccumulatorSpaceError", "DiskAccumulator", "Region", "slices"]
