@@ -41,6 +41,13 @@ so the aggregator's peak is about ``2M + 2 t_max`` (plus what the C allocator ke
 whatever the number of clients. The benchmark (``make bench``) measures it against loading
 every update at once: 2.1-2.2x one model for 10 clients.
 
+With ``accumulator="disk"`` (``spec.aggregator.accumulator``) the sum lives in a file on
+local disk instead (``fedcore.strategies.disk_accumulator``: same arithmetic, same bytes),
+folded and finalized in 8 MiB slices, and ``finalize_to_file`` streams the new model into its
+safetensors file: memory is a few slices, whatever ``M``; disk is ``2M`` more; each fold
+also reads and writes the ``2M`` sum once. Subclasses whose server step keeps state of the
+model's size (FedAvgM, FedOpt, SCAFFOLD) refuse it (``disk_accumulator``).
+
 Non-float tensors:
 
 * Integer tensors (``num_batches_tracked`` and other counters) accumulate exactly in int64;
