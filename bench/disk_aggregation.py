@@ -184,6 +184,7 @@ def main() -> None:
     )
     parser.add_argument("--margin-gib", type=float, default=4.0, help="disk left free, GiB")
     parser.add_argument("--modes", default=",".join(MODES), help="accumulators to run")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="JSON file to write")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--config", help=argparse.SUPPRESS)
     parser.add_argument("--scratch", help=argparse.SUPPRESS)
@@ -282,8 +283,8 @@ def report(args: argparse.Namespace, size: int, distinct: int, rows: list[dict[s
     print(f"same global model from every accumulator: {len(digests) == 1}")
     if len(digests) != 1:
         sys.exit("the accumulators disagree: the global models' sha256 differ")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    args.results.write_text(
         json.dumps(
             {
                 "params": args.params,
@@ -297,7 +298,7 @@ def report(args: argparse.Namespace, size: int, distinct: int, rows: list[dict[s
         )
         + "\n"
     )
-    print(f"wrote {RESULTS.relative_to(REPO)}")
+    print(f"wrote {args.results}")
 
 
 if __name__ == "__main__":
