@@ -42,7 +42,8 @@ Updates for the previous round that show up after it closed are recorded as late
 next record. Memory stays O(model): the strategy streams, and an update is held on disk,
 never in memory as a whole; with ``spec.aggregator.accumulator: disk`` the new model is
 written straight to its file (``Strategy.finalize_to_file``) and evaluated by loading it into
-the task's model a tensor at a time, so only that model grows with the model's size. Each fold, rejection and commit is one log line.
+the task's model a tensor at a time, so only that model grows with the model's size. Each
+fold, rejection and commit is one log line.
 """
 
 from __future__ import annotations
