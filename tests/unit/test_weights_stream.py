@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from fedcore import model_loading
 from fedcore.model_loading import load_into
 from fedcore.weights import load_weights, open_weights, save_weights, template_of
 from fedcore.weights_stream import StreamingWeightsWriter
@@ -74,7 +75,11 @@ def test_a_slice_of_another_dtype_or_too_long_is_refused(tmp_path: Path) -> None
     assert torch.equal(load_weights(tmp_path / "m")["w"], TENSORS["l"])
 
 
-def test_load_into_copies_every_tensor_and_refuses_another_models_file(tmp_path: Path) -> None:
+@pytest.mark.parametrize("batch_bytes", [1, 1 << 26], ids=["tensor-by-tensor", "one-batch"])
+def test_load_into_copies_every_tensor_and_refuses_another_models_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, batch_bytes: int
+) -> None:
+    monkeypatch.setattr(model_loading, "BATCH_BYTES", batch_bytes)
     source, target = nn.Linear(3, 2), nn.Linear(3, 2)
     save_weights(tmp_path / "m", source.state_dict())
     save_weights(tmp_path / "other", nn.Linear(3, 2, bias=False).state_dict())
