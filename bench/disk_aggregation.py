@@ -257,10 +257,12 @@ def run(
                     str(scratch),
                 ],
                 env=env,
-                check=True,
+                check=False,
                 capture_output=True,
                 text=True,
             )
+            if row.returncode != 0:
+                sys.exit(f"the {mode} worker failed ({row.returncode}):\n{row.stderr[-4000:]}")
             rows.append(json.loads(row.stdout.strip().splitlines()[-1]))
             shutil.rmtree(scratch)
             print(f"  {mode}: done", flush=True)
