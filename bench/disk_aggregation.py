@@ -37,6 +37,7 @@ import os
 import platform
 import resource
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -195,6 +196,8 @@ def main() -> None:
         )
         return
 
+    # A stopped run removes its files too (the MinIO data may be tens of GB).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit("stopped (SIGTERM)"))
     specs = template(args.params)
     size = model_bytes(specs)
     work = Path(tempfile.mkdtemp(prefix="fedkube-bench-disk-"))
