@@ -226,7 +226,7 @@ def run(
     args: argparse.Namespace, specs: dict[str, TensorSpec], size: int, distinct: int, work: Path
 ) -> list[dict[str, Any]]:
     with MinioServer(minio_binary(), work / "minio") as server:
-        config = {"endpoint": server.endpoint, "bucket": server.bucket}
+        config: dict[str, Any] = {"endpoint": server.endpoint, "bucket": server.bucket}
         store = S3Store(S3Config(**config), session=server.session())
         local = work / "upload.safetensors"
         write_model(local, specs, 0, 1.0)
