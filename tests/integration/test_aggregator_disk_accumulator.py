@@ -4,7 +4,8 @@ accumulator commits.
 
 The model is large enough (8 M parameters: a 32 MiB update, a 64 MiB accumulator) that a
 fold takes many slices; the kill is sent once the process has written part of the
-accumulator after downloading the update (``/proc/<pid>/io``) and before it logged the fold.
+accumulator after downloading the update (``/proc/<pid>/io``), and only after the process,
+stopped there, is seen not to have written all of it.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -192,10 +194,15 @@ def test_sigkill_mid_fold_with_the_disk_accumulator_commits_the_in_memory_bytes(
         send(disk_store, "a", keys["a"], base, work)
         # Downloading the update writes UPDATE_BYTES; the fold then writes the accumulator.
         mid_fold = before + UPDATE_BYTES + ACCUMULATOR_BYTES // 8
-        wait_for(lambda: written_bytes(proc.pid) >= mid_fold, "the fold to begin", 120)
+        deadline = time.monotonic() + 120
+        while written_bytes(proc.pid) < mid_fold:
+            assert time.monotonic() < deadline, "timed out waiting for the fold to begin"
+            time.sleep(0.001)
+        proc.send_signal(signal.SIGSTOP)  # frozen where it is, to check it is mid-fold
+        assert written_bytes(proc.pid) < before + UPDATE_BYTES + ACCUMULATOR_BYTES
         proc.send_signal(signal.SIGKILL)
         assert proc.wait(WAIT_SECONDS) == -signal.SIGKILL
-        assert "fold round 1 a" not in log_path.read_text()  # killed before the fold ended
+        assert "fold round 1 a" not in log_path.read_text()
         assert not [p for p in scratch.rglob("*") if "accumulator" in p.name]
 
         proc = start()
