@@ -40,7 +40,10 @@ around a broken commit.
 
 Updates for the previous round that show up after it closed are recorded as late in the
 next record. Memory stays O(model): the strategy streams, and an update is held on disk,
-never in memory as a whole. Each fold, rejection and commit is one log line.
+never in memory as a whole; with ``spec.aggregator.accumulator: disk`` the new model is
+written straight to its file (``Strategy.finalize_to_file``) and evaluated by loading it into
+the task's model a tensor at a time, so only that model grows with the model's size. Each
+fold, rejection and commit is one log line.
 """
 
 from __future__ import annotations
@@ -85,6 +88,7 @@ from fedcore.errors import (
 from fedcore.folding import OpenRound, RoundInputs, recordable
 from fedcore.folding import fmt_metrics as _fmt_metrics
 from fedcore.guard import non_finite_tensors
+from fedcore.model_loading import load_into
 from fedcore.rounds import (
     Decision,
     decide,
@@ -96,7 +100,7 @@ from fedcore.rounds import (
 from fedcore.signing import SigningKey, keys_from_env
 from fedcore.spec import FederatedJob, load_job, parse_job
 from fedcore.store import ObjectStore, open_job_store
-from fedcore.strategies import Scaffold, Strategy, build_strategy
+from fedcore.strategies import FedAvg, Scaffold, Strategy, build_strategy
 from fedcore.strategies.spool import SpooledStrategy, clear_spools
 from fedcore.tasks.base import Task, TaskContext, load_task
 from fedcore.tracking import NoTracking, Tracker, tracker_for
@@ -181,6 +185,16 @@ class Aggregator:
         model = self.task.build_model(ctx)
         model.load_state_dict(tensors)
         with torch.no_grad():
+            metrics = self.task.evaluate(model, ctx)
+        return {str(k): float(v) for k, v in metrics.items()}
+
+    def _evaluate_file(self, path: Path, round_: int) -> dict[str, float]:
+        """Evaluate the model saved at ``path``, copying it into the task's model one tensor
+        at a time (the model itself is the only copy held in memory)."""
+        ctx = self._ctx(round_)
+        model = self.task.build_model(ctx)
+        with open_weights(path) as saved, torch.no_grad():
+            load_into(model, saved)
             metrics = self.task.evaluate(model, ctx)
         return {str(k): float(v) for k, v in metrics.items()}
 
@@ -416,6 +430,9 @@ class Aggregator:
         if isinstance(strategy, SpooledStrategy):
             clear_spools(self.workdir)  # a crashed run's, or the strategy this one replaces
             strategy.spool_dir = self.workdir  # the round's updates are kept on local disk
+        if isinstance(strategy, FedAvg) and strategy.disk_accumulator:
+            strategy.accumulator = self.spec.aggregator.accumulator
+            strategy.accumulator_dir = self.workdir  # the pod's scratch emptyDir
         if isinstance(strategy, Scaffold):
             strategy.num_clients = len(self.spec.clients)  # N of c += |S|/N mean(dc)
         self._load_state(strategy, r - 1, state_sha256)
@@ -458,22 +475,24 @@ class Aggregator:
         log.info(
             "round %d open: selected %s, deadline %s", r, nxt.selected, nxt.deadline.isoformat()
         )
+        path = self.workdir / f"global-{r}.safetensors"
         while True:
             decision = self._collect(open_round)
             open_round.apply_weight_cap()
             self.privacy.seal(open_round.strategy, r, open_round.folded)
+            # Written straight to a file: with the disk accumulator the new model is never
+            # whole in memory (fedcore.strategies.disk_accumulator).
             with open_weights(base_path) as base:
-                new = open_round.strategy.finalize(base)
+                bad = open_round.strategy.finalize_to_file(
+                    base, path, {"kind": "global", "round": r}
+                )
             state_tensors = open_round.strategy.state_dict()
-            bad = non_finite_tensors(new) + non_finite_tensors(state_tensors, "state ")
+            bad += non_finite_tensors(state_tensors, "state ")
             if not bad:
                 break
-            del new, state_tensors
+            del state_tensors
             open_round.guard(bad)
-        path = self.workdir / f"global-{r}.safetensors"
-        save_weights(path, new, {"kind": "global", "round": r})
-        metrics = self._evaluate(new, r)
-        del new
+        metrics = self._evaluate_file(path, r)
         base_path.unlink()
         folded = open_round.folded
         participants = [c for c in nxt.selected if c in folded]

@@ -164,6 +164,12 @@ DEFAULT_TRIM_FRACTION = 0.2
 """``trimmedmean``'s ``trimFraction`` when unset (Flower's FedTrimmedAvg default)."""
 DP = "dpfedavg"
 """The differentially private strategy, the one that takes ``strategy.dp``."""
+DISK_ACCUMULATOR = ("fedavg", "fedprox")
+"""The strategies that can keep their accumulator on disk (``aggregator.accumulator: disk``):
+the others keep server state of the model's size in memory anyway (momentum, moments,
+control variates, the round's updates) or draw their noise whole."""
+QUANTITY = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$"
+"""A Kubernetes resource quantity without sign or exponent (``200Gi``, ``1.5T``)."""
 
 
 class AdaptiveClippingSpec(_Model):
@@ -396,7 +402,21 @@ class AggregatorSpec(_Model):
     resources: Resources = Field(default_factory=dict)
     """Pod resources of the aggregator (it needs about 2x the model's size in memory; 3x for
     fedavgm, 4x for fedadam, fedyogi and fedadagrad, 5x for scaffold; median, trimmedmean and
-    krum also need the round's updates on local disk, N x the model's size)."""
+    krum also need the round's updates on local disk, N x the model's size; with
+    ``accumulator: disk``, a constant ~100 MiB plus the task's evaluation model)."""
+    accumulator: Literal["memory", "disk"] = "memory"
+    """Where fedavg and fedprox keep the round's running sum. ``memory``: 8 bytes per
+    parameter of RAM (2x a float32 model), the fastest. ``disk``: the same sum in a file on the
+    aggregator's local disk (an emptyDir, see ``scratchSizeLimit``), folded slice by slice, so
+    the aggregator's memory no longer grows with the model (disk: 2x the model, plus the base
+    and the new model, 4x in all); each fold then reads and writes the sum once more. Memory
+    is the default because most models fit, and it needs no disk; choose disk when 2x the
+    model does not fit the aggregator's memory. Same result bit for bit either way."""
+    scratch_size_limit: Annotated[str | None, Field(pattern=QUANTITY, max_length=32)] = None
+    """``sizeLimit`` of the aggregator's local scratch volume (an emptyDir at ``/tmp``: the
+    downloaded base and update, the new model, the disk accumulator, median's kept updates),
+    e.g. ``200Gi``. Unset: no limit beyond the node's. Past it the kubelet evicts the pod; the
+    restarted aggregator resumes from the newest committed round."""
     node_selector: dict[str, LabelValue] = Field(default_factory=dict)
     tolerations: list[K8sObject] = Field(default_factory=list, max_length=64)
     env: list[EnvVar] = Field(default_factory=list, max_length=128)
@@ -539,6 +559,12 @@ class FederatedJobSpec(_Model):
             problems.append(
                 f"storage.credentials: 'shared' with site client(s) {', '.join(sites)}: a site "
                 "would receive the job's own store credential; use credentials: scoped"
+            )
+        if self.aggregator.accumulator == "disk" and self.strategy.name not in DISK_ACCUMULATOR:
+            problems.append(
+                f"aggregator.accumulator: 'disk' does not apply to {self.strategy.name}, which "
+                "keeps server state of the model's size in memory anyway; use "
+                f"{' or '.join(DISK_ACCUMULATOR)}, or accumulator: memory"
             )
         wanted = self.strategy.min_clients
         if wanted is not None and wanted > len(self.clients):
@@ -776,6 +802,7 @@ _PATTERN_HINTS: dict[str, str] = {
     BUCKET: "an S3 bucket name: 3-63 lowercase letters, digits, '.' or '-'",
     PREFIX: "a relative key path without a leading '/', empty ('//'), '.' or '..' segments "
     "(e.g. 'teams/a/')",
+    QUANTITY: "a Kubernetes quantity such as '200Gi' or '1.5T'",
 }
 
 

@@ -31,3 +31,9 @@ BENCH_DP_ARGS ?=
 .PHONY: bench-dp
 bench-dp: install ## dpfedavg's cost over FedAvg with clipping: one round's time and peak memory (BENCH_DP_ARGS="--clients 4 --params 20000000")
 	$(PY) bench/dp_overhead.py $(BENCH_DP_ARGS)
+
+BENCH_TARGETS += bench-disk-aggregation
+BENCH_DISK_AGGREGATION_ARGS ?=
+.PHONY: bench-disk-aggregation
+bench-disk-aggregation: install minio ## FedAvg through MinIO with the sum in memory vs on disk (spec.aggregator.accumulator): peak RSS per model, close-after-last-update vs one download + one upload (BENCH_DISK_AGGREGATION_ARGS="--params 1000000000 --clients 10"; refuses to start without the disk it needs)
+	$(PY) bench/disk_aggregation.py $(BENCH_DISK_AGGREGATION_ARGS)

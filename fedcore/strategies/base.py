@@ -23,6 +23,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from pathlib import Path
 from typing import ClassVar
 
 import torch
@@ -37,6 +38,7 @@ from fedcore.weights import (
     TensorSpec,
     check_same_structure,
     dtype_name,
+    save_weights,
 )
 
 MAX_NUM_SAMPLES = 10**12
@@ -190,6 +192,22 @@ class Strategy(ABC):
 
         Consumes the round: call ``begin_round`` before folding again.
         """
+
+    def finalize_to_file(
+        self, base: TensorSource, path: Path, metadata: Mapping[str, str | int]
+    ) -> list[str]:
+        """``finalize`` into a safetensors file at ``path`` (with header ``metadata``); the
+        names of its float tensors that hold NaN or inf, sorted. A strategy that never holds
+        the whole model (FedAvg with the disk accumulator) streams it instead."""
+        new = self.finalize(base)
+        with arithmetic_threads():
+            bad = sorted(
+                name
+                for name, tensor in new.items()
+                if tensor.dtype in FLOAT_DTYPES and not bool(torch.isfinite(tensor).all())
+            )
+        save_weights(path, new, metadata)
+        return bad
 
     @abstractmethod
     def alone_is_finite(self, update: TensorSource, base: TensorSource) -> bool:

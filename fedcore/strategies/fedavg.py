@@ -41,6 +41,13 @@ so the aggregator's peak is about ``2M + 2 t_max`` (plus what the C allocator ke
 whatever the number of clients. The benchmark (``make bench``) measures it against loading
 every update at once: 2.1-2.2x one model for 10 clients.
 
+With ``accumulator="disk"`` (``spec.aggregator.accumulator``) the sum lives in a file on
+local disk instead (``fedcore.strategies.disk_accumulator``: same arithmetic, same bytes),
+folded and finalized in 8 MiB slices, and ``finalize_to_file`` streams the new model into its
+safetensors file: memory is a few slices, whatever ``M``; disk is ``2M`` more; each fold
+also reads and writes the ``2M`` sum once. Subclasses whose server step keeps state of the
+model's size (FedAvgM, FedOpt, SCAFFOLD) refuse it (``disk_accumulator``).
+
 Non-float tensors:
 
 * Integer tensors (``num_batches_tracked`` and other counters) accumulate exactly in int64;
@@ -60,8 +67,9 @@ Non-float tensors:
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from typing import ClassVar
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import ClassVar, Literal
 
 import torch
 
@@ -82,6 +90,7 @@ from fedcore.strategies.clipping import (
     quantile,
     update_norm,
 )
+from fedcore.strategies.disk_accumulator import DiskAccumulator, slices
 from fedcore.strategies.weighting import FoldWeight, check_max_weight_share
 from fedcore.weights import (
     FLOAT_DTYPES,
@@ -91,15 +100,24 @@ from fedcore.weights import (
     Tensors,
     TensorSource,
     TensorSpec,
+    WeightsReader,
     check_same_structure,
     dtype_name,
 )
+from fedcore.weights_stream import StreamingWeightsWriter
+
+Accumulator = Literal["memory", "disk"]
+"""Where FedAvg keeps the round's running sum: in memory (8 bytes per parameter of RAM), or
+in a file on local disk, folded slice by slice (``fedcore.strategies.disk_accumulator``)."""
 
 
 class FedAvg(Strategy):
     """Sample-weighted mean of client deltas, accumulated in float64 (exact int64 for ints)."""
 
     name: ClassVar[str] = "fedavg"
+    disk_accumulator: ClassVar[bool] = True
+    """Whether the strategy can keep its sum on disk: False for those whose server step
+    keeps O(model) state of its own in memory (momentum, moments, control variates)."""
 
     def __init__(
         self,
@@ -108,6 +126,8 @@ class FedAvg(Strategy):
         max_weight_share: float | None = None,
         clip_norm: float | None = None,
         clip_quantile: float | None = None,
+        accumulator: Accumulator = "memory",
+        accumulator_dir: Path | None = None,
     ) -> None:
         check_max_weight_share(max_weight_share)
         check_clipping(clip_norm, clip_quantile)
@@ -126,7 +146,13 @@ class FedAvg(Strategy):
         self.server_learning_rate = server_learning_rate
         """``η``: the averaged delta is scaled by it before being added to the base."""
         self._template: dict[str, TensorSpec] | None = None
+        self.accumulator: Accumulator = accumulator
+        """``memory`` or ``disk``, read at ``begin_round`` (the aggregator sets it from
+        ``spec.aggregator.accumulator``)."""
+        self.accumulator_dir = accumulator_dir
+        """Directory of the disk accumulator's file (None: the system's temporary one)."""
         self._acc: dict[str, torch.Tensor] = {}
+        self._disk: DiskAccumulator | None = None
         self._scratch = Scratch()
         """One read buffer for every tensor of every update (see ``fedcore.weights.Scratch``)."""
         self._num_updates = 0
@@ -157,9 +183,19 @@ class FedAvg(Strategy):
     def begin_round(self, template: Template) -> None:
         specs = averageable_template(template, self.name)
         self._acc = {}  # drop the old round's buffers before allocating the new ones
+        self._close_disk()
         self._template = specs
+        if self.accumulator == "disk":
+            if not self.disk_accumulator:
+                raise ValueError(
+                    f"strategy {self.name!r} cannot keep its accumulator on disk (its server "
+                    "state is in memory anyway); use spec.aggregator.accumulator: memory"
+                )
+            self._disk = DiskAccumulator(specs, self.accumulator_dir)
         with arithmetic_threads():
             for name, spec in self._template.items():
+                if self._disk is not None:
+                    continue
                 if spec.dtype in FLOAT_DTYPES:
                     self._acc[name] = torch.zeros(spec.shape, dtype=torch.float64)
                 elif spec.dtype in INT_DTYPES:
@@ -189,11 +225,15 @@ class FedAvg(Strategy):
         for name, spec in template.items():
             if spec.dtype not in INT_DTYPES:
                 continue
-            acc, d = self._acc[name], update.get(name, self._scratch)
+            d = update.get(name, self._scratch)
             if not d.numel():
                 continue
             largest_delta = max(int(d.max()), -int(d.min()))
-            largest_sum = max(int(acc.max()), -int(acc.min()))
+            if self._disk is not None:
+                largest_sum = self._disk.extreme(name)
+            else:
+                acc = self._acc[name]
+                largest_sum = max(int(acc.max()), -int(acc.min()))
             if largest_sum + num_samples * largest_delta > MAX_INT_ACCUMULATOR:
                 raise OutOfRange(
                     f"integer tensor {name!r}: with this update the weighted sum of deltas "
@@ -217,6 +257,8 @@ class FedAvg(Strategy):
             scaled = value if scale == 1.0 else value * scale
         self._broken = True  # until every tensor is in: an I/O error half-way spoils acc
         with arithmetic_threads():
+            if self._disk is not None:
+                self._fold_disk(self._disk, update, scaled, integer)
             for name, acc in self._acc.items():
                 alpha = scaled if acc.dtype == torch.float64 else integer
                 add_chunked_(acc, update.get(name, self._scratch), alpha=alpha)
@@ -229,15 +271,21 @@ class FedAvg(Strategy):
             self._norms.append(norm)
 
     def finalize(self, base: TensorSource) -> Tensors:
-        template = self._round_template("finalize")
-        if self._num_updates == 0:
-            raise ValueError(
-                "cannot finalize a round into which no update was folded; a round needs at "
-                "least one accepted update"
-            )
-        check_same_structure(
-            template, base.template(), left_name="the model", right_name=repr(base)
-        )
+        template = self._begin_finalize(base)
+        if self._disk is not None:  # the whole model in memory: for tests and small models
+            self._broken = True
+            with arithmetic_threads():
+                pieces: dict[str, list[torch.Tensor]] = {}
+                for name, values in self._disk_results(self._disk, template, base, list(template)):
+                    pieces.setdefault(name, []).append(values.clone())
+            result = {
+                name: torch.cat(pieces.get(name, [torch.empty(0, dtype=spec.dtype)])).reshape(
+                    spec.shape
+                )
+                for name, spec in template.items()
+            }
+            self._end_round()
+            return result
         n, n_integer = self._total_weight, self._total_integer_weight
         out: Tensors = {}
         self._broken = True
@@ -253,7 +301,13 @@ class FedAvg(Strategy):
                     out[name] = _integer_mean_step(name, self._acc.pop(name), n_integer, b)
                 else:
                     out[name] = b.clone()
+        self._end_round()
+        return out
+
+    def _end_round(self) -> None:
+        """Forget the round (its sums) and move the adaptive clipping bound."""
         self._template = None
+        self._close_disk()
         self._scratch = Scratch()
         self._broken = False
         self._num_updates = 0
@@ -265,7 +319,75 @@ class FedAvg(Strategy):
             if bound > 0:  # all-zero updates say nothing about the scale: keep the bound
                 self.clip_bound = bound
         self._norms = []
-        return out
+
+    def _close_disk(self) -> None:
+        if self._disk is not None:
+            self._disk.close()
+            self._disk = None
+
+    # -- the disk accumulator (fedcore.strategies.disk_accumulator) ------------------------
+
+    def _fold_disk(
+        self, disk: DiskAccumulator, update: TensorSource, value: int | float, integer: int
+    ) -> None:
+        """``acc += weight x update``, slice by slice, through the file."""
+        for name, region in disk.regions.items():
+            alpha = value if region.dtype == torch.float64 else integer
+            for start, stop, d in _flat_slices(update, name, region.numel, self._scratch):
+                acc = disk.read(name, start, stop)
+                add_chunked_(acc, d, alpha=alpha)
+                disk.write(name, start, acc)
+
+    def _disk_results(
+        self, disk: DiskAccumulator, template: dict[str, TensorSpec], base: TensorSource,
+        order: list[str],
+    ) -> Iterator[tuple[str, torch.Tensor]]:  # fmt: skip
+        """The new model's tensors as (name, flat slice) pairs, tensor by tensor in ``order``,
+        each computed as ``finalize`` computes it in memory."""
+        n, n_integer = self._total_weight, self._total_integer_weight
+        for name in order:
+            spec = template[name]
+            numel = math.prod(spec.shape)
+            for start, stop, b in _flat_slices(base, name, numel, self._scratch):
+                if spec.dtype in FLOAT_DTYPES:
+                    acc = disk.read(name, start, stop)
+                    acc.div_(n)
+                    yield name, self._server_step(name, acc, b)
+                elif spec.dtype in INT_DTYPES:
+                    acc = disk.read(name, start, stop)
+                    yield name, _integer_mean_step(name, acc, n_integer, b)
+                else:
+                    yield name, b
+
+    def _begin_finalize(self, base: TensorSource) -> dict[str, TensorSpec]:
+        template = self._round_template("finalize")
+        if self._num_updates == 0:
+            raise ValueError(
+                "cannot finalize a round into which no update was folded; a round needs at "
+                "least one accepted update"
+            )
+        check_same_structure(
+            template, base.template(), left_name="the model", right_name=repr(base)
+        )
+        return template
+
+    def finalize_to_file(
+        self, base: TensorSource, path: Path, metadata: Mapping[str, str | int]
+    ) -> list[str]:
+        """With the disk accumulator, stream the new model into ``path`` slice by slice
+        (never whole in memory); otherwise as ``Strategy.finalize_to_file``."""
+        if self._disk is None:
+            return super().finalize_to_file(base, path, metadata)
+        template = self._begin_finalize(base)
+        bad: set[str] = set()
+        self._broken = True
+        with arithmetic_threads(), StreamingWeightsWriter(path, template, metadata) as out:
+            for name, values in self._disk_results(self._disk, template, base, out.order):
+                if values.dtype in FLOAT_DTYPES and not bool(torch.isfinite(values).all()):
+                    bad.add(name)
+                out.write(name, values)
+        self._end_round()
+        return sorted(bad)
 
     def state_dict(self) -> Tensors:
         """``clip/bound`` with adaptive clipping (the bound the next round clips at)."""
@@ -330,6 +452,20 @@ def _weights_of(num_samples: int, weight: FoldWeight | None) -> tuple[int | floa
     if not 1 <= weight.integer <= num_samples:
         raise ValueError(f"an integer weight must be in [1, num_samples], got {weight.integer}")
     return weight.value, weight.integer
+
+
+def _flat_slices(
+    source: TensorSource, name: str, numel: int, scratch: Scratch
+) -> Iterator[tuple[int, int, torch.Tensor]]:
+    """``(start, stop, values)`` of each disk-accumulator slice of tensor ``name``, flat: read
+    a slice at a time from a file, or sliced from the whole tensor for other sources."""
+    if isinstance(source, WeightsReader):
+        for start, stop in slices(numel):
+            yield start, stop, source.get_flat_slice(name, start, stop)
+        return
+    whole = source.get(name, scratch).reshape(-1)
+    for start, stop in slices(numel):
+        yield start, stop, whole[start:stop]
 
 
 CHUNK_ELEMENTS = 1 << 18

@@ -41,6 +41,7 @@ class FedAvgM(FedAvg):
     """FedAvg whose averaged delta drives a server SGD-with-momentum step."""
 
     name: ClassVar[str] = "fedavgm"
+    disk_accumulator: ClassVar[bool] = False
 
     def __init__(
         self,

@@ -58,6 +58,7 @@ class FedOpt(FedAvg):
     """FedAvg's averaged delta driving an adaptive server optimizer (one of three variants)."""
 
     variant: ClassVar[Variant]
+    disk_accumulator: ClassVar[bool] = False
 
     def __init__(
         self,

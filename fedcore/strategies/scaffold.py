@@ -106,6 +106,7 @@ class Scaffold(FedAvg):
     """FedAvg of the model deltas plus the server control variate ``c``."""
 
     name: ClassVar[str] = "scaffold"
+    disk_accumulator: ClassVar[bool] = False
 
     def __init__(
         self,

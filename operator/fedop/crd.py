@@ -216,6 +216,19 @@ EXTRAS: dict[str, Schema] = {
                 "reason": "FieldValueForbidden",
             },
             {
+                "rule": "!has(self.aggregator) || !has(self.aggregator.accumulator)"
+                " || self.aggregator.accumulator != 'disk' || !has(self.strategy)"
+                " || !has(self.strategy.name)"
+                f" || self.strategy.name in {list(fs.DISK_ACCUMULATOR)}",
+                "message": (
+                    "'disk' applies to "
+                    f"{' and '.join(fs.DISK_ACCUMULATOR)} only (the others keep server state "
+                    "of the model's size in memory anyway); use accumulator: memory"
+                ),
+                "fieldPath": ".aggregator.accumulator",
+                "reason": "FieldValueForbidden",
+            },
+            {
                 "rule": "!has(self.strategy) || !has(self.strategy.minClients)"
                 " || self.strategy.minClients <= size(self.clients)",
                 "message": (

@@ -209,3 +209,18 @@ def test_aggregator_serves_metrics_on_a_named_port_its_env_names() -> None:
     ]
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["FEDKUBE_METRICS_PORT"] == str(pods.AGGREGATOR_METRICS_PORT)
+
+
+def scratch_volume(pod: dict[str, Any]) -> dict[str, Any]:
+    mount = next(m for m in pod["containers"][0]["volumeMounts"] if m["mountPath"] == "/tmp")
+    return next(v for v in pod["volumes"] if v["name"] == mount["name"])
+
+
+def test_aggregator_scratch_volume_is_bounded_by_scratch_size_limit() -> None:
+    pod = aggregator_pod(aggregator={"accumulator": "disk", "scratchSizeLimit": "200Gi"})
+
+    assert scratch_volume(pod)["emptyDir"] == {"sizeLimit": "200Gi"}
+
+
+def test_aggregator_scratch_volume_has_no_limit_by_default() -> None:
+    assert scratch_volume(aggregator_pod())["emptyDir"] == {}

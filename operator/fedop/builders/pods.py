@@ -152,8 +152,15 @@ def _spec_volume(job: names.JobRef) -> tuple[dict[str, Any], dict[str, Any]]:
     return volume, mount
 
 
-def _tmp_volume() -> tuple[dict[str, Any], dict[str, Any]]:
-    return {"name": "fedkube-tmp", "emptyDir": {}}, {"name": "fedkube-tmp", "mountPath": TMP_DIR}
+def _tmp_volume(size_limit: str | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The pod's writable scratch (the root filesystem is read-only); the aggregator's holds
+    the downloaded models, its disk accumulator and robust strategies' kept updates, bounded
+    by ``spec.aggregator.scratchSizeLimit`` when set."""
+    empty_dir = {} if size_limit is None else {"sizeLimit": size_limit}
+    return (
+        {"name": "fedkube-tmp", "emptyDir": empty_dir},
+        {"name": "fedkube-tmp", "mountPath": TMP_DIR},
+    )
 
 
 def _shm_volume() -> tuple[dict[str, Any], dict[str, Any]]:
@@ -254,7 +261,7 @@ def aggregator_pod_template(
     job: names.JobRef, spec: fs.FederatedJobSpec, settings: OperatorSettings
 ) -> dict[str, Any]:
     spec_volume, spec_mount = _spec_volume(job)
-    tmp_volume, tmp_mount = _tmp_volume()
+    tmp_volume, tmp_mount = _tmp_volume(spec.aggregator.scratch_size_limit)
     keys_volume = {
         "name": "fedkube-signing-keys",
         "projected": {
