@@ -37,12 +37,11 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Literal, TextIO
+from typing import IO, Literal, Protocol, TextIO
 
 import psutil
 
 from fedcore import layout
-from fedcore.aggregator import store_location
 from fedcore.commit_signing import (
     CommitVerifier,
     UnverifiedRecord,
@@ -53,6 +52,7 @@ from fedcore.commit_signing import (
 from fedcore.credentials import Role
 from fedcore.errors import FedcoreError, ObjectNotFound, RoundProtocolError, SpecError
 from fedcore.exitcodes import EXIT_CONFIG, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
+from fedcore.layout import store_location
 from fedcore.local_credentials import LocalCredentials
 from fedcore.local_sites import write_site_bundles
 from fedcore.progress import header_lines, round_line, summary_lines, write_plot
@@ -60,6 +60,7 @@ from fedcore.rounds import training_differences
 from fedcore.spec import FederatedJob, job_prefix, parse_job
 from fedcore.store import ObjectStore, open_store
 from fedcore.tracking import CREDENTIAL_ENV as TRACKING_CREDENTIAL_ENV
+from fedcore.zygote import Zygote, ZygoteError, preload_modules, start_zygote
 
 POLL_SECONDS = 0.2
 """Supervision tick: how often exits are noticed and the store is checked for commits."""
@@ -313,6 +314,17 @@ def stop_processes(pids: Sequence[int], grace: float = STOP_GRACE_SECONDS) -> No
     psutil.wait_procs(alive, timeout=grace)
 
 
+class Process(Protocol):
+    """What the runner uses of a started process: ``subprocess.Popen`` or ``ForkedProcess``."""
+
+    @property
+    def pid(self) -> int: ...
+
+    def poll(self) -> int | None: ...
+
+    def wait(self, timeout: float | None = None) -> int: ...
+
+
 @dataclass
 class Member:
     """One OS process of the run: the aggregator, or one "pod" of a client's DDP group."""
@@ -321,7 +333,9 @@ class Member:
     argv: list[str]
     env: dict[str, str]
     log: Path
-    proc: subprocess.Popen[bytes] | None = None
+    zygote: Zygote | None = None
+    """The run's fork server, if it has one: the process is forked from it, torch imported."""
+    proc: Process | None = None
     _log_file: IO[bytes] | None = None
 
     def start(self) -> None:
@@ -330,6 +344,13 @@ class Member:
         stamp = time.strftime("%Y-%m-%d %H:%M:%S")
         self._log_file.write(f"--- fedkube run: starting {self.name} at {stamp}\n".encode())
         self._log_file.flush()
+        if self.zygote is not None and self.zygote.alive():
+            try:
+                self.proc = self.zygote.start(self.argv, self.env, self.log)
+                return
+            except ZygoteError as e:
+                self._log_file.write(f"--- {e}; starting it without\n".encode())
+                self._log_file.flush()
         self.proc = subprocess.Popen(
             self.argv,
             env=self.env,
@@ -395,6 +416,9 @@ class RunOptions:
     job_path: Path
     run_dir: Path | None = None
     fresh: bool = False
+    fork_server: bool = True
+    """Fork the run's processes from one that imported torch once (``fedcore.zygote``;
+    Linux), instead of starting each from scratch."""
     out: TextIO = field(default_factory=lambda: sys.stdout)
     err: TextIO = field(default_factory=lambda: sys.stderr)
 
@@ -456,6 +480,7 @@ class Runner:
         self.excluded: dict[str, str] = {}
         self.interrupted = threading.Event()
         self.progress = _Progress(store, job, opts.out, commit_verifier(run))
+        self.zygote: Zygote | None = None
 
     # -- environment and commands --
 
@@ -489,12 +514,14 @@ class Runner:
         env["FEDKUBE_SIGNING_KEYS_DIR"] = str(self.run.keys.resolve())
         env["FEDKUBE_COMMIT_KEY_FILE"] = str(self.run.commit_key.resolve())
         argv = self._cli("aggregator", "--job", str(self.run.job_file.resolve()))
-        return [Member("aggregator", argv, env, self.run.log("aggregator"))]
+        return [Member("aggregator", argv, env, self.run.log("aggregator"), self.zygote)]
 
     def _client_members(self, name: str) -> Callable[[], list[Member]]:
         client = self.job.spec.client(name)
 
         def make() -> list[Member]:
+            if client.world_size == 1:
+                return [self._single_rank_member(name)]
             port = free_port()  # fresh per start: the previous one may linger in TIME_WAIT
             members = []
             for index in range(client.replicas):
@@ -512,10 +539,30 @@ class Runner:
                     "client", "--job", str(self.run.job_file.resolve()), "--client", name
                 )
                 pod = f"{name}-{index}"
-                members.append(Member(pod, argv, env, self.run.log(pod)))
+                members.append(Member(pod, argv, env, self.run.log(pod), self.zygote))
             return members
 
         return make
+
+    def _single_rank_member(self, name: str) -> Member:
+        """A one-process client runs its rank directly (a DDP group of one, built
+        in-process), not a launcher that starts the rank as a second process."""
+        env = self._role_env(Role.for_client(name))
+        env["FEDKUBE_SIGNING_KEY_FILE"] = str(self.run.key(name).resolve())
+        env["FEDKUBE_COMMIT_PUBLIC_KEY_FILE"] = str(self.run.commit_public_key.resolve())
+        job_file = str(self.run.job_file.resolve())
+        argv = [sys.executable, "-m", "fedcore.client", "--job", job_file, "--client", name]
+        pod = f"{name}-0"
+        return Member(pod, argv, env, self.run.log(pod), self.zygote)
+
+    def _start_zygote(self) -> None:
+        if not self.opts.fork_server or not sys.platform.startswith("linux"):
+            return
+        modules = preload_modules(self.job.spec.task.entrypoint)
+        try:
+            self.zygote = start_zygote(self._base_env(), self.run.log("fork-server"), modules)
+        except ZygoteError as e:
+            self._say(f"note: {e}; starting every process from scratch")
 
     # -- supervision --
 
@@ -624,6 +671,8 @@ class Runner:
             for m in g.members
             if m.proc is not None and m.proc.poll() is None
         }
+        if self.zygote is not None:
+            tracked.add(self.zygote.pid)
         with contextlib.suppress(psutil.NoSuchProcess):
             orphans = [c.pid for c in psutil.Process().children() if c.pid not in tracked]
             if orphans:
@@ -660,9 +709,10 @@ class Runner:
             for c in self.job.spec.clients
             if c.name not in self.excluded and not c.is_site  # a site runs its own group
         ]
-        for group in self.groups:
-            group.start()
+        self._start_zygote()
         try:
+            for group in self.groups:
+                group.start()
             while True:
                 if self.interrupted.wait(POLL_SECONDS):
                     self._stop_all()
@@ -686,6 +736,8 @@ class Runner:
             raise
         finally:
             self._stop_all()
+            if self.zygote is not None:
+                self.zygote.close()
         return EXIT_OK
 
 
