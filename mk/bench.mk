@@ -14,7 +14,7 @@ bench: ## run every benchmark (not a test) and print its figures
 	@$(MAKE) --no-print-directory $(BENCH_TARGETS)
 
 $(BENCH_STAMP): pyproject.toml | $(STAMP)
-	@$(PY) -c 'import flwr, psutil' 2>/dev/null || $(PIP) install --progress-bar off -c constraints.txt -e '.[bench]'
+	@$(PY) -c 'import flwr, psutil, ray' 2>/dev/null || $(PIP) install --progress-bar off -c constraints.txt -e '.[bench]'
 	@touch $@
 
 bench-deps: $(BENCH_STAMP) ## install the `bench` extra (flwr, psutil) into .venv if missing
@@ -31,3 +31,9 @@ BENCH_DP_ARGS ?=
 .PHONY: bench-dp
 bench-dp: install ## dpfedavg's cost over FedAvg with clipping: one round's time and peak memory (BENCH_DP_ARGS="--clients 4 --params 20000000")
 	$(PY) bench/dp_overhead.py $(BENCH_DP_ARGS)
+
+BENCH_TARGETS += bench-round-overhead
+BENCH_ROUND_OVERHEAD_ARGS ?=
+.PHONY: bench-round-overhead
+bench-round-overhead: install $(BENCH_STAMP) ## a round's fixed cost and start-up to round 1: fedkube run (fork server, and without) vs Flower's simulation engine, 10 clients, tiny model (BENCH_ROUND_OVERHEAD_ARGS="--clients 10 --rounds 10 --repeats 3")
+	$(PY) bench/round_overhead.py $(BENCH_ROUND_OVERHEAD_ARGS)
