@@ -24,20 +24,17 @@ stopped on failure, on Ctrl-C and at the end.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import os
 import shutil
 import signal
-import socket
-import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Literal, Protocol, TextIO
+from typing import TextIO
 
 import psutil
 
@@ -53,10 +50,19 @@ from fedcore.credentials import Role
 from fedcore.errors import FedcoreError, ObjectNotFound, RoundProtocolError, SpecError
 from fedcore.exitcodes import EXIT_CONFIG, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
 from fedcore.layout import store_location
-from fedcore.local_credentials import LocalCredentials
+from fedcore.local_credentials import KEPT_AWS_VARS, LocalCredentials
 from fedcore.local_sites import write_site_bundles
 from fedcore.progress import header_lines, round_line, summary_lines, write_plot
 from fedcore.rounds import training_differences
+from fedcore.run_processes import (
+    Group,
+    Member,
+    become_subreaper,
+    describe_exit,
+    free_port,
+    log_tail,
+    stop_processes,
+)
 from fedcore.spec import FederatedJob, job_prefix, parse_job
 from fedcore.store import ObjectStore, open_store
 from fedcore.tracking import CREDENTIAL_ENV as TRACKING_CREDENTIAL_ENV
@@ -64,15 +70,8 @@ from fedcore.zygote import Zygote, ZygoteError, preload_modules, start_zygote
 
 POLL_SECONDS = 0.2
 """Supervision tick: how often exits are noticed and the store is checked for commits."""
-STOP_GRACE_SECONDS = 10.0
-"""How long stopped processes get to exit after SIGTERM before SIGKILL."""
 CLIENT_EXIT_GRACE_SECONDS = 60.0
 """After the aggregator finished, how long clients get to notice and exit on their own."""
-LOG_TAIL_LINES = 15
-"""Lines of a failed process's log quoted in the failure message."""
-
-_PR_SET_PDEATHSIG = 1
-_PR_SET_CHILD_SUBREAPER = 36
 
 
 class RunFailed(FedcoreError):
@@ -220,194 +219,6 @@ def wipe_store(store: ObjectStore) -> int:
     return len(keys)
 
 
-# ---- processes ---------------------------------------------------------------------------------
-
-
-def _libc() -> ctypes.CDLL | None:
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        return ctypes.CDLL(None, use_errno=True)
-    except OSError:
-        return None
-
-
-def become_subreaper() -> None:
-    """Orphaned descendants (torch puts its workers in sessions of their own) are re-parented
-    to this process instead of init, so the runner can still find and stop them."""
-    libc = _libc()
-    if libc is not None:
-        libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
-
-
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    os.setsid()
-    libc = _libc()
-    if libc is not None:
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def describe_exit(code: int) -> str:
-    if code < 0:
-        try:
-            return f"killed by {signal.Signals(-code).name}"
-        except ValueError:
-            return f"killed by signal {-code}"
-    return f"exit code {code}"
-
-
-def _is_banner(line: str) -> bool:
-    return len(line.strip()) >= 10 and set(line.strip()) == {"="}
-
-
-def _without_launcher_summary(lines: list[str]) -> list[str]:
-    """Drop the '====' framed summary torch's elastic launcher ends a failed group's log
-    with: it says only "exitcode 1", while the cause is in the lines above it."""
-    if not lines or not _is_banner(lines[-1]):
-        return lines
-    for i in range(len(lines) - 2, -1, -1):
-        if _is_banner(lines[i]) and lines[i + 1].strip().endswith("FAILED"):
-            kept = lines[:i]
-            while kept and not kept[-1].strip():
-                kept.pop()
-            return kept
-    return lines
-
-
-def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
-    """The last lines of a log, indented for quoting in a failure message."""
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return "    (no log)"
-    tail = _without_launcher_summary(text.splitlines())[-lines:]
-    return "\n".join(f"    {line}" for line in tail) or "    (log is empty)"
-
-
-def stop_processes(pids: Sequence[int], grace: float = STOP_GRACE_SECONDS) -> None:
-    """SIGTERM every process (and process group) given and all their descendants; SIGKILL
-    whatever is left after ``grace`` seconds; reap them."""
-    procs: dict[int, psutil.Process] = {}
-    for pid in pids:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            proc = psutil.Process(pid)
-            procs[pid] = proc
-            for child in proc.children(recursive=True):
-                procs[child.pid] = child
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pid, signal.SIGTERM)
-    for proc in procs.values():
-        with contextlib.suppress(psutil.NoSuchProcess):
-            proc.terminate()
-    _, alive = psutil.wait_procs(list(procs.values()), timeout=grace)
-    for proc in alive:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            proc.kill()
-    psutil.wait_procs(alive, timeout=grace)
-
-
-class Process(Protocol):
-    """What the runner uses of a started process: ``subprocess.Popen`` or ``ForkedProcess``."""
-
-    @property
-    def pid(self) -> int: ...
-
-    def poll(self) -> int | None: ...
-
-    def wait(self, timeout: float | None = None) -> int: ...
-
-
-@dataclass
-class Member:
-    """One OS process of the run: the aggregator, or one "pod" of a client's DDP group."""
-
-    name: str
-    argv: list[str]
-    env: dict[str, str]
-    log: Path
-    zygote: Zygote | None = None
-    """The run's fork server, if it has one: the process is forked from it, torch imported."""
-    proc: Process | None = None
-    _log_file: IO[bytes] | None = None
-
-    def start(self) -> None:
-        self.log.parent.mkdir(parents=True, exist_ok=True)
-        self._log_file = open(self.log, "ab")  # noqa: SIM115 - closed in close_log()
-        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-        self._log_file.write(f"--- fedkube run: starting {self.name} at {stamp}\n".encode())
-        self._log_file.flush()
-        if self.zygote is not None and self.zygote.alive():
-            try:
-                self.proc = self.zygote.start(self.argv, self.env, self.log)
-                return
-            except ZygoteError as e:
-                self._log_file.write(f"--- {e}; starting it without\n".encode())
-                self._log_file.flush()
-        self.proc = subprocess.Popen(
-            self.argv,
-            env=self.env,
-            stdin=subprocess.DEVNULL,
-            stdout=self._log_file,
-            stderr=subprocess.STDOUT,
-            preexec_fn=_die_with_parent,
-        )
-
-    def returncode(self) -> int | None:
-        return None if self.proc is None else self.proc.poll()
-
-    def close_log(self) -> None:
-        if self._log_file is not None:
-            self._log_file.close()
-            self._log_file = None
-
-
-@dataclass
-class Group:
-    """Processes that live and die together: the aggregator alone, or one client's pods."""
-
-    name: str
-    kind: Literal["aggregator", "client"]
-    make_members: Callable[[], list[Member]]
-    members: list[Member] = field(default_factory=list)
-    restarts: int = 0
-    state: Literal["running", "succeeded", "excluded", "stopped"] = "running"
-
-    def start(self) -> None:
-        self.members = self.make_members()
-        for member in self.members:
-            member.start()
-        self.state = "running"
-
-    def pids(self) -> list[int]:
-        return [m.proc.pid for m in self.members if m.proc is not None]
-
-    def stop(self, grace: float = STOP_GRACE_SECONDS) -> None:
-        stop_processes(self.pids(), grace)
-        for member in self.members:
-            if member.proc is not None:
-                member.proc.wait()
-            member.close_log()
-
-    def failed_member(self) -> Member | None:
-        """The first member that exited non-zero, if any."""
-        for member in self.members:
-            code = member.returncode()
-            if code is not None and code != 0:
-                return member
-        return None
-
-    def all_succeeded(self) -> bool:
-        return all(m.returncode() == 0 for m in self.members)
-
-
 # ---- the run -----------------------------------------------------------------------------------
 
 
@@ -509,6 +320,16 @@ class Runner:
                 env.pop(name, None)
         return env if self.credentials is None else self.credentials.environment(role, env)
 
+    def _shared_env(self) -> dict[str, str]:
+        """What every process of the run may see, for the fork server: no role's credential
+        (its memory, environment included, is copied into every process it forks)."""
+        env = self._base_env()
+        for name in TRACKING_CREDENTIAL_ENV:
+            env.pop(name, None)
+        if self.credentials is not None:  # each role gets its own, scoped one
+            env = {k: v for k, v in env.items() if not k.startswith("AWS_") or k in KEPT_AWS_VARS}
+        return env
+
     def _aggregator_members(self) -> list[Member]:
         env = self._role_env(Role.aggregator())
         env["FEDKUBE_SIGNING_KEYS_DIR"] = str(self.run.keys.resolve())
@@ -560,7 +381,7 @@ class Runner:
             return
         modules = preload_modules(self.job.spec.task.entrypoint)
         try:
-            self.zygote = start_zygote(self._base_env(), self.run.log("fork-server"), modules)
+            self.zygote = start_zygote(self._shared_env(), self.run.log("fork-server"), modules)
         except ZygoteError as e:
             self._say(f"note: {e}; starting every process from scratch")
 
