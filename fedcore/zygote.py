@@ -191,18 +191,26 @@ def start_zygote(env: Mapping[str, str], log: Path, modules: Sequence[str]) -> Z
 
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     log.parent.mkdir(parents=True, exist_ok=True)
-    with theirs, open(log, "ab") as err:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", __name__, *modules],
-            env=dict(env),
-            stdin=theirs.fileno(),
-            stdout=subprocess.PIPE,
-            stderr=err,
-            preexec_fn=_die_with_parent,
-        )
+    try:
+        with theirs, open(log, "ab") as err:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", __name__, *modules],
+                env=dict(env),
+                stdin=theirs.fileno(),
+                stdout=subprocess.PIPE,
+                stderr=err,
+                preexec_fn=_die_with_parent,
+            )
+    except OSError as e:
+        ours.close()
+        raise ZygoteError(f"the zygote did not start ({e})") from e
     assert proc.stdout is not None
+    line = ""
     with proc.stdout:
-        line = proc.stdout.readline().decode(errors="replace").strip()
+        for raw in proc.stdout:  # a module may print while it is imported: skip that
+            line = raw.decode(errors="replace").strip()
+            if line == "ready" or line.startswith("not ready"):
+                break
     if line != "ready":
         ours.close()
         with contextlib.suppress(Exception):

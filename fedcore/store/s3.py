@@ -54,7 +54,6 @@ looking like a round not committed yet. The bucket check that tells "no such buc
 
 from __future__ import annotations
 
-import http.client
 import io
 import logging
 import math
@@ -126,7 +125,6 @@ _BODY_ERRORS: tuple[type[BaseException], ...] = (
     urllib3.exceptions.ReadTimeoutError,
     ConnectionError,
     TimeoutError,
-    http.client.IncompleteRead,
     ranged.ShortBody,
 )
 """A ranged body that broke mid-stream; the rest of the part is asked for again (botocore
@@ -454,7 +452,13 @@ class S3Store:
                 Range=f"bytes={start}-{start + length - 1}",
                 IfMatch=etag,
             )
-            return _body(reply["Body"])
+            # The urllib3 response under botocore's StreamingBody: read into the worker's
+            # buffer without StreamingBody's copies. Its length and content checks are the
+            # download's own (exact range length, sha256 of the whole).
+            streaming = reply["Body"]
+            raw = getattr(streaming, "_raw_stream", None)  # private: fall back if it goes away
+            body: ranged.Body = raw if raw is not None else _ReadInto(streaming)
+            return body
 
         with self._errors(key, "read"):
             try:
@@ -760,41 +764,6 @@ class _ReadAgain(Exception):
 
 
 __all__ = ["S3Config", "S3Store"]
-
-
-def _body(streaming: Any) -> ranged.Body:
-    """A reply's body, read into the worker's buffer with as few copies as there are.
-
-    Under botocore's ``StreamingBody`` is urllib3's response, and under that the standard
-    library's ``http.client.HTTPResponse``, whose ``readinto`` copies from the socket
-    straight into the buffer. ``StreamingBody.read`` copies every piece twice more, and
-    urllib3's own ``readinto`` is a ``read`` and a copy (botocore has it not decode
-    content, so the bytes are the stored bytes either way). Both are private attributes:
-    without them the body falls back to the next layer up. Length and content checks are
-    the download's own (exact range length, sha256 of the whole).
-    """
-    raw = getattr(streaming, "_raw_stream", None)
-    if raw is None:
-        return _ReadInto(streaming)
-    fp = getattr(raw, "_fp", None)
-    if isinstance(fp, http.client.HTTPResponse):
-        return _Direct(fp, raw)
-    body: ranged.Body = raw
-    return body
-
-
-class _Direct:
-    """``readinto`` of the ``http.client`` response; ``close`` of urllib3's around it."""
-
-    def __init__(self, fp: http.client.HTTPResponse, outer: Any) -> None:
-        self._fp = fp
-        self._outer = outer
-
-    def readinto(self, buffer: memoryview) -> int:
-        return self._fp.readinto(buffer)
-
-    def close(self) -> None:
-        self._outer.close()
 
 
 class _ReadInto:
