@@ -129,11 +129,6 @@ class AggregatorStopped(FedcoreError):
     """``Aggregator.stop()`` was called while a round was open (nothing was committed)."""
 
 
-def store_location(store: ObjectStore) -> str:
-    """The URI of the job's folder in the store (``file:///.../`` or ``s3://bucket/prefix/``)."""
-    return store.uri(layout.JOB_KEY).removesuffix(layout.JOB_KEY)
-
-
 def _now() -> datetime:
     return layout.utcnow()
 
@@ -256,7 +251,8 @@ class Aggregator:
         diff = training_differences(started.spec, self.spec)
         if diff:
             raise RoundProtocolError(
-                f"the store at {store_location(self.store)} holds a run started with another spec; "
+                f"the store at {layout.store_location(self.store)} holds a run started with "
+                "another spec; "
                 f"these fields differ: {', '.join(diff.fields)}. Restore them, or start the "
                 "job under a new name or storage prefix"
             )
@@ -626,7 +622,7 @@ def run_aggregator(job_path: Path) -> layout.FinalRecord:
     linger = linger_seconds() if port is not None else 0.0
     if port is not None:
         serve(metrics, port)
-    tracker = tracker_for(job, store_location(store))
+    tracker = tracker_for(job, layout.store_location(store))
     try:
         with tempfile.TemporaryDirectory(prefix="fedkube-aggregator-") as tmp:
             aggregator = Aggregator(

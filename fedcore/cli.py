@@ -55,6 +55,13 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--fresh", action="store_true", help="delete what the store holds for this job first"
     )
+    run.add_argument(
+        "--no-fork-server",
+        dest="fork_server",
+        action="store_false",
+        help="start every process from scratch instead of forking it from one that imported "
+        "torch once (Linux; the default there)",
+    )
 
     validate = sub.add_parser("validate", help="check a FederatedJob file and explain problems")
     validate.add_argument("job", type=Path, nargs="?", help="FederatedJob file (YAML or JSON)")
@@ -168,7 +175,11 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     from fedcore.runner import RunOptions, run_job
 
-    return run_job(RunOptions(job_path=args.job, run_dir=args.store, fresh=args.fresh))
+    return run_job(
+        RunOptions(
+            job_path=args.job, run_dir=args.store, fresh=args.fresh, fork_server=args.fork_server
+        )
+    )
 
 
 def _cmd_status(args: argparse.Namespace) -> int:

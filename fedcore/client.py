@@ -124,6 +124,10 @@ POLL_MAX_SECONDS = 3.0
 """Longest wait between polls. It bounds both the store's request rate per idle client and
 how long the other ranks go without hearing from rank 0 (a dead rank is noticed then)."""
 POLL_FACTOR = 1.5
+LOCAL_POLL_MAX_SECONDS = 0.25
+"""Longest wait between polls of a store on this machine (``local_reads``: a poll is a file
+read): a new round is noticed within this, not within ``POLL_MAX_SECONDS``, which was most
+of a small model's round on ``fedkube run``."""
 
 RDZV_TIMEOUT_SECONDS = 900
 """How long the group's first pod waits for the others at rendezvous (pods of one client
@@ -502,7 +506,9 @@ def run_client(
             if store is not None and commit_verifier is not None and dist_ctx.is_leader
             else None
         )
-        backoff = Backoff()
+        backoff = Backoff(
+            high=LOCAL_POLL_MAX_SECONDS if getattr(store, "local_reads", False) else None
+        )
         trained = 0
         while True:
             # A plain tuple: the decision must unpickle the same in every rank's __main__.

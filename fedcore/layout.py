@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -50,6 +50,16 @@ CLIENTS_PREFIX = "clients/"
 """Per-client objects that outlive a round, each written only by its client."""
 CLIENT_VARIATE = "scaffold.safetensors"
 """A SCAFFOLD client's own control variate (``fedcore.variates``)."""
+
+
+class _Located(Protocol):
+    def uri(self, key: str) -> str: ...
+
+
+def store_location(store: _Located) -> str:
+    """The URI of the job's folder in the store (``file:///.../`` or ``s3://bucket/prefix/``)."""
+    return store.uri(JOB_KEY).removesuffix(JOB_KEY)
+
 
 _ROUND_RECORD = re.compile(r"^rounds/(\d{6})/round\.json$")
 

@@ -24,25 +24,21 @@ stopped on failure, on Ctrl-C and at the end.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import os
 import shutil
 import signal
-import socket
-import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Literal, TextIO
+from typing import TextIO
 
 import psutil
 
 from fedcore import layout
-from fedcore.aggregator import store_location
 from fedcore.commit_signing import (
     CommitVerifier,
     UnverifiedRecord,
@@ -53,25 +49,29 @@ from fedcore.commit_signing import (
 from fedcore.credentials import Role
 from fedcore.errors import FedcoreError, ObjectNotFound, RoundProtocolError, SpecError
 from fedcore.exitcodes import EXIT_CONFIG, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
-from fedcore.local_credentials import LocalCredentials
+from fedcore.layout import store_location
+from fedcore.local_credentials import KEPT_AWS_VARS, LocalCredentials
 from fedcore.local_sites import write_site_bundles
 from fedcore.progress import header_lines, round_line, summary_lines, write_plot
 from fedcore.rounds import training_differences
+from fedcore.run_processes import (
+    Group,
+    Member,
+    become_subreaper,
+    describe_exit,
+    free_port,
+    log_tail,
+    stop_processes,
+)
 from fedcore.spec import FederatedJob, job_prefix, parse_job
 from fedcore.store import ObjectStore, open_store
 from fedcore.tracking import CREDENTIAL_ENV as TRACKING_CREDENTIAL_ENV
+from fedcore.zygote import Zygote, ZygoteError, preload_modules, start_zygote
 
 POLL_SECONDS = 0.2
 """Supervision tick: how often exits are noticed and the store is checked for commits."""
-STOP_GRACE_SECONDS = 10.0
-"""How long stopped processes get to exit after SIGTERM before SIGKILL."""
 CLIENT_EXIT_GRACE_SECONDS = 60.0
 """After the aggregator finished, how long clients get to notice and exit on their own."""
-LOG_TAIL_LINES = 15
-"""Lines of a failed process's log quoted in the failure message."""
-
-_PR_SET_PDEATHSIG = 1
-_PR_SET_CHILD_SUBREAPER = 36
 
 
 class RunFailed(FedcoreError):
@@ -219,174 +219,6 @@ def wipe_store(store: ObjectStore) -> int:
     return len(keys)
 
 
-# ---- processes ---------------------------------------------------------------------------------
-
-
-def _libc() -> ctypes.CDLL | None:
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        return ctypes.CDLL(None, use_errno=True)
-    except OSError:
-        return None
-
-
-def become_subreaper() -> None:
-    """Orphaned descendants (torch puts its workers in sessions of their own) are re-parented
-    to this process instead of init, so the runner can still find and stop them."""
-    libc = _libc()
-    if libc is not None:
-        libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
-
-
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    os.setsid()
-    libc = _libc()
-    if libc is not None:
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def describe_exit(code: int) -> str:
-    if code < 0:
-        try:
-            return f"killed by {signal.Signals(-code).name}"
-        except ValueError:
-            return f"killed by signal {-code}"
-    return f"exit code {code}"
-
-
-def _is_banner(line: str) -> bool:
-    return len(line.strip()) >= 10 and set(line.strip()) == {"="}
-
-
-def _without_launcher_summary(lines: list[str]) -> list[str]:
-    """Drop the '====' framed summary torch's elastic launcher ends a failed group's log
-    with: it says only "exitcode 1", while the cause is in the lines above it."""
-    if not lines or not _is_banner(lines[-1]):
-        return lines
-    for i in range(len(lines) - 2, -1, -1):
-        if _is_banner(lines[i]) and lines[i + 1].strip().endswith("FAILED"):
-            kept = lines[:i]
-            while kept and not kept[-1].strip():
-                kept.pop()
-            return kept
-    return lines
-
-
-def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
-    """The last lines of a log, indented for quoting in a failure message."""
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return "    (no log)"
-    tail = _without_launcher_summary(text.splitlines())[-lines:]
-    return "\n".join(f"    {line}" for line in tail) or "    (log is empty)"
-
-
-def stop_processes(pids: Sequence[int], grace: float = STOP_GRACE_SECONDS) -> None:
-    """SIGTERM every process (and process group) given and all their descendants; SIGKILL
-    whatever is left after ``grace`` seconds; reap them."""
-    procs: dict[int, psutil.Process] = {}
-    for pid in pids:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            proc = psutil.Process(pid)
-            procs[pid] = proc
-            for child in proc.children(recursive=True):
-                procs[child.pid] = child
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pid, signal.SIGTERM)
-    for proc in procs.values():
-        with contextlib.suppress(psutil.NoSuchProcess):
-            proc.terminate()
-    _, alive = psutil.wait_procs(list(procs.values()), timeout=grace)
-    for proc in alive:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            proc.kill()
-    psutil.wait_procs(alive, timeout=grace)
-
-
-@dataclass
-class Member:
-    """One OS process of the run: the aggregator, or one "pod" of a client's DDP group."""
-
-    name: str
-    argv: list[str]
-    env: dict[str, str]
-    log: Path
-    proc: subprocess.Popen[bytes] | None = None
-    _log_file: IO[bytes] | None = None
-
-    def start(self) -> None:
-        self.log.parent.mkdir(parents=True, exist_ok=True)
-        self._log_file = open(self.log, "ab")  # noqa: SIM115 - closed in close_log()
-        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-        self._log_file.write(f"--- fedkube run: starting {self.name} at {stamp}\n".encode())
-        self._log_file.flush()
-        self.proc = subprocess.Popen(
-            self.argv,
-            env=self.env,
-            stdin=subprocess.DEVNULL,
-            stdout=self._log_file,
-            stderr=subprocess.STDOUT,
-            preexec_fn=_die_with_parent,
-        )
-
-    def returncode(self) -> int | None:
-        return None if self.proc is None else self.proc.poll()
-
-    def close_log(self) -> None:
-        if self._log_file is not None:
-            self._log_file.close()
-            self._log_file = None
-
-
-@dataclass
-class Group:
-    """Processes that live and die together: the aggregator alone, or one client's pods."""
-
-    name: str
-    kind: Literal["aggregator", "client"]
-    make_members: Callable[[], list[Member]]
-    members: list[Member] = field(default_factory=list)
-    restarts: int = 0
-    state: Literal["running", "succeeded", "excluded", "stopped"] = "running"
-
-    def start(self) -> None:
-        self.members = self.make_members()
-        for member in self.members:
-            member.start()
-        self.state = "running"
-
-    def pids(self) -> list[int]:
-        return [m.proc.pid for m in self.members if m.proc is not None]
-
-    def stop(self, grace: float = STOP_GRACE_SECONDS) -> None:
-        stop_processes(self.pids(), grace)
-        for member in self.members:
-            if member.proc is not None:
-                member.proc.wait()
-            member.close_log()
-
-    def failed_member(self) -> Member | None:
-        """The first member that exited non-zero, if any."""
-        for member in self.members:
-            code = member.returncode()
-            if code is not None and code != 0:
-                return member
-        return None
-
-    def all_succeeded(self) -> bool:
-        return all(m.returncode() == 0 for m in self.members)
-
-
 # ---- the run -----------------------------------------------------------------------------------
 
 
@@ -395,6 +227,9 @@ class RunOptions:
     job_path: Path
     run_dir: Path | None = None
     fresh: bool = False
+    fork_server: bool = True
+    """Fork the run's processes from one that imported torch once (``fedcore.zygote``;
+    Linux), instead of starting each from scratch."""
     out: TextIO = field(default_factory=lambda: sys.stdout)
     err: TextIO = field(default_factory=lambda: sys.stderr)
 
@@ -456,6 +291,7 @@ class Runner:
         self.excluded: dict[str, str] = {}
         self.interrupted = threading.Event()
         self.progress = _Progress(store, job, opts.out, commit_verifier(run))
+        self.zygote: Zygote | None = None
 
     # -- environment and commands --
 
@@ -484,17 +320,29 @@ class Runner:
                 env.pop(name, None)
         return env if self.credentials is None else self.credentials.environment(role, env)
 
+    def _shared_env(self) -> dict[str, str]:
+        """What every process of the run may see, for the fork server: no role's credential
+        (its memory, environment included, is copied into every process it forks)."""
+        env = self._base_env()
+        for name in TRACKING_CREDENTIAL_ENV:
+            env.pop(name, None)
+        if self.credentials is not None:  # each role gets its own, scoped one
+            env = {k: v for k, v in env.items() if not k.startswith("AWS_") or k in KEPT_AWS_VARS}
+        return env
+
     def _aggregator_members(self) -> list[Member]:
         env = self._role_env(Role.aggregator())
         env["FEDKUBE_SIGNING_KEYS_DIR"] = str(self.run.keys.resolve())
         env["FEDKUBE_COMMIT_KEY_FILE"] = str(self.run.commit_key.resolve())
         argv = self._cli("aggregator", "--job", str(self.run.job_file.resolve()))
-        return [Member("aggregator", argv, env, self.run.log("aggregator"))]
+        return [Member("aggregator", argv, env, self.run.log("aggregator"), self.zygote)]
 
     def _client_members(self, name: str) -> Callable[[], list[Member]]:
         client = self.job.spec.client(name)
 
         def make() -> list[Member]:
+            if client.world_size == 1:
+                return [self._single_rank_member(name)]
             port = free_port()  # fresh per start: the previous one may linger in TIME_WAIT
             members = []
             for index in range(client.replicas):
@@ -512,10 +360,30 @@ class Runner:
                     "client", "--job", str(self.run.job_file.resolve()), "--client", name
                 )
                 pod = f"{name}-{index}"
-                members.append(Member(pod, argv, env, self.run.log(pod)))
+                members.append(Member(pod, argv, env, self.run.log(pod), self.zygote))
             return members
 
         return make
+
+    def _single_rank_member(self, name: str) -> Member:
+        """A one-process client runs its rank directly (a DDP group of one, built
+        in-process), not a launcher that starts the rank as a second process."""
+        env = self._role_env(Role.for_client(name))
+        env["FEDKUBE_SIGNING_KEY_FILE"] = str(self.run.key(name).resolve())
+        env["FEDKUBE_COMMIT_PUBLIC_KEY_FILE"] = str(self.run.commit_public_key.resolve())
+        job_file = str(self.run.job_file.resolve())
+        argv = [sys.executable, "-m", "fedcore.client", "--job", job_file, "--client", name]
+        pod = f"{name}-0"
+        return Member(pod, argv, env, self.run.log(pod), self.zygote)
+
+    def _start_zygote(self) -> None:
+        if not self.opts.fork_server or not sys.platform.startswith("linux"):
+            return
+        modules = preload_modules(self.job.spec.task.entrypoint)
+        try:
+            self.zygote = start_zygote(self._shared_env(), self.run.log("fork-server"), modules)
+        except ZygoteError as e:
+            self._say(f"note: {e}; starting every process from scratch")
 
     # -- supervision --
 
@@ -624,6 +492,8 @@ class Runner:
             for m in g.members
             if m.proc is not None and m.proc.poll() is None
         }
+        if self.zygote is not None:
+            tracked.add(self.zygote.pid)
         with contextlib.suppress(psutil.NoSuchProcess):
             orphans = [c.pid for c in psutil.Process().children() if c.pid not in tracked]
             if orphans:
@@ -660,9 +530,10 @@ class Runner:
             for c in self.job.spec.clients
             if c.name not in self.excluded and not c.is_site  # a site runs its own group
         ]
-        for group in self.groups:
-            group.start()
+        self._start_zygote()
         try:
+            for group in self.groups:
+                group.start()
             while True:
                 if self.interrupted.wait(POLL_SECONDS):
                     self._stop_all()
@@ -686,6 +557,8 @@ class Runner:
             raise
         finally:
             self._stop_all()
+            if self.zygote is not None:
+                self.zygote.close()
         return EXIT_OK
 
 

@@ -14,7 +14,7 @@ bench: ## run every benchmark (not a test) and print its figures
 	@$(MAKE) --no-print-directory $(BENCH_TARGETS)
 
 $(BENCH_STAMP): pyproject.toml | $(STAMP)
-	@$(PY) -c 'import flwr, psutil' 2>/dev/null || $(PIP) install --progress-bar off -c constraints.txt -e '.[bench]'
+	@$(PY) -c 'import flwr, psutil, ray' 2>/dev/null || $(PIP) install --progress-bar off -c constraints.txt -e '.[bench]'
 	@touch $@
 
 bench-deps: $(BENCH_STAMP) ## install the `bench` extra (flwr, psutil) into .venv if missing
@@ -37,3 +37,9 @@ BENCH_DISK_AGGREGATION_ARGS ?=
 .PHONY: bench-disk-aggregation
 bench-disk-aggregation: install minio ## FedAvg through MinIO with the sum in memory vs on disk (spec.aggregator.accumulator): peak RSS per model, close-after-last-update vs one download + one upload (BENCH_DISK_AGGREGATION_ARGS="--params 1000000000 --clients 10"; refuses to start without the disk it needs)
 	$(PY) bench/disk_aggregation.py $(BENCH_DISK_AGGREGATION_ARGS)
+
+BENCH_TARGETS += bench-round-overhead
+BENCH_ROUND_OVERHEAD_ARGS ?=
+.PHONY: bench-round-overhead
+bench-round-overhead: install $(BENCH_STAMP) ## a round's fixed cost and start-up to round 1: fedkube run (fork server, and without) vs Flower's simulation engine, 10 clients, tiny model (BENCH_ROUND_OVERHEAD_ARGS="--clients 10 --rounds 10 --repeats 3")
+	$(PY) bench/round_overhead.py $(BENCH_ROUND_OVERHEAD_ARGS)

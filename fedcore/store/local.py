@@ -34,7 +34,7 @@ import stat
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO, NamedTuple
+from typing import BinaryIO, ClassVar, NamedTuple
 
 from fedcore.errors import (
     IntegrityError,
@@ -72,6 +72,10 @@ class _Digest(NamedTuple):
 
 class LocalStore:
     """An ``ObjectStore`` in the directory ``root / prefix`` (created on first write)."""
+
+    local_reads: ClassVar[bool] = True
+    """A read is a file read on this machine, not a request to a server: pollers may poll
+    often (clients cap their wait between polls lower, ``fedcore.client``)."""
 
     def __init__(self, root: Path, prefix: str = "") -> None:
         self._root = Path(root).absolute()
