@@ -542,11 +542,9 @@ def test_a_client_uploading_int8_updates_finishes_the_run_like_float32(
 ) -> None:
     gate = tmp_path / "gate"
     gate.touch()  # the reference run's gated client, gate open
-    clients = [
-        {"name": "a", "taskConfig": {"updateDtype": "int8"}},
-        {"name": "b", "taskConfig": {"gateFile": str(gate), "gateRound": 2}},
-    ]
-    run = start_run(write_job(tmp_path / "job.yaml", clients=clients), tmp_path / "run")
+    clients = gated_clients(gate)
+    job = write_job(tmp_path / "job.yaml", clients=clients, strategy={"updateDtype": "int8"})
+    run = start_run(job, tmp_path / "run")
 
     assert run.wait() == 0, run.stderr()
 
