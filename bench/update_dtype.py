@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=None)
     args = parser.parse_args(argv)
     rounds = args.rounds or TASKS[args.task][2]
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    torch.set_num_threads(1)  # small models: threads only contend
     print(f"task {args.task}, {CLIENTS} clients, {rounds} rounds, seeds {args.seeds}")
     rows: dict[str, list[dict[str, float]]] = {}
     sizes: dict[str, int] = {}
