@@ -537,7 +537,7 @@ def test_a_forged_round_is_refused_by_every_client_and_stops_the_run(
 # ---- int8 updates -------------------------------------------------------------------------------
 
 
-def test_a_client_uploading_int8_updates_finishes_the_run_like_float32(
+def test_clients_uploading_int8_updates_finish_the_run_like_float32(
     undisturbed: Run, tmp_path: Path
 ) -> None:
     gate = tmp_path / "gate"
