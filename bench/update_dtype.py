@@ -13,7 +13,8 @@ reads) and FedAvg adds the ``num_samples``-weighted mean in float32. The same se
 and training for every dtype, so the columns differ only by the wire format. The final
 global model is scored with the task's ``evaluate``; the bytes are the update's tensor data.
 
-Run ``python bench/update_dtype.py`` (``--task causal_lm``, ``--seeds 0 1 2``, ``--rounds``).
+Run ``make bench-update-dtype``, or ``python bench/update_dtype.py`` (``--task causal_lm``,
+``--seeds 0 1 2``, ``--rounds``).
 """
 
 from __future__ import annotations

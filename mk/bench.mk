@@ -31,3 +31,10 @@ BENCH_DP_ARGS ?=
 .PHONY: bench-dp
 bench-dp: install ## dpfedavg's cost over FedAvg with clipping: one round's time and peak memory (BENCH_DP_ARGS="--clients 4 --params 20000000")
 	$(PY) bench/dp_overhead.py $(BENCH_DP_ARGS)
+
+# Not in BENCH_TARGETS: it trains (digits, then the LoRA task) for several minutes.
+BENCH_UPDATE_DTYPE_ARGS ?=
+.PHONY: bench-update-dtype
+bench-update-dtype: install ## accuracy cost of strategy.updateDtype (float32, bfloat16, int8) on digits and the LoRA task (BENCH_UPDATE_DTYPE_ARGS="--seeds 0")
+	$(PY) bench/update_dtype.py --task digits $(BENCH_UPDATE_DTYPE_ARGS)
+	$(PY) bench/update_dtype.py --task causal_lm $(BENCH_UPDATE_DTYPE_ARGS)
