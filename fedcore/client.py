@@ -161,29 +161,28 @@ class ClientOptions:
     num_threads: int | None = None
     """``numThreads``: CPU threads per process; unset means 1 on CPU (see distributed.py)."""
     wire_dtype: torch.dtype | None = None
-    """``updateDtype``: wire dtype of uploaded float deltas (``float32`` default; ``bfloat16``
-    or ``float16`` halve uploads, ``int8`` quarters them: per-slice quantised, see
-    ``fedcore.quantization``). The aggregator accepts a narrower wire dtype from a client
-    only when that client's task config names one."""
+    """``spec.strategy.updateDtype``: wire dtype of uploaded float deltas (None: the model's
+    own, ``float32``; ``bfloat16`` halves uploads, ``int8`` quarters them: per-slice
+    quantised, see ``fedcore.quantization``)."""
     deterministic: bool = True
     """``deterministic``: ``torch.use_deterministic_algorithms`` (warn-only), so rerunning a
     round gives the same bytes."""
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any]) -> ClientOptions:
+    def from_config(cls, config: Mapping[str, Any], update_dtype: str = "float32") -> ClientOptions:
+        """The options of ``config`` (the client's task config) and the job's
+        ``strategy.updateDtype``."""
         threads = config.get("numThreads")
         if threads is not None and (
             isinstance(threads, bool) or not isinstance(threads, int) or threads < 1
         ):
             raise TaskError(f"task.config.numThreads: must be a positive integer (got {threads!r})")
-        wire_name = config.get("updateDtype", "float32")
-        wire = DTYPE_NAMES.get(wire_name) if isinstance(wire_name, str) else None
-        if wire is None or wire not in FLOAT_DTYPES | {torch.int8}:
+        if "updateDtype" in config:  # a job file written before the typed field
             raise TaskError(
-                "task.config.updateDtype: must be one of "
-                f"{sorted(dtype_name(d) for d in FLOAT_DTYPES | {torch.int8})} "
-                f"(got {wire_name!r})"
+                "task.config.updateDtype moved to spec.strategy.updateDtype (float32, bfloat16 "
+                "or int8, for every client); set it there and remove it from the task config"
             )
+        wire = wire_dtype_of(update_dtype)
         deterministic = config.get("deterministic", True)
         if not isinstance(deterministic, bool):
             raise TaskError(
@@ -194,6 +193,17 @@ class ClientOptions:
             wire_dtype=None if wire == torch.float32 else wire,
             deterministic=deterministic,
         )
+
+
+def wire_dtype_of(update_dtype: str) -> torch.dtype:
+    """The torch dtype of a ``strategy.updateDtype`` value."""
+    wire = DTYPE_NAMES.get(update_dtype)
+    if wire is None or wire not in {torch.float32, torch.bfloat16, torch.int8}:
+        raise TaskError(
+            "strategy.updateDtype: must be one of 'float32', 'bfloat16', 'int8' "
+            f"(got {update_dtype!r})"
+        )
+    return wire
 
 
 class ClientRank:
@@ -214,7 +224,7 @@ class ClientRank:
         self.client = client
         self.index = [c.name for c in self.spec.clients].index(client.name)
         self.config = self.spec.task_config_for(client.name)
-        self.options = ClientOptions.from_config(self.config)
+        self.options = ClientOptions.from_config(self.config, self.spec.strategy.update_dtype)
         self.dist = dist_ctx
         self.store = store
         self.signing_key = signing_key
@@ -488,7 +498,9 @@ def run_client(
     unsigned manifests, which an aggregator with keys rejects (tests only).
     """
     client = job.spec.client(client_name)
-    options = ClientOptions.from_config(job.spec.task_config_for(client_name))
+    options = ClientOptions.from_config(
+        job.spec.task_config_for(client_name), job.spec.strategy.update_dtype
+    )
     dist_ctx = init_distributed(want_gpu=client.gpu, num_threads=options.num_threads)
     if dist_ctx.is_leader and (store is None or commit_verifier is None):
         raise FedcoreError(
@@ -749,7 +761,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         job = load_job(args.job)
         spec = job.spec.client(args.client)
-        options = ClientOptions.from_config(job.spec.task_config_for(args.client))
+        options = ClientOptions.from_config(
+            job.spec.task_config_for(args.client), job.spec.strategy.update_dtype
+        )
         dist_ctx = init_distributed(want_gpu=spec.gpu, num_threads=options.num_threads)
         store = (
             open_job_store(job, role=Role.for_client(args.client)) if dist_ctx.is_leader else None

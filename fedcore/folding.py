@@ -36,7 +36,7 @@ from pathlib import Path
 
 from fedcore import layout
 from fedcore.credentials import slot_writer
-from fedcore.errors import FedcoreError, StoreUnavailable, UpdateRejected
+from fedcore.errors import StoreUnavailable, UpdateRejected
 from fedcore.guard import largest_magnitude
 from fedcore.intake import fetch_update
 from fedcore.quantization import open_update
@@ -69,16 +69,10 @@ def recordable(client: str) -> bool:
     return 0 < len(client) <= MAX_CLIENT_NAME_CHARS and client.isprintable()
 
 
-def low_precision_allowed(spec: FederatedJobSpec, client: str) -> bool:
-    """Whether the job lets ``client`` upload float deltas narrower than the model's
-    (``updateDtype`` in its task config; read the way the client reads it)."""
-    from fedcore.client import ClientOptions
-
-    config = spec.task_config_for(client)
-    try:
-        return ClientOptions.from_config(config).wire_dtype is not None
-    except FedcoreError:
-        return False
+def low_precision_allowed(spec: FederatedJobSpec) -> bool:
+    """Whether the job lets clients upload float deltas narrower than the model's
+    (``strategy.updateDtype``: ``bfloat16`` or ``int8``)."""
+    return spec.strategy.update_dtype != "float32"
 
 
 def fmt_metrics(metrics: Mapping[str, float]) -> str:
@@ -188,7 +182,7 @@ class OpenRound:
                     max_bytes=self.max_update_bytes,
                     key=inputs.keys.get(client),
                     base=base,
-                    allow_low_precision=low_precision_allowed(inputs.spec, client),
+                    allow_low_precision=low_precision_allowed(inputs.spec),
                 )
                 with open_update(update_path, manifest, self.template) as update:
                     if alone:

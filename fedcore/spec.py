@@ -89,12 +89,35 @@ class _Model(BaseModel):
     )
 
 
+UpdateDtype = Literal["float32", "bfloat16", "int8"]
+"""Wire formats of clients' float deltas (``strategy.updateDtype``)."""
+MOVED_TASK_KEYS: Final[dict[str, str]] = {
+    "updateDtype": "strategy.updateDtype (float32, bfloat16 or int8, for every client)",
+}
+"""Task-config keys fedkube once read itself, and the typed field that replaced each."""
+
+
+def _moved_keys(where: str, config: dict[str, Any]) -> list[str]:
+    return [
+        f"{where}.{key} moved to spec.{field}; set it there and remove {key} from {where}"
+        for key, field in MOVED_TASK_KEYS.items()
+        if key in config
+    ]
+
+
 class TaskSpec(_Model):
     entrypoint: Annotated[str, Field(pattern=ENTRYPOINT, max_length=253)]
     """``module:attr`` naming the task object (model, data, local training, evaluation);
     the module must be importable in the runtime image."""
     config: K8sObject = Field(default_factory=dict)
     """Free-form task settings (hyper-parameters, data options), passed to the task as is."""
+
+    @model_validator(mode="after")
+    def _no_moved_keys(self) -> TaskSpec:
+        problems = _moved_keys("config", self.config)
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
 
 
 class SecretRef(_Model):
@@ -299,6 +322,13 @@ class StrategySpec(_Model):
     dp: DPSpec | None = None
     """``dpfedavg`` only (and required by it): noise, clipping and the privacy budget."""
 
+    update_dtype: UpdateDtype = "float32"
+    """How clients' float deltas travel: ``float32`` (exact), ``bfloat16`` (half the bytes)
+    or ``int8`` (a quarter: symmetric per-slice quantisation, one float32 scale per 4096
+    values, dequantised slice by slice by the aggregator; ``fedcore.quantization``). The
+    aggregator accepts deltas narrower than the model's only when this is not ``float32``;
+    the accuracy each costs is measured in docs/design.md."""
+
     @model_validator(mode="after")
     def _dp_options_need_dpfedavg(self) -> StrategySpec:
         if self.name == DP and self.dp is None:
@@ -491,6 +521,13 @@ class ClientSpec(_Model):
                 f"procsPerReplica={self.procs_per_replica} (one GPU per process); "
                 "remove the limit (gpu: true sets it) or make them equal"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _no_moved_keys(self) -> ClientSpec:
+        problems = _moved_keys("taskConfig", self.task_config)
+        if problems:
+            raise ValueError("\n".join(problems))
         return self
 
     @model_validator(mode="after")

@@ -249,7 +249,7 @@ def validate_update(
         raise reject(
             "dtype-mismatch",
             f"the update is {INT8_WIRE}-quantised, but the job does not let client {client!r} "
-            "upload narrower deltas (task.config.updateDtype)",
+            "upload narrower deltas (spec.strategy.updateDtype)",
         )
     if not _SHA256.match(m.update_sha256) or m.update_bytes < 0:
         raise reject(

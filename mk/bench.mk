@@ -43,3 +43,10 @@ BENCH_ROUND_OVERHEAD_ARGS ?=
 .PHONY: bench-round-overhead
 bench-round-overhead: install $(BENCH_STAMP) ## a round's fixed cost and start-up to round 1: fedkube run (fork server, and without) vs Flower's simulation engine, 10 clients, tiny model (BENCH_ROUND_OVERHEAD_ARGS="--clients 10 --rounds 10 --repeats 3")
 	$(PY) bench/round_overhead.py $(BENCH_ROUND_OVERHEAD_ARGS)
+
+# Not in BENCH_TARGETS: it trains (digits, then the LoRA task) for several minutes.
+BENCH_UPDATE_DTYPE_ARGS ?=
+.PHONY: bench-update-dtype
+bench-update-dtype: install ## accuracy cost of strategy.updateDtype (float32, bfloat16, int8) on digits and the LoRA task (BENCH_UPDATE_DTYPE_ARGS="--seeds 0")
+	$(PY) bench/update_dtype.py --task digits $(BENCH_UPDATE_DTYPE_ARGS)
+	$(PY) bench/update_dtype.py --task causal_lm $(BENCH_UPDATE_DTYPE_ARGS)

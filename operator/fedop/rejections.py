@@ -39,8 +39,9 @@ ADVICE: Final[Mapping[str, str]] = {
     "missing-tensor": _SAME_MODEL,
     "unknown-tensor": _SAME_MODEL,
     "shape-mismatch": _SAME_MODEL,
-    "dtype-mismatch": "Set updateDtype in client {client}'s taskConfig to a dtype the model "
-    "allows, or leave it unset.",
+    "dtype-mismatch": "Client {client} uploaded narrower deltas than the job allows: set "
+    "spec.strategy.updateDtype (bfloat16 or int8) for every client, or run the same fedkube "
+    "version on client {client}.",
     "non-finite": "Client {client}'s training diverged (NaN or inf): lower its learning rate "
     "or check its data (`kubectl logs job/{child}`).",
     "constant-changed": "Client {client}'s task changes a constant of the model (a bool "

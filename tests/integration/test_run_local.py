@@ -537,16 +537,14 @@ def test_a_forged_round_is_refused_by_every_client_and_stops_the_run(
 # ---- int8 updates -------------------------------------------------------------------------------
 
 
-def test_a_client_uploading_int8_updates_finishes_the_run_like_float32(
+def test_clients_uploading_int8_updates_finish_the_run_like_float32(
     undisturbed: Run, tmp_path: Path
 ) -> None:
     gate = tmp_path / "gate"
     gate.touch()  # the reference run's gated client, gate open
-    clients = [
-        {"name": "a", "taskConfig": {"updateDtype": "int8"}},
-        {"name": "b", "taskConfig": {"gateFile": str(gate), "gateRound": 2}},
-    ]
-    run = start_run(write_job(tmp_path / "job.yaml", clients=clients), tmp_path / "run")
+    clients = gated_clients(gate)
+    job = write_job(tmp_path / "job.yaml", clients=clients, strategy={"updateDtype": "int8"})
+    run = start_run(job, tmp_path / "run")
 
     assert run.wait() == 0, run.stderr()
 

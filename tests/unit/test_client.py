@@ -334,27 +334,36 @@ def test_backoff_grows_to_its_cap_and_resets() -> None:
 # ---- options and environment -------------------------------------------------------------------
 
 
-def test_client_options_read_threads_and_wire_dtype() -> None:
-    options = ClientOptions.from_config({"numThreads": 3, "updateDtype": "bfloat16"})
+def test_client_options_read_threads_and_the_jobs_wire_dtype() -> None:
+    options = ClientOptions.from_config({"numThreads": 3}, "bfloat16")
 
     assert options.num_threads == 3
     assert options.wire_dtype == torch.bfloat16
     assert ClientOptions.from_config({}).wire_dtype is None
-    assert ClientOptions.from_config({"updateDtype": "int8"}).wire_dtype == torch.int8
+    assert ClientOptions.from_config({}, "float32").wire_dtype is None
+    assert ClientOptions.from_config({}, "int8").wire_dtype == torch.int8
 
 
 @pytest.mark.parametrize(
     ("config", "message"),
     [
         ({"numThreads": 0}, "task.config.numThreads: must be a positive integer"),
-        ({"updateDtype": "int4"}, "task.config.updateDtype: must be one of"),
-        ({"updateDtype": "uint8"}, "task.config.updateDtype: must be one of"),
         ({"deterministic": "yes"}, "task.config.deterministic: must be true or false"),
+        (
+            {"updateDtype": "int8"},
+            "task.config.updateDtype moved to spec.strategy.updateDtype",
+        ),
     ],
 )
 def test_bad_client_options_are_named(config: dict[str, Any], message: str) -> None:
     with pytest.raises(TaskError, match=message):
         ClientOptions.from_config(config)
+
+
+@pytest.mark.parametrize("wire", ["int4", "uint8", "float16", "float64"])
+def test_an_update_dtype_outside_the_wire_formats_is_named(wire: str) -> None:
+    with pytest.raises(TaskError, match=r"strategy\.updateDtype: must be one of"):
+        ClientOptions.from_config({}, wire)
 
 
 def pod_spec(replicas: int = 2, procs: int = 4) -> Any:

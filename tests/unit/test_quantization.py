@@ -188,7 +188,7 @@ def test_an_int8_update_needs_the_job_to_allow_narrow_updates(tmp_path: Path) ->
     case = int8_case()
     case.check = {}
 
-    with pytest.raises(UpdateRejected, match=r"task\.config\.updateDtype") as caught:
+    with pytest.raises(UpdateRejected, match=r"spec\.strategy\.updateDtype") as caught:
         case.run(tmp_path)
 
     assert caught.value.reason == "dtype-mismatch"
