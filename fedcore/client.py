@@ -198,9 +198,9 @@ class ClientOptions:
 def wire_dtype_of(update_dtype: str) -> torch.dtype:
     """The torch dtype of a ``strategy.updateDtype`` value."""
     wire = DTYPE_NAMES.get(update_dtype)
-    if wire is None or wire not in {torch.float32, torch.bfloat16, torch.int8}:
+    if wire is None or wire not in {torch.float32, torch.bfloat16, torch.float16, torch.int8}:
         raise TaskError(
-            "strategy.updateDtype: must be one of 'float32', 'bfloat16', 'int8' "
+            "strategy.updateDtype: must be one of 'float32', 'bfloat16', 'float16', 'int8' "
             f"(got {update_dtype!r})"
         )
     return wire

@@ -89,10 +89,10 @@ class _Model(BaseModel):
     )
 
 
-UpdateDtype = Literal["float32", "bfloat16", "int8"]
+UpdateDtype = Literal["float32", "bfloat16", "float16", "int8"]
 """Wire formats of clients' float deltas (``strategy.updateDtype``)."""
 MOVED_TASK_KEYS: Final[dict[str, str]] = {
-    "updateDtype": "strategy.updateDtype (float32, bfloat16 or int8, for every client)",
+    "updateDtype": "strategy.updateDtype (float32, bfloat16, float16 or int8, for every client)",
 }
 """Task-config keys fedkube once read itself, and the typed field that replaced each."""
 
@@ -323,8 +323,8 @@ class StrategySpec(_Model):
     """``dpfedavg`` only (and required by it): noise, clipping and the privacy budget."""
 
     update_dtype: UpdateDtype = "float32"
-    """How clients' float deltas travel: ``float32`` (exact), ``bfloat16`` (half the bytes)
-    or ``int8`` (a quarter: symmetric per-slice quantisation, one float32 scale per 4096
+    """How clients' float deltas travel: ``float32`` (exact), ``bfloat16`` or ``float16`` (half
+    the bytes; float16 keeps more mantissa, bfloat16 more range) or ``int8`` (a quarter: symmetric per-slice quantisation, one float32 scale per 4096
     values, dequantised slice by slice by the aggregator; ``fedcore.quantization``). The
     aggregator accepts deltas narrower than the model's only when this is not ``float32``;
     the accuracy each costs is measured in docs/design.md."""

@@ -360,7 +360,7 @@ def test_bad_client_options_are_named(config: dict[str, Any], message: str) -> N
         ClientOptions.from_config(config)
 
 
-@pytest.mark.parametrize("wire", ["int4", "uint8", "float16", "float64"])
+@pytest.mark.parametrize("wire", ["int4", "uint8", "float64"])
 def test_an_update_dtype_outside_the_wire_formats_is_named(wire: str) -> None:
     with pytest.raises(TaskError, match=r"strategy\.updateDtype: must be one of"):
         ClientOptions.from_config({}, wire)
