@@ -3,7 +3,8 @@
 # modules with the local Go toolchain. Each component lands in its own versioned folder
 # under the cache, so a pin change rebuilds only that component and a warm run is a no-op.
 #
-#   tests/cluster/build-binaries.sh [--optional] [component ...]   # default: all
+#   tests/cluster/build-binaries.sh [--optional] [component ...]   # default: all but the node lane
+#   tests/cluster/build-binaries.sh kubernetes-node cni crictl       # the real-node lane
 #
 # Prints the bin folder on its last line. FEDKUBE_CACHE overrides the cache root.
 # Concurrent invocations (two shells, pytest-xdist workers) are safe: each component is built
@@ -136,6 +137,32 @@ build_kubernetes() {
     k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl
 }
 
+# The node half of the same Kubernetes module, for the real-node lane (tests/cluster/realnode):
+# its own folder, so adding it never rebuilds the control plane.
+build_kubernetes_node() {
+  local v=$KUBERNETES_VERSION
+  local minor=${v#v1.}; minor=${minor%%.*}
+  local pkg=k8s.io/component-base/version
+  local ld="-X $pkg.gitVersion=$v -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
+  wrapper_build kubernetes-node k8s.io/kubernetes "$v" "$KUBERNETES_STAGING_VERSION" "$ld" \
+    k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kube-proxy
+}
+
+# The CNI plugins a real node's pod network needs: bridge + host-local addresses, loopback,
+# portmap (hostPort).
+build_cni() {
+  local m=github.com/containernetworking/plugins
+  wrapper_build cni "$m" "$CNI_PLUGINS_VERSION" "$CNI_PLUGINS_VERSION" \
+    "-X github.com/containernetworking/plugins/pkg/utils/buildversion.BuildVersion=$CNI_PLUGINS_VERSION" \
+    "$m/plugins/main/bridge" "$m/plugins/main/loopback" "$m/plugins/ipam/host-local" "$m/plugins/meta/portmap"
+}
+
+# crictl, to stop a real node's pod sandboxes (CNI teardown) when it goes away.
+build_crictl() {
+  wrapper_build crictl sigs.k8s.io/cri-tools "$CRICTL_VERSION" "$CRICTL_VERSION" \
+    "-X sigs.k8s.io/cri-tools/pkg/version.Version=$CRICTL_VERSION" sigs.k8s.io/cri-tools/cmd/crictl
+}
+
 build_etcd() {
   wrapper_build etcd go.etcd.io/etcd/server/v3 "$ETCD_VERSION" "$ETCD_VERSION" "" go.etcd.io/etcd/server/v3
 }
@@ -167,8 +194,9 @@ components=("$@")
 total=$SECONDS
 for c in "${components[@]}"; do
   case "$c" in
-    etcd|kubernetes|helm|minio|mc|prometheus) "build_$c" ;;
-    *) log "unknown component '$c' (known: etcd kubernetes helm minio mc prometheus)"; exit 2 ;;
+    etcd|kubernetes|helm|minio|mc|prometheus|cni|crictl) "build_$c" ;;
+    kubernetes-node) build_kubernetes_node ;;
+    *) log "unknown component '$c' (known: etcd kubernetes kubernetes-node cni crictl helm minio mc prometheus)"; exit 2 ;;
   esac
 done
 log "all requested components ready in $((SECONDS - total))s"
