@@ -4,7 +4,7 @@
 # under the cache, so a pin change rebuilds only that component and a warm run is a no-op.
 #
 #   tests/cluster/build-binaries.sh [--optional] [component ...]   # default: all but the node lane
-#   tests/cluster/build-binaries.sh kubernetes-node cni crictl       # the real-node lane
+#   tests/cluster/build-binaries.sh kubernetes-node cni crictl coredns  # the real-node lane
 #
 # Prints the bin folder on its last line. FEDKUBE_CACHE overrides the cache root.
 # Concurrent invocations (two shells, pytest-xdist workers) are safe: each component is built
@@ -102,7 +102,11 @@ for line in open(path):
 out.append(f"\nrequire {module} {version}\n")
 sys.stdout.write("".join(out))
 PY
-  printf 'package build\n' >"$work/doc.go"
+  if [ -n "${MAIN_GO:-}" ]; then
+    cp "$MAIN_GO" "$work/main.go"   # a main package of our own, built against MODULE
+  else
+    printf 'package build\n' >"$work/doc.go"
+  fi
   log "$name $version: compiling ${*} (this takes a while on a cold cache)"
   local start=$SECONDS
   (cd "$work" && go build -trimpath ${BUILD_TAGS:+-tags "$BUILD_TAGS"} -ldflags "-s -w $ldflags" -o "$out/" "$@")
@@ -123,6 +127,7 @@ link() {
 post_build() {
   case "$1" in
     etcd) [ -f "$2/etcd" ] || mv "$2/v3" "$2/etcd" 2>/dev/null || mv "$2/server" "$2/etcd" ;;
+    coredns) mv "$2/build" "$2/coredns" ;;
   esac
 }
 
@@ -163,6 +168,12 @@ build_crictl() {
     "-X sigs.k8s.io/cri-tools/pkg/version.Version=$CRICTL_VERSION" sigs.k8s.io/cri-tools/cmd/crictl
 }
 
+# CoreDNS, the real-node lane's cluster DNS, with only the plugins it uses (realnode/coredns).
+build_coredns() {
+  MAIN_GO="$here/realnode/coredns/main.go" \
+  wrapper_build coredns github.com/coredns/coredns "$COREDNS_VERSION" "$COREDNS_VERSION" "" .
+}
+
 build_etcd() {
   wrapper_build etcd go.etcd.io/etcd/server/v3 "$ETCD_VERSION" "$ETCD_VERSION" "" go.etcd.io/etcd/server/v3
 }
@@ -194,9 +205,9 @@ components=("$@")
 total=$SECONDS
 for c in "${components[@]}"; do
   case "$c" in
-    etcd|kubernetes|helm|minio|mc|prometheus|cni|crictl) "build_$c" ;;
+    etcd|kubernetes|helm|minio|mc|prometheus|cni|crictl|coredns) "build_$c" ;;
     kubernetes-node) build_kubernetes_node ;;
-    *) log "unknown component '$c' (known: etcd kubernetes kubernetes-node cni crictl helm minio mc prometheus)"; exit 2 ;;
+    *) log "unknown component '$c' (known: etcd kubernetes kubernetes-node cni crictl coredns helm minio mc prometheus)"; exit 2 ;;
   esac
 done
 log "all requested components ready in $((SECONDS - total))s"

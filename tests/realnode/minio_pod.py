@@ -32,10 +32,17 @@ class MinioPod:
     port: int
     access_key: str
     secret_key: str
+    bucket: str = BUCKET
 
     @property
     def endpoint(self) -> str:
+        """By ClusterIP: what this machine uses (it has no cluster DNS)."""
         return f"http://{self.cluster_ip}:{self.port}"
+
+    @property
+    def service_url(self) -> str:
+        """By the Service's DNS name: what pods use (cluster DNS, then kube-proxy)."""
+        return f"http://minio.{self.namespace}.svc.cluster.local:{self.port}"
 
     def client(self) -> Any:
         return boto3.client(
@@ -111,7 +118,7 @@ def _create_bucket(server: MinioPod, deadline: float) -> None:
     """Through the ClusterIP, from this machine (kube-proxy's rules take a moment to appear)."""
     while True:
         try:
-            server.client().create_bucket(Bucket=BUCKET)
+            server.client().create_bucket(Bucket=server.bucket)
             return
         except (botocore.exceptions.EndpointConnectionError, botocore.exceptions.ConnectTimeoutError):
             if time.monotonic() > deadline:

@@ -10,8 +10,8 @@ build-binaries.sh). What differs from a production node, and why:
   memory are shared, and an evicted pod or a collected image (nothing can be pulled back)
   would fail a test for a reason outside it;
 - ``failCgroupV1: false``: the machines this runs on may still mount cgroup v1;
-- no cluster DNS (``clusterDNS`` empty): pods get the machine's resolv.conf, and reach
-  Services by their ClusterIP (kube-proxy) and themselves by their hosts file.
+- cluster DNS is the lane's CoreDNS (dns.py), and the machine's own resolv.conf is not
+  passed on: pods resolve cluster names only.
 """
 
 from __future__ import annotations
@@ -44,6 +44,8 @@ def write(
     port: int,
     healthz_port: int,
     runtime_socket: Path,
+    cluster_dns: str,
+    resolv_conf: Path,
 ) -> KubeletPaths:
     pki = node_dir / "pki"
     client = issue_from(
@@ -80,7 +82,8 @@ def write(
         "failSwapOn": False,
         "failCgroupV1": False,
         "clusterDomain": "cluster.local",
-        "clusterDNS": [],
+        "clusterDNS": [cluster_dns],
+        "resolvConf": str(resolv_conf),
         "evictionHard": {
             "memory.available": "1Mi",
             "nodefs.available": "1%",

@@ -2,8 +2,8 @@
 
 ``RealNodes(info, names, work_dir).start()`` adds nodes run by the real kubelet to the
 cluster of ``info`` (a ``ClusterInfo``), next to the process kubelet's nodes; ``stop()``
-removes them again (their pods' sandboxes, the Node objects, kube-proxy's rules). Everything a
-node needs is written under ``work_dir/<node>``: containerd's config, root, state and socket,
+removes them again (their pods' sandboxes, the Node objects, kube-proxy's rules). CoreDNS answers their
+pods' cluster names (dns.py). Everything a node needs is written under ``work_dir/<node>``: containerd's config, root, state and socket,
 the CNI conflist and IPAM state, the kubelet's config, certificates and root folder, and the
 logs. The machine itself is changed in two places only, both undone by ``stop``: IP forwarding
 is switched on (pods reach ClusterIPs through this machine), and kube-proxy's iptables chains.
@@ -21,6 +21,7 @@ import fcntl
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -35,7 +36,7 @@ from tests.cluster.errors import ComponentFailed
 from tests.cluster.launcher import ClusterInfo
 from tests.cluster.network import Slot
 from tests.cluster.processes import ManagedProcess, free_port, tail
-from tests.cluster.realnode import cni, containerd, images, kubelet, proxy
+from tests.cluster.realnode import cni, containerd, dns, images, kubelet, proxy
 from tests.cluster.rest import ApiError, Credentials, Rest
 
 log = logging.getLogger(__name__)
@@ -90,6 +91,7 @@ class RealNodes:
         self.slot = Slot(info.slot)
         self.nodes: list[_Node] = []
         self.kube_proxy: ManagedProcess | None = None
+        self.coredns: ManagedProcess | None = None
         self._lock_fd: int | None = None
         self._ip_forward_before: str | None = None
         pki = info.state_dir / "pki"
@@ -119,6 +121,7 @@ class RealNodes:
         kube_proxy = self.bins.path("kube-proxy")
         proxy.cleanup(kube_proxy, self.work_dir / "logs" / "kube-proxy.log")
         cni_bin = self.bins.component_dir("cni")
+        resolv_conf = self._start_dns(deadline)
         for index, name in enumerate(self.names):
             node_dir = self.work_dir / name
             if node_dir.exists():
@@ -154,6 +157,8 @@ class RealNodes:
                 port=free_port(self.info.bridge_ip),
                 healthz_port=free_port(),
                 runtime_socket=node.socket,
+                cluster_dns=self.info.bridge_ip,
+                resolv_conf=resolv_conf,
             )
             node.kubelet = kubelet.process(
                 kubelet_bin,
@@ -167,6 +172,20 @@ class RealNodes:
         for node in self.nodes:
             self._wait(node.kubelet, lambda n=node: self._node_ready(n.name), deadline, f"node {node.name} to be Ready")
         self._start_kube_proxy(kube_proxy, deadline)
+
+    def _start_dns(self, deadline: float) -> Path:
+        dns_dir = self.work_dir / "dns"
+        corefile = dns.write_corefile(
+            dns_dir, address=self.info.bridge_ip, kubeconfig=self.info.kubeconfig
+        )
+        self.coredns = dns.process(
+            self.bins.path("coredns"), corefile, self.work_dir / "logs" / "coredns.log"
+        )
+        self.coredns.start()
+        self._wait(
+            self.coredns, lambda: dns.answers(self.info.bridge_ip), deadline, "CoreDNS to answer"
+        )
+        return dns.write_resolv_conf(dns_dir)
 
     def _start_kube_proxy(self, kube_proxy: Path, deadline: float) -> None:
         proxy_dir = self.work_dir / "kube-proxy"
@@ -271,14 +290,19 @@ class RealNodes:
                             timeout=90,
                         )
             node.containerd.stop()
+            _kill_shims(node.socket)
             _unmount_under(node.dir)
             with contextlib.suppress(ApiError, ConnectionError):
                 self.api.delete(f"/api/v1/nodes/{node.name}")
         self.nodes = []
+        if self.coredns is not None:
+            self.coredns.stop()
+            self.coredns = None
         if self.kube_proxy is not None:
             self.kube_proxy.stop()
             self.kube_proxy = None
             proxy.cleanup(self.bins.path("kube-proxy"), self.work_dir / "logs" / "kube-proxy.log")
+        proxy.cleanup_kubelet_chains()
         if self._ip_forward_before is not None and self._ip_forward_before != "1":
             with contextlib.suppress(OSError):
                 IP_FORWARD.write_text(self._ip_forward_before + "\n")
@@ -287,6 +311,36 @@ class RealNodes:
             os.close(self._lock_fd)
             self._lock_fd = None
         self.api.close()
+
+
+def _kill_shims(socket: Path) -> None:
+    """SIGKILL the containerd shims this node's containerd started (they outlive it, and
+    their containers with them) and every process below them."""
+    needle = f"-address\0{socket}\0".encode()
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if needle not in (proc / "cmdline").read_bytes():
+                continue
+        except OSError:
+            continue
+        for pid in _tree(int(proc.name)):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _tree(pid: int) -> list[int]:
+    """``pid`` and its descendants, children first."""
+    children: list[int] = []
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            text = (task / "children").read_text()
+            for child in text.split():
+                children += _tree(int(child))
+    except OSError:
+        pass
+    return [*children, pid]
 
 
 def _unmount_under(root: Path) -> None:

@@ -78,3 +78,29 @@ def cleanup(kube_proxy: Path, log: Path) -> None:
             check=False,
             timeout=60,
         )
+
+
+KUBELET_CHAINS = {
+    "filter": ("KUBE-FIREWALL", "KUBE-KUBELET-CANARY"),
+    "nat": ("KUBE-KUBELET-CANARY",),
+    "mangle": ("KUBE-IPTABLES-HINT", "KUBE-KUBELET-CANARY"),
+}
+"""Chains a kubelet writes into this machine's tables (its canaries, the localnet firewall)."""
+
+
+def cleanup_kubelet_chains() -> None:
+    """Remove the kubelet's chains (and the jumps to them) once no real kubelet runs here."""
+    for table, chains in KUBELET_CHAINS.items():
+        for chain in chains:
+            for parent in ("INPUT", "OUTPUT", "FORWARD", "PREROUTING", "POSTROUTING"):
+                while (
+                    subprocess.run(
+                        ["iptables", "-w", "-t", table, "-D", parent, "-j", chain],
+                        capture_output=True,
+                        check=False,
+                    ).returncode
+                    == 0
+                ):
+                    pass
+            for op in ("-F", "-X"):
+                subprocess.run(["iptables", "-w", "-t", table, op, chain], capture_output=True, check=False)
