@@ -22,9 +22,9 @@ VERSIONS_FILE = HERE / "versions.env"
 CLUSTER_COMPONENTS = ("etcd", "kubernetes", "helm")
 """What a cluster needs (MinIO and mc are the store's, built on their own)."""
 
-REAL_NODE_COMPONENTS = ("kubernetes-node", "cni", "crictl", "coredns")
-"""What real nodes add (tests/cluster/realnode): kubelet, kube-proxy, CNI plugins, crictl and
-CoreDNS (their cluster DNS)."""
+REAL_NODE_COMPONENTS = ("kubernetes-node", "cni", "coredns")
+"""What real nodes add (tests/cluster/realnode): kubelet, kube-proxy, CNI plugins and CoreDNS
+(their cluster DNS)."""
 
 _PIN_VARIABLE = {
     "etcd": "ETCD_VERSION",
@@ -35,7 +35,6 @@ _PIN_VARIABLE = {
     "prometheus": "PROMETHEUS_VERSION",
     "kubernetes-node": "KUBERNETES_VERSION",
     "cni": "CNI_PLUGINS_VERSION",
-    "crictl": "CRICTL_VERSION",
     "coredns": "COREDNS_VERSION",
 }
 _EXECUTABLES = {
@@ -47,7 +46,6 @@ _EXECUTABLES = {
     "prometheus": ("prometheus",),
     "kubernetes-node": ("kubelet", "kube-proxy"),
     "cni": ("bridge", "host-local", "loopback", "portmap"),
-    "crictl": ("crictl",),
     "coredns": ("coredns",),
 }
 

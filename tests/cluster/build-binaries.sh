@@ -4,7 +4,7 @@
 # under the cache, so a pin change rebuilds only that component and a warm run is a no-op.
 #
 #   tests/cluster/build-binaries.sh [--optional] [component ...]   # default: all but the node lane
-#   tests/cluster/build-binaries.sh kubernetes-node cni crictl coredns  # the real-node lane
+#   tests/cluster/build-binaries.sh kubernetes-node cni coredns   # the real-node lane
 #
 # Prints the bin folder on its last line. FEDKUBE_CACHE overrides the cache root.
 # Concurrent invocations (two shells, pytest-xdist workers) are safe: each component is built
@@ -162,12 +162,6 @@ build_cni() {
     "$m/plugins/main/bridge" "$m/plugins/main/loopback" "$m/plugins/ipam/host-local" "$m/plugins/meta/portmap"
 }
 
-# crictl, to stop a real node's pod sandboxes (CNI teardown) when it goes away.
-build_crictl() {
-  wrapper_build crictl sigs.k8s.io/cri-tools "$CRICTL_VERSION" "$CRICTL_VERSION" \
-    "-X sigs.k8s.io/cri-tools/pkg/version.Version=$CRICTL_VERSION" sigs.k8s.io/cri-tools/cmd/crictl
-}
-
 # CoreDNS, the real-node lane's cluster DNS, with only the plugins it uses (realnode/coredns).
 build_coredns() {
   MAIN_GO="$here/realnode/coredns/main.go" \
@@ -205,9 +199,9 @@ components=("$@")
 total=$SECONDS
 for c in "${components[@]}"; do
   case "$c" in
-    etcd|kubernetes|helm|minio|mc|prometheus|cni|crictl|coredns) "build_$c" ;;
+    etcd|kubernetes|helm|minio|mc|prometheus|cni|coredns) "build_$c" ;;
     kubernetes-node) build_kubernetes_node ;;
-    *) log "unknown component '$c' (known: etcd kubernetes kubernetes-node cni crictl coredns helm minio mc prometheus)"; exit 2 ;;
+    *) log "unknown component '$c' (known: etcd kubernetes kubernetes-node cni coredns helm minio mc prometheus)"; exit 2 ;;
   esac
 done
 log "all requested components ready in $((SECONDS - total))s"

@@ -120,7 +120,10 @@ def _create_bucket(server: MinioPod, deadline: float) -> None:
         try:
             server.client().create_bucket(Bucket=server.bucket)
             return
-        except (botocore.exceptions.EndpointConnectionError, botocore.exceptions.ConnectTimeoutError):
+        except (
+            botocore.exceptions.EndpointConnectionError,
+            botocore.exceptions.ConnectTimeoutError,
+        ):
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.5)

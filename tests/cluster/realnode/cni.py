@@ -48,7 +48,9 @@ def conflist(slot: Slot, index: int, data_dir: Path) -> dict[str, object]:
                         [
                             {
                                 "subnet": str(
-                                    ipaddress.ip_network(f"{slot.bridge_ip}/{SLOT_PREFIX_LEN}", strict=False)
+                                    ipaddress.ip_network(
+                                        f"{slot.bridge_ip}/{SLOT_PREFIX_LEN}", strict=False
+                                    )
                                 ),
                                 "rangeStart": first,
                                 "rangeEnd": last,

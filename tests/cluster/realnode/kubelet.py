@@ -49,7 +49,11 @@ def write(
 ) -> KubeletPaths:
     pki = node_dir / "pki"
     client = issue_from(
-        ca, pki / "kubelet-client.crt", f"system:node:{node_name}", orgs=("system:nodes",), client=True
+        ca,
+        pki / "kubelet-client.crt",
+        f"system:node:{node_name}",
+        orgs=("system:nodes",),
+        client=True,
     )
     serving = issue_from(ca, pki / "kubelet-serving.crt", node_name, server=True, ips=(node_ip,))
     kc = kubeconfig.write(

@@ -2,11 +2,12 @@
 
 ``RealNodes(info, names, work_dir).start()`` adds nodes run by the real kubelet to the
 cluster of ``info`` (a ``ClusterInfo``), next to the process kubelet's nodes; ``stop()``
-removes them again (their pods' sandboxes, the Node objects, kube-proxy's rules). CoreDNS answers their
-pods' cluster names (dns.py). Everything a node needs is written under ``work_dir/<node>``: containerd's config, root, state and socket,
-the CNI conflist and IPAM state, the kubelet's config, certificates and root folder, and the
-logs. The machine itself is changed in two places only, both undone by ``stop``: IP forwarding
-is switched on (pods reach ClusterIPs through this machine), and kube-proxy's iptables chains.
+removes them again (their pods' sandboxes, the Node objects, kube-proxy's rules). CoreDNS
+answers their pods' cluster names (dns.py). Everything a node needs is written under
+``work_dir/<node>``: containerd's config, root, state and socket, the CNI conflist and IPAM
+state, the kubelet's config, certificates and root folder, and the logs. The machine itself
+is changed in two places only, both undone by ``stop``: IP forwarding is switched on (pods
+reach ClusterIPs through this machine), and the iptables chains of kube-proxy and the kubelet.
 
 Real nodes carry the label ``fedkube.io/real-node=true`` and the taint
 ``fedkube.io/real-node=true:NoSchedule``: a test that wants real containers selects and
@@ -97,7 +98,9 @@ class RealNodes:
         pki = info.state_dir / "pki"
         self.ca = KeyPair(pki / "ca.crt", pki / "ca.key")
         self.api = Rest(
-            Credentials(info.server, Path(info.pki["ca"]), Path(info.pki["cert"]), Path(info.pki["key"]))
+            Credentials(
+                info.server, Path(info.pki["ca"]), Path(info.pki["cert"]), Path(info.pki["key"])
+            )
         )
         self.bins = binaries.locate()
 
@@ -126,7 +129,9 @@ class RealNodes:
             node_dir = self.work_dir / name
             if node_dir.exists():
                 shutil.rmtree(node_dir)
-            conf_dir = cni.write(node_dir / "cni" / "net.d", self.slot, index, node_dir / "cni" / "ipam")
+            conf_dir = cni.write(
+                node_dir / "cni" / "net.d", self.slot, index, node_dir / "cni" / "ipam"
+            )
             config = containerd.write_config(
                 node_dir,
                 runc=tools["runc"],
@@ -134,7 +139,9 @@ class RealNodes:
                 cni_conf=conf_dir.parent,
                 pause_image=images.PAUSE_IMAGE,
             )
-            ctrd = containerd.process(tools["containerd"], config, node_dir / "logs" / "containerd.log")
+            ctrd = containerd.process(
+                tools["containerd"], config, node_dir / "logs" / "containerd.log"
+            )
             ctrd.start()
             node = _Node(
                 name=name,
@@ -146,7 +153,12 @@ class RealNodes:
             )
             self.nodes.append(node)
         for node in self.nodes:
-            self._wait(node.containerd, lambda n=node: self._ctr(n, "version").returncode == 0, deadline, "containerd to answer")
+            self._wait(
+                node.containerd,
+                lambda n=node: self._ctr(n, "version").returncode == 0,
+                deadline,
+                "containerd to answer",
+            )
             self.import_images(self.archives, nodes=[node])
             paths = kubelet.write(
                 node.dir,
@@ -170,7 +182,12 @@ class RealNodes:
             )
             node.kubelet.start()
         for node in self.nodes:
-            self._wait(node.kubelet, lambda n=node: self._node_ready(n.name), deadline, f"node {node.name} to be Ready")
+            self._wait(
+                node.kubelet,
+                lambda n=node: self._node_ready(n.name),
+                deadline,
+                f"node {node.name} to be Ready",
+            )
         self._start_kube_proxy(kube_proxy, deadline)
 
     def _start_dns(self, deadline: float) -> Path:
@@ -199,9 +216,16 @@ class RealNodes:
             healthz_port=healthz,
             metrics_port=free_port(),
         )
-        self.kube_proxy = proxy.process(kube_proxy, config, self.work_dir / "logs" / "kube-proxy.log")
+        self.kube_proxy = proxy.process(
+            kube_proxy, config, self.work_dir / "logs" / "kube-proxy.log"
+        )
         self.kube_proxy.start()
-        self._wait(self.kube_proxy, lambda: _http_ok(f"http://127.0.0.1:{healthz}/healthz"), deadline, "kube-proxy to sync its rules")
+        self._wait(
+            self.kube_proxy,
+            lambda: _http_ok(f"http://127.0.0.1:{healthz}/healthz"),
+            deadline,
+            "kube-proxy to sync its rules",
+        )
 
     def _acquire_machine_lock(self) -> None:
         path = machine_lock_path()
@@ -249,7 +273,9 @@ class RealNodes:
 
     # -- images -------------------------------------------------------------------------------
 
-    def _ctr(self, node: _Node, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    def _ctr(
+        self, node: _Node, *args: str, timeout: float = 600
+    ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             ["ctr", "--address", str(node.socket), "--namespace", "k8s.io", *args],
             capture_output=True,
@@ -274,21 +300,12 @@ class RealNodes:
     # -- stop ---------------------------------------------------------------------------------
 
     def stop(self) -> None:
-        """Stop the pods' sandboxes, the kubelets, containerd and kube-proxy; delete the Node
-        objects; remove kube-proxy's rules; put IP forwarding back. Safe to call twice."""
-        crictl = self.bins.path("crictl")
+        """Stop the kubelets, containerd (and the shims and containers it started), CoreDNS
+        and kube-proxy; delete the Node objects; remove the iptables rules; put IP forwarding
+        back. Safe to call twice. A pod's network goes with its namespace: once its processes
+        are gone and its namespace file is unmounted, the kernel removes its veth."""
         for node in self.nodes:
             node.kubelet.stop()
-            if node.containerd.running() and crictl.is_file():
-                endpoint = f"unix://{node.socket}"
-                for args in (["stopp", "-a"], ["rmp", "-fa"]):
-                    with contextlib.suppress(subprocess.TimeoutExpired):
-                        subprocess.run(
-                            [str(crictl), "--runtime-endpoint", endpoint, "--timeout", "30s", *args],
-                            capture_output=True,
-                            check=False,
-                            timeout=90,
-                        )
             node.containerd.stop()
             _kill_shims(node.socket)
             _unmount_under(node.dir)

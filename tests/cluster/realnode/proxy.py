@@ -103,4 +103,6 @@ def cleanup_kubelet_chains() -> None:
                 ):
                     pass
             for op in ("-F", "-X"):
-                subprocess.run(["iptables", "-w", "-t", table, op, chain], capture_output=True, check=False)
+                subprocess.run(
+                    ["iptables", "-w", "-t", table, op, chain], capture_output=True, check=False
+                )
