@@ -3,20 +3,22 @@
 MinIO runs as a pod (image imported, never pulled) behind a ClusterIP Service that another pod
 reaches through kube-proxy's rules; a container that exceeds its memory limit is killed by
 the kernel (cgroup limit set by runc) and reported ``OOMKilled`` by the kubelet, then
-restarted. The FederatedJob on these nodes is in test_real_digits.py; both share the node
-and MinIO (module fixtures in conftest-free form below, session ones in tests/fixtures).
+restarted. The FederatedJob on these nodes is in test_real_digits.py; all of them share one
+real node and one MinIO pod (session fixtures: tests/fixtures/realnode.py, conftest.py).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from tests.cluster.handle import ClusterHandle, phase
 from tests.cluster.realnode.images import TOOLS_IMAGE
 from tests.cluster.realnode.node import RealNodes, placement
 from tests.realnode.minio_pod import MinioPod
 
-pytestmark = __import__("pytest").mark.timeout(300)
+pytestmark = pytest.mark.timeout(300)
 
 
 def tools_pod(name: str, args: list[str], **container: Any) -> dict[str, Any]:
