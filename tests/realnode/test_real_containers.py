@@ -1,10 +1,11 @@
 """Real containers on a real kubelet: what the process kubelet cannot show.
 
-MinIO runs as a pod (image imported, never pulled) behind a ClusterIP Service that another pod
-reaches through kube-proxy's rules; a container that exceeds its memory limit is killed by
-the kernel (cgroup limit set by runc) and reported ``OOMKilled`` by the kubelet, then
-restarted. The FederatedJob on these nodes is in test_real_digits.py; all of them share one
-real node and one MinIO pod (session fixtures: tests/fixtures/realnode.py, conftest.py).
+MinIO runs as a pod (image imported, never pulled) behind a ClusterIP Service that another
+pod reaches by name (cluster DNS) through kube-proxy's rules; a container that exceeds its
+memory limit is killed by the kernel (cgroup limit set by runc) and reported ``OOMKilled`` by
+the kubelet, then restarted. The FederatedJob on these nodes is in test_real_digits.py; all
+of them share one real node and one MinIO pod (session fixtures: tests/fixtures/realnode.py,
+conftest.py).
 """
 
 from __future__ import annotations
@@ -42,10 +43,12 @@ def tools_pod(name: str, args: list[str], **container: Any) -> dict[str, Any]:
     }
 
 
-def test_a_pod_reaches_minio_through_its_cluster_ip(
+def test_a_pod_reaches_minio_by_its_service_name_and_cluster_ip(
     cluster: ClusterHandle, real_nodes: RealNodes, minio_pod: MinioPod, namespace: str
 ) -> None:
-    url = f"http://{minio_pod.cluster_ip}:{minio_pod.port}/minio/health/ready"
+    # minio.<ns>.svc.cluster.local: cluster DNS (CoreDNS) gives the ClusterIP, kube-proxy's
+    # rules send the connection on to the MinIO pod.
+    url = f"{minio_pod.service_url}/minio/health/ready"
     cluster.create_pod(namespace, tools_pod("get", ["get", url], restartPolicy="OnFailure"))
 
     pod = cluster.wait_for_phase(namespace, "get", "Succeeded", "Failed", timeout=120)
