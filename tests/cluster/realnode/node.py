@@ -21,12 +21,13 @@ import contextlib
 import fcntl
 import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -122,7 +123,10 @@ class RealNodes:
         self._enable_ip_forward()
         kubelet_bin = self.bins.path("kubelet")
         kube_proxy = self.bins.path("kube-proxy")
+        # Holding the lock, whatever a real-node lane left behind here is from a crashed run.
+        _kill_stale_shims()
         proxy.cleanup(kube_proxy, self.work_dir / "logs" / "kube-proxy.log")
+        proxy.cleanup_kubelet_chains()
         cni_bin = self.bins.component_dir("cni")
         resolv_conf = self._start_dns(deadline)
         for index, name in enumerate(self.names):
@@ -330,21 +334,46 @@ class RealNodes:
         self.api.close()
 
 
-def _kill_shims(socket: Path) -> None:
-    """SIGKILL the containerd shims this node's containerd started (they outlive it, and
-    their containers with them) and every process below them."""
-    needle = f"-address\0{socket}\0".encode()
+STALE_SOCKET = re.compile(r"/realnodes\d*/[^/]+/containerd/containerd\.sock$")
+"""The containerd socket of a real node started by the ``real_nodes`` fixture (its layout)."""
+
+
+def _shims() -> Iterator[tuple[int, str]]:
+    """(pid, containerd address) of every containerd shim on this machine."""
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
         try:
-            if needle not in (proc / "cmdline").read_bytes():
-                continue
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        for pid in _tree(int(proc.name)):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        if not argv or not argv[0].endswith(b"containerd-shim-runc-v2") or b"-address" not in argv:
+            continue
+        i = argv.index(b"-address")
+        if i + 1 < len(argv):
+            yield int(proc.name), argv[i + 1].decode(errors="replace")
+
+
+def _kill_tree(pid: int) -> None:
+    for p in _tree(pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(p, signal.SIGKILL)
+
+
+def _kill_shims(socket: Path) -> None:
+    """SIGKILL the containerd shims this node's containerd started (they outlive it, and
+    their containers with them) and every process below them."""
+    for pid, address in _shims():
+        if address == str(socket):
+            _kill_tree(pid)
+
+
+def _kill_stale_shims() -> None:
+    """Shims (and their containers) of real nodes whose test run died without its teardown."""
+    for pid, address in _shims():
+        if STALE_SOCKET.search(address):
+            log.info("killing the shim of a crashed real node (%s)", address)
+            _kill_tree(pid)
 
 
 def _tree(pid: int) -> list[int]:
