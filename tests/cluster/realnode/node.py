@@ -313,6 +313,9 @@ class RealNodes:
             node.containerd.stop()
             _kill_shims(node.socket)
             _unmount_under(node.dir)
+            # Imported images take gigabytes (the runtime image: torch); pytest keeps the
+            # last runs' temp folders, so they go now rather than with the folder.
+            shutil.rmtree(node.dir / "containerd", ignore_errors=True)
             with contextlib.suppress(ApiError, ConnectionError):
                 self.api.delete(f"/api/v1/nodes/{node.name}")
         self.nodes = []
