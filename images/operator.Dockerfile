@@ -5,8 +5,11 @@
 #   docker build -f images/operator.Dockerfile -t fedkube/operator:0.1.0 .
 #
 # The build context is the repository root; operator.Dockerfile.dockerignore keeps it small.
+# BASE_IMAGE: any image with Python 3.11 and pip on PATH (images/build.sh --stand-in-bases builds
+# a Debian one without a registry).
 
-FROM python:3.11.13-slim-bookworm AS build
+ARG BASE_IMAGE=python:3.11.13-slim-bookworm
+FROM ${BASE_IMAGE} AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY fedcore ./fedcore
@@ -14,7 +17,7 @@ COPY operator ./operator
 # Wheels of fedkube and its operator extra only; the final stage installs them offline.
 RUN pip wheel --no-cache-dir --wheel-dir /wheels ".[operator]"
 
-FROM python:3.11.13-slim-bookworm
+FROM ${BASE_IMAGE}
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1

@@ -6,8 +6,11 @@
 #   docker build -f images/runtime.Dockerfile -t fedkube/runtime:0.1.0 .
 #
 # The build context is the repository root; runtime.Dockerfile.dockerignore keeps it small.
+# BASE_IMAGE: any image with Python 3.11, pip and torch on PATH (images/build.sh --stand-in-bases
+# builds Debian + torch from PyPI without a registry).
 
-FROM pytorch/pytorch:2.8.0-cuda12.9-cudnn9-runtime AS build
+ARG BASE_IMAGE=pytorch/pytorch:2.8.0-cuda12.9-cudnn9-runtime
+FROM ${BASE_IMAGE} AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY fedcore ./fedcore
@@ -15,7 +18,7 @@ COPY operator ./operator
 # Only fedkube's own wheel; its dependencies come from the index below, torch from the base.
 RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
 
-FROM pytorch/pytorch:2.8.0-cuda12.9-cudnn9-runtime
+FROM ${BASE_IMAGE}
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \

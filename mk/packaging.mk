@@ -1,5 +1,5 @@
 # Packaging: the generated CRD, the Helm chart, the container images.
-.PHONY: crds events-doc verify helm-lint hadolint images
+.PHONY: crds events-doc verify helm-lint hadolint images images-tools images-test-base images-optional images-test
 
 FEDKUBE_CACHE ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/fedkube
 HELM ?= $(FEDKUBE_CACHE)/bin/helm/helm
@@ -30,9 +30,19 @@ helm-lint: $(HELM) ## helm lint the chart (strict) and render it with default va
 hadolint: install ## lint the Dockerfiles in images/
 	$(VENV)/bin/hadolint images/operator.Dockerfile images/runtime.Dockerfile
 
-images: ## build the operator and runtime images with Docker (IMAGE_PREFIX=fedkube, tag = package version)
-	@docker info >/dev/null 2>&1 || { \
-	  echo "make images needs a running Docker engine with BuildKit (docker buildx); build the images on a machine that has one" >&2; \
-	  exit 1; }
-	docker buildx build -f images/operator.Dockerfile -t $(IMAGE_PREFIX)/operator:$(FEDKUBE_VERSION) --load .
-	docker buildx build -f images/runtime.Dockerfile -t $(IMAGE_PREFIX)/runtime:$(FEDKUBE_VERSION) --load .
+IMAGE_BUILD := images/build.sh $(if $(STAND_IN_BASES),--stand-in-bases)
+
+images: ## build the operator and runtime images (Docker if an engine answers, else podman) and save them as archives in the cache (images/CONTRACT.md); STAND_IN_BASES=1: on local Debian bases, no registry
+	@$(IMAGE_BUILD)
+
+images-tools: ## install podman, buildah, runc and debootstrap with apt-get (root; what `make images` needs without Docker)
+	@images/install-tools.sh
+
+images-test-base: ## build the stand-in base images (Debian + Python, and + torch from PyPI) that `make test` builds the images on
+	@images/build.sh --bases-only
+
+images-optional: ## as `make images STAND_IN_BASES=1`, but without podman or Docker only warn (the image tests then skip) unless FEDKUBE_E2E=required
+	@images/build.sh --optional --stand-in-bases
+
+images-test: install images-optional ## build the images on the stand-in bases and run the image tests
+	$(PY) -m pytest tests/images $(PYTEST_ARGS)

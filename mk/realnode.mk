@@ -8,8 +8,6 @@ realnode-setup: ## install containerd, runc, iptables and conntrack with apt-get
 binaries-realnode: ## build kubelet, kube-proxy, the CNI plugins and CoreDNS from their Go modules (cached)
 	@tests/cluster/build-binaries.sh kubernetes-node cni coredns >/dev/null
 
-test-realnode: install binaries-optional ## the real-node e2e: the chart, MinIO and a digits job on real containers
+test-realnode: install binaries-optional images-optional ## the real-node e2e: the chart, MinIO and a digits job on real containers
 	@tests/cluster/build-binaries.sh --optional kubernetes-node cni coredns >/dev/null
-	@# The operator and runtime images the chart runs (a cold build takes minutes: not in a test's timeout).
-	@if [ -x images/build.sh ]; then images/build.sh --optional --stand-in-bases >/dev/null; fi
 	$(PY) -m pytest tests/realnode $(PYTEST_ARGS)

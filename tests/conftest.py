@@ -11,6 +11,7 @@ pytest_plugins = [
     "tests.fixtures.stores",
     "tests.fixtures.operator",
     "tests.fixtures.site_cluster",
+    "tests.fixtures.images",
     "tests.fixtures.realnode",
 ]
 

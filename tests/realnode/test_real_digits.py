@@ -21,6 +21,7 @@ import yaml
 
 from tests.cluster.handle import ClusterHandle
 from tests.cluster.realnode.node import RealNodes, placement
+from tests.fixtures.images import BuiltImage
 from tests.fixtures.operator import (
     CHART,
     OPERATOR_NAMESPACE,
@@ -28,7 +29,6 @@ from tests.fixtures.operator import (
     FedJobs,
     OperatorInstall,
 )
-from tests.fixtures.realnode import BuiltImage
 from tests.realnode.minio_pod import MinioPod
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
