@@ -21,8 +21,12 @@ FROM ${BASE_IMAGE}
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
+# The user has a passwd entry: kopf names itself after it (getpass.getuser), and a UID without
+# one stops the operator at start on a real kubelet (podman adds the entry itself, hiding it).
 RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
-    pip install --no-cache-dir --no-index --find-links=/wheels "fedkube[operator]==0.1.0"
+    pip install --no-cache-dir --no-index --find-links=/wheels "fedkube[operator]==0.1.0" \
+    && useradd --no-log-init --uid 65532 --user-group --no-create-home --home-dir /nonexistent \
+        --shell /usr/sbin/nologin fedkube
 # Non-root, numeric so runAsNonRoot can verify it; the chart's podSecurityContext uses the same.
 USER 65532:65532
 EXPOSE 8080

@@ -22,6 +22,10 @@ VERSIONS_FILE = HERE / "versions.env"
 CLUSTER_COMPONENTS = ("etcd", "kubernetes", "helm")
 """What a cluster needs (MinIO and mc are the store's, built on their own)."""
 
+REAL_NODE_COMPONENTS = ("kubernetes-node", "cni", "coredns")
+"""What real nodes add (tests/cluster/realnode): kubelet, kube-proxy, CNI plugins and CoreDNS
+(their cluster DNS)."""
+
 _PIN_VARIABLE = {
     "etcd": "ETCD_VERSION",
     "kubernetes": "KUBERNETES_VERSION",
@@ -29,6 +33,9 @@ _PIN_VARIABLE = {
     "minio": "MINIO_VERSION",
     "mc": "MC_VERSION",
     "prometheus": "PROMETHEUS_VERSION",
+    "kubernetes-node": "KUBERNETES_VERSION",
+    "cni": "CNI_PLUGINS_VERSION",
+    "coredns": "COREDNS_VERSION",
 }
 _EXECUTABLES = {
     "etcd": ("etcd",),
@@ -37,6 +44,9 @@ _EXECUTABLES = {
     "minio": ("minio",),
     "mc": ("mc",),
     "prometheus": ("prometheus",),
+    "kubernetes-node": ("kubelet", "kube-proxy"),
+    "cni": ("bridge", "host-local", "loopback", "portmap"),
+    "coredns": ("coredns",),
 }
 
 

@@ -3,7 +3,8 @@
 # modules with the local Go toolchain. Each component lands in its own versioned folder
 # under the cache, so a pin change rebuilds only that component and a warm run is a no-op.
 #
-#   tests/cluster/build-binaries.sh [--optional] [component ...]   # default: all
+#   tests/cluster/build-binaries.sh [--optional] [component ...]   # default: all but the node lane
+#   tests/cluster/build-binaries.sh kubernetes-node cni coredns   # the real-node lane
 #
 # Prints the bin folder on its last line. FEDKUBE_CACHE overrides the cache root.
 # Concurrent invocations (two shells, pytest-xdist workers) are safe: each component is built
@@ -101,7 +102,11 @@ for line in open(path):
 out.append(f"\nrequire {module} {version}\n")
 sys.stdout.write("".join(out))
 PY
-  printf 'package build\n' >"$work/doc.go"
+  if [ -n "${MAIN_GO:-}" ]; then
+    cp "$MAIN_GO" "$work/main.go"   # a main package of our own, built against MODULE
+  else
+    printf 'package build\n' >"$work/doc.go"
+  fi
   log "$name $version: compiling ${*} (this takes a while on a cold cache)"
   local start=$SECONDS
   (cd "$work" && go build -trimpath ${BUILD_TAGS:+-tags "$BUILD_TAGS"} -ldflags "-s -w $ldflags" -o "$out/" "$@")
@@ -122,6 +127,7 @@ link() {
 post_build() {
   case "$1" in
     etcd) [ -f "$2/etcd" ] || mv "$2/v3" "$2/etcd" 2>/dev/null || mv "$2/server" "$2/etcd" ;;
+    coredns) mv "$2/build" "$2/coredns" ;;
   esac
 }
 
@@ -134,6 +140,32 @@ build_kubernetes() {
   wrapper_build kubernetes k8s.io/kubernetes "$v" "$KUBERNETES_STAGING_VERSION" "$ld" \
     k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
     k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl
+}
+
+# The node half of the same Kubernetes module, for the real-node lane (tests/cluster/realnode):
+# its own folder, so adding it never rebuilds the control plane.
+build_kubernetes_node() {
+  local v=$KUBERNETES_VERSION
+  local minor=${v#v1.}; minor=${minor%%.*}
+  local pkg=k8s.io/component-base/version
+  local ld="-X $pkg.gitVersion=$v -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
+  wrapper_build kubernetes-node k8s.io/kubernetes "$v" "$KUBERNETES_STAGING_VERSION" "$ld" \
+    k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kube-proxy
+}
+
+# The CNI plugins a real node's pod network needs: bridge + host-local addresses, loopback,
+# portmap (hostPort).
+build_cni() {
+  local m=github.com/containernetworking/plugins
+  wrapper_build cni "$m" "$CNI_PLUGINS_VERSION" "$CNI_PLUGINS_VERSION" \
+    "-X github.com/containernetworking/plugins/pkg/utils/buildversion.BuildVersion=$CNI_PLUGINS_VERSION" \
+    "$m/plugins/main/bridge" "$m/plugins/main/loopback" "$m/plugins/ipam/host-local" "$m/plugins/meta/portmap"
+}
+
+# CoreDNS, the real-node lane's cluster DNS, with only the plugins it uses (realnode/coredns).
+build_coredns() {
+  MAIN_GO="$here/realnode/coredns/main.go" \
+  wrapper_build coredns github.com/coredns/coredns "$COREDNS_VERSION" "$COREDNS_VERSION" "" .
 }
 
 build_etcd() {
@@ -167,8 +199,9 @@ components=("$@")
 total=$SECONDS
 for c in "${components[@]}"; do
   case "$c" in
-    etcd|kubernetes|helm|minio|mc|prometheus) "build_$c" ;;
-    *) log "unknown component '$c' (known: etcd kubernetes helm minio mc prometheus)"; exit 2 ;;
+    etcd|kubernetes|helm|minio|mc|prometheus|cni|coredns) "build_$c" ;;
+    kubernetes-node) build_kubernetes_node ;;
+    *) log "unknown component '$c' (known: etcd kubernetes kubernetes-node cni coredns helm minio mc prometheus)"; exit 2 ;;
   esac
 done
 log "all requested components ready in $((SECONDS - total))s"

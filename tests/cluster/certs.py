@@ -75,6 +75,17 @@ def _write(path: Path, data: bytes, mode: int = 0o600) -> None:
 
 
 class _Authority:
+    @classmethod
+    def load(cls, pair: KeyPair) -> _Authority:
+        """The CA of an existing PKI (to issue certificates for a node that joins later)."""
+        authority = cls.__new__(cls)
+        key = serialization.load_pem_private_key(pair.key_pem(), password=None)
+        if not isinstance(key, ec.EllipticCurvePrivateKey):
+            raise TypeError(f"{pair.key} is not an ECDSA key")
+        authority.key = key
+        authority.cert = x509.load_pem_x509_certificate(pair.cert_pem())
+        return authority
+
     def __init__(self, common_name: str) -> None:
         self.key = _new_key()
         now = dt.datetime.now(dt.UTC)
@@ -227,3 +238,24 @@ def generate(
         service_account_key=sa_key_path,
         service_account_pub=sa_pub_path,
     )
+
+
+def issue_from(
+    ca: KeyPair,
+    cert_path: Path,
+    common_name: str,
+    *,
+    orgs: tuple[str, ...] = (),
+    server: bool = False,
+    client: bool = False,
+    ips: tuple[str, ...] = (),
+) -> KeyPair:
+    """Issue one more certificate from an existing cluster's CA (a node joining it)."""
+    cert_pem, key_pem = _Authority.load(ca).issue(
+        common_name, orgs=orgs, server=server, client=client, ips=ips
+    )
+    pair = KeyPair(cert_path, cert_path.with_suffix(".key"))
+    pair.cert.parent.mkdir(parents=True, exist_ok=True)
+    _write(pair.cert, cert_pem, 0o644)
+    _write(pair.key, key_pem)
+    return pair

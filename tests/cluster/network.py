@@ -40,6 +40,10 @@ kube-proxy, so in-cluster clients use KUBERNETES_SERVICE_HOST (the bridge addres
 SERVICE_IP = str(ipaddress.ip_network(SERVICE_CIDR).network_address + 1)
 """ClusterIP of the ``kubernetes`` Service (in the API server's certificate, as kubeadm does)."""
 SLOT_PREFIX_LEN = 20
+REAL_NODE_PREFIX_LEN = 24
+"""The last /24 of each slot is left to real nodes (tests/cluster/realnode): their CNI
+(bridge + host-local) hands out addresses there, on the same bridge, so their pods, the
+process kubelet's pods and this machine share one L2 network without address clashes."""
 SLOTS = 2 ** (SLOT_PREFIX_LEN - POD_SUPERNET.prefixlen)
 NETNS_ETC = Path("/etc/netns")
 
@@ -80,8 +84,15 @@ class Slot:
         return str(self.subnet.network_address + 1 + n)
 
     @property
+    def real_node_range(self) -> ipaddress.IPv4Network:
+        """Addresses the process kubelet never uses: the CNI of the slot's real nodes."""
+        return list(self.subnet.subnets(new_prefix=REAL_NODE_PREFIX_LEN))[-1]
+
+    @property
     def capacity(self) -> int:
-        return self.subnet.num_addresses - 3
+        """Sandboxes the process kubelet may number (host 1 is the bridge; the slot's last
+        /24 belongs to real nodes)."""
+        return self.subnet.num_addresses - self.real_node_range.num_addresses - 2
 
 
 def ip(*args: str, check: bool = True) -> str:

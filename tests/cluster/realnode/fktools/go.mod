@@ -1,0 +1,3 @@
+module fedkube.local/fktools
+
+go 1.22
