@@ -25,9 +25,8 @@ install: $(STAMP) ## create .venv and install fedkube with everything it needs t
 demo: install ## run the embedded default: a 3-client federated job on digits, on this machine
 	$(VENV)/bin/fedkube run examples/digits.yaml
 
-test: install binaries-optional images-optional ## run every test: unit, integration (real MinIO), e2e (real Kubernetes), images (podman), then the real-node lane
+test: install binaries-optional ## run every test: unit, integration (real MinIO), e2e (real Kubernetes); the container lanes are `make test-containers`
 	$(PY) -m pytest $(PYTEST_ARGS)
-	@$(MAKE) --no-print-directory test-realnode
 
 unit: install ## run the unit tests only (no servers)
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)

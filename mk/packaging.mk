@@ -46,3 +46,11 @@ images-optional: ## as `make images STAND_IN_BASES=1`, but without podman or Doc
 
 images-test: install images-optional ## build the images on the stand-in bases and run the image tests
 	$(PY) -m pytest tests/images $(PYTEST_ARGS)
+
+.PHONY: test-images test-containers
+test-images: images-test ## the image lane: both images built (stand-in bases) and run as the operator runs pods
+
+test-containers: ## the container lanes: tools (apt-get), the images and their tests, then the real-node e2e (cold: ~45 min and ~20 GB of disk once; see tests/cluster/README.md)
+	@$(MAKE) --no-print-directory images-tools realnode-setup
+	@$(MAKE) --no-print-directory test-images
+	@$(MAKE) --no-print-directory test-realnode

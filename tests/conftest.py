@@ -15,13 +15,17 @@ pytest_plugins = [
     "tests.fixtures.realnode",
 ]
 
-REAL_NODE_DIR = Path(__file__).resolve().parent / "realnode"
+HERE = Path(__file__).resolve().parent
+CONTAINER_LANES = (HERE / "images", HERE / "realnode")
+"""Lanes that build and run container images: minutes of image builds and gigabytes of disk
+each, so they run as their own make targets (``make test-images``, ``make test-realnode``, both
+in ``make test-containers``), never in a plain ``pytest``. tests/realnode also needs a session
+of its own: the e2e session's cluster-wide operator would handle its jobs too."""
 
 
 def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
-    """tests/realnode runs in a session of its own (``make test-realnode``): collected only
-    when named on the command line, never by a plain ``pytest``."""
-    if collection_path != REAL_NODE_DIR:
+    """A container lane is collected only when named on the command line."""
+    if collection_path not in CONTAINER_LANES:
         return None
     named = [Path(str(arg).split("::")[0]).resolve() for arg in config.args]
-    return not any(p == REAL_NODE_DIR or REAL_NODE_DIR in p.parents for p in named)
+    return not any(p == collection_path or collection_path in p.parents for p in named)
