@@ -11,8 +11,9 @@ role                   may
 =====================  ==========================================================================
 ``client <c>``         GetObject ``job.json``, ``rounds/??????/{global.safetensors, round.json,
                        strategy.safetensors}``, ``final/*`` and its own keys:
-                       ``rounds/??????/updates/<c>.{safetensors,json}`` and, in a SCAFFOLD job,
-                       its control variate ``clients/<c>/scaffold.safetensors``; PutObject (and
+                       ``rounds/??????/updates/<c>.{safetensors,json}``, an FSDP client's
+                       update shards ``<c>.shard-?????-of-?????.safetensors`` and, in a SCAFFOLD
+                       job, its control variate ``clients/<c>/scaffold.safetensors``; PutObject (and
                        abort its multipart uploads) only on those own keys. No listing, no
                        delete.
 ``aggregator``         GetObject and ListBucket under ``<p>``; PutObject on ``job.json``,
@@ -135,7 +136,11 @@ def writable_keys(role: Role, *, variate: bool = False) -> tuple[str, ...]:
     client also keeps its own control variate (``keeps_variate``)."""
     if role.client is None:
         return PUBLIC_KEYS
-    own = (f"{_ROUND}updates/{role.client}.safetensors", f"{_ROUND}updates/{role.client}.json")
+    own = (
+        f"{_ROUND}updates/{role.client}.safetensors",
+        f"{_ROUND}updates/{role.client}.json",
+        f"{_ROUND}updates/{role.client}.shard-?????-of-?????.safetensors",  # FSDP ranks' parts
+    )
     return own + ((client_variate_key(role.client),) if variate else ())
 
 
