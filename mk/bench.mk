@@ -31,3 +31,9 @@ BENCH_DP_ARGS ?=
 .PHONY: bench-dp
 bench-dp: install ## dpfedavg's cost over FedAvg with clipping: one round's time and peak memory (BENCH_DP_ARGS="--clients 4 --params 20000000")
 	$(PY) bench/dp_overhead.py $(BENCH_DP_ARGS)
+
+BENCH_TARGETS += bench-fsdp
+
+.PHONY: bench-fsdp
+bench-fsdp: install ## FSDP vs DDP client on CPU: peak memory per rank for a model 4x a rank's share (BENCH_FSDP_ARGS="--params 32000000 --ranks 4")
+	$(PY) bench/fsdp_memory.py $(BENCH_FSDP_ARGS)
