@@ -59,9 +59,7 @@ def run_job(tmp: Path, mode: str) -> tuple[Run, list[dict[str, int]]]:
                 "config": {**CONFIG, "memoryReport": str(reports)},
             },
             "strategy": {"minClients": 1},
-            "clients": [
-                {"name": "alpha", "procsPerReplica": RANKS, "parallelism": {"mode": mode}}
-            ],
+            "clients": [{"name": "alpha", "procsPerReplica": RANKS, "parallelism": {"mode": mode}}],
         },
     }
     job_file = tmp / f"{mode}.yaml"

@@ -72,8 +72,10 @@ def make_update(
     spoil: Spoil | None = None,
     after: Callable[[Path, layout.UpdateManifest], layout.UpdateManifest] | None = None,
 ) -> tuple[layout.UpdateManifest, Path, Tensors]:
-    delta = {n: torch.full_like(t, 0.5) if t.is_floating_point() else torch.ones_like(t)
-             for n, t in model().items()}
+    delta = {
+        n: torch.full_like(t, 0.5) if t.is_floating_point() else torch.ones_like(t)
+        for n, t in model().items()
+    }
     pieces = fsdp_pieces(delta, count)
     if spoil is not None:
         spoil(pieces)
@@ -129,8 +131,14 @@ def test_shards_that_tile_the_model_assemble_into_the_whole_update(tmp_path: Pat
 
 def test_a_sharded_manifest_signs_its_shards_and_an_unsharded_one_signs_as_before() -> None:
     plain = layout.UpdateManifest(
-        client=CLIENT, round=1, base_round=0, base_sha256=BASE_SHA, num_samples=1,
-        update_sha256="ab" * 32, update_bytes=1, dtype="float32",
+        client=CLIENT,
+        round=1,
+        base_round=0,
+        base_sha256=BASE_SHA,
+        num_samples=1,
+        update_sha256="ab" * 32,
+        update_bytes=1,
+        dtype="float32",
     )
 
     assert "shards" not in json.loads(plain.to_json())
@@ -173,7 +181,7 @@ def nan_piece(pieces: list[dict[str, tuple[torch.Tensor, tuple[int, int]]]]) -> 
 
 
 def past_the_end(pieces: list[dict[str, tuple[torch.Tensor, tuple[int, int]]]]) -> None:
-    t, (a, b) = pieces[3]["a.weight"]
+    _, (a, b) = pieces[3]["a.weight"]
     pieces[3]["a.weight"] = (torch.zeros(2, 5), (a, b + 1))
 
 
