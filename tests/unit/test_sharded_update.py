@@ -16,8 +16,10 @@ import torch
 
 from fedcore import layout
 from fedcore.errors import UpdateRejected
+from fedcore.intake import fetch_update
 from fedcore.sharded_update import shard_path, shards_digest, shards_dir, write_shard
 from fedcore.signing import SigningKey, sign_manifest
+from fedcore.store import LocalStore
 from fedcore.validation import validate_update
 from fedcore.weights import (
     InMemoryWeights,
@@ -285,3 +287,51 @@ def test_a_whole_file_beside_the_shards_is_not_what_is_validated(tmp_path: Path)
     validate(manifest, path)
 
     assert sha256_file(path) != before  # assembled from the shards, over whatever was there
+
+
+# ---- the aggregator's intake: sizes from the store before any download -----------------------
+
+
+def stored_update(tmp: Path) -> tuple[LocalStore, layout.UpdateManifest]:
+    manifest, path, _ = make_update(tmp)
+    store = LocalStore(tmp / "store", "job/")
+    for i in range(len(manifest.shards)):
+        store.put_file(
+            layout.shard_key(ROUND, CLIENT, i, len(manifest.shards)),
+            shard_path(shards_dir(path), i),
+        )
+    store.put_bytes(layout.manifest_key(ROUND, CLIENT), manifest.to_json())
+    return store, manifest
+
+
+def test_intake_downloads_every_listed_shard_beside_the_update_path(tmp_path: Path) -> None:
+    store, manifest = stored_update(tmp_path)
+    target = tmp_path / "in" / "update.safetensors"
+    target.parent.mkdir()
+
+    raw = fetch_update(store, ROUND, CLIENT, target, max_update_bytes=MAX_BYTES)
+
+    assert layout.UpdateManifest.model_validate_json(raw) == manifest
+    assert sorted(p.name for p in shards_dir(target).iterdir()) == [
+        f"{i:05d}.safetensors" for i in range(4)
+    ]
+
+
+def test_intake_refuses_a_missing_shard_a_resized_one_and_too_many_bytes(tmp_path: Path) -> None:
+    store, manifest = stored_update(tmp_path)
+    target = tmp_path / "in" / "update.safetensors"
+    target.parent.mkdir()
+
+    with pytest.raises(UpdateRejected) as e:
+        fetch_update(store, ROUND, CLIENT, target, max_update_bytes=manifest.update_bytes - 1)
+    assert e.value.reason == "too-large"
+
+    store.delete(layout.shard_key(ROUND, CLIENT, 3, 4))
+    with pytest.raises(UpdateRejected) as e:
+        fetch_update(store, ROUND, CLIENT, target, max_update_bytes=MAX_BYTES)
+    assert e.value.reason == "malformed-update"
+
+    store.put_bytes(layout.shard_key(ROUND, CLIENT, 2, 4), b"short")  # checked before 3
+    with pytest.raises(UpdateRejected) as e:
+        fetch_update(store, ROUND, CLIENT, target, max_update_bytes=MAX_BYTES)
+    assert e.value.reason == "bad-signature"
