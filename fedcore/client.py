@@ -74,6 +74,7 @@ from fedcore.exitcodes import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, exit_code_for
 from fedcore.quantization import quantise_update
 from fedcore.records import fit_metrics
 from fedcore.round_watch import WAIT, RoundWatcher, Work
+from fedcore.sharding import ShardedTraining
 from fedcore.signing import SigningKey, key_from_env, sign_manifest
 from fedcore.spec import ClientSpec, FederatedJob, load_job
 from fedcore.store import ObjectStore, open_job_store
@@ -235,6 +236,8 @@ class ClientRank:
         self._model: nn.Module | None = None
         self._ddp: nn.Module | None = None
         self._data: Any = None
+        self._sharded = ShardedTraining(self) if client.parallelism.mode == "fsdp" else None
+        """FSDP training (``fedcore.sharding``) instead of DDP."""
 
     def ctx(self, r: int) -> TaskContext:
         return TaskContext(
@@ -283,6 +286,9 @@ class ClientRank:
 
     def train_round(self, work: Work) -> None:
         """Train round ``work.base_round + 1`` from that base round's global model."""
+        if self._sharded is not None:
+            self._sharded.train_round(work)
+            return
         r = work.base_round + 1
         ctx = self.ctx(r)
         model, ddp, data = self._prepare(ctx)
@@ -765,8 +771,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             job.spec.task_config_for(args.client), job.spec.strategy.update_dtype
         )
         dist_ctx = init_distributed(want_gpu=spec.gpu, num_threads=options.num_threads)
+        every_rank = spec.parallelism.mode == "fsdp"  # each rank reads and writes its share
         store = (
-            open_job_store(job, role=Role.for_client(args.client)) if dist_ctx.is_leader else None
+            open_job_store(job, role=Role.for_client(args.client))
+            if dist_ctx.is_leader or every_rank
+            else None
         )
         key = key_from_env() if dist_ctx.is_leader else None
         verifier = verifier_from_env() if dist_ctx.is_leader else None

@@ -11,10 +11,10 @@ role                   may
 =====================  ==========================================================================
 ``client <c>``         GetObject ``job.json``, ``rounds/??????/{global.safetensors, round.json,
                        strategy.safetensors}``, ``final/*`` and its own keys:
-                       ``rounds/??????/updates/<c>.{safetensors,json}`` and, in a SCAFFOLD job,
-                       its control variate ``clients/<c>/scaffold.safetensors``; PutObject (and
-                       abort its multipart uploads) only on those own keys. No listing, no
-                       delete.
+                       ``rounds/??????/updates/<c>.json`` and ``<c>.*safetensors`` (the update,
+                       or an FSDP client's shards) and, in a SCAFFOLD job, its control variate
+                       ``clients/<c>/scaffold.safetensors``; PutObject (and abort its multipart
+                       uploads) only on those own keys. No listing, no delete.
 ``aggregator``         GetObject and ListBucket under ``<p>``; PutObject on ``job.json``,
                        ``rounds/??????/{global.safetensors, round.json, strategy.safetensors}``
                        and ``final/*``. No delete, nothing under ``updates/``.
@@ -135,7 +135,13 @@ def writable_keys(role: Role, *, variate: bool = False) -> tuple[str, ...]:
     client also keeps its own control variate (``keeps_variate``)."""
     if role.client is None:
         return PUBLIC_KEYS
-    own = (f"{_ROUND}updates/{role.client}.safetensors", f"{_ROUND}updates/{role.client}.json")
+    # ``<c>.*safetensors``: the update, or an FSDP client's shards (``<c>.shard-...``) in one
+    # pattern, as policies must stay under STS's 2048 characters. Client names are DNS labels
+    # (no '.'), so ``<c>.`` begins only this client's keys.
+    own = (
+        f"{_ROUND}updates/{role.client}.json",
+        f"{_ROUND}updates/{role.client}.*safetensors",
+    )
     return own + ((client_variate_key(role.client),) if variate else ())
 
 

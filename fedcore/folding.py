@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import math
+import shutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +42,7 @@ from fedcore.guard import largest_magnitude
 from fedcore.intake import fetch_update
 from fedcore.quantization import open_update
 from fedcore.rounds import RoundState
+from fedcore.sharded_update import shards_dir
 from fedcore.signing import SigningKey
 from fedcore.spec import FederatedJobSpec
 from fedcore.store import ObjectStore
@@ -226,6 +228,7 @@ class OpenRound:
             return
         finally:
             update_path.unlink(missing_ok=True)
+            shutil.rmtree(shards_dir(update_path), ignore_errors=True)
         self.folded[client] = manifest
         self.used_weights[client] = weight
         log.info(

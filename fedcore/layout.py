@@ -8,6 +8,9 @@ layout is the protocol (see DESIGN.md, "The round protocol")::
     rounds/000000/round.json                    commit record of round 0
     rounds/000001/updates/<client>.safetensors  a client's delta from round 0's global
     rounds/000001/updates/<client>.json         its manifest (written after the weights)
+    rounds/000001/updates/<client>.shard-00000-of-00004.safetensors
+                                                one rank's part of a sharded (FSDP) update,
+                                                instead of <client>.safetensors
     rounds/000001/global.safetensors
     rounds/000001/round.json                    written last: round 1 is committed
     final/model.safetensors, final/round.json
@@ -102,6 +105,17 @@ def manifest_key(r: int, client: str) -> str:
     return f"{updates_prefix(r)}{client}.json"
 
 
+MAX_SHARDS = 256
+"""Most shards (ranks) one update may be cut into: their entries must fit the manifest."""
+
+
+def shard_key(r: int, client: str, index: int, count: int) -> str:
+    """Where rank ``index`` of a ``count``-rank client puts its part of a sharded update."""
+    if not 0 <= index < count <= MAX_SHARDS:
+        raise ValueError(f"shard {index} of {count}: need 0 <= index < count <= {MAX_SHARDS}")
+    return f"{updates_prefix(r)}{client}.shard-{index:05d}-of-{count:05d}.safetensors"
+
+
 def committed_rounds(keys: list[str]) -> list[int]:
     """Round numbers whose commit record is among ``keys`` (a store listing), ascending."""
     rounds = (_ROUND_RECORD.match(k) for k in keys)
@@ -129,6 +143,13 @@ class _Record(BaseModel):
         return self.model_dump_json(indent=2, exclude=empty or None).encode()
 
 
+class UpdateShard(_Record):
+    """One shard of a sharded update, as its manifest (and so its signature) lists it."""
+
+    sha256: str
+    bytes: Int64 = Field(ge=0)
+
+
 class UpdateManifest(_Record):
     """A client's statement about its update; its signature covers every other field.
 
@@ -153,6 +174,13 @@ class UpdateManifest(_Record):
     created_at: datetime = Field(default_factory=utcnow)
     signature: str = ""
     """Hex HMAC-SHA256 of the canonical JSON of all other fields, with the client's key."""
+    shards: list[UpdateShard] = Field(default_factory=list, max_length=MAX_SHARDS)
+    """Empty: the update is one file, ``<client>.safetensors``. Else a sharded update
+    (``fedcore.sharded_update``): shard ``i`` is ``shard_key(round, client, i, len(shards))``
+    with this sha256 and size, ``update_sha256`` is ``shards_digest`` of the list and
+    ``update_bytes`` the sum of the sizes."""
+
+    OMITTED_WHEN_EMPTY: ClassVar[tuple[str, ...]] = ("shards",)
 
 
 class RejectedUpdate(_Record):

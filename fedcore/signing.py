@@ -76,6 +76,8 @@ def generate_key() -> str:
 def _manifest_fields(manifest: Any) -> dict[str, Any]:
     if hasattr(manifest, "model_dump"):
         fields: dict[str, Any] = manifest.model_dump(mode="json")
+        if not fields.get("shards"):  # added later: unsharded manifests sign as before
+            fields.pop("shards", None)
         return fields
     if isinstance(manifest, Mapping):
         return dict(manifest)

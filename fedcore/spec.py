@@ -452,6 +452,18 @@ class AggregatorSpec(_Model):
     env: list[EnvVar] = Field(default_factory=list, max_length=128)
 
 
+class ParallelismSpec(_Model):
+    """How a client's ranks share the model while they train (``fedcore.sharding``)."""
+
+    mode: Literal["ddp", "fsdp"] = "ddp"
+    """``ddp``: every rank holds the whole model, rank 0 downloads the global and uploads the
+    update (memory per rank: about three models). ``fsdp``: FSDP2 (``fully_shard``) shards
+    every parameter over the client's ranks along its first dimension; each rank reads only
+    its rows of the global model and uploads one update shard, so no rank ever holds the
+    whole model (memory per rank: about a ``1/world_size`` share of the model, its
+    gradient and optimizer state, plus one gathered layer)."""
+
+
 class SiteSpec(_Model):
     """A client that runs outside the coordinator's cluster (its own cluster or machines)."""
 
@@ -495,6 +507,9 @@ class ClientSpec(_Model):
     volumes: list[K8sObject] = Field(default_factory=list, max_length=64)
     """Pod volumes, typically the client's private data (a PVC or hostPath)."""
     volume_mounts: list[K8sObject] = Field(default_factory=list, max_length=64)
+    parallelism: ParallelismSpec = Field(default_factory=ParallelismSpec)
+    """How the client's ranks share the model: ``{mode: fsdp}`` trains a model too large for
+    one rank (see ``ParallelismSpec``)."""
     site: SiteSpec | None = None
     """Set: an external participant (a site). The coordinator launches nothing for it (no Job,
     no Service, no pods) but selects it, waits for it and drops it past ``site.timeoutSeconds``;

@@ -58,6 +58,11 @@ manifest's ``dtype`` names that dtype; every other tensor keeps the model's dtyp
 whose manifest ``dtype`` is ``int8`` (allowed likewise) must have exactly the structure
 ``fedcore.quantization`` defines for the model: an int8 tensor and its float32 per-slice
 scales for every float tensor.
+
+A sharded update (its manifest lists ``shards``, ``fedcore.sharded_update``) is held to the
+same rules: after the signature and rounds, every shard's size and sha256 must be its signed
+entry's, the shards must tile every tensor exactly once, and the assembled file then passes
+the same content checks (int8 is not offered for sharded updates).
 """
 
 from __future__ import annotations
@@ -78,6 +83,7 @@ from fedcore.quantization import INT8_WIRE, scales_name
 from fedcore.quantization import check_structure as check_int8_structure
 from fedcore.quantization import check_values as check_int8_values
 from fedcore.records import MAX_MANIFEST_BYTES
+from fedcore.sharded_update import assemble, shards_dir
 from fedcore.signing import SigningKey, verify
 from fedcore.strategies.base import MAX_INT_ACCUMULATOR, MAX_NUM_SAMPLES, arithmetic_threads
 from fedcore.weights import (
@@ -262,6 +268,15 @@ def validate_update(
         )
 
     path = Path(weights_path)
+    if m.shards:  # digests of every shard, tiling, then the same content checks
+        if int8:
+            raise reject("dtype-mismatch", f"a sharded update cannot be {INT8_WIRE}-quantised")
+        assemble(m, shards_dir(path), template, path, max_bytes=max_bytes)
+        with arithmetic_threads():
+            _check_contents(
+                path, m, template, base, reject, low_precision if allow_low_precision else None
+            )
+        return m
     size = path.stat().st_size
     if size > max_bytes:
         raise reject(

@@ -50,3 +50,9 @@ BENCH_UPDATE_DTYPE_ARGS ?=
 bench-update-dtype: install ## accuracy cost of strategy.updateDtype (float32, bfloat16, int8) on digits and the LoRA task (BENCH_UPDATE_DTYPE_ARGS="--seeds 0")
 	$(PY) bench/update_dtype.py --task digits $(BENCH_UPDATE_DTYPE_ARGS)
 	$(PY) bench/update_dtype.py --task causal_lm $(BENCH_UPDATE_DTYPE_ARGS)
+
+BENCH_TARGETS += bench-fsdp
+
+.PHONY: bench-fsdp
+bench-fsdp: install ## FSDP vs DDP client on CPU: peak memory per rank for a model 4x a rank's share (BENCH_FSDP_ARGS="--params 32000000 --ranks 4")
+	$(PY) bench/fsdp_memory.py $(BENCH_FSDP_ARGS)

@@ -86,6 +86,27 @@ class ObjectStore(Protocol):
         ...
 
 
+@runtime_checkable
+class RangeReader(Protocol):
+    """A store that can read part of an object (both stores can; the round protocol itself
+    never needs it). The bytes are NOT checked against the object's sha256, which covers the
+    whole object: a caller checks the whole digest some other way (``fedcore.sharding``
+    streams the object through sha256 on one rank) or treats the bytes as unverified."""
+
+    def get_range(self, key: str, start: int, length: int) -> bytes:
+        """Bytes ``[start, start + length)`` of the object; ``ObjectNotFound``; a
+        ``StoreError`` when the range is not inside the object."""
+        ...
+
+
+def check_range(uri: str, start: int, length: int, size: int) -> None:
+    """Raise ``StoreError`` unless ``[start, start + length)`` lies inside ``size`` bytes."""
+    if start < 0 or length < 0 or start + length > size:
+        raise StoreError(
+            f"cannot read bytes [{start}, {start + length}) of {uri}: the object has {size}"
+        )
+
+
 def validate_key(key: str) -> str:
     """Return ``key`` if it is a valid object key, else raise ``StoreError`` saying why."""
     if not isinstance(key, str):

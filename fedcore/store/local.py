@@ -46,6 +46,7 @@ from fedcore.errors import (
 from fedcore.store.base import (
     RESERVED_SEGMENT_PREFIX,
     atomic_output,
+    check_range,
     copy_and_hash,
     integrity_message,
     normalize_prefix,
@@ -211,6 +212,16 @@ class LocalStore:
             except _ReadAgain:
                 continue
         raise self._unstable(key)
+
+    def get_range(self, key: str, start: int, length: int) -> bytes:
+        """Bytes ``[start, start + length)`` of the object, unverified (see ``RangeReader``)."""
+        path = self._path(key)
+        with self._open(key, path) as f:
+            check_range(self.uri(key), start, length, os.fstat(f.fileno()).st_size)
+            data = os.pread(f.fileno(), length, start) if length else b""
+        if len(data) != length:
+            raise StoreError(f"{self.uri(key)} ended inside bytes [{start}, {start + length})")
+        return data
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()

@@ -18,7 +18,7 @@ import pytest
 
 from fedcore.errors import IntegrityError, ObjectExists, ObjectNotFound, StoreError
 from fedcore.store import LocalStore, ObjectStore
-from fedcore.store.base import RESERVED_SEGMENT_PREFIX
+from fedcore.store.base import RESERVED_SEGMENT_PREFIX, RangeReader
 from fedcore.store.local import SIDECAR_PREFIX
 from fedcore.store.s3 import MIN_PART_BYTES, S3Store
 
@@ -298,6 +298,39 @@ def test_size_is_the_stored_length_read_from_metadata(store: ObjectStore, length
     store.put_bytes("rounds/000001/updates/a.safetensors", data)
 
     assert store.size("rounds/000001/updates/a.safetensors") == length
+
+
+@pytest.mark.parametrize(
+    ("start", "length"), [(0, 8), (1000, 234), (0, 1234), (1234, 0), (1233, 1)]
+)
+def test_a_range_read_returns_exactly_those_bytes(
+    store: ObjectStore, start: int, length: int
+) -> None:
+    data = bytes(range(256)) * 4 + b"y" * 210
+    store.put_bytes("rounds/000001/global.safetensors", data)
+    assert isinstance(store, RangeReader)
+
+    got = store.get_range("rounds/000001/global.safetensors", start, length)
+
+    assert got == data[start : start + length]
+
+
+@pytest.mark.parametrize(("start", "length"), [(1200, 35), (1235, 1), (-1, 2)])
+def test_a_range_outside_the_object_is_an_error_not_a_short_read(
+    store: ObjectStore, start: int, length: int
+) -> None:
+    store.put_bytes("rounds/000001/global.safetensors", b"z" * 1234)
+    assert isinstance(store, RangeReader)
+
+    with pytest.raises(StoreError):
+        store.get_range("rounds/000001/global.safetensors", start, length)
+
+
+def test_a_range_of_a_missing_key_raises_object_not_found(store: ObjectStore) -> None:
+    assert isinstance(store, RangeReader)
+
+    with pytest.raises(ObjectNotFound):
+        store.get_range("rounds/000009/global.safetensors", 0, 8)
 
 
 def test_size_of_a_replaced_object_is_its_new_length(store: ObjectStore) -> None:

@@ -68,12 +68,24 @@ def test_client_policy_reads_public_keys_and_reads_and_writes_only_its_own_slot(
                 "Effect": "Allow",
                 "Action": ["s3:GetObject", "s3:PutObject", "s3:AbortMultipartUpload"],
                 "Resource": [
-                    f"{OBJ}rounds/??????/updates/hospital-a.safetensors",
                     f"{OBJ}rounds/??????/updates/hospital-a.json",
+                    f"{OBJ}rounds/??????/updates/hospital-a.*safetensors",
                 ],
             },
         ],
     }
+
+
+def test_a_client_writes_its_own_update_shards_and_no_other_clients() -> None:
+    mine, theirs = Role.for_client("hospital-a"), Role.for_client("hospital-b")
+    key = "rounds/000002/updates/hospital-a.shard-00003-of-00004.safetensors"
+
+    assert any(glob_matches(p, key) for p in writable_keys(mine))
+    assert not any(glob_matches(p, key) for p in writable_keys(theirs))
+    assert not any(
+        glob_matches(p, "rounds/000002/updates/hospital-ab.safetensors")
+        for p in writable_keys(mine)
+    )
 
 
 def test_in_a_scaffold_job_a_client_reads_and_writes_its_own_variate_and_no_other() -> None:

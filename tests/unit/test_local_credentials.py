@@ -117,7 +117,7 @@ def test_a_job_process_with_a_credentials_file_opens_a_scoped_s3_store(tmp_path:
 
     assert isinstance(store, S3Store)
     assert store.config.denied_is_missing[-2:] == (
-        "rounds/??????/updates/a.json",
+        "rounds/??????/updates/a.*safetensors",
         "clients/a/scaffold.safetensors",
     )
 
