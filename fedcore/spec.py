@@ -323,11 +323,12 @@ class StrategySpec(_Model):
     """``dpfedavg`` only (and required by it): noise, clipping and the privacy budget."""
 
     update_dtype: UpdateDtype = "float32"
-    """How clients' float deltas travel: ``float32`` (exact), ``bfloat16`` or ``float16`` (half
-    the bytes; float16 keeps more mantissa, bfloat16 more range) or ``int8`` (a quarter: symmetric per-slice quantisation, one float32 scale per 4096
-    values, dequantised slice by slice by the aggregator; ``fedcore.quantization``). The
-    aggregator accepts deltas narrower than the model's only when this is not ``float32``;
-    the accuracy each costs is measured in docs/design.md."""
+    """How clients' float deltas travel: ``float32`` (exact), ``bfloat16`` or ``float16``
+    (half the bytes; float16 keeps more mantissa, bfloat16 more range) or ``int8`` (a
+    quarter: symmetric per-slice quantisation, one float32 scale per 4096 values, dequantised
+    slice by slice by the aggregator; ``fedcore.quantization``). The aggregator accepts
+    deltas narrower than the model's only when this is not ``float32``; the accuracy each
+    costs is measured in docs/tasks.md."""
 
     @model_validator(mode="after")
     def _dp_options_need_dpfedavg(self) -> StrategySpec:
