@@ -191,6 +191,9 @@ DISK_ACCUMULATOR = ("fedavg", "fedprox")
 """The strategies that can keep their accumulator on disk (``aggregator.accumulator: disk``):
 the others keep server state of the model's size in memory anyway (momentum, moments,
 control variates, the round's updates) or draw their noise whole."""
+FSDP_REFUSES_STRATEGIES = ("scaffold", "fedprox")
+"""Strategies a ``parallelism.mode: fsdp`` client cannot train for: their client-side state
+(control variates, the proximal term's anchor) assumes whole tensors on every rank."""
 QUANTITY = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$"
 """A Kubernetes resource quantity without sign or exponent (``200Gi``, ``1.5T``)."""
 
@@ -619,6 +622,21 @@ class FederatedJobSpec(_Model):
                 "keeps server state of the model's size in memory anyway; use "
                 f"{' or '.join(DISK_ACCUMULATOR)}, or accumulator: memory"
             )
+        for index, client in enumerate(self.clients):
+            if client.parallelism.mode != "fsdp":
+                continue
+            if self.strategy.name in FSDP_REFUSES_STRATEGIES:
+                problems.append(
+                    f"clients[{index}].parallelism.mode: 'fsdp' cannot train for strategy "
+                    f"{self.strategy.name} (its client state assumes whole tensors on every "
+                    "rank); use mode ddp for this client or another strategy"
+                )
+            if self.strategy.update_dtype == "int8":
+                problems.append(
+                    f"clients[{index}].parallelism.mode: 'fsdp' cannot upload int8 updates "
+                    "(strategy.updateDtype); use updateDtype float32, bfloat16 or float16, or "
+                    "mode ddp"
+                )
         wanted = self.strategy.min_clients
         if wanted is not None and wanted > len(self.clients):
             problems.append(

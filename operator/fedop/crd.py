@@ -229,6 +229,20 @@ EXTRAS: dict[str, Schema] = {
                 "reason": "FieldValueForbidden",
             },
             {
+                "rule": "!has(self.strategy) || ((!has(self.strategy.name)"
+                f" || !(self.strategy.name in {list(fs.FSDP_REFUSES_STRATEGIES)}))"
+                " && (!has(self.strategy.updateDtype) || self.strategy.updateDtype != 'int8'))"
+                " || !self.clients.exists(c, has(c.parallelism) && has(c.parallelism.mode)"
+                " && c.parallelism.mode == 'fsdp')",
+                "message": (
+                    "a client with parallelism.mode fsdp cannot train for "
+                    f"{' or '.join(fs.FSDP_REFUSES_STRATEGIES)} nor upload int8 updates; "
+                    "use mode ddp for that client, another strategy or another updateDtype"
+                ),
+                "fieldPath": ".clients",
+                "reason": "FieldValueForbidden",
+            },
+            {
                 "rule": "!has(self.strategy) || !has(self.strategy.minClients)"
                 " || self.strategy.minClients <= size(self.clients)",
                 "message": (
