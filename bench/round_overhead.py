@@ -16,8 +16,8 @@ actor, its defaults otherwise).
 
 Rows (median of ``--repeats`` runs, interleaved so a busy moment hits every row alike):
 
-* ``fedkube run``: the default, processes forked from a fork server (``fedcore.zygote``);
-* ``fedkube run --no-fork-server``: every process started from scratch (the reference for
+* ``fedkube run --fork-server``: processes forked from a fork server (``fedcore.zygote``);
+* ``fedkube run``: the default, every process started from scratch (the reference for
   the start-up);
 * ``Flower simulation``: the baseline.
 
@@ -115,7 +115,7 @@ def figures(seen: dict[int, float], rounds: int) -> dict[str, float]:
 
 def fedkube(work: Path, job: Path, fork_server: bool, log: Path, rounds: int) -> dict[str, float]:
     argv = [sys.executable, "-m", "fedcore.cli", "run", str(job), "--store", str(work)]
-    argv += ["--fresh"] + ([] if fork_server else ["--no-fork-server"])
+    argv += ["--fresh"] + (["--fork-server"] if fork_server else [])
     return figures(timed_lines(argv, ROUND_LINE, log), rounds)
 
 
@@ -250,7 +250,7 @@ def main() -> None:
         job = work / "job.yaml"
         job.write_text(job_yaml(args.clients, args.rounds, args.params))
         rows: dict[str, list[dict[str, float]]] = {}
-        modes = ["fedkube run", "fedkube run --no-fork-server"]
+        modes = ["fedkube run --fork-server", "fedkube run"]
         modes += [] if args.no_flower else ["Flower simulation"]
         for i in range(args.repeats):
             for name in modes:  # interleaved: a busy moment hits every row alike
@@ -259,7 +259,7 @@ def main() -> None:
                 if name == "Flower simulation":
                     result = flower(args, log)
                 else:
-                    fork = name == "fedkube run"
+                    fork = name == "fedkube run --fork-server"
                     result = fedkube(work / "run", job, fork, log, args.rounds)
                 result["load"] = load
                 rows.setdefault(name, []).append(result)
@@ -277,7 +277,7 @@ def main() -> None:
 
 
 def report(rows: dict[str, list[dict[str, float]]], args: argparse.Namespace) -> dict[str, Any]:
-    base = "Flower simulation" if "Flower simulation" in rows else "fedkube run --no-fork-server"
+    base = "Flower simulation" if "Flower simulation" in rows else "fedkube run"
     med = {
         name: {k: statistics.median(r[k] for r in runs) for k in ("startup_s", "per_round_s")}
         for name, runs in rows.items()

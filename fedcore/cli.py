@@ -56,11 +56,11 @@ def _parser() -> argparse.ArgumentParser:
         "--fresh", action="store_true", help="delete what the store holds for this job first"
     )
     run.add_argument(
-        "--no-fork-server",
+        "--fork-server",
         dest="fork_server",
-        action="store_false",
-        help="start every process from scratch instead of forking it from one that imported "
-        "torch once (Linux; the default there)",
+        action="store_true",
+        help="fork every process from one that imported torch once instead of starting each "
+        "from scratch (Linux; faster start-up, experimental: see docs/design.md)",
     )
 
     validate = sub.add_parser("validate", help="check a FederatedJob file and explain problems")

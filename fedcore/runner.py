@@ -227,9 +227,11 @@ class RunOptions:
     job_path: Path
     run_dir: Path | None = None
     fresh: bool = False
-    fork_server: bool = True
+    fork_server: bool = False
     """Fork the run's processes from one that imported torch once (``fedcore.zygote``;
-    Linux), instead of starting each from scratch."""
+    Linux), instead of starting each from scratch. Off by default until the run tests can
+    check each forked process's credentials from outside it (``/proc/<pid>/environ`` shows the
+    fork server's environment, not the one the child was given)."""
     out: TextIO = field(default_factory=lambda: sys.stdout)
     err: TextIO = field(default_factory=lambda: sys.stderr)
 

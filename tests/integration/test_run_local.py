@@ -143,6 +143,12 @@ class Run:
         return self.run_dir / "store" / job_prefix(self.job) / layout.FINAL_MODEL_KEY
 
 
+def is_aggregator(process: psutil.Process) -> bool:
+    """The aggregator, started from scratch (its command line) or forked by the fork server
+    (which names the process after its log, ``fedcore.zygote``)."""
+    return process.name() == "aggregator" or "aggregator" in process.cmdline()
+
+
 def start_run(job_file: Path, run_dir: Path, *extra: str, env: dict[str, str] | None = None) -> Run:
     out, err = run_dir.with_suffix(".out"), run_dir.with_suffix(".err")
     with open(out, "ab") as o, open(err, "ab") as e:
@@ -273,7 +279,7 @@ def test_sigkilled_aggregator_resumes_and_the_final_model_is_bit_identical(
     run = start_run(write_job(tmp / "job.yaml", clients=gated_clients(gate)), tmp / "run")
     try:
         wait_for(lambda: "fold round 2 a" in run.log("aggregator"), "a's round-2 update folded")
-        aggregator = next(p for p in run.descendants() if "aggregator" in p.cmdline())
+        aggregator = next(p for p in run.descendants() if is_aggregator(p))
         aggregator.send_signal(signal.SIGKILL)
         wait_for(
             lambda: run.log("aggregator").count("starting aggregator") == 2,
@@ -308,7 +314,7 @@ def test_ctrl_c_stops_every_process_and_a_rerun_resumes_to_the_same_model(
     run = start_run(job_file, tmp / "run")
     wait_for(lambda: run.store.exists(layout.manifest_key(2, "a")), "a's round-2 update")
     children = run.descendants()
-    assert len(children) >= 5  # aggregator, two pods, their workers
+    assert len(children) >= 3  # the aggregator and two one-process pods (each runs its rank)
 
     run.proc.send_signal(signal.SIGINT)
     code = run.wait(60)

@@ -605,7 +605,10 @@ def job_processes(run: Run) -> dict[str, psutil.Process]:
             argv = proc.cmdline()
             if argv[1:4] == ["-m", "fedcore.cli", "aggregator"]:
                 found["aggregator"] = proc
-            elif argv[1:4] == ["-m", "fedcore.cli", "client"]:
+            elif argv[1:4] == ["-m", "fedcore.cli", "client"] or argv[1:3] == [
+                "-m",
+                "fedcore.client",
+            ]:
                 found[f"client-{argv[argv.index('--client') + 1]}"] = proc
     return found
 
