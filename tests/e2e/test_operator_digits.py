@@ -83,7 +83,9 @@ def watch_cluster_job(
 ) -> None:
     terminal.type([sys.executable, "-m", "fedcore.cli", "watch", name, "-n", namespace,
                    "--interval", "1", "--kubeconfig", str(cluster.kubeconfig)])  # fmt: skip
-    terminal.type(["echo", "watch", "exited"])  # runs once watch returns (typed ahead)
+    # Runs once watch returns (typed ahead). The typed line is echoed at once, so it must not
+    # contain the text it prints: printf's format keeps the two words apart until it runs.
+    terminal.type(["printf", "watch %s\\n", "exited"])
 
 
 def test_operator_runs_in_cluster_under_its_service_account(
