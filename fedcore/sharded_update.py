@@ -41,6 +41,7 @@ from fedcore import layout
 from fedcore.errors import FedcoreError, IntegrityError, ObjectNotFound, UpdateRejected
 from fedcore.store import ObjectStore
 from fedcore.weights import (
+    SAFETENSORS_CODES,
     Template,
     TensorSpec,
     WeightsReader,
@@ -57,18 +58,6 @@ if TYPE_CHECKING:
 SHARD_META = "shard"
 ROWS_META = "rows"
 
-_SAFETENSORS_CODES: dict[torch.dtype, str] = {
-    torch.float64: "F64",
-    torch.float32: "F32",
-    torch.float16: "F16",
-    torch.bfloat16: "BF16",
-    torch.int64: "I64",
-    torch.int32: "I32",
-    torch.int16: "I16",
-    torch.int8: "I8",
-    torch.uint8: "U8",
-    torch.bool: "BOOL",
-}
 _COPY_BYTES = 8 << 20
 """Bytes copied per read while assembling (bounded memory whatever a piece's size)."""
 
@@ -340,7 +329,7 @@ def _write(
         dtype = plan[name][0].dtype
         nbytes = math.prod(template[name].shape) * dtype.itemsize
         header[name] = {
-            "dtype": _SAFETENSORS_CODES[dtype],
+            "dtype": SAFETENSORS_CODES[dtype],
             "shape": list(template[name].shape),
             "data_offsets": [offset, offset + nbytes],
         }

@@ -63,7 +63,7 @@ from fedcore.signing import sign_manifest
 from fedcore.store import ObjectStore
 from fedcore.store.base import RangeReader
 from fedcore.tasks.base import derive_seed, global_batch_size, train_loader
-from fedcore.weights import DTYPE_NAMES, FLOAT_DTYPES, dtype_name
+from fedcore.weights import DTYPE_NAMES, FLOAT_DTYPES, SAFETENSORS_DTYPES, dtype_name
 
 if TYPE_CHECKING:
     from fedcore.client import ClientRank
@@ -75,18 +75,6 @@ HASH_CHUNK_BYTES = 8 << 20
 model's size."""
 MAX_HEADER_BYTES = 100 << 20
 """Largest safetensors header a rank reads (safetensors' own limit)."""
-_SAFETENSORS_DTYPES = {
-    "F64": torch.float64,
-    "F32": torch.float32,
-    "F16": torch.float16,
-    "BF16": torch.bfloat16,
-    "I64": torch.int64,
-    "I32": torch.int32,
-    "I16": torch.int16,
-    "I8": torch.int8,
-    "U8": torch.uint8,
-    "BOOL": torch.bool,
-}
 
 
 def check_supported(rank: ClientRank) -> None:
@@ -161,10 +149,10 @@ class GlobalReader:
         self.entries: dict[str, _Entry] = {}
         for name, item in header.items():
             try:
-                dtype = _SAFETENSORS_DTYPES[item["dtype"]]
+                dtype = SAFETENSORS_DTYPES[item["dtype"]]
                 shape = tuple(int(d) for d in item["shape"])
                 begin, end = (int(x) for x in item["data_offsets"])
-            except (KeyError, TypeError, ValueError) as e:
+            except (KeyError, TypeError, ValueError, OverflowError) as e:
                 raise RoundProtocolError(f"{uri}: header entry {name!r} is malformed") from e
             nbytes = math.prod(shape) * dtype.itemsize
             if min(shape, default=0) < 0 or end - begin != nbytes or begin < 0:

@@ -59,7 +59,7 @@ INT_DTYPES: frozenset[torch.dtype] = frozenset(
 
 SUPPORTED_DTYPES: frozenset[torch.dtype] = FLOAT_DTYPES | INT_DTYPES | {torch.bool}
 
-_SAFETENSORS_DTYPES: dict[str, torch.dtype] = {
+SAFETENSORS_DTYPES: dict[str, torch.dtype] = {
     "F64": torch.float64,
     "F32": torch.float32,
     "F16": torch.float16,
@@ -71,6 +71,11 @@ _SAFETENSORS_DTYPES: dict[str, torch.dtype] = {
     "U8": torch.uint8,
     "BOOL": torch.bool,
 }
+"""safetensors' dtype codes of the dtypes fedkube reads and writes: the one table every
+reader or writer of a header uses (``fedcore.sharding``, ``fedcore.sharded_update``,
+``fedcore.weights_stream``)."""
+SAFETENSORS_CODES: dict[torch.dtype, str] = {d: c for c, d in SAFETENSORS_DTYPES.items()}
+"""The inverse of ``SAFETENSORS_DTYPES``: the code a header names for a dtype."""
 
 DTYPE_NAMES: dict[str, torch.dtype] = {
     "float64": torch.float64,
@@ -227,7 +232,7 @@ class Scratch:
 def _spec_of(checked: Any, name: str) -> TensorSpec:
     view = checked.get_slice(name)
     code = view.get_dtype()
-    dtype = _SAFETENSORS_DTYPES.get(code)
+    dtype = SAFETENSORS_DTYPES.get(code)
     if dtype is None:
         raise ValueError(f"tensor {name!r} has safetensors dtype {code}, not supported here")
     return TensorSpec(tuple(int(d) for d in view.get_shape()), dtype)

@@ -32,20 +32,7 @@ from typing import Self
 
 import torch
 
-from fedcore.weights import TensorSpec, dtype_name
-
-SAFETENSORS_CODES: dict[torch.dtype, str] = {
-    torch.float64: "F64",
-    torch.float32: "F32",
-    torch.float16: "F16",
-    torch.bfloat16: "BF16",
-    torch.int64: "I64",
-    torch.int32: "I32",
-    torch.int16: "I16",
-    torch.int8: "I8",
-    torch.uint8: "U8",
-    torch.bool: "BOOL",
-}
+from fedcore.weights import SAFETENSORS_CODES, TensorSpec, dtype_name
 
 LAYOUT_RANK: dict[torch.dtype, int] = {
     torch.int64: 0,
