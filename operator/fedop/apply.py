@@ -24,7 +24,7 @@ from fedcore.errors import BundleError, CredentialsError
 from fedcore.signing import generate_key
 from fedop import events, reconcile, rotation, sites, status
 from fedop.builders import configmap, credentials, join, names, secrets
-from fedop.errors import ApiError, ChildRefused, FedopError
+from fedop.errors import ApiError, ChildRefused
 from fedop.kube import Kube
 from fedop.minting import Minter, mint_with_sts
 from fedop.store_view import Credentials, StoreView
@@ -60,13 +60,20 @@ class Executor:
         self._lifetime = credential_lifetime_seconds
 
     def apply(self, target: Target, plan: reconcile.Plan, now: datetime) -> None:
+        # News that must show exactly once (a committed round) goes out before the status
+        # that records it: a crash in between repeats it under the same name, which the API
+        # server refuses. The rest follows the status, so a crash loses it rather than
+        # showing it twice.
+        first, after = events.split_once(plan.announcements)
+        for announcement in first:
+            self._announce(target.job, announcement, now)
         self._write_status(target, plan.status)
         stages: list[list[reconcile.Action]] = [[], [], [], []]
         for action in plan.actions:
             stages[_stage(action)].append(action)
         for stage in stages:
             self._run_all([self._step(target, a) for a in stage])
-        for announcement in plan.announcements:
+        for announcement in after:
             self._announce(target.job, announcement, now)
 
     def _write_status(self, target: Target, new: fs.FederatedJobStatus) -> None:
@@ -211,11 +218,7 @@ class Executor:
     def _announce(
         self, job: names.JobRef, announcement: events.Announcement, now: datetime
     ) -> None:
-        log.info("%s %s/%s: %s", announcement.reason, job.namespace, job.name, announcement.message)
-        try:
-            self._kube.post_event(events.event_object(job, announcement, now))
-        except (ApiError, FedopError) as e:
-            log.warning("could not post event %s for %s: %s", announcement.reason, job.name, e)
+        events.post(self._kube, job, announcement, now)
 
 
 def _stage(action: reconcile.Action) -> int:

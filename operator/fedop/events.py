@@ -10,17 +10,22 @@ operator announces through ``announce_site``, from the FederatedSite's own catal
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import secrets
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from fedcore import spec as fs
 from fedcore.credentials import slot_writer
 from fedcore.layout import RoundRecord
 from fedop import catalogue
 from fedop.builders import names
+from fedop.errors import ApiError, FedopError
+
+log = logging.getLogger(__name__)
 
 REPORTING_CONTROLLER = "fedkube.io/operator"
 REJECTION_DETAIL_BYTES = 400
@@ -39,22 +44,39 @@ class Announcement:
     """CamelCase, as Kubernetes Event reasons are (``RoundCommitted``, ``ClientDropped``)."""
     message: str
     """What happened, then what to do (``fedop.catalogue.message``), within 1 KiB."""
+    once: str | None = None
+    """The announced thing's identity within its object (``round-3-committed``), for news
+    that must show exactly once: the Event's name derives from it, so the executor posts it
+    before the status that records it, and a repeat after a crash between the two is
+    refused by the API server (409) instead of shown twice. None: a random name, posted
+    after the status (at most once)."""
 
 
 def announce(
-    reason: catalogue.Reason, what: str, *, cause: str | None = None, **fields: object
+    reason: catalogue.Reason,
+    what: str,
+    *,
+    cause: str | None = None,
+    once: str | None = None,
+    **fields: object,
 ) -> Announcement:
     """The Event for ``reason``: its type and action come from the catalogue, ``what``
-    happened from the caller; ``cause`` picks one of the reason's actions."""
-    return _announce(reason, catalogue.CATALOGUE[reason], what, cause, fields)
+    happened from the caller; ``cause`` picks one of the reason's actions; ``once`` is
+    ``Announcement.once``."""
+    return _announce(reason, catalogue.CATALOGUE[reason], what, cause, once, fields)
 
 
 def announce_site(
-    reason: catalogue.SiteReason, what: str, *, cause: str | None = None, **fields: object
+    reason: catalogue.SiteReason,
+    what: str,
+    *,
+    cause: str | None = None,
+    once: str | None = None,
+    **fields: object,
 ) -> Announcement:
     """``announce`` about a FederatedSite: the type and the site's action come from
     ``catalogue.SITE_CATALOGUE``."""
-    return _announce(reason, catalogue.SITE_CATALOGUE[reason], what, cause, fields)
+    return _announce(reason, catalogue.SITE_CATALOGUE[reason], what, cause, once, fields)
 
 
 def _announce(
@@ -62,12 +84,21 @@ def _announce(
     entry: catalogue.Entry,
     what: str,
     cause: str | None,
+    once: str | None,
     fields: Mapping[str, object],
 ) -> Announcement:
     if entry.event is None:
         raise ValueError(f"{reason} is a condition reason, never an Event")
     text = catalogue.compose(entry, what, cause=cause, limit=catalogue.EVENT_NOTE_BYTES, **fields)
-    return Announcement(entry.event, reason, text)
+    return Announcement(entry.event, reason, text, once)
+
+
+def split_once(
+    announcements: Iterable[Announcement],
+) -> tuple[list[Announcement], list[Announcement]]:
+    """(the ``once`` announcements, the rest), each in its order."""
+    items = list(announcements)
+    return [a for a in items if a.once is not None], [a for a in items if a.once is None]
 
 
 def normal(reason: catalogue.Reason, what: str) -> Announcement:
@@ -102,7 +133,7 @@ def round_committed(record: RoundRecord, total: int) -> Announcement:
         text += f", epsilon {record.privacy.epsilon:.4g}"
     if record.closed_by == "deadline":
         text += " (closed at its deadline with a quorum)"
-    return announce("RoundCommitted", text)
+    return announce("RoundCommitted", text, once=f"round-{record.round}-committed")
 
 
 def privacy_budget_reached(record: RoundRecord, total: int) -> Announcement | None:
@@ -110,7 +141,11 @@ def privacy_budget_reached(record: RoundRecord, total: int) -> Announcement | No
     privacy than ``strategy.dp.targetEpsilon`` allows; None otherwise."""
     if record.privacy is None or not record.privacy.budget_reached:
         return None
-    return announce("PrivacyBudgetReached", record.privacy.stop_message(record.round, total))
+    return announce(
+        "PrivacyBudgetReached",
+        record.privacy.stop_message(record.round, total),
+        once=f"round-{record.round}-budget",
+    )
 
 
 def round_problems(
@@ -121,7 +156,7 @@ def round_problems(
     The record verified, but its client names, codes and details repeat what the store held:
     they are cleaned and cut (``round.json`` keeps them whole)."""
     out = []
-    for r in record.rejected:
+    for i, r in enumerate(record.rejected):
         client, code = _short(r.client), _short(r.reason)
         writer = r.writer or slot_writer(
             record.round, r.client, scoped=credentials == "scoped", is_client=True
@@ -137,6 +172,7 @@ def round_problems(
                 "UpdateRejected",
                 what,
                 cause=r.reason if known else None,
+                once=f"round-{record.round}-rejected-{i}",
                 client=client,
                 child=names.client_job(job, client),
                 aggregator=names.aggregator_job(job),
@@ -148,14 +184,47 @@ def round_problems(
             f"update from client {_short(late.client)} for round {late.round} arrived after "
             "the round closed; ignored",
             client=_short(late.client),
+            once=f"round-{record.round}-late-{i}",
         )
-        for late in record.late
+        for i, late in enumerate(record.late)
     ]
     return out
 
 
 def _short(text: str, limit: int = NAME_BYTES) -> str:
     return catalogue.clip(catalogue.clean(text), limit)
+
+
+class EventPoster(Protocol):
+    def post_event(self, event: Mapping[str, Any]) -> None: ...
+
+
+def post(poster: EventPoster, job: names.JobRef, note: Announcement, now: datetime) -> None:
+    """Post the Event for ``note`` (``fedop.kube.Kube`` posts). A refused Event is logged,
+    never an error of the pass; a 409 for an ``once`` announcement means an earlier pass
+    already showed it."""
+    try:
+        poster.post_event(event_object(job, note, now))
+    except ApiError as e:
+        if e.status == 409 and note.once is not None:
+            log.debug("%s %s/%s: already announced", note.reason, job.namespace, job.name)
+        else:
+            log.warning("could not post event %s for %s: %s", note.reason, job.name, e)
+        return
+    except FedopError as e:
+        log.warning("could not post event %s for %s: %s", note.reason, job.name, e)
+        return
+    log.info("%s %s/%s: %s", note.reason, job.namespace, job.name, note.message)
+
+
+def event_name(job: names.JobRef, announcement: Announcement) -> str:
+    """``<object>.<16 hex>``, as kubectl names Events: random, or for an ``once``
+    announcement a digest of the object's uid, kind and the identity (the same thing about
+    the same object always gets the same name; a recreated object, a new uid)."""
+    if announcement.once is None:
+        return f"{job.name}.{secrets.token_hex(8)}"
+    identity = f"{job.kind}\0{job.uid}\0{announcement.once}".encode()
+    return f"{job.name}.{hashlib.sha256(identity).hexdigest()[:16]}"
 
 
 def event_object(
@@ -169,7 +238,7 @@ def event_object(
         "apiVersion": "v1",
         "kind": "Event",
         "metadata": {
-            "name": f"{job.name}.{secrets.token_hex(8)}",
+            "name": event_name(job, announcement),
             "namespace": job.namespace,
             "labels": names.job_labels(job),
         },

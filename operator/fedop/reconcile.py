@@ -633,6 +633,7 @@ def _restart_or_drop(
                 "ClientRestarted",
                 f"client {name}: its group failed ({why}); restarting the whole group "
                 f"(restart {attempt}/{budget})",
+                once=f"client-{name}-restart-{attempt}",
                 child=child.name,
                 left=budget - attempt + 1,
             )

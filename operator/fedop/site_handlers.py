@@ -47,7 +47,7 @@ from fedop import catalogue, events, loop_kit, status
 from fedop.builders import names
 from fedop.builders import site as builders
 from fedop.controller import Controller
-from fedop.errors import ApiError, ChildRefused, FedopError, OwnershipConflict
+from fedop.errors import ApiError, ChildRefused, OwnershipConflict
 from fedop.kube import Kube
 from fedop.metrics import METRICS, metrics_port, serve
 from fedop.observed import children
@@ -132,6 +132,10 @@ def _sync(rt: SiteRuntime, namespace: str, name: str) -> None:
         settings=rt.settings,
     )
     decided = plan(obs)
+    # As the FederatedJob's executor does: news shown exactly once goes before the status.
+    first, after = events.split_once(decided.announcements)
+    for note in first:
+        _announce(rt, ref, note, now)
     _write_status(rt, ref, old, decided.status)
     try:
         _apply(rt, ref, decided)
@@ -139,7 +143,7 @@ def _sync(rt: SiteRuntime, namespace: str, name: str) -> None:
         message = f"the API server refused a child object (check spec.template): {e}"
         _refuse(rt, ref, decided.status, generation, message, now)
         raise kopf.PermanentError(message) from e
-    for note in decided.announcements:
+    for note in after:
         _announce(rt, ref, note, now)
 
 
@@ -266,11 +270,7 @@ def _step(rt: SiteRuntime, ref: names.JobRef, action: SiteAction) -> None:
 
 
 def _announce(rt: SiteRuntime, ref: names.JobRef, note: events.Announcement, now: datetime) -> None:
-    log.info("%s %s/%s: %s", note.reason, ref.namespace, ref.name, note.message)
-    try:
-        rt.kube.post_event(events.event_object(ref, note, now))
-    except (ApiError, FedopError) as e:
-        log.warning("could not post event %s for %s: %s", note.reason, ref.name, e)
+    events.post(rt.kube, ref, note, now)
 
 
 # ---- kopf -------------------------------------------------------------------------------------

@@ -215,6 +215,7 @@ def _sync_group(obs: SiteObservation, bundle: jb.JoinBundle, draft: _Draft) -> N
                     "GroupRestarted",
                     f"the group failed ({why}); restarting the whole group "
                     f"(restart {attempt}/{budget})",
+                    once=f"restart-{attempt}",
                     group=name,
                     left=budget - attempt + 1,
                 )
@@ -261,7 +262,9 @@ def _progress(obs: SiteObservation, bundle: jb.JoinBundle, draft: _Draft) -> Non
         mine = " with this site's update" if seen.last_round == r else ""
         draft.announcements.append(
             events.announce_site(
-                "RoundCommitted", f"round {r}/{total} committed by the aggregator{mine}"
+                "RoundCommitted",
+                f"round {r}/{total} committed by the aggregator{mine}",
+                once=f"round-{r}-committed",
             )
         )
     if seen.last_round is not None:
