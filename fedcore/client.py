@@ -250,6 +250,7 @@ class ClientRank:
             rank=self.dist.rank,
             world_size=self.dist.world_size,
             device=self.dist.device,
+            sharded=self._sharded is not None,
         )
 
     # -- setup, once per process ------------------------------------------------------------

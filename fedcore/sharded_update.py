@@ -47,10 +47,10 @@ from fedcore.weights import (
     WeightsReader,
     dtype_name,
     open_weights,
-    save_weights,
     sha256_file,
     update_metadata,
 )
+from fedcore.weights_stream import StreamingWeightsWriter
 
 if TYPE_CHECKING:
     from fedcore.validation import ValidationReason
@@ -96,14 +96,39 @@ def write_shard(
     count: int,
 ) -> layout.UpdateShard:
     """Save one rank's pieces (``name -> (rows of the delta, (start, stop))``) at ``path``;
-    return its manifest entry (sha256 and size)."""
-    rows = {name: [start, stop] for name, (_, (start, stop)) in sorted(pieces.items())}
+    return its manifest entry (sha256 and size). ``stream_shard`` with the pieces at hand."""
+    plan = {name: (TensorSpec(tuple(t.shape), t.dtype), rows) for name, (t, rows) in pieces.items()}
+    return stream_shard(
+        path, plan, lambda name: pieces[name][0], round=round, client=client, index=index,
+        count=count,
+    )  # fmt: skip
+
+
+def stream_shard(
+    path: Path,
+    plan: Mapping[str, tuple[TensorSpec, Rows]],
+    piece: Callable[[str], torch.Tensor],
+    *,
+    round: int,
+    client: str,
+    index: int,
+    count: int,
+) -> layout.UpdateShard:
+    """Write one rank's shard at ``path`` a tensor at a time: ``plan`` gives each piece's
+    shape, dtype and rows up front (the header is written first), ``piece(name)`` computes
+    it when its turn comes, so only one piece is ever in memory (a rank's whole delta would
+    be a quarter of the model next to its quarter of the parameters, with 4 ranks). The
+    bytes are ``save_weights``'s for the same pieces. Return the manifest entry."""
+    rows = {name: [start, stop] for name, (_, (start, stop)) in sorted(plan.items())}
     metadata = {
         **update_metadata(round, client),
         SHARD_META: f"{index}/{count}",
         ROWS_META: json.dumps(rows, separators=(",", ":")),
     }
-    save_weights(path, {name: t for name, (t, _) in pieces.items()}, metadata)
+    template = {name: spec for name, (spec, _) in plan.items()}
+    with StreamingWeightsWriter(path, template, metadata) as writer:
+        for name in writer.order:
+            writer.write(name, piece(name))
     return layout.UpdateShard(sha256=sha256_file(path), bytes=path.stat().st_size)
 
 
@@ -362,5 +387,6 @@ __all__ = [
     "shard_path",
     "shards_digest",
     "shards_dir",
+    "stream_shard",
     "write_shard",
 ]

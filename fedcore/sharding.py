@@ -58,12 +58,18 @@ from fedcore.distributed import all_gather_object, broadcast_object
 from fedcore.errors import FedcoreError, ObjectExists, RoundProtocolError, TaskError
 from fedcore.records import fit_metrics
 from fedcore.round_watch import Work
-from fedcore.sharded_update import shards_digest, write_shard
+from fedcore.sharded_update import shards_digest, stream_shard
 from fedcore.signing import sign_manifest
 from fedcore.store import ObjectStore
 from fedcore.store.base import RangeReader
 from fedcore.tasks.base import derive_seed, global_batch_size, train_loader
-from fedcore.weights import DTYPE_NAMES, FLOAT_DTYPES, SAFETENSORS_DTYPES, dtype_name
+from fedcore.weights import (
+    DTYPE_NAMES,
+    FLOAT_DTYPES,
+    SAFETENSORS_DTYPES,
+    TensorSpec,
+    dtype_name,
+)
 
 if TYPE_CHECKING:
     from fedcore.client import ClientRank
@@ -345,32 +351,40 @@ class ShardedTraining:
                 local.copy_(reader.read_rows(name, tensor, span))
 
     def _write_shard(self, r: int, model: nn.Module, reader: GlobalReader) -> dict[str, Any]:
-        """This rank's rows of ``local - global`` as its update shard, uploaded; the entry."""
+        """This rank's rows of ``local - global`` as its update shard, computed a tensor at
+        a time as the file is written (``stream_shard``), uploaded; the manifest entry."""
         owner = self.owner
         rank, world = owner.dist.rank, owner.dist.world_size
         wire = owner.options.wire_dtype
-        pieces: dict[str, tuple[torch.Tensor, tuple[int, int]]] = {}
-        with torch.no_grad():
-            for name, tensor in model.state_dict().items():
-                span = rows_of(tensor, rank, world)
-                if span.stop == span.start or (span.whole and rank != 0):
-                    continue  # an empty share; whole tensors come from rank 0
-                local = (tensor.to_local() if isinstance(tensor, DTensor) else tensor).cpu()
+        state = model.state_dict()
+        plan: dict[str, tuple[TensorSpec, tuple[int, int]]] = {}
+        for name, tensor in state.items():
+            span = rows_of(tensor, rank, world)
+            if span.stop == span.start or (span.whole and rank != 0):
+                continue  # an empty share; whole tensors come from rank 0
+            local = tensor.to_local() if isinstance(tensor, DTensor) else tensor
+            dtype = wire if wire is not None and local.dtype in FLOAT_DTYPES else local.dtype
+            rows = (0, 1) if not local.shape else (span.start, span.stop)
+            plan[name] = (TensorSpec(tuple(local.shape), dtype), rows)
+
+        def piece(name: str) -> torch.Tensor:
+            tensor = state[name]
+            span = rows_of(tensor, rank, world)
+            local = (tensor.to_local() if isinstance(tensor, DTensor) else tensor).cpu()
+            with torch.no_grad():
                 base = reader.read_rows(name, tensor, span)
-                if local.dtype in FLOAT_DTYPES:
-                    piece = local - base
-                    if wire is not None:
-                        piece = piece.to(wire)
-                elif local.dtype == torch.bool:
-                    piece = local ^ base
+                if local.dtype == torch.bool:
+                    delta = local ^ base
                 else:
-                    piece = local - base
-                rows = (0, 1) if not local.shape else (span.start, span.stop)
-                pieces[name] = (piece.contiguous(), rows)
+                    delta = local - base
+                    if wire is not None and local.dtype in FLOAT_DTYPES:
+                        delta = delta.to(wire)
+            return delta.contiguous()
+
         path = owner.workdir / f"update-{r:06d}-shard-{rank:05d}.safetensors"
         try:
-            entry = write_shard(
-                path, pieces, round=r, client=owner.client.name, index=rank, count=world
+            entry = stream_shard(
+                path, plan, piece, round=r, client=owner.client.name, index=rank, count=world
             )
             self.store.put_file(layout.shard_key(r, owner.client.name, rank, world), path)
         finally:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import math
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, cast, runtime_checkable
@@ -77,6 +77,11 @@ class TaskContext:
     only): a task's ``train`` adds ``ctx.scaffold(model)`` to each batch's loss before
     ``backward``, once per optimizer step, as ``SupervisedTask.train`` does
     (``fedcore.tasks.scaffold``)."""
+    sharded: bool = False
+    """The client trains with FSDP (``parallelism.mode: fsdp``): the model's parameters are
+    shards (DTensors) of the whole. ``SupervisedTask.train`` then steps each parameter's
+    optimizer as soon as its gradient is reduced (``StepsInBackward``), so no rank holds
+    the round's gradients next to its parameters."""
 
     @classmethod
     def for_aggregator(cls, spec: FederatedJobSpec, round_: int) -> TaskContext:
@@ -323,6 +328,59 @@ def _camel(name: str) -> str:
     return head + "".join(part.title() for part in rest)
 
 
+class StepsInBackward:
+    """One optimizer per trainable parameter, stepped by a hook the moment the parameter's
+    gradient is complete (``register_post_accumulate_grad_hook``; FSDP2 runs it on the
+    sharded parameter right after the reduce-scatter), after which the gradient is freed.
+
+    Why: a rank of an FSDP client holds its share of the parameters and, until a classic
+    ``optimizer.step()``, its share of every gradient as well: with 4 ranks that alone is
+    half the model. Stepping in backward keeps at most a few units' gradients alive. For
+    ``SupervisedTask.train``'s loop (one backward per step, no clipping or accumulation
+    across batches) and per-element optimizers (SGD, Adam, AdamW) the result is the same as
+    one optimizer's ``step()``: each parameter's update reads only its own gradient and
+    state. A task whose loop needs the whole gradient (clipping by the global norm,
+    accumulation) keeps its own ``train``."""
+
+    def __init__(
+        self,
+        params: list[nn.Parameter],
+        make: Callable[[list[nn.Parameter]], torch.optim.Optimizer],
+    ) -> None:
+        self._optimizers = {id(p): make([p]) for p in params}
+        self._handles = [
+            p.register_post_accumulate_grad_hook(self._step)  # type: ignore[no-untyped-call]
+            for p in params
+        ]
+
+    def _step(self, param: torch.Tensor) -> None:
+        optimizer = self._optimizers[id(param)]
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    def close(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    @staticmethod
+    @contextmanager
+    def or_optimizer(
+        model: nn.Module, cfg: TrainConfig, task: SupervisedTask, in_backward: bool
+    ) -> Iterator[torch.optim.Optimizer | None]:
+        """None while the model's parameters step in backward (``in_backward``), else one
+        optimizer over all of them (``task.make_optimizer``)."""
+        if not in_backward:
+            yield task.make_optimizer(model.parameters(), cfg)
+            return
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        steps = StepsInBackward(trainable, lambda ps: task.make_optimizer(ps, cfg))
+        try:
+            yield None
+        finally:
+            steps.close()
+
+
 class SupervisedTask:
     """A task for supervised learning with a standard loop; subclass and override the data
     and the model.
@@ -401,7 +459,19 @@ class SupervisedTask:
         without the terms."""
         cfg = self.train_config(ctx)
         classification = self.is_classification(ctx)
-        optimizer = self.make_optimizer(model.parameters(), cfg)
+        with StepsInBackward.or_optimizer(model, cfg, self, ctx.sharded) as optimizer:
+            return self._train_steps(model, loader, ctx, cfg, classification, optimizer)
+
+    def _train_steps(
+        self,
+        model: nn.Module,
+        loader: DataLoader[Any],
+        ctx: TaskContext,
+        cfg: TrainConfig,
+        classification: bool,
+        optimizer: torch.optim.Optimizer | None,
+    ) -> dict[str, float]:
+        """``train``'s loop; ``optimizer`` None: the parameters step in backward."""
         model.train()
         loss_sum = torch.zeros((), dtype=torch.float64, device=ctx.device)
         correct = torch.zeros((), dtype=torch.int64, device=ctx.device)
@@ -412,14 +482,16 @@ class SupervisedTask:
             for inputs, targets in loader:
                 inputs = inputs.to(ctx.device, non_blocking=True)
                 targets = targets.to(ctx.device, non_blocking=True)
-                optimizer.zero_grad(set_to_none=True)
+                if optimizer is not None:
+                    optimizer.zero_grad(set_to_none=True)
                 outputs = model(inputs)
                 loss = self.loss(outputs, targets, ctx)
                 objective = loss if ctx.proximal is None else loss + ctx.proximal(model)
                 if ctx.scaffold is not None:
                     objective = objective + ctx.scaffold(model)
                 objective.backward()  # type: ignore[no-untyped-call]
-                optimizer.step()
+                if optimizer is not None:
+                    optimizer.step()
                 n = int(targets.shape[0])
                 loss_sum += loss.detach().to(torch.float64) * n
                 if classification:

@@ -318,3 +318,54 @@ def test_the_public_task_api_is_pinned() -> None:
         "load_task",
         "seeded",
     ]
+
+
+class FrozenFirstTask(SupervisedTask):
+    """A small MLP whose first layer is frozen (as a LoRA base is): only the rest trains."""
+
+    def build_model(self, ctx: TaskContext) -> nn.Module:
+        with seeded(ctx.derive_seed("mlp")):
+            model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 8), nn.Linear(8, 3))
+        model[0].requires_grad_(False)
+        return model
+
+    def train_dataset(self, ctx: TaskContext) -> Dataset[Any]:
+        g = torch.Generator().manual_seed(5)
+        return TensorDataset(
+            torch.randn(48, 4, generator=g), torch.randint(0, 3, (48,), generator=g)
+        )
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"optimizer": "sgd", "lr": 0.1, "momentum": 0.9, "weightDecay": 0.01},
+        {"optimizer": "adam", "lr": 0.01},
+        {"optimizer": "adamw", "lr": 0.01, "weightDecay": 0.1},
+    ],
+    ids=["sgd-momentum", "adam", "adamw"],
+)
+def test_stepping_in_backward_trains_exactly_as_one_optimizer_does(config: dict[str, Any]) -> None:
+    """What an FSDP client's ranks do (``ctx.sharded``) gives the same weights, bit for bit,
+    as a classic ``optimizer.step()`` after each backward, and frees every gradient."""
+    task = FrozenFirstTask()
+    config = {**config, "localEpochs": 2, "batchSize": 8}
+    results = {}
+    for sharded in (False, True):
+        ctx = make_ctx(config, sharded=sharded)
+        model = task.build_model(ctx)
+        loader = train_loader(task.train_dataset(ctx), batch_size=8, ctx=ctx, shuffle_seed=1)
+        metrics = task.train(model, loader, ctx)
+        results[sharded] = (model.state_dict(), metrics)
+        if sharded:
+            assert all(p.grad is None for p in model.parameters())
+            # the hooks are gone: a later backward leaves gradients for a classic step
+            model(torch.randn(2, 4)).sum().backward()
+            assert model[3].weight.grad is not None
+    (classic, classic_metrics), (in_backward, in_backward_metrics) = results[False], results[True]
+    assert classic_metrics == in_backward_metrics
+    for name, tensor in classic.items():
+        assert torch.equal(tensor, in_backward[name]), name
+    initial = FrozenFirstTask().build_model(make_ctx(config)).state_dict()
+    assert torch.equal(in_backward["0.weight"], initial["0.weight"])  # frozen stays frozen
+    assert not torch.equal(in_backward["3.weight"], initial["3.weight"])
