@@ -11,10 +11,12 @@ slack). Both runs use the same allocator setting (``MALLOC_MMAP_THRESHOLD_``, wh
 ``fedcore.sharding`` sets for itself), so DDP's figure is not inflated by freed blocks.
 
 Printed: each rank's peak in MB and in models, the largest of each mode, and FSDP's
-largest rank against DDP's, measured in the same run. With 4 ranks, FSDP's floor is half
-the model (a quarter of parameters plus a quarter of gradients) plus the gathered units.
+largest rank against DDP's, measured in the same run. With 4 ranks, FSDP's floor is a
+quarter of the model (its parameters: gradients are stepped and freed in backward) plus the
+gathered units in flight (a few layers: 1/36 of the model each by default) and the
+process's fixed overhead.
 
-Run ``make bench-fsdp`` or ``python bench/fsdp_memory.py --params 32000000 --ranks 4``.
+Run ``make bench-fsdp`` or ``python bench/fsdp_memory.py --params 64000000 --depth 36 --ranks 4``.
 """
 
 from __future__ import annotations
@@ -86,8 +88,8 @@ def run(mode: str, args: argparse.Namespace, tmp: Path) -> tuple[list[int], floa
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", type=int, default=32_000_000)
-    parser.add_argument("--depth", type=int, default=18, help="linear layers (FSDP units)")
+    parser.add_argument("--params", type=int, default=64_000_000)
+    parser.add_argument("--depth", type=int, default=36, help="linear layers (FSDP units)")
     parser.add_argument("--ranks", type=int, default=4)
     args = parser.parse_args()
     model = model_bytes({"params": args.params, "depth": args.depth})

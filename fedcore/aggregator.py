@@ -220,10 +220,10 @@ class Aggregator:
         data = self.store.get_bytes(layout.round_record_key(round_))
         return read_round_record(data, round_, self.commit_key.public)
 
-    def _download(self, key: str, name: str) -> Path:
+    def _download(self, key: str, name: str) -> tuple[Path, str]:
+        """The object in the work folder, and the sha256 of its bytes (``get_file``)."""
         path = self.workdir / name
-        self.store.get_file(key, path)
-        return path
+        return path, self.store.get_file(key, path)
 
     # -- job record ------------------------------------------------------------------------
 
@@ -398,9 +398,9 @@ class Aggregator:
         if not self.store.exists(key):
             strategy.load_state_dict({})
             return
-        path = self._download(key, f"state-{round_}.safetensors")
+        path, got = self._download(key, f"state-{round_}.safetensors")
         try:
-            if sha256 and sha256_file(path) != sha256:
+            if sha256 and got != sha256:
                 raise ValueError(f"its sha256 is not the {sha256[:12]}... its round record names")
             state = load_weights(path)
             bad = non_finite_tensors(state)
@@ -449,8 +449,8 @@ class Aggregator:
                 f"round {previous.round}'s record announces no round {r} (next={nxt}), but "
                 f"spec.rounds is {self.spec.rounds}"
             )
-        base_path = self._download(layout.global_key(r - 1), f"global-{r - 1}.safetensors")
-        if sha256_file(base_path) != previous.model_sha256:
+        base_path, got = self._download(layout.global_key(r - 1), f"global-{r - 1}.safetensors")
+        if got != previous.model_sha256:
             raise RoundProtocolError(
                 f"{self.store.uri(layout.global_key(r - 1))} does not match the sha256 its "
                 f"round record {previous.round} committed; the store was altered"

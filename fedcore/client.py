@@ -401,9 +401,8 @@ class ClientRank:
         store = self._store()
         key = layout.global_key(work.base_round)
         path = self.workdir / f"global-{work.base_round:06d}.safetensors"
-        store.get_file(key, path)
         try:
-            got = sha256_file(path)
+            got = store.get_file(key, path)
             if got != work.base_sha256:
                 raise RoundProtocolError(
                     f"{store.uri(key)} has sha256 {got[:12]}..., but round "

@@ -51,7 +51,6 @@ from fedcore.weights import (
     dtype_name,
     open_weights,
     save_weights,
-    sha256_file,
 )
 
 log = logging.getLogger("fedcore.client")
@@ -104,8 +103,7 @@ def read_server_variate(
         )
     path = workdir / f"server-variate-{record.round:06d}.safetensors"
     try:
-        store.get_file(key, path)
-        if sha256_file(path) != record.strategy_sha256:
+        if store.get_file(key, path) != record.strategy_sha256:
             raise RoundProtocolError(
                 f"{store.uri(key)} does not match the sha256 round {record.round}'s signed "
                 f"record names ({record.strategy_sha256[:12]}...); {fix}"

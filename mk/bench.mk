@@ -54,5 +54,5 @@ bench-update-dtype: install ## accuracy cost of strategy.updateDtype (float32, b
 BENCH_TARGETS += bench-fsdp
 
 .PHONY: bench-fsdp
-bench-fsdp: install ## FSDP vs DDP client on CPU: peak memory per rank for a model 4x a rank's share (BENCH_FSDP_ARGS="--params 32000000 --ranks 4")
+bench-fsdp: install ## FSDP vs DDP client on CPU: peak memory per rank for a model 4x a rank's share (BENCH_FSDP_ARGS="--params 64000000 --depth 36 --ranks 4")
 	$(PY) bench/fsdp_memory.py $(BENCH_FSDP_ARGS)

@@ -62,9 +62,14 @@ class ObjectStore(Protocol):
         """Store the contents of the file at ``path``; same semantics as ``put_bytes``."""
         ...
 
-    def get_file(self, key: str, path: Path) -> None:
+    def get_file(self, key: str, path: Path) -> str:
         """Write the object to ``path`` atomically (temp file in its folder, then rename);
-        ``path`` is left untouched when the read fails."""
+        ``path`` is left untouched when the read fails. Return the sha256 of the bytes now
+        at ``path``, taken as they were written and checked against the digest recorded
+        with the object (``IntegrityError``), so a caller that compares with a signed
+        digest need not read the file again. The file is not fsync'd: a download is read
+        by the process that made it, and after a crash it is downloaded (or its digest
+        checked) again, never trusted from disk."""
         ...
 
     def exists(self, key: str) -> bool:
@@ -203,10 +208,12 @@ def integrity_message(uri: str, recorded: str | None, actual: str) -> str:
 
 
 @contextmanager
-def atomic_output(path: Path) -> Iterator[tuple[BinaryIO, Path]]:
+def atomic_output(path: Path, *, durable: bool = True) -> Iterator[tuple[BinaryIO, Path]]:
     """Yield a new temp file next to ``path`` (and its name); on a clean exit it is synced
-    and renamed over ``path``, on an exception removed, so ``path`` only ever holds complete
-    contents."""
+    (``durable``) and renamed over ``path``, on an exception removed, so ``path`` only ever
+    holds complete contents. ``durable=False`` skips the ``fsync`` for files nothing reads
+    after a crash without checking (downloads: ``ObjectStore.get_file``); the rename still
+    makes them appear whole to every other process."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{RESERVED_SEGMENT_PREFIX}tmp-{secrets.token_hex(8)}")
     # O_EXCL: never write through someone else's file; 0o666 lets the umask decide, as for
@@ -217,7 +224,8 @@ def atomic_output(path: Path) -> Iterator[tuple[BinaryIO, Path]]:
         with os.fdopen(fd, "wb") as f:
             yield f, tmp
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -198,17 +198,20 @@ class LocalStore:
                     return data
         raise self._unstable(key)
 
-    def get_file(self, key: str, path: Path) -> None:
+    def get_file(self, key: str, path: Path) -> str:
         src_path = self._path(key)
         dest = Path(path)
         for _ in range(_READ_ATTEMPTS):
             try:
                 # Open before creating the temp file: a missing key leaves no trace at dest.
-                with self._open(key, src_path) as src, atomic_output(dest) as (out, _tmp):
+                with (
+                    self._open(key, src_path) as src,
+                    atomic_output(dest, durable=False) as (out, _tmp),
+                ):
                     sha = copy_and_hash(src, out)[0]
                     if not self._verified(key, src_path, sha, os.fstat(src.fileno()).st_ino):
                         raise _ReadAgain
-                return
+                return sha
             except _ReadAgain:
                 continue
         raise self._unstable(key)

@@ -436,7 +436,7 @@ class S3Store:
             )
         return data
 
-    def get_file(self, key: str, path: Path) -> None:
+    def get_file(self, key: str, path: Path) -> str:
         full = self._key(key)
         for _ in range(_READ_ATTEMPTS):
             head = self._head(key, full)
@@ -444,7 +444,7 @@ class S3Store:
                 raise ObjectNotFound(f"{self.uri(key)} does not exist")
             recorded = head.get("Metadata", {}).get(SHA256_METADATA)
             try:
-                with atomic_output(Path(path)) as (out, _tmp):
+                with atomic_output(Path(path), durable=False) as (out, _tmp):
                     actual = self._download(key, full, head, out.fileno())
                     if recorded != actual:
                         now = self._head(key, full)
@@ -454,7 +454,7 @@ class S3Store:
             except _ReadAgain:
                 continue
             log.debug("got %s into %s", self.uri(key), path)
-            return
+            return actual
         raise StoreUnavailable(
             f"{self.uri(key)} was replaced {_READ_ATTEMPTS} times while being downloaded; "
             "its writer rewrites it in a loop, retry later"

@@ -121,11 +121,11 @@ class CountingStore(LocalStore):
         self.read.append(key)
         return super().get_bytes(key)
 
-    def get_file(self, key: str, path: Path) -> None:
+    def get_file(self, key: str, path: Path) -> str:
         self.read.append(key)
         if key in self.fail:
             raise self.fail[key]
-        super().get_file(key, path)
+        return super().get_file(key, path)
 
 
 class Scene:

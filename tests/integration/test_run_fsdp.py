@@ -1,15 +1,17 @@
 """An FSDP client end to end: ``fedkube run``, four gloo ranks, the aggregator, a local store.
 
 The same job runs twice, once with ``parallelism.mode: fsdp`` and once with ``ddp``, on the
-synthetic task (a 32M-parameter, 128 MB float32 MLP of 18 layers, plain SGD, one round).
+synthetic task (a 64M-parameter, 256 MB float32 MLP of 36 layers, as deep as a 7B
+transformer's 32 blocks plus embeddings; plain SGD, one round).
 FSDP shards each parameter over the four ranks, so each rank holds a quarter of the model;
 the rounds' arithmetic is the same (gradients averaged over the same samples), so the two
 aggregated models must agree to float tolerance.
 
 Memory is each rank's peak RSS minus its RSS before the model was built
-(``tests.fixtures.rank_memory`` says why). The group trains with gradients, so a rank's
-share of parameters and of gradients is already half the model; what FSDP must show is that
-no rank ever holds the whole model, and a fraction of what a DDP rank holds.
+(``tests.fixtures.rank_memory`` says why). Each rank steps its parameters' optimizer in
+backward (``fedcore.tasks.base.StepsInBackward``) and writes its shard a tensor at a time, so
+what it holds is its quarter of the parameters plus a few gathered layers: under half the
+model, and a fraction of what a DDP rank holds.
 """
 
 from __future__ import annotations
@@ -31,8 +33,8 @@ pytestmark = pytest.mark.timeout(900)
 
 RANKS = 4
 CONFIG: dict[str, Any] = {
-    "params": 32_000_000,
-    "depth": 18,
+    "params": 64_000_000,
+    "depth": 36,
     "samples": 64,
     "batchSize": 16,
     "localEpochs": 1,
@@ -102,8 +104,13 @@ def test_fsdp_model_equals_ddp_model_of_the_same_seeds(runs: Any) -> None:
 
     assert fsdp.keys() == ddp.keys()
     for name in ddp:
-        assert not torch.equal(ddp[name], base[name]), f"{name} did not train"
         torch.testing.assert_close(fsdp[name], ddp[name], rtol=1e-5, atol=1e-6)
+    # Not two untrained models: one round moves most tensors (the first layers' gradients of
+    # a 36-layer MLP can be too small to move a float32 value) and every deep layer.
+    trained = [name for name in ddp if not torch.equal(ddp[name], base[name])]
+    assert len(trained) > len(ddp) // 2, f"only {trained} trained"
+    deepest = sorted(ddp, key=lambda n: int(n.split(".")[0]))[-4:]
+    assert set(deepest) <= set(trained), f"the last layers {deepest} did not all train"
 
 
 def test_no_fsdp_rank_holds_the_model_and_each_holds_a_fraction_of_a_ddp_rank(
@@ -113,8 +120,8 @@ def test_no_fsdp_rank_holds_the_model_and_each_holds_a_fraction_of_a_ddp_rank(
     fsdp = [r["peak_bytes"] - r["baseline_bytes"] for r in runs["fsdp"][1]]
     ddp = [r["peak_bytes"] - r["baseline_bytes"] for r in runs["ddp"][1]]
 
-    # A quarter of the parameters, a quarter of the gradients, one or two gathered layers.
-    assert max(fsdp) < 0.9 * model, f"FSDP ranks' peaks {fsdp} vs a model of {model} bytes"
+    # A quarter of the parameters, a few gathered layers and their gradients in flight.
+    assert max(fsdp) < 0.5 * model, f"FSDP ranks' peaks {fsdp} vs a model of {model} bytes"
     # A DDP rank holds the model, its gradients and DDP's gradient buckets: 3x or more.
     assert min(ddp) > 2.5 * model, f"DDP ranks' peaks {ddp} vs a model of {model} bytes"
     assert max(fsdp) < min(ddp) / 3
