@@ -15,7 +15,9 @@ their structure (names, shapes, dtypes, from the header, before any arithmetic) 
 State that outlives a round (a server optimizer's momentum) is exposed as a flat tensor
 mapping by ``state_dict()``; the aggregator persists it next to the round's global model and
 ``load_state_dict()`` restores it in a restarted aggregator, which then produces the same
-bytes as one that never stopped.
+bytes as one that never stopped. The aggregator goes through files (``save_state``,
+``load_state_file``), so that a strategy keeping its state on local disk (the disk
+accumulator's server optimizers) can stream it out and read it back a slice at a time.
 """
 
 from __future__ import annotations

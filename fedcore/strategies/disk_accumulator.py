@@ -1,4 +1,5 @@
-"""FedAvg's accumulator on local disk, so the aggregator's memory does not grow with the model.
+"""The weighted sums' accumulator on local disk, so the aggregator's memory does not grow with
+the model (FedAvg and the strategies built on it, and DP-FedAvg).
 
 Why it exists: the in-memory accumulator costs 8 bytes per parameter (2x a float32 model),
 plus the new model at ``finalize``; a model of tens of GB does not fit an aggregator pod, but
@@ -27,6 +28,11 @@ the round's start with a clear error, not a fold half-way.
 Time: a fold reads the update once and reads and writes the accumulator once (``3x`` the
 model's bytes through the page cache or disk, against one pass in memory); ``finalize``
 reads the accumulator and the base and writes the model.
+
+``SliceFile`` is the same file for flat tensors of any dtype: the accumulator is one, and
+a server optimizer's state (``fedcore.strategies.server_state``) another. ``flat_slices``
+reads any source a slice at a time (positioned reads from a file), for folds, norms and
+the server step alike.
 
 Crash: the file is anonymous (``tempfile.TemporaryFile``: unlinked while open), so a killed
 aggregator leaves nothing behind on its disk, and a restarted one rebuilds the round like
