@@ -147,8 +147,10 @@ class ServerState:
 
     def begin_writing(self, template: Mapping[str, TensorSpec], directory: Path | None) -> None:
         """Start a new state for a model of this structure in a scratch file under
-        ``directory``: every float tensor under every prefix."""
+        ``directory``: every float tensor under every prefix (nothing without prefixes)."""
         self.drop_written()
+        if not self.prefixes:
+            return
         layout: dict[str, tuple[int, torch.dtype]] = {}
         specs: dict[str, TensorSpec] = {}
         for prefix in self.prefixes:
@@ -162,6 +164,8 @@ class ServerState:
 
     def write(self, name: str, start: int, values: tuple[torch.Tensor, ...]) -> None:
         """Store ``values`` (one flat slice per prefix) at ``start`` of ``name``'s new state."""
+        if not self.prefixes:
+            return
         if self._next is None:
             raise RuntimeError("call begin_writing before writing the new state")
         for prefix, value in zip(self.prefixes, values, strict=True):
@@ -169,6 +173,8 @@ class ServerState:
 
     def commit_written(self) -> None:
         """The new state is complete: read it from now on, and forget the previous one."""
+        if not self.prefixes:
+            return
         if self._next is None:
             raise RuntimeError("call begin_writing before committing the new state")
         self._close_sources()
