@@ -492,7 +492,7 @@ class FedAvg(Strategy):
     def save_state(self, path: Path, metadata: Mapping[str, str | int]) -> list[str] | None:
         """With the server state on disk, stream it into ``path`` a slice at a time;
         otherwise as ``Strategy.save_state``."""
-        if not self._state.on_disk:
+        if not (self._state.on_disk and self._state.specs()):
             return super().save_state(path, metadata)
         return self._state.save(path, self._bound_state(), metadata)
 
