@@ -456,3 +456,19 @@ def test_disk_mode_memory_does_not_hold_the_model(tmp_path: Path, strategy: str,
         assert grown < model_bytes / 4, f"grew {grown / 2**20:.0f} MiB for a 128 MiB model"
     else:
         assert grown > 2 * model_bytes, f"grew {grown / 2**20:.0f} MiB for a 128 MiB model"
+
+
+@pytest.mark.parametrize("disk", [False, True], ids=["memory", "disk"])
+def test_a_model_without_float_tensors_has_no_state_file_in_either_mode(
+    tmp_path: Path, disk: bool
+) -> None:
+    base = {"steps": torch.tensor(3)}
+    strategy = FedAdam()
+    if disk:
+        in_disk_mode(strategy, tmp_path)
+    strategy.begin_round(template_of(base))
+    strategy.fold(InMemoryWeights({"steps": torch.tensor(2)}), 1)
+    strategy.finalize(InMemoryWeights(base))
+
+    assert strategy.save_state(tmp_path / "state.safetensors", {"round": 1}) is None
+    assert not (tmp_path / "state.safetensors").exists()
