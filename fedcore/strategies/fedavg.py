@@ -370,9 +370,14 @@ class FedAvg(Strategy):
                 if spec.dtype in FLOAT_DTYPES:
                     acc = disk.read(name, start, stop)
                     acc.div_(n)
-                    values, state = self._step(acc, b, self._state.slice(name, start, stop))
-                    self._state.write(name, start, state)
-                    yield name, values
+                    # The step by CHUNK_ELEMENTS: its float64 temporaries (FedOpt makes several)
+                    # stay 2 MiB each; element-wise, so the result is the same.
+                    for low in range(0, stop - start, CHUNK_ELEMENTS):
+                        high = min(stop - start, low + CHUNK_ELEMENTS)
+                        previous = self._state.slice(name, start + low, start + high)
+                        values, state = self._step(acc[low:high], b[low:high], previous)
+                        self._state.write(name, start + low, state)
+                        yield name, values
                 elif spec.dtype in INT_DTYPES:
                     acc = disk.read(name, start, stop)
                     yield name, _integer_mean_step(name, acc, n_integer, b)
