@@ -321,9 +321,7 @@ class DPFedAvg(Strategy):
                 for name, spec in template.items():
                     got = pieces.get(name, [torch.empty(0, dtype=spec.dtype)])
                     out[name] = torch.cat(got).reshape(spec.shape)
-            for name, spec in template.items():
-                if self._disk is not None:
-                    break
+            for name, spec in template.items() if self._disk is None else ():
                 b = base.get(name, self._scratch)
                 if spec.dtype in FLOAT_DTYPES:
                     acc = self._acc.pop(name)
