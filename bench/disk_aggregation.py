@@ -1,4 +1,4 @@
-"""Disk accumulator benchmark: FedAvg through a real MinIO with its sum in memory or on disk.
+"""Disk accumulator benchmark: a round through a real MinIO with its sum in memory or on disk.
 
 Why it exists: ``spec.aggregator.accumulator: disk`` promises an aggregator whose memory does
 not grow with the model (goal: peak RSS under 0.25 of one model) and a round that still
@@ -17,10 +17,15 @@ Figures, each against an anchor measured in the same run:
   uploaded (download, fold, finalize, upload), against one update's download plus one
   upload of the global, timed in the same worker right after.
 
-Both accumulators must produce the same global model (its sha256 is compared). Disk space:
+``--strategy`` picks the weighted sum (FedAvg by default; ``fedavgm``, ``fedadam``,
+``fedyogi``, ``fedadagrad`` also step and write their server state, streamed into its file
+and uploaded as the aggregator does; ``dpfedavg`` clips and noises with a fixed key).
+
+Both accumulators must produce the same global model and state (sha256 compared). Disk space:
 MinIO holds the base, the global and ``--distinct`` update objects (the ``N`` updates cycle
 over them: each is downloaded and folded anyway), and the worker's scratch holds the base,
-one update, the new model and, for ``disk``, the 2x accumulator. The run refuses to start
+one update, the new model and, for ``disk``, the 2x accumulator (and a server optimizer's
+previous-round state is zero here: its new state and state file). The run refuses to start
 (and says by how much) unless that fits with ``--margin-gib`` to spare, and removes
 everything it wrote when it ends.
 
@@ -51,13 +56,33 @@ sys.path.insert(0, str(REPO))  # the MinIO manager lives with the test fixtures
 import torch  # noqa: E402
 
 from fedcore.store.s3 import S3Config, S3Store  # noqa: E402
-from fedcore.strategies import FedAvg  # noqa: E402
+from fedcore.strategies import (  # noqa: E402
+    DPFedAvg,
+    FedAdagrad,
+    FedAdam,
+    FedAvg,
+    FedAvgM,
+    FedYogi,
+    Strategy,
+)
+from fedcore.strategies.dp_noise import NoiseKey  # noqa: E402
 from fedcore.weights import TensorSpec, open_weights, sha256_file  # noqa: E402
 from fedcore.weights_stream import StreamingWeightsWriter  # noqa: E402
 from tests.fixtures.minio import MinioServer, minio_binary  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "disk_aggregation.json"
 MODES = ("memory", "disk")
+STRATEGIES: dict[str, Any] = {
+    "fedavg": FedAvg,
+    "fedavgm": lambda: FedAvgM(server_momentum=0.9),
+    "fedadam": lambda: FedAdam(server_learning_rate=0.01),
+    "fedyogi": lambda: FedYogi(server_learning_rate=0.01),
+    "fedadagrad": lambda: FedAdagrad(server_learning_rate=0.01),
+    "dpfedavg": lambda: DPFedAvg(noise_multiplier=1.0, clip_norm=1.0),
+}
+"""The strategies that take the disk accumulator, as the benchmark configures them."""
+STATE_MODELS = {"fedavgm": 2, "fedadam": 4, "fedyogi": 4, "fedadagrad": 4}
+"""Models' worth of scratch disk a round's new server state takes (scratch file, its copy)."""
 WIDTH = 2048
 GiB = 1 << 30
 WARMUP = "warmup/"
@@ -96,16 +121,17 @@ def rss_now() -> int:
 
 
 def fold_round(
-    strategy: FedAvg,
+    strategy: Strategy,
     store: S3Store,
     scratch: Path,
     clients: int,
     distinct: int,
     prefix: str,
     out_key: str,
-) -> tuple[Path, float]:
-    """One round as the aggregator runs it; the new model's path and the seconds from the
-    last update's download starting to the global uploaded."""
+) -> tuple[Path, str, float]:
+    """One round as the aggregator runs it; the new model's path, the state's sha256 ("" for
+    none) and the seconds from the last update's download starting to the global and its
+    state uploaded."""
     base = scratch / "base.safetensors"
     store.get_file(f"{prefix}base.safetensors", base)
     with open_weights(base) as reader:
@@ -119,28 +145,45 @@ def fold_round(
             strategy.fold(reader, 100 + 37 * i)
         update.unlink()
     out = scratch / "global.safetensors"
+    if isinstance(strategy, DPFedAvg):
+        strategy.noise_key = NoiseKey(bytes(32))  # the same noise in both modes
     with open_weights(base) as reader:
         bad = strategy.finalize_to_file(reader, out, {"kind": "global", "round": 1})
+    state = scratch / "state.safetensors"
+    bad += strategy.save_state(state, {"kind": "state", "round": 1}) or []
     if bad:
         raise RuntimeError(f"the benchmark's global model is not finite in {bad[:3]}")
     store.put_file(out_key, out)
+    state_sha256 = ""
+    if state.exists():
+        store.put_file(f"{out_key}-state", state)
+        state_sha256 = sha256_file(state)
+        state.unlink()
+        store.delete(f"{out_key}-state")
     base.unlink()
-    return out, time.perf_counter() - last_start
+    return out, state_sha256, time.perf_counter() - last_start
 
 
-def worker(mode: str, config: dict[str, Any], clients: int, distinct: int, scratch: Path) -> None:
+def worker(
+    mode: str, name: str, config: dict[str, Any], clients: int, distinct: int, scratch: Path
+) -> None:
     store = S3Store(S3Config(**config))
 
-    def strategy() -> FedAvg:
-        return FedAvg(accumulator="disk", accumulator_dir=scratch) if mode == "disk" else FedAvg()
+    def strategy() -> Strategy:
+        made: Strategy = STRATEGIES[name]()
+        if mode == "disk":
+            made.accumulator, made.accumulator_dir = "disk", scratch
+        return made
 
     # A round on a tiny model first: imports, kernels, the store's connections.
-    warm, _ = fold_round(strategy(), store, scratch, 2, 1, WARMUP, f"{WARMUP}out")
+    warm, _, _ = fold_round(strategy(), store, scratch, 2, 1, WARMUP, f"{WARMUP}out")
     warm.unlink()
     store.delete(f"{WARMUP}out")
     baseline = rss_now()
     started = time.perf_counter()
-    out, close = fold_round(strategy(), store, scratch, clients, distinct, "", f"global-{mode}")
+    out, state_sha256, close = fold_round(
+        strategy(), store, scratch, clients, distinct, "", f"global-{mode}"
+    )
     total = time.perf_counter() - started
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     anchor_start = time.perf_counter()
@@ -162,6 +205,7 @@ def worker(mode: str, config: dict[str, Any], clients: int, distinct: int, scrat
                 "anchor_seconds": anchor,
                 "total_seconds": total,
                 "sha256": digest,
+                "state_sha256": state_sha256,
             }
         )
     )
@@ -170,10 +214,10 @@ def worker(mode: str, config: dict[str, Any], clients: int, distinct: int, scrat
 # -- the driver ---------------------------------------------------------------------------------
 
 
-def disk_needed(size: int, distinct: int) -> int:
+def disk_needed(size: int, distinct: int, strategy: str = "fedavg") -> int:
     """MinIO: base, global, updates (and the tiny warm-up ones); scratch: base, one update,
-    the new model, the 2x accumulator."""
-    return (distinct + 2) * size + 5 * size
+    the new model, the 2x accumulator, a server optimizer's new state and its file."""
+    return (distinct + 2) * size + (5 + STATE_MODELS.get(strategy, 0)) * size
 
 
 def main() -> None:
@@ -185,16 +229,32 @@ def main() -> None:
     )
     parser.add_argument("--margin-gib", type=float, default=4.0, help="disk left free, GiB")
     parser.add_argument("--modes", default=",".join(MODES), help="accumulators to run")
-    parser.add_argument("--results", type=Path, default=RESULTS, help="JSON file to write")
+    parser.add_argument(
+        "--strategy", default="fedavg", choices=sorted(STRATEGIES), help="the weighted sum"
+    )
+    parser.add_argument(
+        "--results",
+        type=Path,
+        default=None,
+        help="JSON file to write (default: bench/results/disk_aggregation[_<strategy>].json)",
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--config", help=argparse.SUPPRESS)
     parser.add_argument("--scratch", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         worker(
-            args.worker, json.loads(args.config), args.clients, args.distinct, Path(args.scratch)
+            args.worker,
+            args.strategy,
+            json.loads(args.config),
+            args.clients,
+            args.distinct,
+            Path(args.scratch),
         )
         return
+    if args.results is None:
+        suffix = "" if args.strategy == "fedavg" else f"_{args.strategy}"
+        args.results = RESULTS.with_name(f"disk_aggregation{suffix}.json")
 
     # A stopped run removes its files too (the MinIO data may be tens of GB).
     signal.signal(signal.SIGTERM, lambda *_: sys.exit("stopped (SIGTERM)"))
@@ -203,17 +263,18 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="fedkube-bench-disk-"))
     try:
         free = shutil.disk_usage(work).free - int(args.margin_gib * GiB)
-        fits = max(0, (free - 7 * size) // size)
+        fits = max(0, (free - (7 + STATE_MODELS.get(args.strategy, 0)) * size) // size)
         distinct = min(args.clients, args.distinct or args.clients, fits)
         if distinct < 1:
             sys.exit(
                 f"not enough disk: a {size / GiB:.2f} GiB model needs "
-                f"{disk_needed(size, 1) / GiB:.1f} GiB with one update object, "
+                f"{disk_needed(size, 1, args.strategy) / GiB:.1f} GiB with one update object, "
                 f"{(free + args.margin_gib * GiB) / GiB:.1f} GiB are free; lower --params"
             )
         print(
             f"model {size / GiB:.2f} GiB ({len(specs)} tensors), {args.clients} updates over "
-            f"{distinct} distinct objects; disk needed {disk_needed(size, distinct) / GiB:.1f} GiB",
+            f"{distinct} distinct objects; disk needed "
+            f"{disk_needed(size, distinct, args.strategy) / GiB:.1f} GiB",
             flush=True,
         )
         rows = run(args, specs, size, distinct, work)
@@ -250,6 +311,8 @@ def run(
                     __file__,
                     "--worker",
                     mode,
+                    "--strategy",
+                    args.strategy,
                     "--config",
                     json.dumps(config),
                     "--clients",
@@ -273,8 +336,9 @@ def run(
 
 
 def report(args: argparse.Namespace, size: int, distinct: int, rows: list[dict[str, Any]]) -> None:
-    digests = {r["sha256"] for r in rows}
-    print(f"\nFedAvg, {args.clients} updates of a {size / GiB:.2f} GiB model through MinIO")
+    digests = {(r["sha256"], r["state_sha256"]) for r in rows}
+    gib = size / GiB
+    print(f"\n{args.strategy}, {args.clients} updates of a {gib:.2f} GiB model through MinIO")
     print(f"{'accumulator':<12} {'peak RSS / model':>17} {'close s':>9} {'anchor s':>9} "
           f"{'close / anchor':>15} {'total s':>9}")  # fmt: skip
     for r in rows:
@@ -285,13 +349,14 @@ def report(args: argparse.Namespace, size: int, distinct: int, rows: list[dict[s
             f"{r['anchor_seconds']:>9.1f} {r['close_per_anchor']:>15.2f} "
             f"{r['total_seconds']:>9.1f}"
         )
-    print(f"same global model from every accumulator: {len(digests) == 1}")
+    print(f"same global model and state from every accumulator: {len(digests) == 1}")
     if len(digests) != 1:
-        sys.exit("the accumulators disagree: the global models' sha256 differ")
+        sys.exit("the accumulators disagree: the global models' or states' sha256 differ")
     args.results.parent.mkdir(parents=True, exist_ok=True)
     args.results.write_text(
         json.dumps(
             {
+                "strategy": args.strategy,
                 "params": args.params,
                 "model_bytes": size,
                 "clients": args.clients,

@@ -41,9 +41,11 @@ around a broken commit.
 Updates for the previous round that show up after it closed are recorded as late in the
 next record. Memory stays O(model): the strategy streams, and an update is held on disk,
 never in memory as a whole; with ``spec.aggregator.accumulator: disk`` the new model is
-written straight to its file (``Strategy.finalize_to_file``) and evaluated by loading it into
-the task's model a tensor at a time, so only that model grows with the model's size. Each
-fold, rejection and commit is one log line.
+written straight to its file (``Strategy.finalize_to_file``), the strategy's state too
+(``Strategy.save_state``; a server optimizer's state is read back a slice at a time,
+``Strategy.load_state_file``), and the model is evaluated by loading it into the task's
+model a tensor at a time, so only that model grows with the model's size. Each fold,
+rejection and commit is one log line.
 """
 
 from __future__ import annotations
@@ -100,14 +102,13 @@ from fedcore.rounds import (
 from fedcore.signing import SigningKey, keys_from_env
 from fedcore.spec import FederatedJob, load_job, parse_job
 from fedcore.store import ObjectStore, open_job_store
-from fedcore.strategies import FedAvg, Scaffold, Strategy, build_strategy
+from fedcore.strategies import Scaffold, Strategy, build_strategy
 from fedcore.strategies.spool import SpooledStrategy, clear_spools
 from fedcore.tasks.base import Task, TaskContext, load_task
 from fedcore.tracking import NoTracking, Tracker, tracker_for
 from fedcore.weights import (
     Template,
     Tensors,
-    load_weights,
     open_weights,
     save_weights,
     sha256_file,
@@ -328,20 +329,22 @@ class Aggregator:
         )
 
     def _commit(
-        self, global_path: Path, state: Tensors | None, record: layout.RoundRecord
+        self, global_path: Path, state_path: Path | None, record: layout.RoundRecord
     ) -> layout.RoundRecord:
-        """Write the round's global (and strategy state), then its record, exactly once."""
+        """Write the round's global (and the strategy state file ``state_path``, removed
+        here), then its record, exactly once."""
         r = record.round
         record_key = layout.round_record_key(r)
-        if self.store.exists(record_key):
-            return self._adopt(record)
-        self.store.put_file(layout.global_key(r), global_path)
-        if state:
-            state_path = self.workdir / f"state-{r}.safetensors"
-            save_weights(state_path, state, {"kind": "state", "round": r})
-            self.store.put_file(layout.strategy_state_key(r), state_path)
-            record = record.model_copy(update={"strategy_sha256": sha256_file(state_path)})
-            state_path.unlink()
+        try:
+            if self.store.exists(record_key):
+                return self._adopt(record)
+            self.store.put_file(layout.global_key(r), global_path)
+            if state_path is not None:
+                self.store.put_file(layout.strategy_state_key(r), state_path)
+                record = record.model_copy(update={"strategy_sha256": sha256_file(state_path)})
+        finally:
+            if state_path is not None:
+                state_path.unlink(missing_ok=True)
         record = record.model_copy(update={"committed_at": _now()})
         if record.next is not None:
             record = record.model_copy(
@@ -402,11 +405,9 @@ class Aggregator:
         try:
             if sha256 and got != sha256:
                 raise ValueError(f"its sha256 is not the {sha256[:12]}... its round record names")
-            state = load_weights(path)
-            bad = non_finite_tensors(state)
-            if bad:
-                raise ValueError(f"it holds NaN or inf in {', '.join(bad[:5])}")
-            strategy.load_state_dict(state)
+            # With the disk accumulator a server optimizer keeps the file open and reads it
+            # a slice at a time: unlinking it below leaves the open file readable.
+            strategy.load_state_file(path)
         except (FedcoreError, ValueError) as e:
             raise RoundProtocolError(
                 f"{self.store.uri(key)} is not a usable {strategy.name} state: {e}. Only the "
@@ -426,7 +427,7 @@ class Aggregator:
         if isinstance(strategy, SpooledStrategy):
             clear_spools(self.workdir)  # a crashed run's, or the strategy this one replaces
             strategy.spool_dir = self.workdir  # the round's updates are kept on local disk
-        if isinstance(strategy, FedAvg) and strategy.disk_accumulator:
+        if strategy.disk_accumulator:
             strategy.accumulator = self.spec.aggregator.accumulator
             strategy.accumulator_dir = self.workdir  # the pod's scratch emptyDir
         if isinstance(strategy, Scaffold):
@@ -472,6 +473,7 @@ class Aggregator:
             "round %d open: selected %s, deadline %s", r, nxt.selected, nxt.deadline.isoformat()
         )
         path = self.workdir / f"global-{r}.safetensors"
+        state_path = self.workdir / f"state-{r}.safetensors"
         while True:
             decision = self._collect(open_round)
             open_round.apply_weight_cap()
@@ -482,11 +484,11 @@ class Aggregator:
                 bad = open_round.strategy.finalize_to_file(
                     base, path, {"kind": "global", "round": r}
                 )
-            state_tensors = open_round.strategy.state_dict()
-            bad += non_finite_tensors(state_tensors, "state ")
+            state_path.unlink(missing_ok=True)
+            state_bad = open_round.strategy.save_state(state_path, {"kind": "state", "round": r})
+            bad += state_bad or []
             if not bad:
                 break
-            del state_tensors
             open_round.guard(bad)
         metrics = self._evaluate_file(path, r)
         base_path.unlink()
@@ -510,7 +512,7 @@ class Aggregator:
         privacy = self.privacy.account(previous, nxt.selected, next_round, open_round.strategy)
         record = self.privacy.finish(record, privacy)
         with self.metrics.committing():
-            committed = self._commit(path, state_tensors, record)
+            committed = self._commit(path, state_path if state_bad is not None else None, record)
         self.metrics.committed(committed, folded)
         self.tracker.committed(committed)
         path.rename(self.workdir / "last-global.safetensors")

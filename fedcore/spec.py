@@ -187,10 +187,19 @@ DEFAULT_TRIM_FRACTION = 0.2
 """``trimmedmean``'s ``trimFraction`` when unset (Flower's FedTrimmedAvg default)."""
 DP = "dpfedavg"
 """The differentially private strategy, the one that takes ``strategy.dp``."""
-DISK_ACCUMULATOR = ("fedavg", "fedprox")
-"""The strategies that can keep their accumulator on disk (``aggregator.accumulator: disk``):
-the others keep server state of the model's size in memory anyway (momentum, moments,
-control variates, the round's updates) or draw their noise whole."""
+DISK_ACCUMULATOR = (
+    "fedavg",
+    "fedprox",
+    "fedavgm",
+    "fedadam",
+    "fedyogi",
+    "fedadagrad",
+    "dpfedavg",
+)
+"""The strategies that can keep their accumulator on disk (``aggregator.accumulator: disk``),
+the weighted sums, whose server state (momentum, moments) goes to disk with the sum: the
+others keep state of the model's size in memory anyway (scaffold's control variates) or
+keep the round's updates (median, trimmedmean, krum)."""
 FSDP_REFUSES_STRATEGIES = ("scaffold", "fedprox")
 """Strategies a ``parallelism.mode: fsdp`` client cannot train for: their client-side state
 (control variates, the proximal term's anchor) assumes whole tensors on every rank."""
@@ -437,15 +446,20 @@ class AggregatorSpec(_Model):
     """Pod resources of the aggregator (it needs about 2x the model's size in memory; 3x for
     fedavgm, 4x for fedadam, fedyogi and fedadagrad, 5x for scaffold; median, trimmedmean and
     krum also need the round's updates on local disk, N x the model's size; with
-    ``accumulator: disk``, a constant ~100 MiB plus the task's evaluation model)."""
+    ``accumulator: disk``, a constant ~100 MiB plus the task's evaluation model, whatever the
+    strategy)."""
     accumulator: Literal["memory", "disk"] = "memory"
-    """Where fedavg and fedprox keep the round's running sum. ``memory``: 8 bytes per
-    parameter of RAM (2x a float32 model), the fastest. ``disk``: the same sum in a file on the
-    aggregator's local disk (an emptyDir, see ``scratchSizeLimit``), folded slice by slice, so
-    the aggregator's memory no longer grows with the model (disk: 2x the model, plus the base
-    and the new model, 4x in all); each fold then reads and writes the sum once more. Memory
-    is the default because most models fit, and it needs no disk; choose disk when 2x the
-    model does not fit the aggregator's memory. Same result bit for bit either way."""
+    """Where the weighted-sum strategies (fedavg, fedprox, fedavgm, fedadam, fedyogi,
+    fedadagrad, dpfedavg) keep the round's running sum and their server state. ``memory``: 8
+    bytes per parameter of RAM (2x a float32 model), plus fedavgm's momentum (1x) or
+    fedopt's two moments (2x), the fastest. ``disk``: the same sum and state in files on the
+    aggregator's local disk (an emptyDir, see ``scratchSizeLimit``), folded and stepped
+    slice by slice, so the aggregator's memory no longer grows with the model (disk: 2x the
+    model, plus the base and the new model, 4x in all; fedavgm 3 and fedopt 6 more models'
+    worth for the previous, new and uploaded state); each fold then reads and writes the sum
+    once more. Memory is the default because most models fit, and it needs no disk; choose
+    disk when the model's multiple does not fit the aggregator's memory. Same result bit for
+    bit either way. scaffold, median, trimmedmean and krum refuse disk."""
     scratch_size_limit: Annotated[str | None, Field(pattern=QUANTITY, max_length=32)] = None
     """``sizeLimit`` of the aggregator's local scratch volume (an emptyDir at ``/tmp``: the
     downloaded base and update, the new model, the disk accumulator, median's kept updates),
@@ -619,8 +633,8 @@ class FederatedJobSpec(_Model):
         if self.aggregator.accumulator == "disk" and self.strategy.name not in DISK_ACCUMULATOR:
             problems.append(
                 f"aggregator.accumulator: 'disk' does not apply to {self.strategy.name}, which "
-                "keeps server state of the model's size in memory anyway; use "
-                f"{' or '.join(DISK_ACCUMULATOR)}, or accumulator: memory"
+                "keeps state of the model's size of its own (control variates, the round's "
+                f"updates); use one of {', '.join(DISK_ACCUMULATOR)}, or accumulator: memory"
             )
         for index, client in enumerate(self.clients):
             if client.parallelism.mode != "fsdp":

@@ -35,7 +35,7 @@ bench-dp: install ## dpfedavg's cost over FedAvg with clipping: one round's time
 BENCH_TARGETS += bench-disk-aggregation
 BENCH_DISK_AGGREGATION_ARGS ?=
 .PHONY: bench-disk-aggregation
-bench-disk-aggregation: install minio ## FedAvg through MinIO with the sum in memory vs on disk (spec.aggregator.accumulator): peak RSS per model, close-after-last-update vs one download + one upload (BENCH_DISK_AGGREGATION_ARGS="--params 1000000000 --clients 10"; refuses to start without the disk it needs)
+bench-disk-aggregation: install minio ## FedAvg (or --strategy fedavgm/fedadam/fedyogi/fedadagrad/dpfedavg) through MinIO with the sum in memory vs on disk (spec.aggregator.accumulator): peak RSS per model, close-after-last-update vs one download + one upload (BENCH_DISK_AGGREGATION_ARGS="--params 1000000000 --clients 10"; refuses to start without the disk it needs)
 	$(PY) bench/disk_aggregation.py $(BENCH_DISK_AGGREGATION_ARGS)
 
 BENCH_TARGETS += bench-round-overhead

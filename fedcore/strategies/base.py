@@ -15,7 +15,9 @@ their structure (names, shapes, dtypes, from the header, before any arithmetic) 
 State that outlives a round (a server optimizer's momentum) is exposed as a flat tensor
 mapping by ``state_dict()``; the aggregator persists it next to the round's global model and
 ``load_state_dict()`` restores it in a restarted aggregator, which then produces the same
-bytes as one that never stopped.
+bytes as one that never stopped. The aggregator goes through files (``save_state``,
+``load_state_file``), so that a strategy keeping its state on local disk (the disk
+accumulator's server optimizers) can stream it out and read it back a slice at a time.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import torch
 
@@ -38,8 +40,13 @@ from fedcore.weights import (
     TensorSpec,
     check_same_structure,
     dtype_name,
+    load_weights,
     save_weights,
 )
+
+Accumulator = Literal["memory", "disk"]
+"""Where a strategy keeps the round's running sum: in memory (8 bytes per parameter of RAM),
+or in a file on local disk, folded slice by slice (``fedcore.strategies.disk_accumulator``)."""
 
 MAX_NUM_SAMPLES = 10**12
 """Largest accepted FedAvg weight of one update. Far above any real dataset, low enough that
@@ -137,7 +144,9 @@ def server_state_dtype(model_dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(model_dtype, torch.float32)
 
 
-def check_server_state(what: str, state: Mapping[str, torch.Tensor], template: Template) -> None:
+def check_server_state(
+    what: str, state: Mapping[str, torch.Tensor | TensorSpec], template: Template
+) -> None:
     """Refuse server state (``what``: "the server momentum", ...) that does not fit the model:
     a tensor the model lacks, or one of another shape or dtype. Loaded state comes from the
     store, so a mismatch means it belongs to another model."""
@@ -156,11 +165,32 @@ def check_server_state(what: str, state: Mapping[str, torch.Tensor], template: T
             )
 
 
+def _non_finite(tensors: Mapping[str, torch.Tensor], label: str = "") -> list[str]:
+    """Keys (prefixed by ``label``) of the float tensors holding NaN or inf, sorted."""
+    with arithmetic_threads():
+        return sorted(
+            f"{label}{key}"
+            for key, tensor in tensors.items()
+            if tensor.dtype in FLOAT_DTYPES and not bool(torch.isfinite(tensor).all())
+        )
+
+
 class Strategy(ABC):
     """Streaming aggregation: fold updates one at a time, finalize once per round."""
 
     name: ClassVar[str]
     """The ``spec.strategy.name`` that selects this strategy."""
+
+    disk_accumulator: ClassVar[bool] = False
+    """Whether the strategy can keep its sum (and any server state of the model's size) on
+    local disk: True for the weighted sums (FedAvg and its server optimizers, DP-FedAvg);
+    False for those that keep other O(model) state in memory (control variates, the round's
+    updates)."""
+    accumulator: Accumulator = "memory"
+    """``memory`` or ``disk`` (only where ``disk_accumulator``), read at ``begin_round``; the
+    aggregator sets it from ``spec.aggregator.accumulator``."""
+    accumulator_dir: Path | None = None
+    """Directory of the disk accumulator's files (None: the system's temporary one)."""
 
     @abstractmethod
     def begin_round(self, template: Template) -> None:
@@ -229,6 +259,28 @@ class Strategy(ABC):
     def state_dict(self) -> Tensors:
         """Server-side state to persist between rounds (empty for stateless strategies)."""
         return {}
+
+    def save_state(self, path: Path, metadata: Mapping[str, str | int]) -> list[str] | None:
+        """Write ``state_dict()`` into a safetensors file at ``path`` (with header
+        ``metadata``): the keys holding NaN or inf (``state <key>``, sorted), or None, with
+        no file written, when there is no state. A strategy whose state is on disk streams
+        it instead."""
+        state = self.state_dict()
+        if not state:
+            return None
+        bad = _non_finite(state, "state ")
+        save_weights(path, state, metadata)
+        return bad
+
+    def load_state_file(self, path: Path) -> None:
+        """``load_state_dict`` from a file ``save_state`` wrote; ``ValueError`` when it holds
+        NaN or inf, or does not fit. A strategy that keeps its state on disk reads it a slice
+        at a time instead of loading it whole."""
+        state = load_weights(path)
+        bad = _non_finite(state)
+        if bad:
+            raise ValueError(f"it holds NaN or inf in {', '.join(bad[:5])}")
+        self.load_state_dict(state)
 
     def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
         """Restore what ``state_dict`` returned; takes ownership of the tensors."""

@@ -16,9 +16,11 @@ streaming, and the bound is strategy state (``clip/bound`` in
 undisturbed one. The norms measured are the unclipped ones, so the bound follows the
 clients' honest scale; one huge update moves a quantile below 1 by at most one rank.
 
-Cost: the norm is one more read of the update, tensor by tensor (``||Δ||^2`` summed in
-float64): time grows with the update's size, memory with its largest tensor (the read
-buffer and a float64 copy of one tensor); the round keeps one float per folded update.
+Cost: the norm is one more read of the update, a slice at a time (``||Δ||^2`` summed in
+float64 over the slices of ``disk_accumulator.SLICE_ELEMENTS`` elements, the same slices
+whether the update is read from a file or held in memory, so both give the same norm to the
+bit): time grows with the update's size, memory with one slice for a file (the largest
+tensor for other sources); the round keeps one float per folded update.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from collections.abc import Iterable, Sequence
 
 import torch
 
+from fedcore.strategies.disk_accumulator import flat_slices
 from fedcore.weights import FLOAT_DTYPES, Scratch, TensorSource, TensorSpec
 
 BOUND_KEY = "clip/bound"
@@ -52,13 +55,13 @@ def check_clipping(clip_norm: float | None, clip_quantile: float | None) -> None
 def update_norm(
     update: TensorSource, names: Iterable[tuple[str, TensorSpec]], scratch: Scratch
 ) -> float:
-    """The L2 norm over every float tensor of ``update`` together, read tensor by tensor."""
+    """The L2 norm over every float tensor of ``update`` together, read slice by slice."""
     squares = 0.0
     for name, spec in names:
         if spec.dtype not in FLOAT_DTYPES:
             continue
-        t = update.get(name, scratch)
-        squares += float(torch.linalg.vector_norm(t, dtype=torch.float64)) ** 2
+        for _, _, t in flat_slices(update, name, math.prod(spec.shape), scratch):
+            squares += float(torch.linalg.vector_norm(t, dtype=torch.float64)) ** 2
     return math.sqrt(squares)
 
 

@@ -30,7 +30,9 @@ generator must not give its state away from its output either.
 Streaming: ``fill_normal_`` draws one slice at a time (``SLICE_ELEMENTS``, 2 MiB of keystream
 and a few float64 temporaries of the slice's size), so noising a tensor in place costs
 O(slice) memory beyond the tensor, and time linear in the model (``make bench-dp``; numbers
-in ``docs/privacy.md``).
+in ``docs/privacy.md``). The disk accumulator calls it on consecutive slices of a tensor with
+one stream: the stream is read in order and those slices are whole multiples of
+``SLICE_ELEMENTS``, so it draws and adds exactly what one call on the whole tensor does.
 
 Limits, said plainly: the normals come from floating-point arithmetic, not an exact discrete
 Gaussian; Mironov's (2012) attack reads the low-order bits of floating-point noise. Here the

@@ -59,14 +59,26 @@ keystream, a few 2 MiB temporaries) in ``finalize``. Time per fold: two reads of
 (its norm, then the sum), as FedAvg with clipping; ``finalize`` adds drawing ``P`` normals
 (ChaCha20 and Box-Muller, linear in the model). One float per folded update is kept (its
 norm) for the count.
+
+With ``accumulator="disk"`` (``spec.aggregator.accumulator``) the sum of clipped deltas lives
+in a file on local disk (``fedcore.strategies.disk_accumulator``, float tensors only): a
+fold first reads the update a slice at a time for its norm (the norm is summed by the slice
+in both modes, ``clipping.update_norm``), then folds it scaled, slice by slice; ``finalize``
+reads the sum a slice at a time, adds that slice's noise and streams the new model into its
+file. Each tensor's noise is one stream read in row-major order, and the in-memory path
+draws it in the same ``dp_noise.SLICE_ELEMENTS`` pieces the disk slices are made of, so
+both modes add the same normals to the same elements: the models are equal bit for bit, and
+the noise's standard deviation and its key are the same. Memory is then a few slices,
+whatever the model's size; disk is ``2M``.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import ClassVar
 
 import torch
@@ -80,7 +92,8 @@ from fedcore.strategies.base import (
     check_update,
 )
 from fedcore.strategies.clipping import BOUND_KEY, clip_scale, update_norm
-from fedcore.strategies.dp_noise import NoiseKey
+from fedcore.strategies.disk_accumulator import DiskAccumulator, flat_slices
+from fedcore.strategies.dp_noise import NoiseKey, NormalStream
 from fedcore.strategies.fedavg import add_chunked_
 from fedcore.strategies.weighting import FoldWeight
 from fedcore.weights import (
@@ -92,6 +105,7 @@ from fedcore.weights import (
     TensorSpec,
     check_same_structure,
 )
+from fedcore.weights_stream import StreamingWeightsWriter
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +141,7 @@ class DPFedAvg(Strategy):
     """Equal-weight mean of clipped deltas plus Gaussian noise, over a fixed denominator."""
 
     name: ClassVar[str] = "dpfedavg"
+    disk_accumulator: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -166,6 +181,7 @@ class DPFedAvg(Strategy):
         ``finalize``; None: a random key each round (private, not reproducible)."""
         self._template: dict[str, TensorSpec] | None = None
         self._acc: dict[str, torch.Tensor] = {}
+        self._disk: DiskAccumulator | None = None
         self._scratch = Scratch()
         self._norms: list[float] = []
         self._num_samples = 0
@@ -204,10 +220,14 @@ class DPFedAvg(Strategy):
     def begin_round(self, template: Template) -> None:
         specs = averageable_template(template, self.name)
         self._acc = {}
+        self._close_disk()
         self._template = specs
+        if self.accumulator == "disk":  # integer tensors are not aggregated: no region
+            floats = {n: s for n, s in specs.items() if s.dtype in FLOAT_DTYPES}
+            self._disk = DiskAccumulator(floats, self.accumulator_dir)
         with arithmetic_threads():
             for name, spec in self._template.items():
-                if spec.dtype in FLOAT_DTYPES:
+                if spec.dtype in FLOAT_DTYPES and self._disk is None:
                     self._acc[name] = torch.zeros(spec.shape, dtype=torch.float64)
         self._norms = []
         self._num_samples = 0
@@ -244,6 +264,12 @@ class DPFedAvg(Strategy):
         with arithmetic_threads():
             for name, acc in self._acc.items():
                 add_chunked_(acc, update.get(name, self._scratch), alpha=scale)
+            if self._disk is not None:
+                for name, region in self._disk.regions.items():
+                    for start, stop, d in flat_slices(update, name, region.numel, self._scratch):
+                        acc = self._disk.read(name, start, stop)
+                        add_chunked_(acc, d, alpha=scale)
+                        self._disk.write(name, start, acc)
         self._broken = False
         self._norms.append(norm)
         self._num_samples += num_samples
@@ -258,7 +284,7 @@ class DPFedAvg(Strategy):
             )
         return m
 
-    def finalize(self, base: TensorSource) -> Tensors:
+    def _begin_finalize(self, base: TensorSource) -> dict[str, TensorSpec]:
         template = self._round_template("finalize")
         if not self._norms:
             raise ValueError(
@@ -268,32 +294,95 @@ class DPFedAvg(Strategy):
         check_same_structure(
             template, base.template(), left_name="the model", right_name=repr(base)
         )
+        return template
+
+    def _noised(
+        self, acc: torch.Tensor, noise: NormalStream, base: torch.Tensor, m: int
+    ) -> torch.Tensor:
+        """``base + η (acc + noise) / m`` in ``base``'s dtype; ``acc`` (float64, a whole
+        tensor or a slice starting at a multiple of ``dp_noise.SLICE_ELEMENTS``) is reused,
+        ``noise`` is read on from where the previous slice of the tensor stopped."""
+        noise.fill_normal_(acc, self.update_noise_multiplier * self.clip_bound)
+        acc.mul_(self.server_learning_rate / m)
+        add_chunked_(acc, base)
+        return acc.to(base.dtype)
+
+    def finalize(self, base: TensorSource) -> Tensors:
+        template = self._begin_finalize(base)
         m = self.denominator()
         key = self.noise_key if self.noise_key is not None else NoiseKey.random()
-        std = self.update_noise_multiplier * self.clip_bound
         out: Tensors = {}
         self._broken = True
         with arithmetic_threads():
-            for name, spec in template.items():
+            if self._disk is not None:  # the whole model in memory: for tests, small models
+                pieces: dict[str, list[torch.Tensor]] = {}
+                for name, values in self._disk_results(self._disk, template, base, key, m):
+                    pieces.setdefault(name, []).append(values.clone())
+                for name, spec in template.items():
+                    got = pieces.get(name, [torch.empty(0, dtype=spec.dtype)])
+                    out[name] = torch.cat(got).reshape(spec.shape)
+            for name, spec in template.items() if self._disk is None else ():
                 b = base.get(name, self._scratch)
                 if spec.dtype in FLOAT_DTYPES:
                     acc = self._acc.pop(name)
-                    key.stream(name).fill_normal_(acc, std)
-                    acc.mul_(self.server_learning_rate / m)
-                    add_chunked_(acc, b)
-                    out[name] = acc.to(b.dtype)
+                    out[name] = self._noised(acc, key.stream(name), b, m)
                     del acc
                 else:  # counters and constants keep the base value (module docstring)
                     out[name] = b.clone()
+        self._end_round(key, m)
+        return out
+
+    def _disk_results(
+        self, disk: DiskAccumulator, template: dict[str, TensorSpec], base: TensorSource,
+        key: NoiseKey, m: int, order: list[str] | None = None,
+    ) -> Iterator[tuple[str, torch.Tensor]]:  # fmt: skip
+        """The new model's tensors as (name, flat slice) pairs in ``order`` (the template's
+        by default), each slice computed as ``finalize`` computes the whole tensor."""
+        for name in order if order is not None else list(template):
+            spec = template[name]
+            noise = key.stream(name) if spec.dtype in FLOAT_DTYPES else None
+            for start, stop, b in flat_slices(base, name, math.prod(spec.shape), self._scratch):
+                if noise is None:
+                    yield name, b  # counters and constants keep the base value
+                    continue
+                yield name, self._noised(disk.read(name, start, stop), noise, b, m)
+
+    def finalize_to_file(
+        self, base: TensorSource, path: Path, metadata: Mapping[str, str | int]
+    ) -> list[str]:
+        """With the disk accumulator, stream the new model into ``path`` slice by slice
+        (never whole in memory); otherwise as ``Strategy.finalize_to_file``."""
+        if self._disk is None:
+            return super().finalize_to_file(base, path, metadata)
+        template = self._begin_finalize(base)
+        m = self.denominator()
+        key = self.noise_key if self.noise_key is not None else NoiseKey.random()
+        bad: set[str] = set()
+        self._broken = True
+        with arithmetic_threads(), StreamingWeightsWriter(path, template, metadata) as out:
+            for name, values in self._disk_results(self._disk, template, base, key, m, out.order):
+                if values.dtype in FLOAT_DTYPES and not bool(torch.isfinite(values).all()):
+                    bad.add(name)
+                out.write(name, values)
+        self._end_round(key, m)
+        return sorted(bad)
+
+    def _end_round(self, key: NoiseKey, m: int) -> None:
+        """Forget the round and move the adaptive clipping bound."""
         self._broken = False
         self.round_clip_bound = self.clip_bound
         if self.adaptive is not None:
             self.clip_bound = self._next_bound(key, m)
         self._template = None
+        self._close_disk()
         self._scratch = Scratch()
         self._norms = []
         self._num_samples = 0
-        return out
+
+    def _close_disk(self) -> None:
+        if self._disk is not None:
+            self._disk.close()
+            self._disk = None
 
     def _next_bound(self, key: NoiseKey, m: int) -> float:
         """Andrew et al.'s geometric step from the noised share of unclipped updates."""
@@ -308,7 +397,8 @@ class DPFedAvg(Strategy):
 
     def alone_is_finite(self, update: TensorSource, base: TensorSource) -> bool:
         """Whether the update alone, clipped, gives a finite model (the noise is not drawn:
-        it is finite by construction, and a round's noise is drawn once, in finalize)."""
+        it is finite by construction, and a round's noise is drawn once, in finalize); read
+        a slice at a time."""
         template = self._round_template("check an update")
         scratch = Scratch()
         with arithmetic_threads():
@@ -320,10 +410,16 @@ class DPFedAvg(Strategy):
             for name, spec in template.items():
                 if spec.dtype not in FLOAT_DTYPES:
                     continue
-                delta = update.get(name, self._scratch).to(torch.float64).mul_(alpha)
-                add_chunked_(delta, base.get(name, scratch))
-                if not bool(torch.isfinite(delta.to(spec.dtype)).all()):
-                    return False
+                numel = math.prod(spec.shape)
+                for (_, _, d), (_, _, b) in zip(
+                    flat_slices(update, name, numel, self._scratch),
+                    flat_slices(base, name, numel, scratch),
+                    strict=True,
+                ):
+                    delta = d.to(torch.float64, copy=True).mul_(alpha)
+                    add_chunked_(delta, b)
+                    if not bool(torch.isfinite(delta.to(spec.dtype)).all()):
+                        return False
         return True
 
     def state_dict(self) -> Tensors:

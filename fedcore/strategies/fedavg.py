@@ -45,8 +45,15 @@ With ``accumulator="disk"`` (``spec.aggregator.accumulator``) the sum lives in a
 local disk instead (``fedcore.strategies.disk_accumulator``: same arithmetic, same bytes),
 folded and finalized in 8 MiB slices, and ``finalize_to_file`` streams the new model into its
 safetensors file: memory is a few slices, whatever ``M``; disk is ``2M`` more; each fold
-also reads and writes the ``2M`` sum once. Subclasses whose server step keeps state of the
-model's size (FedAvgM, FedOpt, SCAFFOLD) refuse it (``disk_accumulator``).
+also reads and writes the ``2M`` sum once. A server optimizer's state of the model's size
+(FedAvgM's momentum, FedOpt's moments: ``state_prefixes``) then lives on disk as well, read
+and written a slice at a time next to the sum (``fedcore.strategies.server_state``); the
+server step is element-wise, so each slice gets the very arithmetic the whole tensor gets in
+memory. SCAFFOLD (its control variates) refuses the disk accumulator (``disk_accumulator``).
+
+The server step is ``_step(mean_delta, base, previous)``: the new values of one tensor (or
+of one flat slice of it) and its new state, from the mean delta, the base and the previous
+state of the same elements. Subclasses override it, and nothing else, to change the step.
 
 Non-float tensors:
 
@@ -69,18 +76,20 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import ClassVar
 
 import torch
 
 from fedcore.spec import StrategySpec
 from fedcore.strategies.base import (
     MAX_INT_ACCUMULATOR,
+    Accumulator,
     OutOfRange,
     Strategy,
     arithmetic_threads,
     averageable_template,
     check_num_samples,
+    check_server_state,
     check_update,
 )
 from fedcore.strategies.clipping import (
@@ -90,7 +99,8 @@ from fedcore.strategies.clipping import (
     quantile,
     update_norm,
 )
-from fedcore.strategies.disk_accumulator import DiskAccumulator, slices
+from fedcore.strategies.disk_accumulator import DiskAccumulator, flat_slices
+from fedcore.strategies.server_state import ServerState, Slices
 from fedcore.strategies.weighting import FoldWeight, check_max_weight_share
 from fedcore.weights import (
     FLOAT_DTYPES,
@@ -106,18 +116,15 @@ from fedcore.weights import (
 )
 from fedcore.weights_stream import StreamingWeightsWriter
 
-Accumulator = Literal["memory", "disk"]
-"""Where FedAvg keeps the round's running sum: in memory (8 bytes per parameter of RAM), or
-in a file on local disk, folded slice by slice (``fedcore.strategies.disk_accumulator``)."""
-
 
 class FedAvg(Strategy):
     """Sample-weighted mean of client deltas, accumulated in float64 (exact int64 for ints)."""
 
     name: ClassVar[str] = "fedavg"
     disk_accumulator: ClassVar[bool] = True
-    """Whether the strategy can keep its sum on disk: False for those whose server step
-    keeps O(model) state of its own in memory (momentum, moments, control variates)."""
+    state_prefixes: ClassVar[Mapping[str, str]] = {}
+    """The server step's state of the model's size: key prefix -> what it is (for errors),
+    e.g. ``{"momentum/": "the server momentum"}``; kept in ``ServerState``."""
 
     def __init__(
         self,
@@ -153,6 +160,8 @@ class FedAvg(Strategy):
         """Directory of the disk accumulator's file (None: the system's temporary one)."""
         self._acc: dict[str, torch.Tensor] = {}
         self._disk: DiskAccumulator | None = None
+        self._state = ServerState(tuple(self.state_prefixes))
+        """The server step's state (``state_prefixes``), in memory or on disk."""
         self._scratch = Scratch()
         """One read buffer for every tensor of every update (see ``fedcore.weights.Scratch``)."""
         self._num_updates = 0
@@ -192,6 +201,11 @@ class FedAvg(Strategy):
                     "state is in memory anyway); use spec.aggregator.accumulator: memory"
                 )
             self._disk = DiskAccumulator(specs, self.accumulator_dir)
+        else:
+            self._state.to_memory()  # the in-memory step takes whole tensors
+        self._state.drop_written()
+        for prefix, what in self.state_prefixes.items():
+            check_server_state(what, self._state.of(prefix), template)
         with arithmetic_threads():
             for name, spec in self._template.items():
                 if self._disk is not None:
@@ -278,6 +292,7 @@ class FedAvg(Strategy):
                 pieces: dict[str, list[torch.Tensor]] = {}
                 for name, values in self._disk_results(self._disk, template, base, list(template)):
                     pieces.setdefault(name, []).append(values.clone())
+            self._state.commit_written()
             result = {
                 name: torch.cat(pieces.get(name, [torch.empty(0, dtype=spec.dtype)])).reshape(
                     spec.shape
@@ -295,8 +310,9 @@ class FedAvg(Strategy):
                 if spec.dtype in FLOAT_DTYPES:
                     acc = self._acc.pop(name)
                     acc.div_(n)
-                    out[name] = self._server_step(name, acc, b)
-                    del acc  # frees 8 bytes per element before the next tensor is read
+                    out[name], state = self._step(acc, b, self._state.take(name))
+                    self._state.keep(name, state)
+                    del acc, state  # frees 8 bytes per element before the next tensor is read
                 elif spec.dtype in INT_DTYPES:
                     out[name] = _integer_mean_step(name, self._acc.pop(name), n_integer, b)
                 else:
@@ -333,7 +349,7 @@ class FedAvg(Strategy):
         """``acc += weight x update``, slice by slice, through the file."""
         for name, region in disk.regions.items():
             alpha = value if region.dtype == torch.float64 else integer
-            for start, stop, d in _flat_slices(update, name, region.numel, self._scratch):
+            for start, stop, d in flat_slices(update, name, region.numel, self._scratch):
                 acc = disk.read(name, start, stop)
                 add_chunked_(acc, d, alpha=alpha)
                 disk.write(name, start, acc)
@@ -343,16 +359,25 @@ class FedAvg(Strategy):
         order: list[str],
     ) -> Iterator[tuple[str, torch.Tensor]]:  # fmt: skip
         """The new model's tensors as (name, flat slice) pairs, tensor by tensor in ``order``,
-        each computed as ``finalize`` computes it in memory."""
+        each computed as ``finalize`` computes it in memory; the new server state goes into
+        a scratch file slice by slice (the caller commits it once every slice is out)."""
         n, n_integer = self._total_weight, self._total_integer_weight
+        self._state.begin_writing(template, self.accumulator_dir)
         for name in order:
             spec = template[name]
             numel = math.prod(spec.shape)
-            for start, stop, b in _flat_slices(base, name, numel, self._scratch):
+            for start, stop, b in flat_slices(base, name, numel, self._scratch):
                 if spec.dtype in FLOAT_DTYPES:
                     acc = disk.read(name, start, stop)
                     acc.div_(n)
-                    yield name, self._server_step(name, acc, b)
+                    # The step by CHUNK_ELEMENTS: its float64 temporaries (FedOpt makes several)
+                    # stay 2 MiB each; element-wise, so the result is the same.
+                    for low in range(0, stop - start, CHUNK_ELEMENTS):
+                        high = min(stop - start, low + CHUNK_ELEMENTS)
+                        previous = self._state.slice(name, start + low, start + high)
+                        values, state = self._step(acc[low:high], b[low:high], previous)
+                        self._state.write(name, start + low, state)
+                        yield name, values
                 elif spec.dtype in INT_DTYPES:
                     acc = disk.read(name, start, stop)
                     yield name, _integer_mean_step(name, acc, n_integer, b)
@@ -386,55 +411,128 @@ class FedAvg(Strategy):
                 if values.dtype in FLOAT_DTYPES and not bool(torch.isfinite(values).all()):
                     bad.add(name)
                 out.write(name, values)
+        self._state.commit_written()
         self._end_round()
         return sorted(bad)
 
     def state_dict(self) -> Tensors:
-        """``clip/bound`` with adaptive clipping (the bound the next round clips at)."""
+        """``clip/bound`` with adaptive clipping (the bound the next round clips at), and the
+        server step's state (``<prefix><name>`` per float tensor, empty before the first
+        finalize), read into memory when it is on disk."""
+        return {**self._bound_state(), **self._state.tensors()}
+
+    def _bound_state(self) -> Tensors:
         if self.clip_quantile is None or self.clip_bound is None:
             return {}
         return {BOUND_KEY: torch.tensor([self.clip_bound], dtype=torch.float64)}
 
     def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
-        rest = {k: v for k, v in state.items() if k != BOUND_KEY}
-        if rest:
-            super().load_state_dict(rest)  # refuses keys this strategy does not keep
+        self._check_state_keys(list(state))
         if BOUND_KEY in state:
-            if self.clip_quantile is None:
+            self._load_bound(state[BOUND_KEY])
+        self._state.load({k: v for k, v in state.items() if k != BOUND_KEY})
+
+    def _check_state_keys(self, keys: list[str]) -> None:
+        """Refuse keys this strategy does not keep, and server state incomplete across its
+        prefixes (a first moment without its second)."""
+        rest = [k for k in keys if k != BOUND_KEY]
+        prefixes = tuple(self.state_prefixes)
+        if not prefixes:
+            if rest:
                 raise ValueError(
-                    f"the state holds an adaptive clipping bound ({BOUND_KEY!r}) but the "
-                    "strategy has no clipQuantile; was the state written by another spec?"
+                    f"strategy {self.name!r} keeps no state between rounds but was given "
+                    f"{len(rest)} state tensors; was the state written by another strategy?"
                 )
-            bound = state[BOUND_KEY]
-            if bound.shape != (1,) or bound.dtype != torch.float64 or not float(bound[0]) > 0:
-                raise ValueError(f"{BOUND_KEY!r} must be one float64 number > 0, got {bound}")
-            self.clip_bound = float(bound[0])
+            return
+        names: dict[str, set[str]] = {p: set() for p in prefixes}
+        for key in rest:
+            prefix = next((p for p in prefixes if key.startswith(p)), None)
+            if prefix is None:
+                raise ValueError(
+                    f"state key {key!r} is not a {self.name} state key (they start with "
+                    f"{' or '.join(repr(p) for p in prefixes)}); was the state written by "
+                    "another strategy?"
+                )
+            names[prefix].add(key.removeprefix(prefix))
+        first = names[prefixes[0]]
+        for prefix in prefixes[1:]:
+            if names[prefix] != first:
+                raise ValueError(
+                    f"the {self.name} state has {prefixes[0]!r} and {prefix!r} for different "
+                    f"tensors ({sorted(first ^ names[prefix])[:5]}); it is incomplete"
+                )
+
+    def _load_bound(self, bound: torch.Tensor) -> None:
+        if self.clip_quantile is None:
+            raise ValueError(
+                f"the state holds an adaptive clipping bound ({BOUND_KEY!r}) but the "
+                "strategy has no clipQuantile; was the state written by another spec?"
+            )
+        if bound.shape != (1,) or bound.dtype != torch.float64 or not float(bound[0]) > 0:
+            raise ValueError(f"{BOUND_KEY!r} must be one float64 number > 0, got {bound}")
+        self.clip_bound = float(bound[0])
+
+    def load_state_file(self, path: Path) -> None:
+        """With the disk accumulator and server state, keep the file open and read its state
+        a slice at a time from now on (checked for NaN and inf the same way); otherwise as
+        ``Strategy.load_state_file``."""
+        if self.accumulator != "disk" or not self.state_prefixes:
+            super().load_state_file(path)
+            return
+        reader = WeightsReader(path)
+        try:
+            keys = reader.keys()
+            self._check_state_keys(keys)
+            if BOUND_KEY in keys:
+                self._load_bound(reader.get(BOUND_KEY))
+            state_keys = [k for k in keys if k != BOUND_KEY]
+            self._state.open(reader, state_keys)
+        except BaseException:
+            reader.close()
+            raise
+        bad = self._state.non_finite()
+        if bad:
+            raise ValueError(f"it holds NaN or inf in {', '.join(bad[:5])}")
+
+    def save_state(self, path: Path, metadata: Mapping[str, str | int]) -> list[str] | None:
+        """With the server state on disk, stream it into ``path`` a slice at a time;
+        otherwise as ``Strategy.save_state``."""
+        if not (self._state.on_disk and self._state.specs()):
+            return super().save_state(path, metadata)
+        return self._state.save(path, self._bound_state(), metadata)
 
     def alone_is_finite(self, update: TensorSource, base: TensorSource) -> bool:
+        """The server step alone on ``update`` as the mean delta, a slice at a time (the
+        state's slices are read, never changed)."""
         template = self._round_template("check an update")
         scratch = Scratch()
         with arithmetic_threads():
             for name, spec in template.items():
                 if spec.dtype not in FLOAT_DTYPES:
                     continue
-                delta = update.get(name, self._scratch).to(torch.float64)
-                if not self._step_is_finite(name, delta, base.get(name, scratch)):
-                    return False
+                numel = math.prod(spec.shape)
+                for (start, stop, d), (_, _, b) in zip(
+                    flat_slices(update, name, numel, self._scratch),
+                    flat_slices(base, name, numel, scratch),
+                    strict=True,
+                ):
+                    delta = d.to(torch.float64, copy=True)
+                    values, state = self._step(delta, b, self._state.slice(name, start, stop))
+                    if not all(bool(torch.isfinite(t).all()) for t in (values, *state)):
+                        return False  # the model, or the state kept for the next round
         return True
 
-    def _step_is_finite(self, name: str, delta: torch.Tensor, base: torch.Tensor) -> bool:
-        """Whether ``_server_step`` with ``delta`` (float64, may be reused) as the mean delta
-        gives finite values in the model's dtype, without changing any state."""
-        delta.mul_(self.server_learning_rate)
-        add_chunked_(delta, base)
-        return bool(torch.isfinite(delta.to(base.dtype)).all())
-
-    def _server_step(self, name: str, mean_delta: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
-        """The new value of float tensor ``name``; ``mean_delta`` is float64 and may be reused."""
+    def _step(
+        self, mean_delta: torch.Tensor, base: torch.Tensor, previous: Slices
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """The new values (``base``'s dtype) of a float tensor or a flat slice of it, and its
+        new state (one tensor per ``state_prefixes``), from the float64 mean delta (may be
+        reused), the base and the previous state of the same elements (read-only; None
+        before the first round). Element-wise, so a slice gets what the whole tensor gets."""
         if self.server_learning_rate != 1.0:
             mean_delta.mul_(self.server_learning_rate)
         add_chunked_(mean_delta, base)
-        return mean_delta.to(base.dtype)
+        return mean_delta.to(base.dtype), ()
 
 
 def _weights_of(num_samples: int, weight: FoldWeight | None) -> tuple[int | float, int]:
@@ -452,20 +550,6 @@ def _weights_of(num_samples: int, weight: FoldWeight | None) -> tuple[int | floa
     if not 1 <= weight.integer <= num_samples:
         raise ValueError(f"an integer weight must be in [1, num_samples], got {weight.integer}")
     return weight.value, weight.integer
-
-
-def _flat_slices(
-    source: TensorSource, name: str, numel: int, scratch: Scratch
-) -> Iterator[tuple[int, int, torch.Tensor]]:
-    """``(start, stop, values)`` of each disk-accumulator slice of tensor ``name``, flat: read
-    a slice at a time from a file, or sliced from the whole tensor for other sources."""
-    if isinstance(source, WeightsReader):
-        for start, stop in slices(numel):
-            yield start, stop, source.get_flat_slice(name, start, stop)
-        return
-    whole = source.get(name, scratch).reshape(-1)
-    for start, stop in slices(numel):
-        yield start, stop, whole[start:stop]
 
 
 CHUNK_ELEMENTS = 1 << 18

@@ -17,21 +17,25 @@ momentum as kept, so a restarted aggregator that reloads the persisted momentum
 (``state_dict``/``load_state_dict``, a safetensors blob in the store) produces bit-identical
 models. Integer and bool tensors follow FedAvg's policy and get no
 momentum.
+
+With ``accumulator="disk"`` the momentum lives on local disk too
+(``fedcore.strategies.server_state``): each slice of the sum is stepped with the same slice
+of the previous momentum, and the new momentum is written out slice by slice, then streamed
+into ``strategy.safetensors``; memory is a few slices whatever the model's size, and the
+model and the state are bit for bit the in-memory ones.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from typing import ClassVar
 
 import torch
 
 from fedcore.spec import StrategySpec
-from fedcore.strategies.base import check_server_state, server_state_dtype
-from fedcore.strategies.clipping import BOUND_KEY
+from fedcore.strategies.base import server_state_dtype
 from fedcore.strategies.fedavg import FedAvg, add_chunked_
-from fedcore.weights import Template, Tensors
+from fedcore.strategies.server_state import Slices
 
 MOMENTUM_PREFIX = "momentum/"
 """State keys are ``momentum/<tensor name>``, so a state blob says what it holds."""
@@ -41,7 +45,7 @@ class FedAvgM(FedAvg):
     """FedAvg whose averaged delta drives a server SGD-with-momentum step."""
 
     name: ClassVar[str] = "fedavgm"
-    disk_accumulator: ClassVar[bool] = False
+    state_prefixes: ClassVar[dict[str, str]] = {MOMENTUM_PREFIX: "the server momentum"}
 
     def __init__(
         self,
@@ -65,7 +69,6 @@ class FedAvgM(FedAvg):
             )
         self.server_momentum = server_momentum
         """``β``: how much of the previous rounds' momentum each round keeps."""
-        self._momentum: dict[str, torch.Tensor] = {}
 
     @classmethod
     def from_spec(cls, spec: StrategySpec) -> FedAvgM:
@@ -77,45 +80,15 @@ class FedAvgM(FedAvg):
             clip_quantile=spec.clip_quantile,
         )
 
-    def begin_round(self, template: Template) -> None:
-        super().begin_round(template)
-        check_server_state("the server momentum", self._momentum, template)
-
-    def _server_step(self, name: str, mean_delta: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
-        previous = self._momentum.pop(name, None)
-        if previous is not None:
-            add_chunked_(mean_delta, previous, alpha=self.server_momentum)
-            del previous
+    def _step(
+        self, mean_delta: torch.Tensor, base: torch.Tensor, previous: Slices
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        (momentum,) = previous
+        if momentum is not None:
+            add_chunked_(mean_delta, momentum, alpha=self.server_momentum)
         # Keep the rounded momentum (what is persisted and reloaded) and step with the exact
         # float64 one: a resumed aggregator sees the same rounded m_t as one that never
         # stopped, and with beta = 0 the step is FedAvg's to the bit.
-        self._momentum[name] = mean_delta.to(server_state_dtype(base.dtype), copy=True)
-        return super()._server_step(name, mean_delta, base)
-
-    def _step_is_finite(self, name: str, delta: torch.Tensor, base: torch.Tensor) -> bool:
-        previous = self._momentum.get(name)
-        if previous is not None:
-            add_chunked_(delta, previous, alpha=self.server_momentum)
-        if not bool(torch.isfinite(delta.to(server_state_dtype(base.dtype))).all()):
-            return False  # the momentum kept for the next round would hold inf
-        return super()._step_is_finite(name, delta, base)
-
-    def state_dict(self) -> Tensors:
-        """``momentum/<name>`` per float tensor (empty before the first finalize), and
-        FedAvg's own (the adaptive clipping bound)."""
-        momentum = {MOMENTUM_PREFIX + name: m for name, m in sorted(self._momentum.items())}
-        return {**super().state_dict(), **momentum}
-
-    def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
-        momentum: dict[str, torch.Tensor] = {}
-        super().load_state_dict({k: v for k, v in state.items() if k == BOUND_KEY})
-        for key, tensor in state.items():
-            if key == BOUND_KEY:
-                continue
-            if not key.startswith(MOMENTUM_PREFIX):
-                raise ValueError(
-                    f"state key {key!r} is not a {self.name} state key (they start with "
-                    f"{MOMENTUM_PREFIX!r}); was the state written by another strategy?"
-                )
-            momentum[key.removeprefix(MOMENTUM_PREFIX)] = tensor.detach().cpu()
-        self._momentum = momentum
+        kept = mean_delta.to(server_state_dtype(base.dtype), copy=True)
+        values, _ = super()._step(mean_delta, base, ())
+        return values, (kept,)

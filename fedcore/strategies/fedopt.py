@@ -27,21 +27,24 @@ Memory and time: folding is FedAvg's (``2M`` accumulator for a float32 model of 
 the two moments add ``2M``, so the aggregator's peak is about ``4M`` plus a few float64
 temporaries of the largest tensor during ``finalize``. Time grows linearly with the model
 (a few element-wise passes per tensor at finalize) and with the updates' bytes (the fold).
+With ``accumulator="disk"`` the moments live on local disk with the sum
+(``fedcore.strategies.server_state``), the step runs a slice at a time (every operation is
+element-wise, so the bytes are the in-memory ones) and memory is a few slices of float64
+temporaries whatever ``M``; disk holds the sum (``2M``), the previous and the new moments
+(``2M`` each) and the state's safetensors copy while it is uploaded.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from typing import ClassVar, Literal
 
 import torch
 
 from fedcore.spec import StrategySpec
-from fedcore.strategies.base import check_server_state, server_state_dtype
-from fedcore.strategies.clipping import BOUND_KEY
+from fedcore.strategies.base import server_state_dtype
 from fedcore.strategies.fedavg import FedAvg
-from fedcore.weights import Template, Tensors
+from fedcore.strategies.server_state import Slices
 
 Variant = Literal["fedadam", "fedyogi", "fedadagrad"]
 FIRST = "first_moment/"
@@ -58,7 +61,10 @@ class FedOpt(FedAvg):
     """FedAvg's averaged delta driving an adaptive server optimizer (one of three variants)."""
 
     variant: ClassVar[Variant]
-    disk_accumulator: ClassVar[bool] = False
+    state_prefixes: ClassVar[dict[str, str]] = {
+        FIRST: "the first moment",
+        SECOND: "the second moment",
+    }
 
     def __init__(
         self,
@@ -88,8 +94,6 @@ class FedOpt(FedAvg):
                 raise ValueError(f"{field} must be in [0, 1), got {value}")
         if not (math.isfinite(self.tau) and self.tau > 0):
             raise ValueError(f"tau must be a finite number > 0, got {self.tau}")
-        self._first: dict[str, torch.Tensor] = {}
-        self._second: dict[str, torch.Tensor] = {}
 
     @classmethod
     def from_spec(cls, spec: StrategySpec) -> FedOpt:
@@ -103,20 +107,18 @@ class FedOpt(FedAvg):
             clip_quantile=spec.clip_quantile,
         )
 
-    def begin_round(self, template: Template) -> None:
-        super().begin_round(template)
-        check_server_state("the first moment", self._first, template)
-        check_server_state("the second moment", self._second, template)
-
-    def _moments(self, name: str, delta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(m_t, v_t)`` in float64 from the kept ``m_{t-1}``, ``v_{t-1}`` (changes nothing)."""
+    def _moments(self, delta: torch.Tensor, previous: Slices) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(m_t, v_t)`` in float64 from the kept ``m_{t-1}``, ``v_{t-1}`` (read-only)."""
+        first_before, second_before = previous
         first = delta * (1.0 - self.beta1)
-        previous = self._first.get(name)
-        if previous is not None:
-            first.add_(previous.to(torch.float64), alpha=self.beta1)
+        if first_before is not None:
+            first.add_(first_before.to(torch.float64), alpha=self.beta1)
         square = delta * delta
-        before = self._second.get(name)
-        v_prev = before.to(torch.float64) if before is not None else torch.zeros_like(square)
+        v_prev = (
+            second_before.to(torch.float64, copy=True)  # a copy: it is updated in place
+            if second_before is not None
+            else torch.zeros_like(square)
+        )
         if self.variant == "fedadagrad":
             second = v_prev.add_(square)
         elif self.variant == "fedadam":
@@ -126,59 +128,14 @@ class FedOpt(FedAvg):
             second = v_prev.sub_(square.mul_(sign), alpha=1.0 - self.beta2)
         return first, second
 
-    def _step(self, first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
-        """``η · m_t / (sqrt(v_t) + τ)`` in float64 (a new tensor)."""
-        return first.mul(self.server_learning_rate).div_(second.sqrt().add_(self.tau))
-
-    def _server_step(self, name: str, mean_delta: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
-        first, second = self._moments(name, mean_delta)
-        step = self._step(first, second)
+    def _step(
+        self, mean_delta: torch.Tensor, base: torch.Tensor, previous: Slices
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        first, second = self._moments(mean_delta, previous)
+        # ``η · m_t / (sqrt(v_t) + τ)`` in float64, added to the base
+        step = first.mul(self.server_learning_rate).div_(second.sqrt().add_(self.tau))
         keep = server_state_dtype(base.dtype)
-        self._first[name] = first.to(keep)
-        self._second[name] = second.to(keep)
-        del first, second
-        return step.add_(base).to(base.dtype)
-
-    def _step_is_finite(self, name: str, delta: torch.Tensor, base: torch.Tensor) -> bool:
-        first, second = self._moments(name, delta)
-        keep = server_state_dtype(base.dtype)
-        if not (
-            bool(torch.isfinite(first.to(keep)).all())
-            and bool(torch.isfinite(second.to(keep)).all())
-        ):
-            return False  # the moments kept for the next round would hold inf
-        return bool(torch.isfinite(self._step(first, second).add_(base).to(base.dtype)).all())
-
-    def state_dict(self) -> Tensors:
-        """``first_moment/<name>`` and ``second_moment/<name>`` per float tensor (empty before
-        the first finalize), and FedAvg's own (the adaptive clipping bound)."""
-        state = dict(super().state_dict())
-        state.update({FIRST + n: m for n, m in sorted(self._first.items())})
-        state.update({SECOND + n: v for n, v in sorted(self._second.items())})
-        return state
-
-    def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
-        super().load_state_dict({k: v for k, v in state.items() if k == BOUND_KEY})
-        first: dict[str, torch.Tensor] = {}
-        second: dict[str, torch.Tensor] = {}
-        for key, tensor in state.items():
-            if key == BOUND_KEY:
-                continue
-            if key.startswith(FIRST):
-                first[key.removeprefix(FIRST)] = tensor.detach().cpu()
-            elif key.startswith(SECOND):
-                second[key.removeprefix(SECOND)] = tensor.detach().cpu()
-            else:
-                raise ValueError(
-                    f"state key {key!r} is not a {self.name} state key (they start with "
-                    f"{FIRST!r} or {SECOND!r}); was the state written by another strategy?"
-                )
-        if set(first) != set(second):
-            raise ValueError(
-                f"the {self.name} state has first and second moments for different tensors "
-                f"({sorted(set(first) ^ set(second))[:5]}); it is incomplete"
-            )
-        self._first, self._second = first, second
+        return step.add_(base).to(base.dtype), (first.to(keep), second.to(keep))
 
 
 class FedAdam(FedOpt):

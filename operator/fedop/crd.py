@@ -221,9 +221,9 @@ EXTRAS: dict[str, Schema] = {
                 " || !has(self.strategy.name)"
                 f" || self.strategy.name in {list(fs.DISK_ACCUMULATOR)}",
                 "message": (
-                    "'disk' applies to "
-                    f"{' and '.join(fs.DISK_ACCUMULATOR)} only (the others keep server state "
-                    "of the model's size in memory anyway); use accumulator: memory"
+                    f"'disk' applies to {', '.join(fs.DISK_ACCUMULATOR)} only (the others "
+                    "keep control variates or the round's updates anyway); use accumulator: "
+                    "memory"
                 ),
                 "fieldPath": ".aggregator.accumulator",
                 "reason": "FieldValueForbidden",

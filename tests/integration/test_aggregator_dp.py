@@ -142,10 +142,17 @@ def run_uninterrupted(
     return [h.record(r).model_sha256 for r in range(rounds + 1)]
 
 
+@pytest.mark.parametrize("accumulator", ["memory", "disk"])
 def test_a_crash_mid_job_resumes_to_the_same_bytes(
-    harness_factory: Callable[..., Harness], tmp_path: Path
+    harness_factory: Callable[..., Harness], tmp_path: Path, accumulator: str
 ) -> None:
-    job = dp_job(3, ADAPTIVE)
+    """The resumed run keeps its sum in memory or on disk; the uninterrupted one in memory."""
+    job = make_job(
+        clients=("a", "b"),
+        rounds=3,
+        strategy={"name": "dpfedavg", "dp": ADAPTIVE},
+        aggregator={"accumulator": accumulator},
+    )
     first = harness_factory(job)
     first.start()
     first.record(0)
@@ -166,7 +173,7 @@ def test_a_crash_mid_job_resumes_to_the_same_bytes(
     second.finish()
 
     resumed = [second.record(r).model_sha256 for r in range(4)]
-    assert resumed == run_uninterrupted(job, tmp_path / "again", first.keys, 3)
+    assert resumed == run_uninterrupted(dp_job(3, ADAPTIVE), tmp_path / "again", first.keys, 3)
     bounds = [second.record(r).privacy.clip_norm for r in (1, 2, 3)]  # type: ignore[union-attr]
     assert bounds[0] == 2.0
     assert len(set(bounds)) == 3

@@ -91,7 +91,10 @@ task = CounterTask()
 
 
 def make_job(
-    clients: tuple[str, ...], rounds: int = 1, strategy: dict[str, Any] | None = None
+    clients: tuple[str, ...],
+    rounds: int = 1,
+    strategy: dict[str, Any] | None = None,
+    aggregator: dict[str, Any] | None = None,
 ) -> FederatedJob:
     """A job whose rounds close with 2 honest clients (``minClients: 2``) unless told."""
     return parse_job(
@@ -104,6 +107,7 @@ def make_job(
                 "task": {"entrypoint": "tests.integration.test_aggregator_hostile:task"},
                 "clients": [{"name": c} for c in clients],
                 "strategy": {"minClients": min(2, len(clients)), **(strategy or {})},
+                "aggregator": aggregator or {},
             },
         }
     )
@@ -353,12 +357,14 @@ def test_diverging_model_with_nan_loss_commits_a_readable_record(tmp_path: Path)
     assert_every_reader_accepts(scene, tmp_path)
 
 
+@pytest.mark.parametrize("accumulator", ["memory", "disk"])
 def test_finite_update_that_overflows_with_the_server_learning_rate_is_not_committed(
-    tmp_path: Path,
+    tmp_path: Path, accumulator: str
 ) -> None:
     job = make_job(
         ("a", "b", "m"),
         strategy={"name": "fedavgm", "serverLearningRate": 10, "serverMomentum": 0.9},
+        aggregator={"accumulator": accumulator},
     )
     scene = Scene(tmp_path, job)
     scene.send("a", delta(0.01), 1)

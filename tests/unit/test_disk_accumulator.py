@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fedcore.strategies import FedAvg, FedAvgM
+from fedcore.strategies import FedAvg, Scaffold
 from fedcore.strategies.base import OutOfRange
 from fedcore.strategies.disk_accumulator import (
     SLICE_ELEMENTS,
@@ -205,8 +205,9 @@ def test_integer_headroom_is_checked_against_the_sum_on_disk(tmp_path: Path) -> 
     assert int(strategy.finalize(InMemoryWeights({"n": torch.tensor(0)}))["n"]) == 0
 
 
-def test_strategies_with_server_state_refuse_the_disk_accumulator(tmp_path: Path) -> None:
-    strategy = FedAvgM(server_momentum=0.9)
+def test_scaffold_refuses_the_disk_accumulator(tmp_path: Path) -> None:
+    strategy = Scaffold()
+    strategy.num_clients = 2
     strategy.accumulator = "disk"
 
     with pytest.raises(ValueError, match="accumulator: memory"):
