@@ -463,6 +463,7 @@ def test_job_naming_an_s3_endpoint_runs_on_it_and_fresh_starts_over(
     model.write_bytes(minio.client().get_object(Bucket=minio.bucket, Key=key)["Body"].read())
     assert sha256_file(model) == sha256_file(undisturbed.final_model())
 
+    gate.unlink()  # closed: the fresh run cannot finish before it is interrupted
     again = start_run(job_file, tmp / "run", "--fresh", env=minio.env())
     wait_for(lambda: "--fresh: removed" in again.stdout(), "--fresh to wipe the store")
     wait_for(lambda: "store:" in again.stdout(), "the new run to start")
