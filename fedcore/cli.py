@@ -13,9 +13,11 @@ stays quick.
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import json
 import math
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -340,6 +342,8 @@ _COMMANDS = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    # `kill -USR1 PID` prints every thread's stack to stderr: where a run that seems stuck is.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     try:
         return _COMMANDS[args.command](args)
     except FedcoreError as error:

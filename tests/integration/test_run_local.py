@@ -9,6 +9,7 @@ ungated one's bit for bit.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -121,6 +122,25 @@ class Run:
 
     def wait(self, timeout: float = RUN_SECONDS) -> int:
         return self.proc.wait(timeout)
+
+    def wait_or_dump(self, timeout: float) -> int:
+        """wait(); past ``timeout``, fail with every process's stacks (SIGUSR1, which
+        fedkube's processes answer with faulthandler) and the run's output and logs."""
+        try:
+            return self.wait(timeout)
+        except subprocess.TimeoutExpired:
+            for proc in [psutil.Process(self.proc.pid), *self.descendants()]:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    proc.send_signal(signal.SIGUSR1)
+            time.sleep(2)
+            logs = "\n".join(
+                f"--- {p.name}\n{p.read_text(errors='replace')[-4000:]}"
+                for p in sorted((self.run_dir / "logs").glob("*.log"))
+            )
+            raise AssertionError(
+                f"the run did not exit in {timeout} s\n--- stdout\n{self.stdout()}"
+                f"\n--- stderr\n{self.stderr()}\n{logs}"
+            ) from None
 
     def stdout(self) -> str:
         return self.out.read_text()
@@ -466,9 +486,14 @@ def test_job_naming_an_s3_endpoint_runs_on_it_and_fresh_starts_over(
     gate.unlink()  # closed: the fresh run cannot finish before it is interrupted
     again = start_run(job_file, tmp / "run", "--fresh", env=minio.env())
     wait_for(lambda: "--fresh: removed" in again.stdout(), "--fresh to wipe the store")
-    wait_for(lambda: "store:" in again.stdout(), "the new run to start")
+    # The new run starts over: round 1 again, then a's round-2 update (b waits at the gate).
+    a2 = f"runs/s3-test/{layout.manifest_key(2, 'a')}"
+    wait_for(
+        lambda: minio.client().list_objects_v2(Bucket=minio.bucket, Prefix=a2).get("KeyCount"),
+        "the fresh run's round-2 update of a",
+    )
     again.proc.send_signal(signal.SIGINT)
-    assert again.wait(60) == 130
+    assert again.wait_or_dump(60) == 130
     assert "finished" not in again.stdout().split("--fresh: removed")[1]
     left = minio.client().list_objects_v2(Bucket=minio.bucket, Prefix="runs/s3-test/final/")
     assert left.get("KeyCount", 0) == 0
