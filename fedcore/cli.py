@@ -13,17 +13,16 @@ stays quick.
 from __future__ import annotations
 
 import argparse
-import faulthandler
 import json
 import math
 import os
-import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fedcore import __version__
+from fedcore.diagnostics import stacks_on_sigusr1
 from fedcore.errors import FedcoreError, SpecError
 from fedcore.exitcodes import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, EXIT_OK, exit_code_for
 
@@ -342,8 +341,7 @@ _COMMANDS = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    # `kill -USR1 PID` prints every thread's stack to stderr: where a run that seems stuck is.
-    faulthandler.register(signal.SIGUSR1, all_threads=True)
+    stacks_on_sigusr1()  # `kill -USR1 PID`: where a run that seems stuck is
     try:
         return _COMMANDS[args.command](args)
     except FedcoreError as error:

@@ -29,7 +29,6 @@ Rerunning a round gives the same bytes: shuffling and every random draw derive f
 from __future__ import annotations
 
 import argparse
-import faulthandler
 import hashlib
 import logging
 import math
@@ -63,6 +62,7 @@ from fedcore.distributed import (
     int_var,
     shutdown_distributed,
 )
+from fedcore.diagnostics import stacks_on_sigusr1
 from fedcore.errors import (
     FedcoreError,
     ObjectExists,
@@ -763,7 +763,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--client", required=True, metavar="NAME")
     args = parser.parse_args(argv)
     _configure_logging(f"{args.client} rank {os.environ.get('RANK', '0')}")
-    faulthandler.register(signal.SIGUSR1, all_threads=True)  # stacks to the log on demand
+    stacks_on_sigusr1()  # stacks to the log on demand
     # The launcher stops workers with SIGTERM; exit through finally so the group is left.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     try:
