@@ -52,6 +52,7 @@ from torch.nn.parallel import DistributedDataParallel
 from fedcore import layout
 from fedcore.commit_signing import CommitVerifier, read_round_record, verifier_from_env
 from fedcore.credentials import Role
+from fedcore.diagnostics import stacks_on_sigusr1
 from fedcore.distributed import (
     DistContext,
     LaunchError,
@@ -62,7 +63,6 @@ from fedcore.distributed import (
     int_var,
     shutdown_distributed,
 )
-from fedcore.diagnostics import stacks_on_sigusr1
 from fedcore.errors import (
     FedcoreError,
     ObjectExists,

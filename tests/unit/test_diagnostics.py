@@ -7,7 +7,6 @@ from __future__ import annotations
 import subprocess
 import sys
 
-
 SIGNALLED = """
 import os, signal, threading, time
 from fedcore.diagnostics import stacks_on_sigusr1
@@ -30,4 +29,3 @@ def test_sigusr1_prints_every_threads_stack_and_the_process_goes_on() -> None:
     assert done.stdout.strip() == "still running"
     assert "parked_helper" in done.stderr  # the other thread, not only the signalled one
     assert "most recent call first" in done.stderr
-
