@@ -50,7 +50,7 @@ images-test: install images-optional ## build the images on the stand-in bases a
 .PHONY: test-images test-containers
 test-images: images-test ## the image lane: both images built (stand-in bases) and run as the operator runs pods
 
-test-containers: ## the container lanes: tools (apt-get), the images and their tests, then the real-node e2e (cold: ~45 min and ~20 GB of disk once; see tests/cluster/README.md)
+test-containers: ## the container lanes: tools (apt-get), the images and their tests, then the real-node e2e (cold: ~21 min on 2 cores and ~20 GB of disk once; see tests/cluster/README.md)
 	@$(MAKE) --no-print-directory images-tools realnode-setup
 	@$(MAKE) --no-print-directory test-images
 	@$(MAKE) --no-print-directory test-realnode
