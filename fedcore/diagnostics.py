@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import faulthandler
-import io
 import signal
 import sys
 
@@ -20,5 +19,5 @@ def stacks_on_sigusr1() -> None:
         return
     try:
         faulthandler.register(signal.SIGUSR1, file=stream, all_threads=True)
-    except (AttributeError, ValueError, OSError, io.UnsupportedOperation, RuntimeError):
+    except (AttributeError, ValueError, OSError):  # io.UnsupportedOperation is both of the last
         return  # no file descriptor behind the stream: nowhere to print to
