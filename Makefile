@@ -9,7 +9,7 @@ PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: help install demo test unit integration e2e lint constraints clean
+.PHONY: help install demo test test-prerequisites test-lanes unit integration e2e lint constraints clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_.-]+:.*## / {printf "  \033[36m%-20s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -25,8 +25,12 @@ install: $(STAMP) ## create .venv and install fedkube with everything it needs t
 demo: install ## run the embedded default: a 3-client federated job on digits, on this machine
 	$(VENV)/bin/fedkube run examples/digits.yaml
 
-test: install binaries-optional ## run every test: unit, integration (real MinIO), e2e (real Kubernetes); the container lanes are `make test-containers`
-	$(PY) -m pytest $(PYTEST_ARGS)
+test: ## run every test: unit, integration (real MinIO), e2e (real Kubernetes), then the container lanes (images, real kubelet) where `make containers-setup` installed their tools
+	@$(MAKE) --no-print-directory test-prerequisites
+	@status=0; \
+	  $(PY) -m pytest --durations=15 $(PYTEST_ARGS) || status=$$?; \
+	  $(MAKE) --no-print-directory test-lanes || status=$$((status ? status : 1)); \
+	  exit $$status
 
 unit: install ## run the unit tests only (no servers)
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)

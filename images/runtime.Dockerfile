@@ -23,6 +23,10 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     HOME=/home/fedkube
+# fedkube's wheel is copied, not only bind-mounted: a COPY's content is part of the layer
+# cache key, a bind mount from another stage is not to every builder (podman reused a stale
+# install after a source change), so a changed checkout always reinstalls. 0.4 MB.
+COPY --from=build /wheels/fedkube-*.whl /usr/local/share/fedkube/wheels/
 RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
     pip install --no-cache-dir --find-links=/wheels "fedkube[runtime]==0.1.0" \
     && useradd --no-log-init --uid 65532 --user-group --create-home --home-dir /home/fedkube \

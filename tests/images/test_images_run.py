@@ -8,13 +8,14 @@ here), ``HOME=/tmp`` and no network. The images come from the ``built_images`` f
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.fixtures.images import BuiltImage, Engine
+from tests.fixtures.images import REPO, BuiltImage, Engine
 from tests.unit.test_images import TORCH_STACK, pod_commands
 
 pytestmark = [pytest.mark.images, pytest.mark.timeout(3600)]
@@ -90,6 +91,46 @@ def test_image_runs_as_the_pod_user_by_default(
 
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == POD_USER.split(":")[0]
+
+
+SOURCE_PACKAGES = {"fedcore": REPO / "fedcore", "fedop": REPO / "operator" / "fedop"}
+"""fedkube's packages and where this checkout keeps them."""
+
+DIGEST_PROBE = (
+    "import hashlib, importlib.util, json, pathlib\n"
+    "out = {}\n"
+    f"for name in {sorted(SOURCE_PACKAGES)!r}:\n"
+    "    root = pathlib.Path(importlib.util.find_spec(name).submodule_search_locations[0])\n"
+    "    for f in sorted(root.rglob('*.py')):\n"
+    "        out[f'{name}/{f.relative_to(root)}'] = hashlib.sha256(f.read_bytes()).hexdigest()\n"
+    "print(json.dumps(out))\n"
+)
+
+
+def checkout_digests() -> dict[str, str]:
+    return {
+        f"{name}/{f.relative_to(root)}": hashlib.sha256(f.read_bytes()).hexdigest()
+        for name, root in SOURCE_PACKAGES.items()
+        for f in sorted(root.rglob("*.py"))
+    }
+
+
+@pytest.mark.parametrize("name", ["operator", "runtime"])
+def test_image_holds_this_checkouts_fedkube(
+    built_images: dict[str, BuiltImage], engine: Engine, name: str
+) -> None:
+    """Every source file in the image is the checkout's: a builder that reuses a cached layer
+    after a source change (podman did, with the wheel only bind-mounted) fails here."""
+    out = run_in(engine, built_images[name], ["-c", DIGEST_PROBE], extra=["--entrypoint=python3"])
+
+    in_image = json.loads(out.strip().splitlines()[-1])
+    expected = checkout_digests()
+    stale = sorted(k for k in expected.keys() & in_image.keys() if expected[k] != in_image[k])
+    assert not stale, f"{name} image holds other versions of {stale[:10]} than this checkout"
+    assert in_image.keys() == expected.keys(), (
+        f"only in the checkout: {sorted(expected.keys() - in_image.keys())[:10]}; "
+        f"only in the image: {sorted(in_image.keys() - expected.keys())[:10]}"
+    )
 
 
 # ---- operator image: kopf and fedop, no torch -------------------------------------------------
