@@ -19,6 +19,7 @@ from tests.cluster import demo, launcher, network
 from tests.cluster.config import DEFAULT_NODES, REPO_ROOT, ClusterConfig, NodeSpec
 from tests.cluster.controlplane import Endpoints, health
 from tests.cluster.errors import ClusterError
+from tests.cluster.realnode.node import REAL_NODE_LABEL
 from tests.cluster.rest import Credentials, Rest
 
 DEFAULT_STATE = REPO_ROOT / ".cluster"
@@ -46,8 +47,12 @@ def cmd_up(args: argparse.Namespace) -> int:
             nodes=_nodes(args.nodes, args.gpus),
             audit_log=args.audit_log,
             extra_routes=tuple(args.route),
+            real_nodes=tuple(args.real_node),
+            real_node_images=tuple(str(Path(a).resolve()) for a in args.image),
         )
-        info = launcher.start(config, progress=sys.stderr).info
+        # Real nodes add their start (~20 s) and the image imports (the runtime image: minutes).
+        timeout_s = 300.0 + (900.0 if config.real_nodes else 0.0)
+        info = launcher.start(config, timeout_s=timeout_s, progress=sys.stderr).info
         elapsed = time.monotonic() - t0
         print(
             f"test cluster ready in {elapsed:.1f}s (control plane + nodes "
@@ -57,6 +62,12 @@ def cmd_up(args: argparse.Namespace) -> int:
         )
     else:
         print(f"test cluster already running (pid {info.pid})", file=sys.stderr)
+    if args.real_node:
+        print(
+            f"real nodes {', '.join(args.real_node)}: pods land there only with the nodeSelector "
+            f"and toleration {REAL_NODE_LABEL}=true (tests/cluster/README.md)",
+            file=sys.stderr,
+        )
     print("use it from this shell with:", file=sys.stderr)
     print(_exports(info))
     return 0
@@ -67,7 +78,9 @@ def cmd_down(args: argparse.Namespace) -> int:
     t0 = time.monotonic()
     if demo.stop_minio(state):
         print("stopped the cluster-demo MinIO", file=sys.stderr)
-    was = launcher.stop(state)
+    # Real nodes stop their containers and remove gigabytes of imported images first.
+    real = (state / "config.json").is_file() and bool(ClusterConfig.load(state).real_nodes)
+    was = launcher.stop(state, timeout_s=180.0 if real else launcher.STOP_TIMEOUT_S)
     what = "stopped" if was else "no cluster was running; cleaned up leftovers"
     print(f"test cluster {what} ({time.monotonic() - t0:.1f}s)", file=sys.stderr)
     return 0
@@ -169,6 +182,22 @@ def main(argv: list[str] | None = None) -> int:
                 metavar="ADDRESS",
                 help="a host address pods reach through the bridge (e.g. another cluster's "
                 "bridge address, where a shared MinIO listens); repeatable",
+            )
+            p.add_argument(
+                "--real-node",
+                action="append",
+                default=[],
+                metavar="NAME",
+                help="also a node run by the real kubelet over containerd (root; make "
+                "containers-setup); repeatable",
+            )
+            p.add_argument(
+                "--image",
+                action="append",
+                default=[],
+                metavar="ARCHIVE",
+                help="an image archive (images/build.sh saves them) to import into the real "
+                "nodes; repeatable",
             )
     args = parser.parse_args(argv)
     try:

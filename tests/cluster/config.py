@@ -81,6 +81,12 @@ class ClusterConfig:
     """Host addresses (e.g. another cluster's bridge address, where a shared MinIO listens)
     that pods reach through this cluster's bridge: a /32 route each, delivered to this
     machine, never forwarded. Empty: pods reach only their own pod network."""
+    real_nodes: tuple[str, ...] = ()
+    """Nodes run by the real kubelet over containerd + runc + CNI (tests/cluster/realnode),
+    joined once the process kubelet's nodes are Ready. Empty: none."""
+    real_node_images: tuple[str, ...] = ()
+    """Image archives (docker-archive or OCI) imported into every real node's containerd, e.g.
+    what ``images/build.sh`` saved: pods on real nodes pull nothing."""
 
     @property
     def config_path(self) -> Path:
@@ -106,4 +112,6 @@ class ClusterConfig:
             parent_pid=data.get("parent_pid"),
             audit_log=bool(data.get("audit_log", False)),
             extra_routes=tuple(data.get("extra_routes", ())),
+            real_nodes=tuple(data.get("real_nodes", ())),
+            real_node_images=tuple(data.get("real_node_images", ())),
         )

@@ -52,7 +52,10 @@ class ClusterInfo:
 
     @classmethod
     def load(cls, path: Path) -> ClusterInfo:
-        d = json.loads(path.read_text())
+        return cls.from_dict(json.loads(path.read_text()))
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ClusterInfo:
         return cls(
             pid=int(d["pid"]),
             state_dir=Path(d["state_dir"]),
@@ -147,6 +150,8 @@ def start(
         parent_pid=config.parent_pid,
         audit_log=config.audit_log,
         extra_routes=config.extra_routes,
+        real_nodes=config.real_nodes,
+        real_node_images=config.real_node_images,
     )
     config.save()
     for name in (INFO_FILE, FAILED_FILE):

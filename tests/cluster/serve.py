@@ -37,7 +37,16 @@ INFO_FILE = "cluster.json"
 PID_FILE = "serve.pid"
 FAILED_FILE = "failed.txt"
 MONITOR_S = 1.0
-FRESH = ("etcd", "pki", "pods", "kubeconfigs", "logs", "apiserver-certs", "admin.kubeconfig")
+FRESH = (
+    "etcd",
+    "pki",
+    "pods",
+    "kubeconfigs",
+    "logs",
+    "apiserver-certs",
+    "admin.kubeconfig",
+    "realnodes",
+)
 """What a start removes first: every cluster starts empty (a stale etcd would hold objects
 signed by the previous PKI)."""
 
@@ -171,7 +180,6 @@ class Daemon:
         log.info("nodes Ready after %.1fs", time.monotonic() - started)
         _wait_for_default_service_account(api, deadline)
         self.control_plane = cp
-        ready_s = time.monotonic() - started
         info: dict[str, Any] = {
             "pid": os.getpid(),
             "state_dir": str(self.state),
@@ -188,11 +196,44 @@ class Daemon:
             "pids": cp.pids(),
             "endpoints": endpoints_to_json(cp.endpoints),
             "pki": {"ca": str(pki.ca.cert), "cert": str(pki.admin.cert), "key": str(pki.admin.key)},
-            "ready_seconds": round(ready_s, 2),
+            "ready_seconds": 0.0,
             "audit_log": str(cp.audit_log) if cp.audit_log else "",
         }
+        if self.config.real_nodes:
+            self._start_real_nodes(info, teardown)
+            info["nodes"] += list(self.config.real_nodes)
+        ready_s = time.monotonic() - started
+        info["ready_seconds"] = round(ready_s, 2)
         _write_atomic(self.state / INFO_FILE, json.dumps(info, indent=2) + "\n")
         log.info("cluster ready in %.1fs", ready_s)
+
+    def _start_real_nodes(self, info: dict[str, Any], teardown: contextlib.ExitStack) -> None:
+        """Join the real-kubelet nodes (``make cluster-up-real``); they stop before the control
+        plane does, taking their containers, Node objects and iptables rules with them."""
+        from tests.cluster.launcher import ClusterInfo
+        from tests.cluster.realnode import images
+        from tests.cluster.realnode.node import RealNodes
+
+        started = time.monotonic()
+        bins = binaries.ensure((*binaries.REAL_NODE_COMPONENTS, "minio"))
+        lane = images.lane_images(binaries.cache_root() / "images" / "lane", bins.path("minio"))
+        nodes = RealNodes(
+            ClusterInfo.from_dict(info), self.config.real_nodes, self.state / "realnodes",
+            archives=lane, lock_timeout_s=10.0,
+        )  # fmt: skip
+        nodes.start()
+        teardown.callback(nodes.stop)
+        log.info("real nodes %s Ready after %.1fs", ", ".join(self.config.real_nodes),
+                 time.monotonic() - started)  # fmt: skip
+        archives = [Path(a) for a in self.config.real_node_images]
+        missing = [str(a) for a in archives if not a.is_file()]
+        if missing:
+            raise ComponentFailed(f"image archives not found: {', '.join(missing)}")
+        if archives:
+            size_gb = sum(a.stat().st_size for a in archives) / 1e9
+            log.info("importing %d image archives (%.1f GB) into the real nodes: about a minute "
+                     "per 2 GB", len(archives), size_gb)  # fmt: skip
+            nodes.import_images(archives)
 
     def _monitor(self) -> None:
         while not self.stop_event.wait(MONITOR_S):

@@ -11,12 +11,14 @@ from tests.cluster.certs import generate
 from tests.cluster.controlplane import ControlPlane
 
 
-def test_audit_log_and_routes_survive_the_config_file(tmp_path: Path) -> None:
+def test_audit_log_routes_and_real_nodes_survive_the_config_file(tmp_path: Path) -> None:
     config = ClusterConfig(
         state_dir=tmp_path,
         nodes=(NodeSpec("site-a"),),
         audit_log=True,
         extra_routes=("198.18.0.1",),
+        real_nodes=("real-a",),
+        real_node_images=("/images/runtime.tar",),
     )
 
     config.save()
@@ -30,7 +32,7 @@ def test_a_default_cluster_has_neither(tmp_path: Path) -> None:
 
     loaded = ClusterConfig.load(tmp_path)
 
-    assert (loaded.audit_log, loaded.extra_routes) == (False, ())
+    assert (loaded.audit_log, loaded.extra_routes, loaded.real_nodes) == (False, (), ())
 
 
 def apiserver_flags(tmp_path: Path, *, audit_log: bool) -> list[str]:

@@ -105,6 +105,23 @@ def socket_path(node_dir: Path) -> Path:
     return node_dir / "containerd" / "containerd.sock"
 
 
+SOCKET_PATH_MAX = 104
+"""The longest unix socket path containerd accepts (sun_path is 108 bytes on Linux; containerd
+keeps the portable 104)."""
+
+
+def check_socket_path(node_dir: Path) -> None:
+    """Fail before starting anything when the node's sockets cannot be created where it lives."""
+    longest = f"{socket_path(node_dir.resolve())}.ttrpc"
+    if len(longest.encode()) > SOCKET_PATH_MAX:
+        raise ComponentFailed(
+            f"a real node's containerd socket would be {longest} ({len(longest.encode())} "
+            f"bytes), longer than the {SOCKET_PATH_MAX} a unix socket path may be: give the "
+            "cluster a shorter state folder (--state-dir /tmp/fk, or CLUSTER_STATE=/tmp/fk "
+            "for make)"
+        )
+
+
 def process(containerd: str, config: Path, log: Path) -> ManagedProcess:
     return ManagedProcess(
         "containerd", [containerd, "--config", str(config)], log, stop_timeout_s=10.0

@@ -118,6 +118,8 @@ class RealNodes:
 
     def _start(self, timeout_s: float) -> None:
         tools = containerd.find_tools()
+        for name in self.names:
+            containerd.check_socket_path(self.work_dir / name)
         self._acquire_machine_lock()
         deadline = time.monotonic() + timeout_s
         self._enable_ip_forward()
