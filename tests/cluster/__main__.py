@@ -19,6 +19,7 @@ from tests.cluster import demo, launcher, network
 from tests.cluster.config import DEFAULT_NODES, REPO_ROOT, ClusterConfig, NodeSpec
 from tests.cluster.controlplane import Endpoints, health
 from tests.cluster.errors import ClusterError
+from tests.cluster.realnode import containerd
 from tests.cluster.realnode.node import REAL_NODE_LABEL
 from tests.cluster.rest import Credentials, Rest
 
@@ -40,6 +41,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     state = Path(args.state_dir).resolve()
     info = launcher.running(state)
     if info is None:
+        for name in args.real_node:  # before anything starts, not a minute into it
+            containerd.check_socket_path(state / "realnodes" / name)
         print(f"starting the test cluster (state in {state}) ...", file=sys.stderr)
         t0 = time.monotonic()
         config = ClusterConfig(
